@@ -1,0 +1,499 @@
+//! kmsctl: the operator and scripting command line of the key management service.
+//!
+//! Every subcommand is one RPC. Text output is for people; `--output json` is for scripts.
+//! Binary data (plaintexts, blobs) goes to files or stdout as raw bytes, or as base64 in JSON.
+//! On error kmsctl prints the server's reason and message and exits with status 1.
+#![forbid(unsafe_code)]
+
+mod io;
+mod output;
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kms_client::{ClientError, Context, DataKeySize, KmsClient, v1 as pb};
+use serde_json::json;
+
+use crate::io::{b64, read_input, write_output};
+use crate::output::{Format, print_metadata};
+
+#[derive(Parser)]
+#[command(
+    name = "kmsctl",
+    version,
+    about = "Operate the HSM-backed key management service"
+)]
+struct Cli {
+    /// The kmsd endpoint.
+    #[arg(
+        long,
+        env = "KMS_ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    endpoint: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a SYMMETRIC_DEFAULT key whose material is generated in the HSM.
+    CreateKey {
+        /// Free text, at most 8192 characters.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Show a key's metadata.
+    DescribeKey(KeyArg),
+    /// List key ids.
+    ListKeys {
+        /// Page size (1..1000); without it every page is fetched.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The next_page_token of a previous page.
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Enable a disabled key.
+    EnableKey(KeyArg),
+    /// Disable a key: it stops encrypting and decrypting.
+    DisableKey(KeyArg),
+    /// Replace a key's description.
+    UpdateKeyDescription {
+        #[command(flatten)]
+        key: KeyArg,
+        /// The new description.
+        #[arg(long)]
+        description: String,
+    },
+    /// Encrypt up to 4096 bytes (from a file or stdin).
+    Encrypt {
+        #[command(flatten)]
+        key: KeyArg,
+        /// Plaintext file; `-` or nothing reads stdin.
+        #[arg(long, value_name = "FILE")]
+        plaintext_file: Option<String>,
+        #[command(flatten)]
+        context: ContextArg,
+        /// Write the raw blob here instead of printing it in base64.
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+    },
+    /// Decrypt a blob; the plaintext goes to stdout (raw bytes) or --out.
+    Decrypt {
+        #[command(flatten)]
+        blob: BlobArg,
+        /// The key the blob must be under (optional: the blob names its key).
+        #[arg(long)]
+        key_id: Option<String>,
+        #[command(flatten)]
+        context: ContextArg,
+        /// Write the plaintext here.
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+    },
+    /// Decrypt a blob and encrypt it under another key, inside the server.
+    ReEncrypt {
+        #[command(flatten)]
+        blob: BlobArg,
+        /// The key the blob must be under (optional).
+        #[arg(long)]
+        source_key_id: Option<String>,
+        /// Encryption context of the blob, KEY=VALUE (repeatable).
+        #[arg(long = "source-context", value_name = "KEY=VALUE")]
+        source_context: Vec<String>,
+        /// The key to encrypt under.
+        #[arg(long)]
+        destination_key_id: String,
+        /// Encryption context of the new blob, KEY=VALUE (repeatable).
+        #[arg(long = "destination-context", value_name = "KEY=VALUE")]
+        destination_context: Vec<String>,
+        /// Write the raw new blob here instead of printing it in base64.
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+    },
+    /// Generate a data key for envelope encryption.
+    GenerateDataKey {
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        size: SizeArg,
+        #[command(flatten)]
+        context: ContextArg,
+        /// Write the raw encrypted data key here.
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+        /// Write the raw plaintext data key here.
+        #[arg(long, value_name = "FILE")]
+        plaintext_out: Option<String>,
+    },
+    /// Generate a data key and return it only encrypted.
+    GenerateDataKeyWithoutPlaintext {
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        size: SizeArg,
+        #[command(flatten)]
+        context: ContextArg,
+        /// Write the raw encrypted data key here.
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+    },
+    /// Random bytes from the HSM; raw to stdout or --out.
+    GenerateRandom {
+        /// 1..1024.
+        #[arg(long)]
+        number_of_bytes: u32,
+        /// Write the bytes here.
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct KeyArg {
+    /// Key UUID or alias/<name>.
+    #[arg(long)]
+    key_id: String,
+}
+
+#[derive(Args)]
+struct ContextArg {
+    /// Encryption context pair KEY=VALUE (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pairs: Vec<String>,
+}
+
+#[derive(Args)]
+#[group(required = false, multiple = false)]
+struct BlobArg {
+    /// File holding the raw blob; `-` reads stdin (the default).
+    #[arg(long, value_name = "FILE")]
+    ciphertext_file: Option<String>,
+    /// The blob in base64.
+    #[arg(long, value_name = "BASE64")]
+    ciphertext: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KeySpecArg {
+    #[value(name = "AES_128")]
+    Aes128,
+    #[value(name = "AES_256")]
+    Aes256,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct SizeArg {
+    /// AES_128 or AES_256.
+    #[arg(long, value_enum)]
+    key_spec: Option<KeySpecArg>,
+    /// 1..1024.
+    #[arg(long)]
+    number_of_bytes: Option<u32>,
+}
+
+impl SizeArg {
+    fn size(&self) -> DataKeySize {
+        match (self.key_spec, self.number_of_bytes) {
+            (Some(KeySpecArg::Aes128), _) => DataKeySize::Aes128,
+            (_, Some(n)) => DataKeySize::Bytes(n),
+            _ => DataKeySize::Aes256,
+        }
+    }
+}
+
+fn parse_context(pairs: &[String]) -> anyhow::Result<Context> {
+    let mut context = Context::new();
+    for pair in pairs {
+        let Some((k, v)) = pair.split_once('=') else {
+            bail!("--context takes KEY=VALUE, got {pair:?}");
+        };
+        if context.insert(k.to_owned(), v.to_owned()).is_some() {
+            bail!("context key {k:?} is given twice");
+        }
+    }
+    Ok(context)
+}
+
+impl BlobArg {
+    fn read(&self) -> anyhow::Result<Vec<u8>> {
+        match (&self.ciphertext, &self.ciphertext_file) {
+            (Some(text), _) => io::unb64(text.trim()).context("--ciphertext is not valid base64"),
+            (None, file) => read_input(file.as_deref()),
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Status {
+                    reason, message, ..
+                }) => eprintln!(
+                    "kmsctl: {}: {message}",
+                    reason.as_deref().unwrap_or("error")
+                ),
+                _ => eprintln!("kmsctl: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::too_many_lines)] // one arm per subcommand reads best as one match
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let format = cli.output;
+    let mut client = KmsClient::connect(&cli.endpoint).await?;
+    match cli.command {
+        Command::CreateKey { description } => {
+            print_metadata(format, &client.create_key(&description).await?);
+        }
+        Command::DescribeKey(key) => {
+            print_metadata(format, &client.describe_key(&key.key_id).await?);
+        }
+        Command::ListKeys { limit, page_token } => {
+            let (keys, next) = match limit {
+                Some(limit) => {
+                    let page = client.list_keys(limit, &page_token).await?;
+                    let keys = page.keys.into_iter().map(|k| k.key_id).collect();
+                    (keys, page.next_page_token)
+                }
+                None => (client.list_all_keys().await?, String::new()),
+            };
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    json!({"keys": keys.iter().map(|k| json!({"key_id": k})).collect::<Vec<_>>(),
+                           "next_page_token": next})
+                ),
+                Format::Text => {
+                    for key in &keys {
+                        println!("{key}");
+                    }
+                    if !next.is_empty() {
+                        eprintln!("more keys: --page-token {next}");
+                    }
+                }
+            }
+        }
+        Command::EnableKey(key) => {
+            client.enable_key(&key.key_id).await?;
+            print_metadata(format, &client.describe_key(&key.key_id).await?);
+        }
+        Command::DisableKey(key) => {
+            client.disable_key(&key.key_id).await?;
+            print_metadata(format, &client.describe_key(&key.key_id).await?);
+        }
+        Command::UpdateKeyDescription { key, description } => {
+            client
+                .update_key_description(&key.key_id, &description)
+                .await?;
+            print_metadata(format, &client.describe_key(&key.key_id).await?);
+        }
+        Command::Encrypt {
+            key,
+            plaintext_file,
+            context,
+            out,
+        } => {
+            let plaintext = zeroize::Zeroizing::new(read_input(plaintext_file.as_deref())?);
+            let context = parse_context(&context.pairs)?;
+            let response = client.encrypt(&key.key_id, &plaintext, &context).await?;
+            let algorithm = output::algorithm_name(response.encryption_algorithm());
+            emit_blob(
+                format,
+                &response.ciphertext_blob,
+                out.as_deref(),
+                json!({
+                    "key_id": response.key_id,
+                    "encryption_algorithm": algorithm,
+                }),
+            )?;
+        }
+        Command::Decrypt {
+            blob,
+            key_id,
+            context,
+            out,
+        } => {
+            let blob = blob.read()?;
+            let context = parse_context(&context.pairs)?;
+            let decrypted = client.decrypt(&blob, &context, key_id.as_deref()).await?;
+            let algorithm = output::algorithm_name(decrypted.encryption_algorithm);
+            emit_secret(
+                format,
+                &decrypted.plaintext,
+                out.as_deref(),
+                json!({
+                    "key_id": decrypted.key_id,
+                    "encryption_algorithm": algorithm,
+                }),
+            )?;
+        }
+        Command::ReEncrypt {
+            blob,
+            source_key_id,
+            source_context,
+            destination_key_id,
+            destination_context,
+            out,
+        } => {
+            let response = client
+                .re_encrypt(pb::ReEncryptRequest {
+                    ciphertext_blob: blob.read()?,
+                    source_encryption_context: parse_context(&source_context)?,
+                    source_key_id: source_key_id.unwrap_or_default(),
+                    destination_key_id,
+                    destination_encryption_context: parse_context(&destination_context)?,
+                })
+                .await?;
+            emit_blob(
+                format,
+                &response.ciphertext_blob,
+                out.as_deref(),
+                json!({
+                    "key_id": response.key_id,
+                    "source_key_id": response.source_key_id,
+                }),
+            )?;
+        }
+        Command::GenerateDataKey {
+            key,
+            size,
+            context,
+            out,
+            plaintext_out,
+        } => {
+            let context = parse_context(&context.pairs)?;
+            let data_key = client
+                .generate_data_key(&key.key_id, &context, size.size())
+                .await?;
+            if let Some(path) = &plaintext_out {
+                write_output(path, &data_key.plaintext)?;
+            }
+            if let Some(path) = &out {
+                write_output(path, &data_key.ciphertext_blob)?;
+            }
+            match format {
+                Format::Json => {
+                    let mut value = json!({
+                        "key_id": data_key.key_id,
+                        "ciphertext_blob": b64(&data_key.ciphertext_blob),
+                    });
+                    if plaintext_out.is_none() {
+                        value["plaintext"] = json!(b64(&data_key.plaintext));
+                    }
+                    println!("{value}");
+                }
+                Format::Text => {
+                    println!("KeyId           {}", data_key.key_id);
+                    if out.is_none() {
+                        println!("CiphertextBlob  {}", b64(&data_key.ciphertext_blob));
+                    }
+                    if plaintext_out.is_none() {
+                        println!("Plaintext       {}", b64(&data_key.plaintext));
+                    }
+                }
+            }
+        }
+        Command::GenerateDataKeyWithoutPlaintext {
+            key,
+            size,
+            context,
+            out,
+        } => {
+            let context = parse_context(&context.pairs)?;
+            let response = client
+                .generate_data_key_without_plaintext(&key.key_id, &context, size.size())
+                .await?;
+            emit_blob(
+                format,
+                &response.ciphertext_blob,
+                out.as_deref(),
+                json!({
+                    "key_id": response.key_id,
+                }),
+            )?;
+        }
+        Command::GenerateRandom {
+            number_of_bytes,
+            out,
+        } => {
+            let bytes = client.generate_random(number_of_bytes).await?;
+            emit_secret(format, &bytes, out.as_deref(), json!({}))?;
+        }
+    }
+    Ok(())
+}
+
+/// A blob: raw to `out`, else base64 on stdout; JSON adds `fields`.
+fn emit_blob(
+    format: Format,
+    blob: &[u8],
+    out: Option<&str>,
+    mut fields: serde_json::Value,
+) -> anyhow::Result<()> {
+    if let Some(path) = out {
+        write_output(path, blob)?;
+    }
+    match format {
+        Format::Json => {
+            if out.is_none() {
+                fields["ciphertext_blob"] = json!(b64(blob));
+            }
+            println!("{fields}");
+        }
+        Format::Text if out.is_none() => println!("{}", b64(blob)),
+        Format::Text => {}
+    }
+    Ok(())
+}
+
+/// Secret bytes: raw to `out` or stdout; JSON puts them in base64 in `plaintext`.
+fn emit_secret(
+    format: Format,
+    bytes: &[u8],
+    out: Option<&str>,
+    mut fields: serde_json::Value,
+) -> anyhow::Result<()> {
+    match (format, out) {
+        (_, Some(path)) => {
+            write_output(path, bytes)?;
+            if format == Format::Json {
+                println!("{fields}");
+            }
+        }
+        (Format::Json, None) => {
+            fields["plaintext"] = json!(b64(bytes));
+            println!("{fields}");
+        }
+        (Format::Text, None) => write_output("-", bytes)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_pairs_split_at_the_first_equals() -> anyhow::Result<()> {
+        let context = parse_context(&["a=b=c".into(), "empty=".into()])?;
+        assert_eq!(context.get("a").map(String::as_str), Some("b=c"));
+        assert_eq!(context.get("empty").map(String::as_str), Some(""));
+        assert!(parse_context(&["novalue".into()]).is_err());
+        assert!(parse_context(&["k=1".into(), "k=2".into()]).is_err());
+        Ok(())
+    }
+}

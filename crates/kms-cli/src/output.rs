@@ -1,0 +1,129 @@
+//! Human and JSON renderings of key metadata.
+
+use clap::ValueEnum;
+use kms_client::v1 as pb;
+use serde_json::{Value, json};
+
+/// How results are printed.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned text for people.
+    Text,
+    /// One JSON object per result, for scripts.
+    Json,
+}
+
+fn strip<'a>(name: &'a str, prefix: &str) -> &'a str {
+    name.strip_prefix(prefix).unwrap_or(name)
+}
+
+/// AWS name of an algorithm, e.g. `SYMMETRIC_DEFAULT`.
+pub fn algorithm_name(algorithm: pb::EncryptionAlgorithm) -> &'static str {
+    strip(algorithm.as_str_name(), "ENCRYPTION_ALGORITHM_")
+}
+
+/// AWS name of a key state, e.g. `PendingDeletion`.
+pub fn state_name(state: pb::KeyState) -> &'static str {
+    match state {
+        pb::KeyState::Unspecified => "Unknown",
+        pb::KeyState::Enabled => "Enabled",
+        pb::KeyState::Disabled => "Disabled",
+        pb::KeyState::PendingDeletion => "PendingDeletion",
+        pb::KeyState::PendingImport => "PendingImport",
+    }
+}
+
+/// RFC 3339 UTC rendering of a timestamp.
+pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
+    let ts = ts?;
+    let days = ts.seconds.div_euclid(86_400);
+    let secs = ts.seconds.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    Some(format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    ))
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Key metadata as JSON, with AWS names for enum values.
+pub fn metadata_json(m: &pb::KeyMetadata) -> Value {
+    json!({
+        "key_id": m.key_id,
+        "creation_date": rfc3339(m.creation_date.as_ref()),
+        "enabled": m.enabled,
+        "description": m.description,
+        "key_usage": strip(m.key_usage().as_str_name(), "KEY_USAGE_"),
+        "key_state": state_name(m.key_state()),
+        "deletion_date": rfc3339(m.deletion_date.as_ref()),
+        "pending_deletion_window_in_days": m.pending_deletion_window_in_days,
+        "key_spec": strip(m.key_spec().as_str_name(), "KEY_SPEC_"),
+        "origin": strip(m.origin().as_str_name(), "ORIGIN_TYPE_"),
+        "encryption_algorithms": m.encryption_algorithms().map(algorithm_name).collect::<Vec<_>>(),
+        "current_key_version": m.current_key_version,
+    })
+}
+
+/// Prints key metadata as an aligned table or JSON.
+pub fn print_metadata(format: Format, m: &pb::KeyMetadata) {
+    let value = metadata_json(m);
+    match format {
+        Format::Json => println!("{value}"),
+        Format::Text => {
+            let rows = [
+                ("KeyId", "key_id"),
+                ("State", "key_state"),
+                ("Description", "description"),
+                ("Created", "creation_date"),
+                ("KeySpec", "key_spec"),
+                ("KeyUsage", "key_usage"),
+                ("Origin", "origin"),
+                ("CurrentVersion", "current_key_version"),
+                ("DeletionDate", "deletion_date"),
+            ];
+            for (label, field) in rows {
+                match &value[field] {
+                    Value::Null => {}
+                    Value::String(s) => println!("{label:<16}{s}"),
+                    other => println!("{label:<16}{other}"),
+                }
+            }
+            let algorithms: Vec<&str> = m.encryption_algorithms().map(algorithm_name).collect();
+            println!("{:<16}{}", "Algorithms", algorithms.join(", "));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_render_in_utc() {
+        let ts = prost_types::Timestamp {
+            seconds: 1_795_000_000,
+            nanos: 0,
+        };
+        assert_eq!(rfc3339(Some(&ts)).as_deref(), Some("2026-11-18T11:06:40Z"));
+        let epoch = prost_types::Timestamp::default();
+        assert_eq!(
+            rfc3339(Some(&epoch)).as_deref(),
+            Some("1970-01-01T00:00:00Z")
+        );
+    }
+}

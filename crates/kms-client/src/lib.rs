@@ -1,0 +1,336 @@
+//! A typed async client for the key management service.
+//!
+//! Wraps the generated `kms.v1` client: each call takes plain Rust values, returns the
+//! response or a [`ClientError`] carrying the server's error reason (the AWS exception name),
+//! and hands plaintexts back in zeroizing buffers. Used by kmsctl and the end-to-end tests.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+
+use kms_proto::v1 as pb;
+use kms_proto::v1::key_management_service_client::KeyManagementServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+use zeroize::Zeroizing;
+
+pub use kms_proto::v1;
+
+/// An encryption context: pairs of UTF-8 strings bound to a ciphertext.
+pub type Context = HashMap<String, String>;
+
+/// A failed call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is malformed or could not be reached.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The server answered with an error.
+    #[error("{}: {message}", reason.as_deref().unwrap_or("error"))]
+    Status {
+        /// The gRPC code.
+        code: Code,
+        /// The `ErrorInfo` reason, e.g. `NotFoundException`.
+        reason: Option<String>,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// The error reason the server gave, if any.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ClientError::Status { reason, .. } => reason.as_deref(),
+            ClientError::Connect { .. } => None,
+        }
+    }
+
+    /// The gRPC code (UNAVAILABLE when the server could not be reached).
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Status { code, .. } => *code,
+            ClientError::Connect { .. } => Code::Unavailable,
+        }
+    }
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        ClientError::Status {
+            code: status.code(),
+            reason: status.get_details_error_info().map(|info| info.reason),
+            message: status.message().to_owned(),
+        }
+    }
+}
+
+/// The size of a data key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKeySize {
+    /// 16 bytes.
+    Aes128,
+    /// 32 bytes.
+    Aes256,
+    /// 1..=1024 bytes.
+    Bytes(u32),
+}
+
+impl DataKeySize {
+    fn fields(self) -> (pb::DataKeySpec, Option<u32>) {
+        match self {
+            DataKeySize::Aes128 => (pb::DataKeySpec::Aes128, None),
+            DataKeySize::Aes256 => (pb::DataKeySpec::Aes256, None),
+            DataKeySize::Bytes(n) => (pb::DataKeySpec::Unspecified, Some(n)),
+        }
+    }
+}
+
+/// A decrypted plaintext and the key it was under.
+pub struct Decrypted {
+    /// The plaintext, zeroized on drop.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The key's UUID.
+    pub key_id: String,
+    /// The algorithm.
+    pub encryption_algorithm: pb::EncryptionAlgorithm,
+}
+
+/// A data key in plaintext and encrypted.
+pub struct DataKey {
+    /// The data key, zeroized on drop.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The data key encrypted under the KMS key.
+    pub ciphertext_blob: Vec<u8>,
+    /// The KMS key's UUID.
+    pub key_id: String,
+}
+
+/// A connected client.
+#[derive(Clone)]
+pub struct KmsClient {
+    inner: KeyManagementServiceClient<Channel>,
+}
+
+impl KmsClient {
+    /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
+    pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
+        let error = |source| ClientError::Connect {
+            endpoint: endpoint.to_owned(),
+            source,
+        };
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(error)?
+            .connect()
+            .await
+            .map_err(error)?;
+        Ok(KmsClient {
+            inner: KeyManagementServiceClient::new(channel),
+        })
+    }
+
+    /// The generated client, for requests this wrapper does not shape.
+    pub fn raw(&mut self) -> &mut KeyManagementServiceClient<Channel> {
+        &mut self.inner
+    }
+
+    /// Creates a SYMMETRIC_DEFAULT key.
+    pub async fn create_key(&mut self, description: &str) -> Result<pb::KeyMetadata, ClientError> {
+        let response = self
+            .inner
+            .create_key(pb::CreateKeyRequest {
+                description: description.to_owned(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(response.into_inner().key_metadata.unwrap_or_default())
+    }
+
+    /// A key's metadata.
+    pub async fn describe_key(&mut self, key_id: &str) -> Result<pb::KeyMetadata, ClientError> {
+        let response = self
+            .inner
+            .describe_key(pb::DescribeKeyRequest {
+                key_id: key_id.to_owned(),
+            })
+            .await?;
+        Ok(response.into_inner().key_metadata.unwrap_or_default())
+    }
+
+    /// One page of key ids.
+    pub async fn list_keys(
+        &mut self,
+        limit: u32,
+        page_token: &str,
+    ) -> Result<pb::ListKeysResponse, ClientError> {
+        Ok(self
+            .inner
+            .list_keys(pb::ListKeysRequest {
+                limit,
+                page_token: page_token.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Every key id, following the pages.
+    pub async fn list_all_keys(&mut self) -> Result<Vec<String>, ClientError> {
+        let mut keys = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self.list_keys(1000, &token).await?;
+            keys.extend(page.keys.into_iter().map(|k| k.key_id));
+            if page.next_page_token.is_empty() {
+                return Ok(keys);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Enables a key.
+    pub async fn enable_key(&mut self, key_id: &str) -> Result<(), ClientError> {
+        self.inner
+            .enable_key(pb::EnableKeyRequest {
+                key_id: key_id.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Disables a key.
+    pub async fn disable_key(&mut self, key_id: &str) -> Result<(), ClientError> {
+        self.inner
+            .disable_key(pb::DisableKeyRequest {
+                key_id: key_id.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces a key's description.
+    pub async fn update_key_description(
+        &mut self,
+        key_id: &str,
+        description: &str,
+    ) -> Result<(), ClientError> {
+        self.inner
+            .update_key_description(pb::UpdateKeyDescriptionRequest {
+                key_id: key_id.to_owned(),
+                description: description.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Encrypts up to 4096 bytes.
+    pub async fn encrypt(
+        &mut self,
+        key_id: &str,
+        plaintext: &[u8],
+        context: &Context,
+    ) -> Result<pb::EncryptResponse, ClientError> {
+        Ok(self
+            .inner
+            .encrypt(pb::EncryptRequest {
+                key_id: key_id.to_owned(),
+                plaintext: plaintext.to_vec(),
+                encryption_context: context.clone(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Decrypts a blob; `key_id`, when given, must be the blob's key.
+    pub async fn decrypt(
+        &mut self,
+        ciphertext_blob: &[u8],
+        context: &Context,
+        key_id: Option<&str>,
+    ) -> Result<Decrypted, ClientError> {
+        let response = self
+            .inner
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: ciphertext_blob.to_vec(),
+                encryption_context: context.clone(),
+                key_id: key_id.unwrap_or_default().to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(Decrypted {
+            encryption_algorithm: response.encryption_algorithm(),
+            plaintext: Zeroizing::new(response.plaintext),
+            key_id: response.key_id,
+        })
+    }
+
+    /// Moves a blob under another key without the plaintext leaving the server.
+    pub async fn re_encrypt(
+        &mut self,
+        request: pb::ReEncryptRequest,
+    ) -> Result<pb::ReEncryptResponse, ClientError> {
+        Ok(self.inner.re_encrypt(request).await?.into_inner())
+    }
+
+    /// A fresh data key, in plaintext and encrypted.
+    pub async fn generate_data_key(
+        &mut self,
+        key_id: &str,
+        context: &Context,
+        size: DataKeySize,
+    ) -> Result<DataKey, ClientError> {
+        let (key_spec, number_of_bytes) = size.fields();
+        let response = self
+            .inner
+            .generate_data_key(pb::GenerateDataKeyRequest {
+                key_id: key_id.to_owned(),
+                encryption_context: context.clone(),
+                key_spec: key_spec.into(),
+                number_of_bytes,
+            })
+            .await?
+            .into_inner();
+        Ok(DataKey {
+            plaintext: Zeroizing::new(response.plaintext),
+            ciphertext_blob: response.ciphertext_blob,
+            key_id: response.key_id,
+        })
+    }
+
+    /// A fresh data key, encrypted only.
+    pub async fn generate_data_key_without_plaintext(
+        &mut self,
+        key_id: &str,
+        context: &Context,
+        size: DataKeySize,
+    ) -> Result<pb::GenerateDataKeyWithoutPlaintextResponse, ClientError> {
+        let (key_spec, number_of_bytes) = size.fields();
+        Ok(self
+            .inner
+            .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+                key_id: key_id.to_owned(),
+                encryption_context: context.clone(),
+                key_spec: key_spec.into(),
+                number_of_bytes,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// 1..=1024 random bytes from the HSM.
+    pub async fn generate_random(
+        &mut self,
+        number_of_bytes: u32,
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let response = self
+            .inner
+            .generate_random(pb::GenerateRandomRequest { number_of_bytes })
+            .await?;
+        Ok(Zeroizing::new(response.into_inner().plaintext))
+    }
+}

@@ -1,0 +1,86 @@
+//! The one error type of the service, with the AWS KMS exception name of each case.
+
+use crate::hsm::HsmError;
+use crate::store::StoreError;
+
+/// Why a request failed. Each variant is one AWS KMS exception; [`KmsError::reason`] gives its
+/// name. Messages are for humans and never contain plaintext or key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    /// The key (or alias) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The key is Disabled.
+    #[error("{0}")]
+    Disabled(String),
+    /// The key is in a state that does not allow the operation.
+    #[error("{0}")]
+    InvalidState(String),
+    /// Every decryption failure: one message, no detail that could serve as an oracle.
+    #[error("the ciphertext is invalid, was altered, or does not match the encryption context")]
+    InvalidCiphertext,
+    /// The ciphertext was made under another key than the one the caller named.
+    #[error("{0}")]
+    IncorrectKey(String),
+    /// A request field is missing, malformed or out of range.
+    #[error("{0}")]
+    Validation(String),
+    /// The key's usage does not allow the operation.
+    #[error("{0}")]
+    InvalidKeyUsage(String),
+    /// The resource already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A configured limit was reached.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The HSM cannot be reached.
+    #[error("the HSM is unavailable; retry later")]
+    KeyUnavailable(#[source] HsmError),
+    /// The HSM did not answer in time.
+    #[error("the HSM did not answer in time; retry later")]
+    DependencyTimeout(#[source] HsmError),
+    /// Anything else: a bug or a failing dependency. The source is logged, not returned.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl KmsError {
+    /// The AWS KMS exception name, used as the `google.rpc.ErrorInfo` reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            KmsError::NotFound(_) => "NotFoundException",
+            KmsError::Disabled(_) => "DisabledException",
+            KmsError::InvalidState(_) => "KMSInvalidStateException",
+            KmsError::InvalidCiphertext => "InvalidCiphertextException",
+            KmsError::IncorrectKey(_) => "IncorrectKeyException",
+            KmsError::Validation(_) => "ValidationException",
+            KmsError::InvalidKeyUsage(_) => "InvalidKeyUsageException",
+            KmsError::AlreadyExists(_) => "AlreadyExistsException",
+            KmsError::LimitExceeded(_) => "LimitExceededException",
+            KmsError::KeyUnavailable(_) => "KeyUnavailableException",
+            KmsError::DependencyTimeout(_) => "DependencyTimeoutException",
+            KmsError::Internal(_) => "KMSInternalException",
+        }
+    }
+
+    pub(crate) fn validation(message: impl Into<String>) -> Self {
+        KmsError::Validation(message.into())
+    }
+}
+
+impl From<StoreError> for KmsError {
+    fn from(error: StoreError) -> Self {
+        KmsError::Internal(Box::new(error))
+    }
+}
+
+impl From<HsmError> for KmsError {
+    fn from(error: HsmError) -> Self {
+        match error {
+            HsmError::Unavailable(_) => KmsError::KeyUnavailable(error),
+            HsmError::Timeout => KmsError::DependencyTimeout(error),
+            other => KmsError::Internal(Box::new(other)),
+        }
+    }
+}

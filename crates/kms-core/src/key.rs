@@ -1,0 +1,160 @@
+//! The key model: a key's record, its versions, and its state machine.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::KmsError;
+use crate::hsm::KeyVersionRef;
+use crate::ids::KeyId;
+
+/// The states of a key. `Creating` is internal: such a key is never visible or usable.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum KeyState {
+    /// Being created: its HSM object may not exist yet. Removed by startup reconciliation.
+    Creating,
+    /// Usable.
+    Enabled,
+    /// Kept, but refused for cryptographic operations.
+    Disabled,
+    /// Waiting for its deletion date.
+    PendingDeletion,
+    /// An imported key before its key material arrives.
+    PendingImport,
+}
+
+impl KeyState {
+    /// The AWS name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Creating => "Creating",
+            KeyState::Enabled => "Enabled",
+            KeyState::Disabled => "Disabled",
+            KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::PendingImport => "PendingImport",
+        }
+    }
+}
+
+/// What a key is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum KeyUsage {
+    /// Encrypt, Decrypt, ReEncrypt and GenerateDataKey.
+    EncryptDecrypt,
+}
+
+/// The type of key material.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum KeySpec {
+    /// A 256-bit HSM-held secret used with the scheme of [`crate::symmetric`].
+    SymmetricDefault,
+}
+
+/// Where the key material came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Origin {
+    /// Generated inside the HSM by this service.
+    Kms,
+}
+
+/// The encryption algorithms.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum EncryptionAlgorithm {
+    /// See [`crate::symmetric`].
+    SymmetricDefault,
+}
+
+/// One version of a key: one HSM object.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyVersion {
+    /// From 1, increasing.
+    pub version: u32,
+    /// When the version was created, in Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// Everything the service stores about a key. Holds no secret: the key material is in the HSM.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The key's id.
+    pub id: KeyId,
+    /// When the key was created, in Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Free text, at most 8192 characters.
+    pub description: String,
+    /// What the key is for.
+    pub usage: KeyUsage,
+    /// The type of key material.
+    pub spec: KeySpec,
+    /// Where the material came from.
+    pub origin: Origin,
+    /// The lifecycle state.
+    pub state: KeyState,
+    /// The version new encryptions use.
+    pub current_version: u32,
+    /// Every version, oldest first; each has an HSM object.
+    pub versions: Vec<KeyVersion>,
+}
+
+impl KeyRecord {
+    /// The most characters a description may have.
+    pub const MAX_DESCRIPTION_CHARS: usize = 8192;
+
+    /// Checks a description's length.
+    pub fn validate_description(description: &str) -> Result<(), KmsError> {
+        if description.chars().count() > Self::MAX_DESCRIPTION_CHARS {
+            return Err(KmsError::validation(format!(
+                "description must have at most {} characters",
+                Self::MAX_DESCRIPTION_CHARS
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the key is visible to callers (every state but `Creating`).
+    pub fn is_visible(&self) -> bool {
+        self.state != KeyState::Creating
+    }
+
+    /// The encryption algorithms the key supports.
+    pub fn encryption_algorithms(&self) -> Vec<EncryptionAlgorithm> {
+        match (self.usage, self.spec) {
+            (KeyUsage::EncryptDecrypt, KeySpec::SymmetricDefault) => {
+                vec![EncryptionAlgorithm::SymmetricDefault]
+            }
+        }
+    }
+
+    /// The HSM object of `version`, if the key has that version.
+    pub fn version_ref(&self, version: u32) -> Option<KeyVersionRef> {
+        self.versions
+            .iter()
+            .any(|v| v.version == version)
+            .then_some(KeyVersionRef {
+                key_id: self.id,
+                version,
+            })
+    }
+
+    /// The HSM objects of every version.
+    pub fn version_refs(&self) -> impl Iterator<Item = KeyVersionRef> + '_ {
+        self.versions.iter().map(|v| KeyVersionRef {
+            key_id: self.id,
+            version: v.version,
+        })
+    }
+
+    /// Fails unless the key may be used for a cryptographic operation now.
+    pub fn check_usable(&self) -> Result<(), KmsError> {
+        match self.state {
+            KeyState::Enabled => Ok(()),
+            KeyState::Disabled => Err(KmsError::Disabled(format!("key {} is disabled", self.id))),
+            KeyState::Creating => Err(KmsError::NotFound(format!("key {} not found", self.id))),
+            state @ (KeyState::PendingDeletion | KeyState::PendingImport) => {
+                Err(KmsError::InvalidState(format!(
+                    "key {} is {} and cannot be used",
+                    self.id,
+                    state.as_str()
+                )))
+            }
+        }
+    }
+}

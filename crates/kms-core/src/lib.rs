@@ -1,0 +1,34 @@
+//! The domain of the key management service.
+//!
+//! Key ids and references, the key model and its states, the encryption-context encoding,
+//! the ciphertext format and the symmetric scheme, the service logic ([`Kms`]), and the two
+//! traits its backends implement: [`KeyStore`] (the HSM) and [`MetadataStore`] (key metadata).
+//!
+//! This crate must not depend on tonic, cryptoki or rocksdb: the adapters depend on it, never
+//! the other way round. Every method of [`Kms`] blocks (HSM and store calls); async callers run
+//! them on a blocking thread.
+#![forbid(unsafe_code)]
+
+pub mod blob;
+pub mod clock;
+pub mod context;
+pub mod error;
+pub mod hsm;
+pub mod ids;
+pub mod key;
+pub mod secret;
+pub mod service;
+pub mod store;
+pub mod symmetric;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use clock::{Clock, SystemClock};
+pub use context::EncryptionContext;
+pub use error::KmsError;
+pub use hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey};
+pub use ids::{AliasName, KeyId, KeyRef};
+pub use key::{EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin};
+pub use secret::SecretBytes;
+pub use service::Kms;
+pub use store::{MetadataStore, StoreError};

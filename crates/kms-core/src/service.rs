@@ -1,0 +1,830 @@
+//! The service logic: every operation of the API, on top of a [`KeyStore`] and a
+//! [`MetadataStore`]. Transports (gRPC today) only convert requests into the inputs below and
+//! results back.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tracing::{debug, info, warn};
+
+use crate::blob;
+use crate::clock::Clock;
+use crate::context::EncryptionContext;
+use crate::error::KmsError;
+use crate::hsm::{KeyStore, KeyVersionRef};
+use crate::ids::{KeyId, KeyRef};
+use crate::key::{EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin};
+use crate::secret::SecretBytes;
+use crate::store::MetadataStore;
+use crate::symmetric;
+
+/// A plaintext for Encrypt: 1..=4096 bytes.
+pub struct Plaintext(SecretBytes);
+
+impl Plaintext {
+    /// The most bytes Encrypt takes.
+    pub const MAX_LEN: usize = 4096;
+
+    /// Checks the length; the message never shows the bytes.
+    pub fn new(bytes: SecretBytes) -> Result<Self, KmsError> {
+        if bytes.is_empty() || bytes.len() > Self::MAX_LEN {
+            return Err(KmsError::validation(format!(
+                "plaintext must be 1 to {} bytes, got {}",
+                Self::MAX_LEN,
+                bytes.len()
+            )));
+        }
+        Ok(Plaintext(bytes))
+    }
+}
+
+/// The AES key sizes GenerateDataKey names.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DataKeySpec {
+    /// 16 bytes.
+    Aes128,
+    /// 32 bytes.
+    Aes256,
+}
+
+/// The length of a data key: 1..=1024 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DataKeyLength(usize);
+
+impl DataKeyLength {
+    /// The most bytes a data key may have.
+    pub const MAX: u32 = 1024;
+
+    /// From the request's `key_spec` and `number_of_bytes`: exactly one must be given.
+    pub fn new(spec: Option<DataKeySpec>, number_of_bytes: Option<u32>) -> Result<Self, KmsError> {
+        match (spec, number_of_bytes) {
+            (Some(DataKeySpec::Aes128), None) => Ok(DataKeyLength(16)),
+            (Some(DataKeySpec::Aes256), None) => Ok(DataKeyLength(32)),
+            (None, Some(n)) if (1..=Self::MAX).contains(&n) => Ok(DataKeyLength(n as usize)),
+            (None, Some(n)) => Err(KmsError::validation(format!(
+                "number_of_bytes must be 1 to {}, got {n}",
+                Self::MAX
+            ))),
+            (Some(_), Some(_)) => Err(KmsError::validation(
+                "give either key_spec or number_of_bytes, not both",
+            )),
+            (None, None) => Err(KmsError::validation(
+                "one of key_spec (AES_128, AES_256) or number_of_bytes is required",
+            )),
+        }
+    }
+}
+
+/// The number of bytes GenerateRandom returns: 1..=1024.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RandomLength(usize);
+
+impl RandomLength {
+    /// The most bytes GenerateRandom returns.
+    pub const MAX: u32 = 1024;
+
+    /// Checks the range.
+    pub fn new(number_of_bytes: u32) -> Result<Self, KmsError> {
+        if (1..=Self::MAX).contains(&number_of_bytes) {
+            Ok(RandomLength(number_of_bytes as usize))
+        } else {
+            Err(KmsError::validation(format!(
+                "number_of_bytes must be 1 to {}, got {number_of_bytes}",
+                Self::MAX
+            )))
+        }
+    }
+}
+
+/// A validated CreateKey request.
+pub struct CreateKeyInput {
+    /// At most 8192 characters.
+    pub description: String,
+    /// What the key is for.
+    pub usage: KeyUsage,
+    /// The type of key material.
+    pub spec: KeySpec,
+    /// Where the material comes from.
+    pub origin: Origin,
+}
+
+/// A ListKeys page size: 1..=1000, 100 by default.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PageLimit(usize);
+
+impl PageLimit {
+    /// The page size when none is given.
+    pub const DEFAULT: u32 = 100;
+    /// The largest page.
+    pub const MAX: u32 = 1000;
+
+    /// 0 means the default.
+    pub fn new(limit: u32) -> Result<Self, KmsError> {
+        match limit {
+            0 => Ok(PageLimit(Self::DEFAULT as usize)),
+            1..=Self::MAX => Ok(PageLimit(limit as usize)),
+            _ => Err(KmsError::validation(format!(
+                "limit must be 1 to {}, got {limit}",
+                Self::MAX
+            ))),
+        }
+    }
+}
+
+/// One page of ListKeys.
+pub struct KeyPage {
+    /// Key ids in ascending order.
+    pub keys: Vec<KeyId>,
+    /// The token of the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// The result of Encrypt.
+pub struct Encrypted {
+    /// The v1 blob.
+    pub ciphertext_blob: Vec<u8>,
+    /// The key's id.
+    pub key_id: KeyId,
+    /// The algorithm used.
+    pub algorithm: EncryptionAlgorithm,
+}
+
+/// The result of Decrypt.
+pub struct Decrypted {
+    /// The plaintext.
+    pub plaintext: SecretBytes,
+    /// The key the blob was made under.
+    pub key_id: KeyId,
+    /// The algorithm used.
+    pub algorithm: EncryptionAlgorithm,
+}
+
+/// The result of ReEncrypt.
+pub struct ReEncrypted {
+    /// The new blob.
+    pub ciphertext_blob: Vec<u8>,
+    /// The key the old blob was made under.
+    pub source_key_id: KeyId,
+    /// The key of the new blob.
+    pub key_id: KeyId,
+}
+
+/// The result of GenerateDataKey.
+pub struct DataKey {
+    /// The data key encrypted under the KMS key.
+    pub ciphertext_blob: Vec<u8>,
+    /// The data key itself.
+    pub plaintext: SecretBytes,
+    /// The KMS key's id.
+    pub key_id: KeyId,
+}
+
+/// What startup reconciliation found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Keys whose creation never finished; removed with their HSM objects.
+    pub abandoned_keys: usize,
+    /// HSM objects of this instance that no key record names. Kept, not destroyed: key
+    /// creation records a key before making its object, so only a store restored from an old
+    /// backup leaves such objects, and destroying them would destroy keys that blobs need.
+    pub unreferenced_objects: Vec<KeyVersionRef>,
+    /// Key versions whose HSM object is missing (the key cannot be used).
+    pub missing_objects: Vec<KeyVersionRef>,
+}
+
+/// The key management service.
+pub struct Kms {
+    store: Arc<dyn MetadataStore>,
+    hsm: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    /// Serialises read-modify-write of key records.
+    write_lock: Mutex<()>,
+}
+
+impl Kms {
+    /// A service on these backends.
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        hsm: Arc<dyn KeyStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Kms {
+            store,
+            hsm,
+            clock,
+            write_lock: Mutex::new(()),
+        }
+    }
+
+    /// Brings the store and the HSM into agreement after a crash; run before serving.
+    ///
+    /// Keys left in `Creating` are removed with any HSM object they got. Versions without an
+    /// HSM object, and HSM objects of this instance that no record names, are reported and
+    /// logged, never deleted: neither can be repaired automatically without losing keys.
+    pub fn reconcile(&self) -> Result<ReconcileReport, KmsError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut report = ReconcileReport::default();
+        let mut in_hsm: HashSet<KeyVersionRef> =
+            self.hsm.list_key_versions()?.into_iter().collect();
+        let mut referenced = HashSet::new();
+        let mut after = None;
+        loop {
+            let page = self.store.list_keys(after, 500)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for record in page {
+                if record.state == KeyState::Creating {
+                    for version in record.version_refs() {
+                        self.hsm.destroy_key_version(version)?;
+                        in_hsm.remove(&version);
+                    }
+                    self.store.delete_key(record.id)?;
+                    info!(key_id = %record.id, "removed a key whose creation did not finish");
+                    report.abandoned_keys += 1;
+                    continue;
+                }
+                for version in record.version_refs() {
+                    if !in_hsm.contains(&version) {
+                        warn!(key_id = %version.key_id, version = version.version,
+                            "key version has no HSM object; it cannot be used");
+                        report.missing_objects.push(version);
+                    }
+                    referenced.insert(version);
+                }
+            }
+        }
+        for unreferenced in in_hsm.difference(&referenced) {
+            warn!(key_id = %unreferenced.key_id, version = unreferenced.version,
+                "an HSM object of this instance has no key record (was the data dir restored \
+                 from an old backup?); it is kept");
+            report.unreferenced_objects.push(*unreferenced);
+        }
+        Ok(report)
+    }
+
+    /// Creates a key and its first version inside the HSM.
+    ///
+    /// Crash-safe: the record is stored as `Creating` before the HSM object exists and becomes
+    /// `Enabled` only after; [`Kms::reconcile`] removes what a crash left in between.
+    pub fn create_key(&self, input: CreateKeyInput) -> Result<KeyRecord, KmsError> {
+        KeyRecord::validate_description(&input.description)?;
+        let now = self.clock.now_millis();
+        let mut record = KeyRecord {
+            id: KeyId::random(),
+            created_at_ms: now,
+            description: input.description,
+            usage: input.usage,
+            spec: input.spec,
+            origin: input.origin,
+            state: KeyState::Creating,
+            current_version: 1,
+            versions: vec![KeyVersion {
+                version: 1,
+                created_at_ms: now,
+            }],
+        };
+        self.store.put_key(&record)?;
+        let first = KeyVersionRef {
+            key_id: record.id,
+            version: 1,
+        };
+        if let Err(error) = self.hsm.create_key_version(first) {
+            // The HSM may have made the object before failing (a lost session). Destroy it,
+            // then drop the record; if either step fails, the `Creating` record stays and
+            // startup reconciliation finishes the job.
+            let cleanup = self
+                .hsm
+                .destroy_key_version(first)
+                .map_err(KmsError::from)
+                .and_then(|()| self.store.delete_key(record.id).map_err(KmsError::from));
+            if let Err(cleanup) = cleanup {
+                warn!(key_id = %record.id, error = %cleanup,
+                    "a failed key creation is left for startup reconciliation");
+            }
+            return Err(error.into());
+        }
+        record.state = KeyState::Enabled;
+        self.store.put_key(&record)?;
+        info!(key_id = %record.id, "created key");
+        Ok(record)
+    }
+
+    /// The record of a visible key.
+    pub fn describe_key(&self, key: &KeyRef) -> Result<KeyRecord, KmsError> {
+        self.resolve(key)
+    }
+
+    /// A page of key ids, ascending. `page_token` is the previous page's `next_page_token`.
+    pub fn list_keys(
+        &self,
+        limit: PageLimit,
+        page_token: Option<&str>,
+    ) -> Result<KeyPage, KmsError> {
+        let after = page_token
+            .map(|t| {
+                t.parse::<KeyId>().map_err(|_| {
+                    KmsError::validation("page_token is not a token ListKeys returned")
+                })
+            })
+            .transpose()?;
+        let mut scanned = self.store.list_keys(after, limit.0 + 1)?;
+        let next_page_token = if scanned.len() > limit.0 {
+            scanned.truncate(limit.0);
+            scanned.last().map(|r| r.id.to_string())
+        } else {
+            None
+        };
+        let keys = scanned
+            .iter()
+            .filter(|r| r.is_visible())
+            .map(|r| r.id)
+            .collect();
+        Ok(KeyPage {
+            keys,
+            next_page_token,
+        })
+    }
+
+    /// Makes a Disabled key Enabled (a no-op on an Enabled key).
+    pub fn enable_key(&self, key: &KeyRef) -> Result<(), KmsError> {
+        self.set_enabled(key, KeyState::Enabled, "enabled")
+    }
+
+    /// Makes an Enabled key Disabled (a no-op on a Disabled key).
+    pub fn disable_key(&self, key: &KeyRef) -> Result<(), KmsError> {
+        self.set_enabled(key, KeyState::Disabled, "disabled")
+    }
+
+    /// Moves a key between Enabled and Disabled; other states refuse.
+    fn set_enabled(&self, key: &KeyRef, target: KeyState, verb: &str) -> Result<(), KmsError> {
+        self.update(key, |record| match record.state {
+            KeyState::Enabled | KeyState::Disabled => {
+                record.state = target;
+                Ok(())
+            }
+            _ => Err(invalid_state(record, verb)),
+        })
+    }
+
+    /// Replaces the description.
+    pub fn update_key_description(
+        &self,
+        key: &KeyRef,
+        description: String,
+    ) -> Result<(), KmsError> {
+        KeyRecord::validate_description(&description)?;
+        self.update(key, |record| {
+            if record.state == KeyState::PendingDeletion {
+                return Err(invalid_state(record, "updated"));
+            }
+            record.description = description;
+            Ok(())
+        })
+    }
+
+    /// Encrypts with the key's current version: one HSM operation.
+    pub fn encrypt(
+        &self,
+        key: &KeyRef,
+        plaintext: &Plaintext,
+        context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        let record = self.usable(key)?;
+        let ciphertext_blob = self.seal(&record, context, plaintext.0.expose_secret())?;
+        debug!(key_id = %record.id, version = record.current_version, "encrypted");
+        Ok(Encrypted {
+            ciphertext_blob,
+            key_id: record.id,
+            algorithm: EncryptionAlgorithm::SymmetricDefault,
+        })
+    }
+
+    /// Decrypts a blob: one HSM operation. `key`, when given, must be the blob's key.
+    pub fn decrypt(
+        &self,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+        key: Option<&KeyRef>,
+    ) -> Result<Decrypted, KmsError> {
+        let parsed = blob::parse(ciphertext_blob)?;
+        let blob_key = parsed.header.key;
+        if let Some(key) = key {
+            let named = self.resolve(key)?;
+            if named.id != blob_key.key_id {
+                return Err(KmsError::IncorrectKey(format!(
+                    "the ciphertext was not encrypted under key {key}"
+                )));
+            }
+        }
+        let record = self
+            .store
+            .get_key(blob_key.key_id)?
+            .filter(KeyRecord::is_visible)
+            .ok_or(KmsError::InvalidCiphertext)?;
+        record.check_usable()?;
+        let version = record
+            .version_ref(blob_key.version)
+            .ok_or(KmsError::InvalidCiphertext)?;
+        let k_msg = self
+            .hsm
+            .derive_message_key(version, &symmetric::derivation_input(&parsed.header.nonce))?;
+        let plaintext = symmetric::open(&k_msg, &parsed, context)?;
+        debug!(key_id = %record.id, version = version.version, "decrypted");
+        Ok(Decrypted {
+            plaintext: SecretBytes::from(plaintext),
+            key_id: record.id,
+            algorithm: EncryptionAlgorithm::SymmetricDefault,
+        })
+    }
+
+    /// Decrypts a blob and encrypts its plaintext under `destination` (its current version);
+    /// the plaintext never leaves this call.
+    pub fn re_encrypt(
+        &self,
+        ciphertext_blob: &[u8],
+        source_context: &EncryptionContext,
+        source_key: Option<&KeyRef>,
+        destination: &KeyRef,
+        destination_context: &EncryptionContext,
+    ) -> Result<ReEncrypted, KmsError> {
+        let destination = self.usable(destination)?;
+        let decrypted = self.decrypt(ciphertext_blob, source_context, source_key)?;
+        let ciphertext_blob = self.seal(
+            &destination,
+            destination_context,
+            decrypted.plaintext.expose_secret(),
+        )?;
+        Ok(ReEncrypted {
+            ciphertext_blob,
+            source_key_id: decrypted.key_id,
+            key_id: destination.id,
+        })
+    }
+
+    /// A fresh data key from the operating system's CSPRNG, and its blob: one HSM operation.
+    pub fn generate_data_key(
+        &self,
+        key: &KeyRef,
+        context: &EncryptionContext,
+        length: DataKeyLength,
+    ) -> Result<DataKey, KmsError> {
+        let record = self.usable(key)?;
+        let mut data_key = vec![0u8; length.0];
+        getrandom::fill(&mut data_key).map_err(|e| KmsError::Internal(Box::new(e)))?;
+        let plaintext = SecretBytes::new(data_key);
+        let ciphertext_blob = self.seal(&record, context, plaintext.expose_secret())?;
+        debug!(key_id = %record.id, "generated a data key");
+        Ok(DataKey {
+            ciphertext_blob,
+            plaintext,
+            key_id: record.id,
+        })
+    }
+
+    /// Random bytes from the HSM.
+    pub fn generate_random(&self, length: RandomLength) -> Result<SecretBytes, KmsError> {
+        Ok(SecretBytes::from(self.hsm.random_bytes(length.0)?))
+    }
+
+    fn seal(
+        &self,
+        record: &KeyRecord,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KmsError> {
+        let version = record.version_ref(record.current_version).ok_or_else(|| {
+            KmsError::Internal(format!("key {} has no current version", record.id).into())
+        })?;
+        let nonce = symmetric::random_nonce()?;
+        let k_msg = self
+            .hsm
+            .derive_message_key(version, &symmetric::derivation_input(&nonce))?;
+        symmetric::seal(&k_msg, version, nonce, context, plaintext)
+    }
+
+    /// The record of a key the caller named, in any visible state.
+    fn resolve(&self, key: &KeyRef) -> Result<KeyRecord, KmsError> {
+        match key {
+            KeyRef::Id(id) => self
+                .store
+                .get_key(*id)?
+                .filter(KeyRecord::is_visible)
+                .ok_or_else(|| KmsError::NotFound(format!("key {id} not found"))),
+            KeyRef::Alias(alias) => Err(KmsError::NotFound(format!("alias {alias} not found"))),
+        }
+    }
+
+    /// The record of a key that may be used for encryption now.
+    fn usable(&self, key: &KeyRef) -> Result<KeyRecord, KmsError> {
+        let record = self.resolve(key)?;
+        record.check_usable()?;
+        Ok(record)
+    }
+
+    fn update(
+        &self,
+        key: &KeyRef,
+        change: impl FnOnce(&mut KeyRecord) -> Result<(), KmsError>,
+    ) -> Result<(), KmsError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut record = self.resolve(key)?;
+        change(&mut record)?;
+        self.store.put_key(&record)?;
+        info!(key_id = %record.id, state = record.state.as_str(), "updated key");
+        Ok(())
+    }
+}
+
+fn invalid_state(record: &KeyRecord, verb: &str) -> KmsError {
+    KmsError::InvalidState(format!(
+        "key {} is {} and cannot be {verb}",
+        record.id,
+        record.state.as_str()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::memory_kms;
+
+    fn ok<T>(r: Result<T, KmsError>) -> T {
+        r.unwrap_or_else(|e| panic!("unexpected {}: {e}", e.reason()))
+    }
+
+    fn new_key(kms: &Kms) -> KeyRef {
+        let record = ok(kms.create_key(CreateKeyInput {
+            description: "test".into(),
+            usage: KeyUsage::EncryptDecrypt,
+            spec: KeySpec::SymmetricDefault,
+            origin: Origin::Kms,
+        }));
+        KeyRef::Id(record.id)
+    }
+
+    fn plaintext(bytes: &[u8]) -> Plaintext {
+        ok(Plaintext::new(SecretBytes::new(bytes.to_vec())))
+    }
+
+    fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
+        ok(EncryptionContext::new(
+            pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())),
+            "encryption_context",
+        ))
+    }
+
+    #[test]
+    fn encrypt_decrypt_round_trip_with_one_hsm_operation_each() {
+        let (kms, _, hsm) = memory_kms();
+        let key = new_key(&kms);
+        let context = ctx(&[("app", "billing")]);
+        let before = hsm.derivations();
+        let encrypted = ok(kms.encrypt(&key, &plaintext(b"secret"), &context));
+        assert_eq!(hsm.derivations(), before + 1);
+        let decrypted = ok(kms.decrypt(&encrypted.ciphertext_blob, &context, None));
+        assert_eq!(hsm.derivations(), before + 2);
+        assert_eq!(decrypted.plaintext.expose_secret(), b"secret");
+        assert_eq!(KeyRef::Id(decrypted.key_id), key);
+        ok(kms.generate_data_key(
+            &key,
+            &context,
+            ok(DataKeyLength::new(Some(DataKeySpec::Aes256), None)),
+        ));
+        assert_eq!(hsm.derivations(), before + 3);
+    }
+
+    #[test]
+    fn plaintext_limits() {
+        assert!(Plaintext::new(SecretBytes::new(vec![0; 4096])).is_ok());
+        assert!(matches!(
+            Plaintext::new(SecretBytes::new(vec![0; 4097])),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            Plaintext::new(SecretBytes::new(Vec::new())),
+            Err(KmsError::Validation(_))
+        ));
+    }
+
+    #[test]
+    fn disabled_keys_refuse_every_cryptographic_operation() {
+        let (kms, _, _) = memory_kms();
+        let key = new_key(&kms);
+        let other = new_key(&kms);
+        let context = ctx(&[]);
+        let blob = ok(kms.encrypt(&key, &plaintext(b"x"), &context)).ciphertext_blob;
+        ok(kms.disable_key(&key));
+        let length = ok(DataKeyLength::new(None, Some(10)));
+        assert!(matches!(
+            kms.encrypt(&key, &plaintext(b"x"), &context),
+            Err(KmsError::Disabled(_))
+        ));
+        assert!(matches!(
+            kms.decrypt(&blob, &context, None),
+            Err(KmsError::Disabled(_))
+        ));
+        assert!(matches!(
+            kms.re_encrypt(&blob, &context, None, &other, &context),
+            Err(KmsError::Disabled(_))
+        ));
+        assert!(matches!(
+            kms.generate_data_key(&key, &context, length),
+            Err(KmsError::Disabled(_))
+        ));
+        ok(kms.enable_key(&key));
+        assert!(kms.decrypt(&blob, &context, None).is_ok());
+    }
+
+    #[test]
+    fn decrypt_naming_another_key_is_incorrect_key() {
+        let (kms, _, _) = memory_kms();
+        let key = new_key(&kms);
+        let other = new_key(&kms);
+        let blob = ok(kms.encrypt(&key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+        assert!(matches!(
+            kms.decrypt(&blob, &ctx(&[]), Some(&other)),
+            Err(KmsError::IncorrectKey(_))
+        ));
+        assert!(kms.decrypt(&blob, &ctx(&[]), Some(&key)).is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_not_found_and_blobs_of_unknown_keys_are_invalid() {
+        let (kms, _, _) = memory_kms();
+        let missing = KeyRef::Id(KeyId::random());
+        assert!(matches!(
+            kms.describe_key(&missing),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(matches!(
+            kms.encrypt(&missing, &plaintext(b"x"), &ctx(&[])),
+            Err(KmsError::NotFound(_))
+        ));
+        let key = new_key(&kms);
+        let mut blob = ok(kms.encrypt(&key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+        blob[5] ^= 1; // the key id
+        assert!(matches!(
+            kms.decrypt(&blob, &ctx(&[]), None),
+            Err(KmsError::InvalidCiphertext)
+        ));
+    }
+
+    #[test]
+    fn re_encrypt_moves_a_blob_to_another_key() {
+        let (kms, _, _) = memory_kms();
+        let a = new_key(&kms);
+        let b = new_key(&kms);
+        let blob = ok(kms.encrypt(&a, &plaintext(b"move me"), &ctx(&[("k", "1")]))).ciphertext_blob;
+        let moved = ok(kms.re_encrypt(
+            &blob,
+            &ctx(&[("k", "1")]),
+            Some(&a),
+            &b,
+            &ctx(&[("k", "2")]),
+        ));
+        assert_eq!(KeyRef::Id(moved.source_key_id), a);
+        assert_eq!(KeyRef::Id(moved.key_id), b);
+        let decrypted = ok(kms.decrypt(&moved.ciphertext_blob, &ctx(&[("k", "2")]), Some(&b)));
+        assert_eq!(decrypted.plaintext.expose_secret(), b"move me");
+    }
+
+    #[test]
+    fn data_key_lengths() {
+        let (kms, _, _) = memory_kms();
+        let key = new_key(&kms);
+        for (spec, bytes, len) in [
+            (Some(DataKeySpec::Aes128), None, 16),
+            (Some(DataKeySpec::Aes256), None, 32),
+            (None, Some(1), 1),
+            (None, Some(1024), 1024),
+        ] {
+            let dk =
+                ok(kms.generate_data_key(&key, &ctx(&[]), ok(DataKeyLength::new(spec, bytes))));
+            assert_eq!(dk.plaintext.len(), len);
+            let back = ok(kms.decrypt(&dk.ciphertext_blob, &ctx(&[]), None));
+            assert_eq!(back.plaintext.expose_secret(), dk.plaintext.expose_secret());
+        }
+        for (spec, bytes) in [
+            (None, None),
+            (None, Some(0)),
+            (None, Some(1025)),
+            (Some(DataKeySpec::Aes128), Some(16)),
+        ] {
+            assert!(matches!(
+                DataKeyLength::new(spec, bytes),
+                Err(KmsError::Validation(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn list_keys_pages_through_every_key_once() {
+        let (kms, _, _) = memory_kms();
+        let mut created: Vec<KeyId> = (0..7)
+            .map(|_| match new_key(&kms) {
+                KeyRef::Id(id) => id,
+                KeyRef::Alias(_) => unreachable!(),
+            })
+            .collect();
+        created.sort();
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = ok(kms.list_keys(ok(PageLimit::new(3)), token.as_deref()));
+            assert!(page.keys.len() <= 3);
+            seen.extend(page.keys);
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(seen, created);
+        assert!(matches!(
+            kms.list_keys(ok(PageLimit::new(3)), Some("garbage")),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(PageLimit::new(1001), Err(KmsError::Validation(_))));
+    }
+
+    #[test]
+    fn reconcile_removes_unfinished_keys_and_reports_unreferenced_objects() {
+        let (kms, store, hsm) = memory_kms();
+        let good = new_key(&kms);
+        // A crash between the Creating record and the HSM object...
+        let half = KeyRecord {
+            state: KeyState::Creating,
+            ..ok(kms.describe_key(&good))
+        };
+        let half = KeyRecord {
+            id: KeyId::random(),
+            ..half
+        };
+        ok(store.put_key(&half).map_err(KmsError::from));
+        ok(hsm
+            .create_key_version(KeyVersionRef {
+                key_id: half.id,
+                version: 1,
+            })
+            .map_err(KmsError::from));
+        // ...and an HSM object whose record never got written.
+        let orphan = KeyVersionRef {
+            key_id: KeyId::random(),
+            version: 1,
+        };
+        ok(hsm.create_key_version(orphan).map_err(KmsError::from));
+
+        let report = ok(kms.reconcile());
+        assert_eq!(report.abandoned_keys, 1);
+        assert_eq!(report.unreferenced_objects, [orphan]);
+        assert!(report.missing_objects.is_empty());
+        assert!(hsm.contains(orphan), "an object without a record is kept");
+        assert!(!hsm.contains(KeyVersionRef {
+            key_id: half.id,
+            version: 1
+        }));
+        assert!(matches!(
+            kms.describe_key(&KeyRef::Id(half.id)),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(
+            kms.encrypt(&good, &plaintext(b"still works"), &ctx(&[]))
+                .is_ok()
+        );
+        let again = ok(kms.reconcile());
+        assert_eq!(again.abandoned_keys, 0);
+        assert_eq!(again.unreferenced_objects, [orphan]);
+    }
+
+    #[test]
+    fn a_failed_hsm_creation_leaves_no_key() {
+        let (kms, store, hsm) = memory_kms();
+        hsm.set_fail_creation(true);
+        let result = kms.create_key(CreateKeyInput {
+            description: String::new(),
+            usage: KeyUsage::EncryptDecrypt,
+            spec: KeySpec::SymmetricDefault,
+            origin: Origin::Kms,
+        });
+        assert!(matches!(result, Err(KmsError::Internal(_))));
+        assert!(ok(store.list_keys(None, 10).map_err(KmsError::from)).is_empty());
+        assert!(ok(hsm.list_key_versions().map_err(KmsError::from)).is_empty());
+    }
+
+    #[test]
+    fn descriptions_are_bounded() {
+        let (kms, _, _) = memory_kms();
+        let key = new_key(&kms);
+        assert!(kms.update_key_description(&key, "é".repeat(8192)).is_ok());
+        assert!(matches!(
+            kms.update_key_description(&key, "x".repeat(8193)),
+            Err(KmsError::Validation(_))
+        ));
+        assert_eq!(ok(kms.describe_key(&key)).description, "é".repeat(8192));
+    }
+}

@@ -1,0 +1,47 @@
+//! Key metadata storage as the service sees it: the [`MetadataStore`] trait that kms-store
+//! implements.
+
+use crate::ids::KeyId;
+use crate::key::KeyRecord;
+
+/// A failure of the metadata store, with its cause kept.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata store: {context}")]
+pub struct StoreError {
+    context: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreError {
+    /// An error while doing `context`, caused by `source`.
+    pub fn new(
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError {
+            context,
+            source: source.into(),
+        }
+    }
+}
+
+/// Durable storage of key records. Every method blocks. A write that returns `Ok` is durable
+/// (synced to disk) before it returns.
+pub trait MetadataStore: Send + Sync {
+    /// A random id fixed when the store was first created. It names this service instance's
+    /// objects in the HSM, so that two instances sharing a token never touch each other's.
+    fn instance_id(&self) -> [u8; 16];
+
+    /// The record of `id`, if any.
+    fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Inserts or replaces the record, durably.
+    fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError>;
+
+    /// Removes the record, durably. Succeeds when there is none.
+    fn delete_key(&self, id: KeyId) -> Result<(), StoreError>;
+
+    /// Up to `limit` records in ascending key id order, starting after `after`.
+    fn list_keys(&self, after: Option<KeyId>, limit: usize) -> Result<Vec<KeyRecord>, StoreError>;
+}

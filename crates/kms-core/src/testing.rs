@@ -1,0 +1,162 @@
+//! In-memory backends for tests: a [`MetadataStore`] in a map and a [`KeyStore`] that computes
+//! the HMAC in software with known master secrets. Never used by kmsd.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::clock::Clock;
+use crate::hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey};
+use crate::ids::KeyId;
+use crate::key::KeyRecord;
+use crate::store::{MetadataStore, StoreError};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Key records in a map.
+#[derive(Default)]
+pub struct MemoryStore {
+    keys: Mutex<BTreeMap<KeyId, KeyRecord>>,
+}
+
+impl MetadataStore for MemoryStore {
+    fn instance_id(&self) -> [u8; 16] {
+        [7; 16]
+    }
+    fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(lock(&self.keys).get(&id).cloned())
+    }
+    fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        lock(&self.keys).insert(record.id, record.clone());
+        Ok(())
+    }
+    fn delete_key(&self, id: KeyId) -> Result<(), StoreError> {
+        lock(&self.keys).remove(&id);
+        Ok(())
+    }
+    fn list_keys(&self, after: Option<KeyId>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+        let keys = lock(&self.keys);
+        Ok(keys
+            .values()
+            .filter(|r| after.is_none_or(|a| r.id > a))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+/// A software stand-in for the HSM. Master secrets are random unless set with
+/// [`SoftKeyStore::insert_secret`]; every derivation is counted.
+#[derive(Default)]
+pub struct SoftKeyStore {
+    secrets: Mutex<HashMap<KeyVersionRef, Zeroizing<[u8; 32]>>>,
+    derivations: AtomicUsize,
+    fail_creation: Mutex<bool>,
+}
+
+impl SoftKeyStore {
+    /// Sets the master secret of a key version (for known-answer tests).
+    pub fn insert_secret(&self, key: KeyVersionRef, secret: [u8; 32]) {
+        lock(&self.secrets).insert(key, Zeroizing::new(secret));
+    }
+
+    /// How many derivations have run.
+    pub fn derivations(&self) -> usize {
+        self.derivations.load(Ordering::SeqCst)
+    }
+
+    /// Whether an object exists for the key version.
+    pub fn contains(&self, key: KeyVersionRef) -> bool {
+        lock(&self.secrets).contains_key(&key)
+    }
+
+    /// Makes the next key creations fail, as an HSM that refuses would.
+    pub fn set_fail_creation(&self, fail: bool) {
+        *lock(&self.fail_creation) = fail;
+    }
+}
+
+impl KeyStore for SoftKeyStore {
+    fn create_key_version(&self, key: KeyVersionRef) -> Result<(), HsmError> {
+        if *lock(&self.fail_creation) {
+            return Err(HsmError::Failed {
+                operation: "generate key",
+                source: "injected failure".into(),
+            });
+        }
+        let mut secret = Zeroizing::new([0u8; 32]);
+        getrandom::fill(secret.as_mut_slice()).map_err(|e| HsmError::Failed {
+            operation: "generate key",
+            source: Box::new(e),
+        })?;
+        lock(&self.secrets).insert(key, secret);
+        Ok(())
+    }
+
+    fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError> {
+        self.derivations.fetch_add(1, Ordering::SeqCst);
+        let secrets = lock(&self.secrets);
+        let secret = secrets.get(&key).ok_or(HsmError::ObjectNotFound(key))?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_slice()).map_err(|e| {
+            HsmError::Failed {
+                operation: "hmac",
+                source: e.to_string().into(),
+            }
+        })?;
+        mac.update(input);
+        Ok(MessageKey::new(Zeroizing::new(
+            mac.finalize().into_bytes().into(),
+        )))
+    }
+
+    fn random_bytes(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let mut out = Zeroizing::new(vec![0u8; len]);
+        getrandom::fill(&mut out).map_err(|e| HsmError::Failed {
+            operation: "random",
+            source: Box::new(e),
+        })?;
+        Ok(out)
+    }
+
+    fn destroy_key_version(&self, key: KeyVersionRef) -> Result<(), HsmError> {
+        lock(&self.secrets).remove(&key);
+        Ok(())
+    }
+
+    fn list_key_versions(&self) -> Result<Vec<KeyVersionRef>, HsmError> {
+        Ok(lock(&self.secrets).keys().copied().collect())
+    }
+}
+
+/// A clock tests set by hand.
+#[derive(Default)]
+pub struct ManualClock {
+    now_ms: Mutex<i64>,
+}
+
+impl ManualClock {
+    /// Sets the time.
+    pub fn set_millis(&self, now_ms: i64) {
+        *lock(&self.now_ms) = now_ms;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_millis(&self) -> i64 {
+        *lock(&self.now_ms)
+    }
+}
+
+/// A service on in-memory backends, with the backends for inspection.
+pub fn memory_kms() -> (crate::Kms, Arc<MemoryStore>, Arc<SoftKeyStore>) {
+    let store = Arc::new(MemoryStore::default());
+    let hsm = Arc::new(SoftKeyStore::default());
+    let kms = crate::Kms::new(store.clone(), hsm.clone(), Arc::new(ManualClock::default()));
+    (kms, store, hsm)
+}

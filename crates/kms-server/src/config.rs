@@ -1,0 +1,294 @@
+//! kmsd's configuration: command-line flags over an optional TOML file, in two stages. The raw
+//! stage is what serde and clap read; [`Config`] holds only validated values.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// The environment variable that may hold the HSM user PIN.
+pub const PIN_ENV: &str = "KMS_HSM_PIN";
+
+/// Command-line flags. Each overrides the same setting of `--config`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "kmsd",
+    version,
+    about = "The HSM-backed key management service"
+)]
+pub struct Args {
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the RocksDB metadata store (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Path of the PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, value_name = "PATH")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// Label of the token that holds the keys.
+    #[arg(long, value_name = "LABEL")]
+    pub token_label: Option<String>,
+    /// File holding the token's user PIN (else the KMS_HSM_PIN environment variable).
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+    /// Most HSM sessions open at once [default: 8].
+    #[arg(long, value_name = "N")]
+    pub hsm_max_sessions: Option<usize>,
+    /// Log filter, e.g. info or kms_core=debug [default: info; RUST_LOG also works].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// TOML configuration file; flags override its settings.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The TOML file, as written. Unknown fields are refused, and so is a PIN in clear.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    pkcs11_module: Option<PathBuf>,
+    token_label: Option<String>,
+    pin_file: Option<PathBuf>,
+    hsm_max_sessions: Option<usize>,
+    log_level: Option<String>,
+}
+
+/// Where the PIN comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinSource {
+    /// A file; its content, without a trailing newline, is the PIN.
+    File(PathBuf),
+    /// The `KMS_HSM_PIN` environment variable.
+    Env,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The metadata store's directory.
+    pub data_dir: PathBuf,
+    /// The PKCS#11 module.
+    pub pkcs11_module: PathBuf,
+    /// The token label.
+    pub token_label: String,
+    /// Where the PIN comes from (never the PIN itself).
+    pub pin: PinSource,
+    /// Most HSM sessions.
+    pub hsm_max_sessions: usize,
+    /// The log filter.
+    pub log_level: String,
+}
+
+/// A configuration that cannot be used, with what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for kmsd.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A required setting is missing.
+    #[error("{0} is required (flag --{0}, or `{1}` in the config file)")]
+    Missing(&'static str, &'static str),
+    /// A setting has a bad value.
+    #[error("{0}")]
+    Invalid(String),
+    /// The PIN could not be read.
+    #[error("{0}")]
+    Pin(String),
+}
+
+impl Config {
+    /// Merges the flags over the config file (if any) and validates the result.
+    pub fn load(args: Args) -> Result<Self, ConfigError> {
+        let raw = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<RawConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.message().to_owned(),
+                })?
+            }
+            None => RawConfig::default(),
+        };
+        let hsm_max_sessions = args.hsm_max_sessions.or(raw.hsm_max_sessions).unwrap_or(8);
+        if !(1..=256).contains(&hsm_max_sessions) {
+            return Err(ConfigError::Invalid(format!(
+                "hsm-max-sessions must be 1 to 256, got {hsm_max_sessions}"
+            )));
+        }
+        let token_label = args
+            .token_label
+            .or(raw.token_label)
+            .ok_or(ConfigError::Missing("token-label", "token_label"))?;
+        if token_label.is_empty() || token_label.len() > 32 {
+            return Err(ConfigError::Invalid(
+                "token-label must have 1 to 32 characters".into(),
+            ));
+        }
+        let listen = args
+            .listen
+            .or(raw.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051)));
+        if !listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "listen address {listen} is not a loopback address: kmsd has no TLS or \
+                 authentication yet, so it serves only this machine"
+            )));
+        }
+        Ok(Config {
+            listen,
+            data_dir: args
+                .data_dir
+                .or(raw.data_dir)
+                .ok_or(ConfigError::Missing("data-dir", "data_dir"))?,
+            pkcs11_module: args
+                .pkcs11_module
+                .or(raw.pkcs11_module)
+                .ok_or(ConfigError::Missing("pkcs11-module", "pkcs11_module"))?,
+            token_label,
+            pin: args
+                .pin_file
+                .or(raw.pin_file)
+                .map_or(PinSource::Env, PinSource::File),
+            hsm_max_sessions,
+            log_level: args
+                .log_level
+                .or(raw.log_level)
+                .unwrap_or_else(|| "info".into()),
+        })
+    }
+
+    /// Reads the PIN from its source.
+    pub fn read_pin(&self) -> Result<Zeroizing<String>, ConfigError> {
+        let pin = match &self.pin {
+            PinSource::File(path) => read_pin_file(path)?,
+            PinSource::Env => Zeroizing::new(std::env::var(PIN_ENV).map_err(|_| {
+                ConfigError::Pin(format!("no PIN: give --pin-file FILE or set {PIN_ENV}"))
+            })?),
+        };
+        let trimmed = pin.trim_end_matches(['\n', '\r']);
+        if trimmed.is_empty() {
+            return Err(ConfigError::Pin("the PIN is empty".into()));
+        }
+        Ok(Zeroizing::new(trimmed.to_owned()))
+    }
+}
+
+fn read_pin_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|e| ConfigError::Pin(format!("cannot read PIN file {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["kmsd"];
+        argv.extend_from_slice(extra);
+        Args::parse_from(argv)
+    }
+
+    #[test]
+    fn flags_override_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("kmsd.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:6000\"\ndata_dir = \"/from/file\"\npkcs11_module = \"/m.so\"\ntoken_label = \"file\"\n",
+        )?;
+        let path = file.to_string_lossy().into_owned();
+        let config = Config::load(args(&["--config", &path, "--token-label", "flag"]))?;
+        assert_eq!(config.token_label, "flag");
+        assert_eq!(config.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(config.listen.port(), 6000);
+        assert_eq!(config.pin, PinSource::Env);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_fields_and_clear_pins_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("kmsd.toml");
+        std::fs::write(&file, "pin = \"1234\"\n")?;
+        let path = file.to_string_lossy().into_owned();
+        let error = Config::load(args(&["--config", &path])).err();
+        assert!(
+            matches!(error, Some(ConfigError::Parse { .. })),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn only_loopback_addresses_are_served() {
+        let base = [
+            "--data-dir",
+            "/d",
+            "--pkcs11-module",
+            "/m.so",
+            "--token-label",
+            "t",
+        ];
+        for (address, ok) in [
+            ("127.0.0.1:1", true),
+            ("[::1]:1", true),
+            ("0.0.0.0:1", false),
+        ] {
+            let mut argv = base.to_vec();
+            argv.extend(["--listen", address]);
+            assert_eq!(Config::load(args(&argv)).is_ok(), ok, "{address}");
+        }
+    }
+
+    #[test]
+    fn missing_settings_are_named() {
+        let error = Config::load(args(&["--token-label", "t", "--pkcs11-module", "/m.so"])).err();
+        assert_eq!(
+            error.map(|e| e.to_string()),
+            Some("data-dir is required (flag --data-dir, or `data_dir` in the config file)".into())
+        );
+    }
+
+    #[test]
+    fn pin_file_loses_its_trailing_newline() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("pin");
+        std::fs::write(&file, "4321\n")?;
+        let config = Config::load(args(&[
+            "--data-dir",
+            "/d",
+            "--pkcs11-module",
+            "/m.so",
+            "--token-label",
+            "t",
+            "--pin-file",
+            &file.to_string_lossy(),
+        ]))?;
+        assert_eq!(config.read_pin()?.as_str(), "4321");
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! kmsd: the gRPC transport of the key management service, its configuration and its
+//! process wiring.
+//!
+//! The handlers only convert: proto request → kms-core input (`convert`), a call of
+//! [`kms_core::Kms`] on a blocking thread, the result → proto response, and every
+//! [`kms_core::KmsError`] → one gRPC status with its `google.rpc.ErrorInfo` (`status`). No
+//! business rule lives here.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod convert;
+pub mod grpc;
+pub mod status;
+
+/// The largest gRPC message kmsd accepts or sends.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;

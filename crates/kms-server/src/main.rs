@@ -1,0 +1,126 @@
+//! kmsd: opens the metadata store and the HSM, reconciles them, and serves gRPC until SIGTERM
+//! or SIGINT.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kms_core::{Kms, MetadataStore, SystemClock};
+use kms_hsm::{HsmConfig, HsmKeyStore};
+use kms_server::config::{Args, Config};
+use kms_server::grpc::KmsGrpc;
+use kms_store::RocksStore;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// How long a request waits for a free HSM session before DependencyTimeoutException.
+const HSM_SESSION_WAIT: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let config = match Config::load(Args::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("kmsd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.log_level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("kmsd cannot start: {e:#}");
+            eprintln!("kmsd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Config) -> anyhow::Result<()> {
+    let store = Arc::new(RocksStore::open(&config.data_dir)?);
+    let pin = config.read_pin()?;
+    let hsm = Arc::new(HsmKeyStore::open(
+        HsmConfig {
+            module: config.pkcs11_module.clone(),
+            token_label: config.token_label.clone(),
+            pin,
+            max_sessions: config.hsm_max_sessions,
+            session_wait: HSM_SESSION_WAIT,
+        },
+        store.instance_id(),
+    )?);
+    info!(
+        token = hsm.token_label(),
+        module = %config.pkcs11_module.display(),
+        data_dir = %config.data_dir.display(),
+        "opened the HSM token and the metadata store"
+    );
+    let kms = Arc::new(Kms::new(store.clone(), hsm, Arc::new(SystemClock)));
+    let report = kms.reconcile().context("startup reconciliation failed")?;
+    if report.abandoned_keys > 0
+        || !report.unreferenced_objects.is_empty()
+        || !report.missing_objects.is_empty()
+    {
+        warn!(
+            abandoned_keys = report.abandoned_keys,
+            unreferenced_objects = report.unreferenced_objects.len(),
+            missing_objects = report.missing_objects.len(),
+            "reconciled the store with the HSM"
+        );
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, kms))?;
+    store.flush()?;
+    info!("kmsd stopped");
+    Ok(())
+}
+
+async fn serve(config: &Config, kms: Arc<Kms>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    info!(address = %local, token = %config.token_label, "kmsd listening");
+    tonic::transport::Server::builder()
+        .add_service(KmsGrpc::new(kms).into_server())
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown_signal())
+        .await
+        .context("the gRPC server failed")
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    info!("shutting down: draining in-flight requests");
+}

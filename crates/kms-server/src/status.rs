@@ -1,0 +1,145 @@
+//! The one mapping from [`KmsError`] to a gRPC [`Status`].
+
+use std::collections::HashMap;
+
+use kms_core::KmsError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `google.rpc.ErrorInfo` domain of every error.
+pub const ERROR_DOMAIN: &str = "kms";
+
+/// The status of `error`: its code, its message, and an `ErrorInfo` whose reason is the AWS
+/// exception name. Internal errors are logged with their cause, which the caller never sees.
+pub fn to_status(error: &KmsError) -> Status {
+    let code = match error {
+        KmsError::NotFound(_) => Code::NotFound,
+        KmsError::Disabled(_) | KmsError::InvalidState(_) => Code::FailedPrecondition,
+        KmsError::InvalidCiphertext
+        | KmsError::IncorrectKey(_)
+        | KmsError::Validation(_)
+        | KmsError::InvalidKeyUsage(_) => Code::InvalidArgument,
+        KmsError::AlreadyExists(_) => Code::AlreadyExists,
+        KmsError::LimitExceeded(_) => Code::ResourceExhausted,
+        KmsError::KeyUnavailable(_) | KmsError::DependencyTimeout(_) => Code::Unavailable,
+        KmsError::Internal(_) => Code::Internal,
+    };
+    if matches!(
+        error,
+        KmsError::Internal(_) | KmsError::KeyUnavailable(_) | KmsError::DependencyTimeout(_)
+    ) {
+        tracing::error!(reason = error.reason(), error = %ErrorChain(error), "request failed");
+    }
+    Status::with_error_details(
+        code,
+        error.to_string(),
+        ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, HashMap::new()),
+    )
+}
+
+/// Displays an error with its chain of sources.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kms_core::HsmError;
+
+    use super::*;
+
+    fn reason(status: &Status) -> Option<String> {
+        status.get_details_error_info().map(|info| info.reason)
+    }
+
+    #[test]
+    fn every_error_has_its_code_and_reason() {
+        let cases: Vec<(KmsError, Code, &str)> = vec![
+            (
+                KmsError::NotFound("x".into()),
+                Code::NotFound,
+                "NotFoundException",
+            ),
+            (
+                KmsError::Disabled("x".into()),
+                Code::FailedPrecondition,
+                "DisabledException",
+            ),
+            (
+                KmsError::InvalidState("x".into()),
+                Code::FailedPrecondition,
+                "KMSInvalidStateException",
+            ),
+            (
+                KmsError::InvalidCiphertext,
+                Code::InvalidArgument,
+                "InvalidCiphertextException",
+            ),
+            (
+                KmsError::IncorrectKey("x".into()),
+                Code::InvalidArgument,
+                "IncorrectKeyException",
+            ),
+            (
+                KmsError::Validation("x".into()),
+                Code::InvalidArgument,
+                "ValidationException",
+            ),
+            (
+                KmsError::InvalidKeyUsage("x".into()),
+                Code::InvalidArgument,
+                "InvalidKeyUsageException",
+            ),
+            (
+                KmsError::AlreadyExists("x".into()),
+                Code::AlreadyExists,
+                "AlreadyExistsException",
+            ),
+            (
+                KmsError::LimitExceeded("x".into()),
+                Code::ResourceExhausted,
+                "LimitExceededException",
+            ),
+            (
+                KmsError::KeyUnavailable(HsmError::Unavailable("gone".into())),
+                Code::Unavailable,
+                "KeyUnavailableException",
+            ),
+            (
+                KmsError::DependencyTimeout(HsmError::Timeout),
+                Code::Unavailable,
+                "DependencyTimeoutException",
+            ),
+            (
+                KmsError::Internal("boom".into()),
+                Code::Internal,
+                "KMSInternalException",
+            ),
+        ];
+        for (error, code, expected) in cases {
+            let status = to_status(&error);
+            assert_eq!(status.code(), code, "{expected}");
+            assert_eq!(reason(&status).as_deref(), Some(expected));
+            assert_eq!(
+                status.get_details_error_info().map(|i| i.domain).as_deref(),
+                Some(ERROR_DOMAIN)
+            );
+        }
+    }
+
+    #[test]
+    fn internal_errors_do_not_show_their_cause() {
+        let status = to_status(&KmsError::Internal("disk on fire at /var/secret".into()));
+        assert!(!status.message().contains("disk on fire"));
+    }
+}

@@ -1,0 +1,230 @@
+//! The RocksDB backend of the kms-core [`MetadataStore`] trait.
+//!
+//! Layout (one column family): `meta/instance_id` holds the 16-byte instance id made when the
+//! store is created; `key/<16-byte key id>` holds a key record as JSON. Every write goes
+//! through the WAL with `sync = true`, so an acknowledged change survives a crash or a power
+//! loss. The database's LOCK file keeps a second kmsd off the same data dir.
+//!
+//! Depends on kms-core and rocksdb only.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use kms_core::{KeyId, KeyRecord, MetadataStore, StoreError};
+use rocksdb::{DB, Direction, IteratorMode, Options, WriteOptions};
+
+const INSTANCE_ID: &[u8] = b"meta/instance_id";
+const KEY_PREFIX: &[u8] = b"key/";
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data dir could not be created or is not a directory.
+    #[error("data dir {path} is not usable: {source}")]
+    DataDir {
+        /// The data dir.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// RocksDB refused to open (another kmsd holds the lock, permissions, corruption).
+    #[error("cannot open the metadata store in {path} (is another kmsd using it?)")]
+    Open {
+        /// The data dir.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// The stored instance id is damaged.
+    #[error("the metadata store in {0} has a damaged instance id")]
+    Damaged(PathBuf),
+    /// Reading or writing the instance id failed.
+    #[error("cannot read or write the instance id in {path}")]
+    Io {
+        /// The data dir.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rocksdb::Error,
+    },
+}
+
+/// Key metadata in RocksDB.
+pub struct RocksStore {
+    db: DB,
+    instance_id: [u8; 16],
+}
+
+impl RocksStore {
+    /// Opens the store in `dir`, creating the directory and the database if missing.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let db = DB::open(&options, dir).map_err(|source| OpenError::Open {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let io = |source| OpenError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        let instance_id = if let Some(bytes) = db.get(INSTANCE_ID).map_err(io)? {
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| OpenError::Damaged(dir.to_owned()))?
+        } else {
+            let id = *uuid::Uuid::new_v4().as_bytes();
+            db.put_opt(INSTANCE_ID, id, &synced()).map_err(io)?;
+            id
+        };
+        Ok(RocksStore { db, instance_id })
+    }
+
+    /// Flushes memtables to SST files (for a clean shutdown; the WAL already made every write
+    /// durable).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| StoreError::new("flush", e))
+    }
+}
+
+fn synced() -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    options
+}
+
+fn record_key(id: KeyId) -> Vec<u8> {
+    let mut key = KEY_PREFIX.to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn decode(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::new("decode key record", e))
+}
+
+impl MetadataStore for RocksStore {
+    fn instance_id(&self) -> [u8; 16] {
+        self.instance_id
+    }
+
+    fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.db
+            .get_pinned(record_key(id))
+            .map_err(|e| StoreError::new("read key record", e))?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let value =
+            serde_json::to_vec(record).map_err(|e| StoreError::new("encode key record", e))?;
+        self.db
+            .put_opt(record_key(record.id), value, &synced())
+            .map_err(|e| StoreError::new("write key record", e))
+    }
+
+    fn delete_key(&self, id: KeyId) -> Result<(), StoreError> {
+        self.db
+            .delete_opt(record_key(id), &synced())
+            .map_err(|e| StoreError::new("delete key record", e))
+    }
+
+    fn list_keys(&self, after: Option<KeyId>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+        let start = after.map_or_else(|| KEY_PREFIX.to_vec(), record_key);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item.map_err(|e| StoreError::new("list key records", e))?;
+            if !key.starts_with(KEY_PREFIX) || out.len() == limit {
+                break;
+            }
+            if after.is_some() && *key == *start {
+                continue;
+            }
+            out.push(decode(&value)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kms_core::{KeySpec, KeyState, KeyUsage, KeyVersion, Origin};
+
+    use super::*;
+
+    fn record(id: KeyId) -> KeyRecord {
+        KeyRecord {
+            id,
+            created_at_ms: 1,
+            description: "d".into(),
+            usage: KeyUsage::EncryptDecrypt,
+            spec: KeySpec::SymmetricDefault,
+            origin: Origin::Kms,
+            state: KeyState::Enabled,
+            current_version: 1,
+            versions: vec![KeyVersion {
+                version: 1,
+                created_at_ms: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn records_and_instance_id_survive_reopen() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let id = KeyId::random();
+        let instance = {
+            let store = RocksStore::open(dir.path())?;
+            store.put_key(&record(id))?;
+            store.instance_id()
+        };
+        let store = RocksStore::open(dir.path())?;
+        assert_eq!(store.instance_id(), instance);
+        assert_eq!(store.get_key(id)?, Some(record(id)));
+        store.delete_key(id)?;
+        assert_eq!(store.get_key(id)?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn list_pages_in_id_order() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RocksStore::open(dir.path())?;
+        let mut ids: Vec<KeyId> = (0..5).map(|_| KeyId::random()).collect();
+        for id in &ids {
+            store.put_key(&record(*id))?;
+        }
+        ids.sort();
+        let first: Vec<KeyId> = store.list_keys(None, 2)?.iter().map(|r| r.id).collect();
+        assert_eq!(first, ids[..2]);
+        let rest: Vec<KeyId> = store
+            .list_keys(Some(ids[1]), 10)?
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(rest, ids[2..]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_dir_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let _first = RocksStore::open(dir.path())?;
+        assert!(matches!(
+            RocksStore::open(dir.path()),
+            Err(OpenError::Open { .. })
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what building and testing kmsd needs on Debian 12 (or Ubuntu), when missing:
+# SoftHSM2 and OpenSC's pkcs11-tool, libclang for the RocksDB bindings, a C++ compiler,
+# protoc with the well-known .proto files, Python's cryptography (test vectors), and a Rust
+# toolchain of at least 1.88 with rustfmt and clippy (through rustup when none is there).
+set -euo pipefail
+min_rust=1.88
+packages=(softhsm2 opensc libclang-dev clang build-essential protobuf-compiler libprotobuf-dev
+          pkg-config python3 python3-cryptography curl ca-certificates)
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+# Rust: rustup's toolchain in ~/.cargo/bin, installed when there is no cargo at all.
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if ! command -v cargo >/dev/null; then
+    echo "install-deps: installing Rust with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+        sh -s -- -y --profile minimal -c rustfmt -c clippy >/dev/null
+    . "$HOME/.cargo/env"
+fi
+version=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$min_rust" "$version" | sort -V | head -n1)" != "$min_rust" ]; then
+    if command -v rustup >/dev/null; then
+        echo "install-deps: Rust $version is older than $min_rust; updating"
+        rustup update stable >/dev/null
+    else
+        echo "install-deps: Rust $version is older than $min_rust: install Rust with rustup (https://rustup.rs)" >&2
+        exit 1
+    fi
+fi
+if command -v rustup >/dev/null; then
+    for c in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+    done
+fi

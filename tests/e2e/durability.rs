@@ -1,0 +1,178 @@
+//! Crashes, restarts and refusals to start.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kms_e2e::{TOKEN_LABEL, TestEnv, module};
+
+use crate::ctx;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_under_load_loses_no_acknowledged_blob_or_key() {
+    let env = TestEnv::new();
+    let mut kmsd = env.start();
+    let key = kmsd
+        .client()
+        .await
+        .create_key("durable")
+        .await
+        .unwrap()
+        .key_id;
+
+    let acknowledged = Arc::new(Mutex::new(Vec::<(Vec<u8>, Vec<u8>)>::new()));
+    let created = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for worker in 0..8u32 {
+        let mut c = kmsd.client().await;
+        let key = key.clone();
+        let acknowledged = Arc::clone(&acknowledged);
+        tasks.push(tokio::spawn(async move {
+            for i in 0u32.. {
+                let plaintext = format!("worker {worker} blob {i}").into_bytes();
+                match c.encrypt(&key, &plaintext, &ctx(&[("w", "1")])).await {
+                    Ok(r) => acknowledged
+                        .lock()
+                        .unwrap()
+                        .push((plaintext, r.ciphertext_blob)),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let mut c = kmsd.client().await;
+        let created = Arc::clone(&created);
+        tasks.push(tokio::spawn(async move {
+            while let Ok(m) = c.create_key("made under load").await {
+                created.lock().unwrap().push(m.key_id);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    kmsd.kill9();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let blobs = acknowledged.lock().unwrap().clone();
+    let created = created.lock().unwrap().clone();
+    assert!(blobs.len() > 50, "too little load: {} blobs", blobs.len());
+    assert!(!created.is_empty(), "no key was created under load");
+
+    let kmsd = env.start();
+    let mut c = kmsd.client().await;
+    for (plaintext, blob) in &blobs {
+        let back = c.decrypt(blob, &ctx(&[("w", "1")]), None).await.unwrap();
+        assert_eq!(*back.plaintext, *plaintext);
+    }
+    let listed = c.list_all_keys().await.unwrap();
+    for key in &created {
+        assert!(listed.contains(key), "acknowledged key {key} is gone");
+    }
+    // Every key is usable, and the token holds exactly one object per key: no orphan.
+    for key in &listed {
+        c.encrypt(key, b"still usable", &ctx(&[])).await.unwrap();
+    }
+    let mut labels = env.hsm_key_labels();
+    labels.sort();
+    let mut expected: Vec<String> = listed.iter().map(|k| format!("kms/{k}/v1")).collect();
+    expected.sort();
+    assert_eq!(labels, expected);
+    println!(
+        "kill -9 after {} blobs and {} keys: all decrypt after restart",
+        blobs.len(),
+        created.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_cleanly_and_keys_survive_a_restart() {
+    let env = TestEnv::new();
+    let mut kmsd = env.start();
+    let mut c = kmsd.client().await;
+    let key = c.create_key("restart").await.unwrap().key_id;
+    let blob = c
+        .encrypt(&key, b"kept", &ctx(&[]))
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    drop(c);
+    assert!(
+        kmsd.terminate(),
+        "kmsd did not exit cleanly:\n{}",
+        kmsd.log()
+    );
+    assert!(kmsd.log().contains("kmsd stopped"));
+
+    let kmsd = env.start();
+    let mut c = kmsd.client().await;
+    assert_eq!(
+        *c.decrypt(&blob, &ctx(&[]), None).await.unwrap().plaintext,
+        b"kept"
+    );
+    assert_eq!(c.describe_key(&key).await.unwrap().description, "restart");
+}
+
+fn replace(args: &[String], flag: &str, value: &str) -> Vec<String> {
+    let mut out = args.to_vec();
+    let i = out.iter().position(|a| a == flag).unwrap();
+    value.clone_into(&mut out[i + 1]);
+    out
+}
+
+#[test]
+fn kmsd_refuses_to_start_with_a_clear_message() {
+    let env = TestEnv::new();
+    let args = env.kmsd_args();
+
+    let (_, log) = env.expect_refusal(
+        &replace(&args, "--pkcs11-module", "/nope/libpkcs11.so"),
+        &[],
+    );
+    assert!(
+        log.contains("cannot load the PKCS#11 module /nope/libpkcs11.so"),
+        "{log}"
+    );
+
+    let (_, log) = env.expect_refusal(&replace(&args, "--token-label", "wrong-token"), &[]);
+    assert!(log.contains("no token labelled \"wrong-token\""), "{log}");
+    assert!(log.contains(TOKEN_LABEL), "names the tokens present: {log}");
+
+    let bad_pin = env.path().join("bad-pin");
+    std::fs::write(&bad_pin, "000000\n").unwrap();
+    let (_, log) = env.expect_refusal(
+        &replace(&args, "--pin-file", &bad_pin.to_string_lossy()),
+        &[],
+    );
+    assert!(log.contains("PIN is wrong"), "{log}");
+
+    let (_, log) = env.expect_refusal(&replace(&args, "--pin-file", "/nope/pin"), &[]);
+    assert!(log.contains("cannot read PIN file /nope/pin"), "{log}");
+
+    let mut no_pin = args.clone();
+    let i = no_pin.iter().position(|a| a == "--pin-file").unwrap();
+    no_pin.drain(i..i + 2);
+    let (_, log) = env.expect_refusal(&no_pin, &[]);
+    assert!(log.contains("KMS_HSM_PIN"), "{log}");
+    // ...and the environment variable works.
+    let pin = env.pin();
+    let kmsd = env
+        .start_with(&no_pin, &[("KMS_HSM_PIN", &pin)])
+        .unwrap_or_else(|l| panic!("{l}"));
+    drop(kmsd);
+
+    let file = env.path().join("a-file");
+    std::fs::write(&file, "not a dir").unwrap();
+    let (_, log) = env.expect_refusal(&replace(&args, "--data-dir", &file.to_string_lossy()), &[]);
+    assert!(log.contains("data dir") && log.contains("a-file"), "{log}");
+
+    // A second kmsd on the same data dir.
+    let first = env.start();
+    let (_, log) = env.expect_refusal(&args, &[]);
+    assert!(log.contains("is another kmsd using it?"), "{log}");
+    drop(first);
+
+    let (code, log) = env.expect_refusal(&["--data-dir".into(), "/tmp/x".into()], &[]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("--token-label"), "{log}");
+    let _ = module();
+}

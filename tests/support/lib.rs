@@ -1,0 +1,303 @@
+//! Test support for the end-to-end suite: a fresh SoftHSM2 token and data dir per test, a real
+//! `kmsd` process on them, and helpers to drive it with the Rust client, kmsctl and
+//! OpenSC's pkcs11-tool.
+//!
+//! The binaries come from the same target dir as the test (build them first:
+//! `cargo build --bins`, as tests/run.sh does). Without SoftHSM2 the tests fail loudly.
+#![forbid(unsafe_code)]
+// Test support: a failed set-up is a failed test, so it panics.
+#![allow(
+    clippy::missing_panics_doc,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kms_client::KmsClient;
+use tempfile::TempDir;
+
+/// The token label every test environment uses.
+pub const TOKEN_LABEL: &str = "kms-e2e";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Path of a binary of the workspace, next to the test binary's `deps/` dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()));
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build it first with `cargo build --bins` (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The SoftHSM2 module: `TEST_PKCS11_MODULE`, else Debian's path.
+pub fn module() -> PathBuf {
+    let module = std::env::var_os("TEST_PKCS11_MODULE").map_or_else(
+        || PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+        PathBuf::from,
+    );
+    assert!(
+        module.exists(),
+        "SoftHSM2 module {} not found: run deploy/install-deps.sh",
+        module.display()
+    );
+    module
+}
+
+/// A fresh token and data dir, in a temp dir removed at drop.
+pub struct TestEnv {
+    dir: TempDir,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    /// Initialises a fresh SoftHSM2 token with hsm-config/init-token.sh.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let status = Command::new(repo_root().join("hsm-config/init-token.sh"))
+            .arg(dir.path().join("hsm"))
+            .arg(TOKEN_LABEL)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("run init-token.sh: {e}"));
+        assert!(status.success(), "init-token.sh failed");
+        TestEnv { dir }
+    }
+
+    /// The temp dir.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The SoftHSM2 configuration of this environment's token.
+    pub fn softhsm_conf(&self) -> PathBuf {
+        self.path().join("hsm/softhsm2.conf")
+    }
+
+    /// The file holding the user PIN.
+    pub fn pin_file(&self) -> PathBuf {
+        self.path().join("hsm/pin")
+    }
+
+    /// The user PIN.
+    pub fn pin(&self) -> String {
+        std::fs::read_to_string(self.pin_file())
+            .unwrap_or_else(|e| panic!("read pin: {e}"))
+            .trim()
+            .to_owned()
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.path().join("data")
+    }
+
+    /// The standard flags for kmsd on this environment, on a random loopback port.
+    pub fn kmsd_args(&self) -> Vec<String> {
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &self.data_dir().to_string_lossy(),
+            "--pkcs11-module",
+            &module().to_string_lossy(),
+            "--token-label",
+            TOKEN_LABEL,
+            "--pin-file",
+            &self.pin_file().to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// Starts kmsd with the standard flags; panics with its log if it does not come up.
+    pub fn start(&self) -> Kmsd {
+        self.start_with(&self.kmsd_args(), &[])
+            .unwrap_or_else(|log| panic!("kmsd did not start:\n{log}"))
+    }
+
+    /// Starts kmsd with these flags and extra environment; `Err` carries its log when it
+    /// exits instead of listening.
+    pub fn start_with(&self, args: &[String], env: &[(&str, &str)]) -> Result<Kmsd, String> {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log_path = self.path().join(format!("kmsd-{n}.log"));
+        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("log: {e}"));
+        let err = log.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
+        let mut command = Command::new(bin("kmsd"));
+        command
+            .args(args)
+            .env("SOFTHSM2_CONF", self.softhsm_conf())
+            .env_remove("RUST_LOG")
+            .env_remove("KMS_HSM_PIN")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn kmsd: {e}"));
+        let mut kmsd = Kmsd {
+            child,
+            endpoint: String::new(),
+            log_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = kmsd.log();
+            if let Some(address) = log
+                .lines()
+                .find(|l| l.contains("kmsd listening"))
+                .and_then(|l| l.split("address=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                kmsd.endpoint = format!("http://{address}");
+                return Ok(kmsd);
+            }
+            if let Ok(Some(status)) = kmsd.child.try_wait() {
+                return Err(format!("kmsd exited with {status}:\n{log}"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kmsd did not listen within 60 s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs kmsd with these flags and environment, expecting it to refuse to start; returns
+    /// its exit code and output.
+    pub fn expect_refusal(&self, args: &[String], env: &[(&str, &str)]) -> (Option<i32>, String) {
+        match self.start_with(args, env) {
+            Ok(kmsd) => panic!("kmsd started, but should have refused:\n{}", kmsd.log()),
+            Err(log) => {
+                let code = log
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("kmsd exited with exit status: "))
+                    .and_then(|c| c.trim_end_matches(':').parse().ok());
+                (code, log)
+            }
+        }
+    }
+
+    /// Runs OpenSC's pkcs11-tool on this environment's token, logged in.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> Output {
+        Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(module())
+            .args([
+                "--token-label",
+                TOKEN_LABEL,
+                "--login",
+                "--pin",
+                &self.pin(),
+            ])
+            .args(args)
+            .env("SOFTHSM2_CONF", self.softhsm_conf())
+            .output()
+            .unwrap_or_else(|e| panic!("pkcs11-tool (apt-get install opensc): {e}"))
+    }
+
+    /// The labels of the secret keys on the token, as pkcs11-tool lists them.
+    pub fn hsm_key_labels(&self) -> Vec<String> {
+        let out = self.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
+        assert!(
+            out.status.success(),
+            "pkcs11-tool failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("label:"))
+            .map(|l| l.trim().to_owned())
+            .collect()
+    }
+}
+
+/// A running kmsd; killed at drop.
+pub struct Kmsd {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    log_path: PathBuf,
+}
+
+impl Kmsd {
+    /// Everything kmsd wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> KmsClient {
+        KmsClient::connect(&self.endpoint)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"))
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM failed");
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+
+    /// Runs kmsctl against this kmsd with `args` and `stdin`.
+    pub fn kmsctl(&self, args: &[&str], stdin: &[u8]) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(bin("kmsctl"))
+            .arg("--endpoint")
+            .arg(&self.endpoint)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn kmsctl: {e}"));
+        if let Some(mut input) = child.stdin.take() {
+            input
+                .write_all(stdin)
+                .unwrap_or_else(|e| panic!("kmsctl stdin: {e}"));
+        }
+        child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("kmsctl: {e}"))
+    }
+}
+
+impl Drop for Kmsd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
