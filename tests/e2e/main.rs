@@ -10,6 +10,7 @@ mod api;
 mod cli;
 mod custody;
 mod durability;
+mod interop;
 
 use kms_client::ClientError;
 use tonic::Code;
