@@ -11,7 +11,9 @@ const SECRET_MESSAGES: [&str; 4] = [
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let kms = root.join("kms/v1/kms.proto");
-    println!("cargo:rerun-if-changed={}", kms.display());
+    // Relative to this package, so that checkouts sharing one target dir (CI clones) each
+    // watch their own copy of the proto.
+    println!("cargo:rerun-if-changed=../../proto/kms/v1/kms.proto");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

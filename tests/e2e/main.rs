@@ -6,6 +6,7 @@
 // Helpers of a test binary are test code: a failed assumption is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod aliases;
 mod api;
 mod cli;
 mod custody;

@@ -16,7 +16,7 @@ use kms_client::{ClientError, Context, DataKeySize, KmsClient, v1 as pb};
 use serde_json::json;
 
 use crate::io::{b64, read_input, write_output};
-use crate::output::{Format, print_metadata};
+use crate::output::{Format, print_aliases, print_metadata};
 
 #[derive(Parser)]
 #[command(
@@ -144,6 +144,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<String>,
     },
+    /// Create an alias (alias/<name>) for a key.
+    CreateAlias(AliasArgs),
+    /// Point an alias at another key.
+    UpdateAlias(AliasArgs),
+    /// Delete an alias (the key is untouched).
+    DeleteAlias {
+        /// alias/<name>.
+        #[arg(long)]
+        alias_name: String,
+    },
+    /// List aliases, of every key or of one.
+    ListAliases {
+        /// Only the aliases of this key.
+        #[arg(long)]
+        key_id: Option<String>,
+    },
     /// Random bytes from the HSM; raw to stdout or --out.
     GenerateRandom {
         /// 1..1024.
@@ -160,6 +176,16 @@ struct KeyArg {
     /// Key UUID or alias/<name>.
     #[arg(long)]
     key_id: String,
+}
+
+#[derive(Args)]
+struct AliasArgs {
+    /// alias/<name>: 1..250 of [A-Za-z0-9/_-] after "alias/".
+    #[arg(long)]
+    alias_name: String,
+    /// The key's UUID.
+    #[arg(long)]
+    target_key_id: String,
 }
 
 #[derive(Args)]
@@ -425,6 +451,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "key_id": response.key_id,
                 }),
             )?;
+        }
+        Command::CreateAlias(a) => {
+            client.create_alias(&a.alias_name, &a.target_key_id).await?;
+            print_aliases(
+                format,
+                &client.list_all_aliases(Some(&a.target_key_id)).await?,
+            );
+        }
+        Command::UpdateAlias(a) => {
+            client.update_alias(&a.alias_name, &a.target_key_id).await?;
+            print_aliases(
+                format,
+                &client.list_all_aliases(Some(&a.target_key_id)).await?,
+            );
+        }
+        Command::DeleteAlias { alias_name } => {
+            client.delete_alias(&alias_name).await?;
+            if format == Format::Json {
+                println!("{}", json!({ "deleted": alias_name }));
+            }
+        }
+        Command::ListAliases { key_id } => {
+            print_aliases(format, &client.list_all_aliases(key_id.as_deref()).await?);
         }
         Command::GenerateRandom {
             number_of_bytes,

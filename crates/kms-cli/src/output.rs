@@ -109,6 +109,31 @@ pub fn print_metadata(format: Format, m: &pb::KeyMetadata) {
     }
 }
 
+/// Prints aliases as a table or a JSON object `{"aliases": [...]}`.
+pub fn print_aliases(format: Format, aliases: &[pb::AliasListEntry]) {
+    match format {
+        Format::Json => {
+            let list: Vec<Value> = aliases
+                .iter()
+                .map(|a| {
+                    json!({
+                        "alias_name": a.alias_name,
+                        "target_key_id": a.target_key_id,
+                        "creation_date": rfc3339(a.creation_date.as_ref()),
+                        "last_updated_date": rfc3339(a.last_updated_date.as_ref()),
+                    })
+                })
+                .collect();
+            println!("{}", json!({ "aliases": list }));
+        }
+        Format::Text => {
+            for a in aliases {
+                println!("{:<40} {}", a.alias_name, a.target_key_id);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

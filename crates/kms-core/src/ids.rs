@@ -62,7 +62,8 @@ impl TryFrom<String> for KeyId {
 }
 
 /// An alias name: `alias/` followed by 1..=250 characters of `[A-Za-z0-9/_-]`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct AliasName(String);
 
 impl AliasName {
@@ -96,6 +97,19 @@ impl AliasName {
     /// The full name, `alias/...`.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<AliasName> for String {
+    fn from(alias: AliasName) -> Self {
+        alias.0
+    }
+}
+
+impl TryFrom<String> for AliasName {
+    type Error = KmsError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        AliasName::parse(&s)
     }
 }
 

@@ -9,6 +9,7 @@
 //! them on a blocking thread.
 #![forbid(unsafe_code)]
 
+pub mod alias;
 pub mod blob;
 pub mod clock;
 pub mod context;
@@ -23,6 +24,7 @@ pub mod symmetric;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use alias::AliasRecord;
 pub use clock::{Clock, SystemClock};
 pub use context::EncryptionContext;
 pub use error::KmsError;

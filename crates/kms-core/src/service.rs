@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{debug, info, warn};
 
+use crate::alias::{self, AliasRecord};
 use crate::blob;
 use crate::clock::Clock;
 use crate::context::EncryptionContext;
 use crate::error::KmsError;
 use crate::hsm::{KeyStore, KeyVersionRef};
-use crate::ids::{KeyId, KeyRef};
+use crate::ids::{AliasName, KeyId, KeyRef};
 use crate::key::{EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin};
 use crate::secret::SecretBytes;
 use crate::store::MetadataStore;
@@ -135,6 +136,14 @@ impl PageLimit {
 pub struct KeyPage {
     /// Key ids in ascending order.
     pub keys: Vec<KeyId>,
+    /// The token of the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// One page of ListAliases.
+pub struct AliasPage {
+    /// Aliases in name order.
+    pub aliases: Vec<AliasRecord>,
     /// The token of the next page; `None` on the last page.
     pub next_page_token: Option<String>,
 }
@@ -385,6 +394,94 @@ impl Kms {
         })
     }
 
+    /// Creates an alias pointing at `target` (a key id).
+    pub fn create_alias(&self, name: &AliasName, target: &KeyRef) -> Result<AliasRecord, KmsError> {
+        alias::check_not_reserved(name)?;
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key_id = self.alias_target(target)?;
+        if self.store.get_alias(name)?.is_some() {
+            return Err(KmsError::AlreadyExists(format!(
+                "alias {name} already exists"
+            )));
+        }
+        let now = self.clock.now_millis();
+        let record = AliasRecord {
+            name: name.clone(),
+            key_id,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        self.store.put_alias(&record)?;
+        info!(alias = %name, key_id = %key_id, "created alias");
+        Ok(record)
+    }
+
+    /// Points an existing alias at another key.
+    pub fn update_alias(&self, name: &AliasName, target: &KeyRef) -> Result<AliasRecord, KmsError> {
+        alias::check_not_reserved(name)?;
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key_id = self.alias_target(target)?;
+        let mut record = self
+            .store
+            .get_alias(name)?
+            .ok_or_else(|| KmsError::NotFound(format!("alias {name} not found")))?;
+        record.key_id = key_id;
+        record.updated_at_ms = self.clock.now_millis();
+        self.store.put_alias(&record)?;
+        info!(alias = %name, key_id = %key_id, "moved alias");
+        Ok(record)
+    }
+
+    /// Deletes an alias; the key is untouched.
+    pub fn delete_alias(&self, name: &AliasName) -> Result<(), KmsError> {
+        alias::check_not_reserved(name)?;
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.store.get_alias(name)?.is_none() {
+            return Err(KmsError::NotFound(format!("alias {name} not found")));
+        }
+        self.store.delete_alias(name)?;
+        info!(alias = %name, "deleted alias");
+        Ok(())
+    }
+
+    /// A page of aliases in name order, of every key or of `key` only.
+    pub fn list_aliases(
+        &self,
+        key: Option<&KeyRef>,
+        limit: PageLimit,
+        page_token: Option<&str>,
+    ) -> Result<AliasPage, KmsError> {
+        let key_id = key.map(|k| self.resolve(k).map(|r| r.id)).transpose()?;
+        let after = page_token
+            .map(|t| {
+                AliasName::parse(t).map_err(|_| {
+                    KmsError::validation("page_token is not a token ListAliases returned")
+                })
+            })
+            .transpose()?;
+        let mut scanned = self.store.list_aliases(after.as_ref(), limit.0 + 1)?;
+        let next_page_token = if scanned.len() > limit.0 {
+            scanned.truncate(limit.0);
+            scanned.last().map(|a| a.name.to_string())
+        } else {
+            None
+        };
+        scanned.retain(|a| key_id.is_none_or(|k| a.key_id == k));
+        Ok(AliasPage {
+            aliases: scanned,
+            next_page_token,
+        })
+    }
+
     /// Encrypts with the key's current version: one HSM operation.
     pub fn encrypt(
         &self,
@@ -513,8 +610,28 @@ impl Kms {
                 .get_key(*id)?
                 .filter(KeyRecord::is_visible)
                 .ok_or_else(|| KmsError::NotFound(format!("key {id} not found"))),
-            KeyRef::Alias(alias) => Err(KmsError::NotFound(format!("alias {alias} not found"))),
+            KeyRef::Alias(alias) => {
+                let target = self
+                    .store
+                    .get_alias(alias)?
+                    .ok_or_else(|| KmsError::NotFound(format!("alias {alias} not found")))?;
+                self.resolve(&KeyRef::Id(target.key_id))
+            }
         }
+    }
+
+    /// The key an alias may point at: named by its id, visible, not pending deletion.
+    fn alias_target(&self, target: &KeyRef) -> Result<KeyId, KmsError> {
+        let KeyRef::Id(_) = target else {
+            return Err(KmsError::validation(
+                "target_key_id must be a key id, not an alias",
+            ));
+        };
+        let record = self.resolve(target)?;
+        if record.state == KeyState::PendingDeletion {
+            return Err(invalid_state(&record, "the target of an alias"));
+        }
+        Ok(record.id)
     }
 
     /// The record of a key that may be used for encryption now.
@@ -826,5 +943,98 @@ mod tests {
             Err(KmsError::Validation(_))
         ));
         assert_eq!(ok(kms.describe_key(&key)).description, "é".repeat(8192));
+    }
+
+    fn alias(name: &str) -> AliasName {
+        ok(AliasName::parse(name))
+    }
+
+    #[test]
+    fn aliases_name_keys_everywhere_and_can_move() {
+        let (kms, _, _) = memory_kms();
+        let a = new_key(&kms);
+        let b = new_key(&kms);
+        let name = alias("alias/billing");
+        ok(kms.create_alias(&name, &a));
+        let via_alias = KeyRef::Alias(name.clone());
+        let blob = ok(kms.encrypt(&via_alias, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+        assert_eq!(KeyRef::Id(ok(kms.describe_key(&via_alias)).id), a);
+        assert!(kms.decrypt(&blob, &ctx(&[]), Some(&via_alias)).is_ok());
+
+        ok(kms.update_alias(&name, &b));
+        assert!(matches!(
+            kms.decrypt(&blob, &ctx(&[]), Some(&via_alias)),
+            Err(KmsError::IncorrectKey(_))
+        ));
+        assert_eq!(KeyRef::Id(ok(kms.describe_key(&via_alias)).id), b);
+
+        let page = ok(kms.list_aliases(Some(&b), ok(PageLimit::new(0)), None));
+        assert_eq!(page.aliases.len(), 1);
+        assert!(
+            ok(kms.list_aliases(Some(&a), ok(PageLimit::new(0)), None))
+                .aliases
+                .is_empty()
+        );
+
+        ok(kms.delete_alias(&name));
+        assert!(matches!(
+            kms.describe_key(&via_alias),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(matches!(
+            kms.delete_alias(&name),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(matches!(
+            kms.update_alias(&name, &a),
+            Err(KmsError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn alias_rules() {
+        let (kms, _, _) = memory_kms();
+        let a = new_key(&kms);
+        let name = alias("alias/app");
+        ok(kms.create_alias(&name, &a));
+        assert!(matches!(
+            kms.create_alias(&name, &a),
+            Err(KmsError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            kms.create_alias(&alias("alias/kms/mine"), &a),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            kms.create_alias(&alias("alias/other"), &KeyRef::Alias(name)),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            kms.create_alias(&alias("alias/other"), &KeyRef::Id(KeyId::random())),
+            Err(KmsError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn list_aliases_pages_in_name_order() {
+        let (kms, _, _) = memory_kms();
+        let a = new_key(&kms);
+        for i in [3, 1, 4, 5, 2] {
+            ok(kms.create_alias(&alias(&format!("alias/a{i}")), &a));
+        }
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = ok(kms.list_aliases(None, ok(PageLimit::new(2)), token.as_deref()));
+            seen.extend(page.aliases.into_iter().map(|r| r.name.to_string()));
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            ["alias/a1", "alias/a2", "alias/a3", "alias/a4", "alias/a5"]
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Key metadata storage as the service sees it: the [`MetadataStore`] trait that kms-store
 //! implements.
 
-use crate::ids::KeyId;
+use crate::alias::AliasRecord;
+use crate::ids::{AliasName, KeyId};
 use crate::key::KeyRecord;
 
 /// A failure of the metadata store, with its cause kept.
@@ -44,4 +45,20 @@ pub trait MetadataStore: Send + Sync {
 
     /// Up to `limit` records in ascending key id order, starting after `after`.
     fn list_keys(&self, after: Option<KeyId>, limit: usize) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// The alias named `name`, if any.
+    fn get_alias(&self, name: &AliasName) -> Result<Option<AliasRecord>, StoreError>;
+
+    /// Inserts or replaces an alias, durably.
+    fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
+
+    /// Removes an alias, durably. Succeeds when there is none.
+    fn delete_alias(&self, name: &AliasName) -> Result<(), StoreError>;
+
+    /// Up to `limit` aliases in ascending name order, starting after `after`.
+    fn list_aliases(
+        &self,
+        after: Option<&AliasName>,
+        limit: usize,
+    ) -> Result<Vec<AliasRecord>, StoreError>;
 }

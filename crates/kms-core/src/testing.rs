@@ -9,9 +9,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::alias::AliasRecord;
 use crate::clock::Clock;
 use crate::hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey};
-use crate::ids::KeyId;
+use crate::ids::{AliasName, KeyId};
 use crate::key::KeyRecord;
 use crate::store::{MetadataStore, StoreError};
 
@@ -19,10 +20,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Key records in a map.
+/// Key records and aliases in maps.
 #[derive(Default)]
 pub struct MemoryStore {
     keys: Mutex<BTreeMap<KeyId, KeyRecord>>,
+    aliases: Mutex<BTreeMap<AliasName, AliasRecord>>,
 }
 
 impl MetadataStore for MemoryStore {
@@ -45,6 +47,30 @@ impl MetadataStore for MemoryStore {
         Ok(keys
             .values()
             .filter(|r| after.is_none_or(|a| r.id > a))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+    fn get_alias(&self, name: &AliasName) -> Result<Option<AliasRecord>, StoreError> {
+        Ok(lock(&self.aliases).get(name).cloned())
+    }
+    fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+        lock(&self.aliases).insert(alias.name.clone(), alias.clone());
+        Ok(())
+    }
+    fn delete_alias(&self, name: &AliasName) -> Result<(), StoreError> {
+        lock(&self.aliases).remove(name);
+        Ok(())
+    }
+    fn list_aliases(
+        &self,
+        after: Option<&AliasName>,
+        limit: usize,
+    ) -> Result<Vec<AliasRecord>, StoreError> {
+        let aliases = lock(&self.aliases);
+        Ok(aliases
+            .values()
+            .filter(|a| after.is_none_or(|after| &a.name > after))
             .take(limit)
             .cloned()
             .collect())

@@ -67,7 +67,7 @@ pub(crate) fn algorithm(algorithm: EncryptionAlgorithm) -> pb::EncryptionAlgorit
     }
 }
 
-fn timestamp(millis: i64) -> Timestamp {
+pub(crate) fn timestamp(millis: i64) -> Timestamp {
     Timestamp {
         seconds: millis.div_euclid(1000),
         // rem_euclid(1000) is in 0..1000, so the product fits an i32.

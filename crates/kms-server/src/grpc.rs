@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kms_core::service::{CreateKeyInput, DataKey, PageLimit, Plaintext, RandomLength};
-use kms_core::{KeyRef, Kms, KmsError, SecretBytes};
+use kms_core::{AliasName, KeyRef, Kms, KmsError, SecretBytes};
 use kms_proto::v1 as pb;
 use kms_proto::v1::key_management_service_server::{
     KeyManagementService, KeyManagementServiceServer,
@@ -75,6 +75,10 @@ impl<T> OrStatus<T> for Result<T, KmsError> {
 
 fn key_ref(value: &str, field: &str) -> Result<KeyRef, Status> {
     KeyRef::parse(value, field).or_status()
+}
+
+fn alias_name(value: &str) -> Result<AliasName, Status> {
+    AliasName::parse(value).or_status()
 }
 
 fn take_plaintext(secret: SecretBytes) -> Vec<u8> {
@@ -283,6 +287,65 @@ impl KeyManagementService for KmsGrpc {
         let bytes = self.run(move |kms| kms.generate_random(length)).await?;
         Ok(Response::new(pb::GenerateRandomResponse {
             plaintext: take_plaintext(bytes),
+        }))
+    }
+
+    async fn create_alias(
+        &self,
+        request: Request<pb::CreateAliasRequest>,
+    ) -> Result<Response<pb::CreateAliasResponse>, Status> {
+        let req = request.into_inner();
+        let name = alias_name(&req.alias_name)?;
+        let target = key_ref(&req.target_key_id, "target_key_id")?;
+        self.run(move |kms| kms.create_alias(&name, &target))
+            .await?;
+        Ok(Response::new(pb::CreateAliasResponse {}))
+    }
+
+    async fn update_alias(
+        &self,
+        request: Request<pb::UpdateAliasRequest>,
+    ) -> Result<Response<pb::UpdateAliasResponse>, Status> {
+        let req = request.into_inner();
+        let name = alias_name(&req.alias_name)?;
+        let target = key_ref(&req.target_key_id, "target_key_id")?;
+        self.run(move |kms| kms.update_alias(&name, &target))
+            .await?;
+        Ok(Response::new(pb::UpdateAliasResponse {}))
+    }
+
+    async fn delete_alias(
+        &self,
+        request: Request<pb::DeleteAliasRequest>,
+    ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        let name = alias_name(&request.into_inner().alias_name)?;
+        self.run(move |kms| kms.delete_alias(&name)).await?;
+        Ok(Response::new(pb::DeleteAliasResponse {}))
+    }
+
+    async fn list_aliases(
+        &self,
+        request: Request<pb::ListAliasesRequest>,
+    ) -> Result<Response<pb::ListAliasesResponse>, Status> {
+        let req = request.into_inner();
+        let key = KeyRef::parse_optional(&req.key_id, "key_id").or_status()?;
+        let limit = PageLimit::new(req.limit).or_status()?;
+        let token = (!req.page_token.is_empty()).then_some(req.page_token);
+        let page = self
+            .run(move |kms| kms.list_aliases(key.as_ref(), limit, token.as_deref()))
+            .await?;
+        Ok(Response::new(pb::ListAliasesResponse {
+            aliases: page
+                .aliases
+                .into_iter()
+                .map(|a| pb::AliasListEntry {
+                    alias_name: a.name.to_string(),
+                    target_key_id: a.key_id.to_string(),
+                    creation_date: Some(convert::timestamp(a.created_at_ms)),
+                    last_updated_date: Some(convert::timestamp(a.updated_at_ms)),
+                })
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 }

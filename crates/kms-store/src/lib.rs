@@ -1,7 +1,8 @@
 //! The RocksDB backend of the kms-core [`MetadataStore`] trait.
 //!
 //! Layout (one column family): `meta/instance_id` holds the 16-byte instance id made when the
-//! store is created; `key/<16-byte key id>` holds a key record as JSON. Every write goes
+//! store is created; `key/<16-byte key id>` holds a key record as JSON; `als/<alias name>`
+//! holds an alias record as JSON. Every write goes
 //! through the WAL with `sync = true`, so an acknowledged change survives a crash or a power
 //! loss. The database's LOCK file keeps a second kmsd off the same data dir.
 //!
@@ -10,11 +11,12 @@
 
 use std::path::{Path, PathBuf};
 
-use kms_core::{KeyId, KeyRecord, MetadataStore, StoreError};
+use kms_core::{AliasName, AliasRecord, KeyId, KeyRecord, MetadataStore, StoreError};
 use rocksdb::{DB, Direction, IteratorMode, Options, WriteOptions};
 
 const INSTANCE_ID: &[u8] = b"meta/instance_id";
 const KEY_PREFIX: &[u8] = b"key/";
+const ALIAS_PREFIX: &[u8] = b"als/";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +108,48 @@ fn record_key(id: KeyId) -> Vec<u8> {
     key
 }
 
-fn decode(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::new("decode key record", e))
+fn alias_key(name: &AliasName) -> Vec<u8> {
+    let mut key = ALIAS_PREFIX.to_vec();
+    key.extend_from_slice(name.as_str().as_bytes());
+    key
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::new("decode record", e))
+}
+
+impl RocksStore {
+    fn put<T: serde::Serialize>(&self, key: Vec<u8>, value: &T) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(value).map_err(|e| StoreError::new("encode record", e))?;
+        self.db
+            .put_opt(key, value, &synced())
+            .map_err(|e| StoreError::new("write record", e))
+    }
+
+    /// Up to `limit` records under `prefix`, in key order, starting after `after`.
+    fn scan<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let start = after.unwrap_or(prefix);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(start, Direction::Forward))
+        {
+            let (key, value) = item.map_err(|e| StoreError::new("list records", e))?;
+            if !key.starts_with(prefix) || out.len() == limit {
+                break;
+            }
+            if after == Some(&*key) {
+                continue;
+            }
+            out.push(decode(&value)?);
+        }
+        Ok(out)
+    }
 }
 
 impl MetadataStore for RocksStore {
@@ -124,11 +166,7 @@ impl MetadataStore for RocksStore {
     }
 
     fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        let value =
-            serde_json::to_vec(record).map_err(|e| StoreError::new("encode key record", e))?;
-        self.db
-            .put_opt(record_key(record.id), value, &synced())
-            .map_err(|e| StoreError::new("write key record", e))
+        self.put(record_key(record.id), record)
     }
 
     fn delete_key(&self, id: KeyId) -> Result<(), StoreError> {
@@ -138,22 +176,33 @@ impl MetadataStore for RocksStore {
     }
 
     fn list_keys(&self, after: Option<KeyId>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
-        let start = after.map_or_else(|| KEY_PREFIX.to_vec(), record_key);
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator(IteratorMode::From(&start, Direction::Forward))
-        {
-            let (key, value) = item.map_err(|e| StoreError::new("list key records", e))?;
-            if !key.starts_with(KEY_PREFIX) || out.len() == limit {
-                break;
-            }
-            if after.is_some() && *key == *start {
-                continue;
-            }
-            out.push(decode(&value)?);
-        }
-        Ok(out)
+        self.scan(KEY_PREFIX, after.map(record_key).as_deref(), limit)
+    }
+
+    fn get_alias(&self, name: &AliasName) -> Result<Option<AliasRecord>, StoreError> {
+        self.db
+            .get_pinned(alias_key(name))
+            .map_err(|e| StoreError::new("read alias", e))?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+        self.put(alias_key(&alias.name), alias)
+    }
+
+    fn delete_alias(&self, name: &AliasName) -> Result<(), StoreError> {
+        self.db
+            .delete_opt(alias_key(name), &synced())
+            .map_err(|e| StoreError::new("delete alias", e))
+    }
+
+    fn list_aliases(
+        &self,
+        after: Option<&AliasName>,
+        limit: usize,
+    ) -> Result<Vec<AliasRecord>, StoreError> {
+        self.scan(ALIAS_PREFIX, after.map(alias_key).as_deref(), limit)
     }
 }
 
@@ -225,6 +274,45 @@ mod tests {
             RocksStore::open(dir.path()),
             Err(OpenError::Open { .. })
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn aliases_survive_reopen_and_list_in_name_order() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let key = KeyId::random();
+        let alias = |name: &str| -> Result<AliasRecord, kms_core::KmsError> {
+            Ok(AliasRecord {
+                name: AliasName::parse(name)?,
+                key_id: key,
+                created_at_ms: 1,
+                updated_at_ms: 2,
+            })
+        };
+        {
+            let store = RocksStore::open(dir.path())?;
+            store.put_key(&record(key))?;
+            for name in ["alias/b", "alias/a", "alias/c"] {
+                store.put_alias(&alias(name)?)?;
+            }
+        }
+        let store = RocksStore::open(dir.path())?;
+        assert_eq!(
+            store.get_alias(&AliasName::parse("alias/a")?)?,
+            Some(alias("alias/a")?)
+        );
+        let names: Vec<String> = store
+            .list_aliases(None, 10)?
+            .into_iter()
+            .map(|a| a.name.to_string())
+            .collect();
+        assert_eq!(names, ["alias/a", "alias/b", "alias/c"]);
+        let after_a = store.list_aliases(Some(&AliasName::parse("alias/a")?), 1)?;
+        assert_eq!(after_a, [alias("alias/b")?]);
+        store.delete_alias(&AliasName::parse("alias/b")?)?;
+        assert_eq!(store.get_alias(&AliasName::parse("alias/b")?)?, None);
+        // Keys and aliases do not leak into each other's listings.
+        assert_eq!(store.list_keys(None, 10)?.len(), 1);
         Ok(())
     }
 }
