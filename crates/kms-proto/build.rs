@@ -9,7 +9,10 @@ const SECRET_MESSAGES: [&str; 4] = [
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not with env!(): the compiled build script is shared by every
+    // checkout that uses the same target dir, and must read its own checkout's proto.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest_dir).join("../../proto");
     let kms = root.join("kms/v1/kms.proto");
     // Relative to this package, so that checkouts sharing one target dir (CI clones) each
     // watch their own copy of the proto.

@@ -222,6 +222,22 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("pkcs11-tool (apt-get install opensc): {e}"))
     }
 
+    /// The CKA_IDs (hex) of the secret keys on the token that have one.
+    pub fn hsm_key_ids(&self) -> Vec<String> {
+        let out = self.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
+        assert!(
+            out.status.success(),
+            "pkcs11-tool failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("ID:"))
+            .map(|id| id.trim().to_owned())
+            .filter(|id| !id.is_empty())
+            .collect()
+    }
+
     /// The labels of the secret keys on the token, as pkcs11-tool lists them.
     pub fn hsm_key_labels(&self) -> Vec<String> {
         let out = self.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);

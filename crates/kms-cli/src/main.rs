@@ -16,7 +16,7 @@ use kms_client::{ClientError, Context, DataKeySize, KmsClient, v1 as pb};
 use serde_json::json;
 
 use crate::io::{b64, read_input, write_output};
-use crate::output::{Format, print_aliases, print_metadata};
+use crate::output::{Format, print_aliases, print_metadata, print_tags};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +47,9 @@ enum Command {
         /// Free text, at most 8192 characters.
         #[arg(long, default_value = "")]
         description: String,
+        /// A tag KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
     },
     /// Show a key's metadata.
     DescribeKey(KeyArg),
@@ -144,6 +147,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<String>,
     },
+    /// Add tags to a key (replacing values of tags it has).
+    TagResource {
+        #[command(flatten)]
+        key: KeyArg,
+        /// A tag KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE", required = true)]
+        tags: Vec<String>,
+    },
+    /// Remove tags from a key.
+    UntagResource {
+        #[command(flatten)]
+        key: KeyArg,
+        /// A tag key (repeatable).
+        #[arg(long = "tag-key", value_name = "KEY", required = true)]
+        tag_keys: Vec<String>,
+    },
+    /// List a key's tags.
+    ListResourceTags(KeyArg),
     /// Create an alias (alias/<name>) for a key.
     CreateAlias(AliasArgs),
     /// Point an alias at another key.
@@ -236,16 +257,22 @@ impl SizeArg {
 }
 
 fn parse_context(pairs: &[String]) -> anyhow::Result<Context> {
-    let mut context = Context::new();
+    parse_pairs("--context", pairs).map(|pairs| pairs.into_iter().collect())
+}
+
+/// KEY=VALUE arguments of `flag`, split at the first `=`, no key twice.
+fn parse_pairs(flag: &str, pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
     for pair in pairs {
         let Some((k, v)) = pair.split_once('=') else {
-            bail!("--context takes KEY=VALUE, got {pair:?}");
+            bail!("{flag} takes KEY=VALUE, got {pair:?}");
         };
-        if context.insert(k.to_owned(), v.to_owned()).is_some() {
-            bail!("context key {k:?} is given twice");
+        if out.iter().any(|(seen, _)| seen == k) {
+            bail!("{flag} key {k:?} is given twice");
         }
+        out.push((k.to_owned(), v.to_owned()));
     }
-    Ok(context)
+    Ok(out)
 }
 
 impl BlobArg {
@@ -282,8 +309,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.output;
     let mut client = KmsClient::connect(&cli.endpoint).await?;
     match cli.command {
-        Command::CreateKey { description } => {
-            print_metadata(format, &client.create_key(&description).await?);
+        Command::CreateKey { description, tags } => {
+            let tags = parse_pairs("--tag", &tags)?;
+            let tags: Vec<(&str, &str)> =
+                tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            print_metadata(
+                format,
+                &client.create_key_tagged(&description, &tags).await?,
+            );
+        }
+        Command::TagResource { key, tags } => {
+            let tags = parse_pairs("--tag", &tags)?;
+            let tags: Vec<(&str, &str)> =
+                tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            client.tag_resource(&key.key_id, &tags).await?;
+            print_tags(format, &client.list_all_tags(&key.key_id).await?);
+        }
+        Command::UntagResource { key, tag_keys } => {
+            let tag_keys: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
+            client.untag_resource(&key.key_id, &tag_keys).await?;
+            print_tags(format, &client.list_all_tags(&key.key_id).await?);
+        }
+        Command::ListResourceTags(key) => {
+            print_tags(format, &client.list_all_tags(&key.key_id).await?);
         }
         Command::DescribeKey(key) => {
             print_metadata(format, &client.describe_key(&key.key_id).await?);

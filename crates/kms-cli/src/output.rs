@@ -134,6 +134,24 @@ pub fn print_aliases(format: Format, aliases: &[pb::AliasListEntry]) {
     }
 }
 
+/// Prints tags as `KEY<TAB>VALUE` lines or a JSON object `{"tags": [...]}`.
+pub fn print_tags(format: Format, tags: &[(String, String)]) {
+    match format {
+        Format::Json => {
+            let list: Vec<Value> = tags
+                .iter()
+                .map(|(k, v)| json!({ "tag_key": k, "tag_value": v }))
+                .collect();
+            println!("{}", json!({ "tags": list }));
+        }
+        Format::Text => {
+            for (k, v) in tags {
+                println!("{k}\t{v}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

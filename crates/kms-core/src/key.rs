@@ -1,5 +1,7 @@
 //! The key model: a key's record, its versions, and its state machine.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::KmsError;
@@ -92,6 +94,9 @@ pub struct KeyRecord {
     pub current_version: u32,
     /// Every version, oldest first; each has an HSM object.
     pub versions: Vec<KeyVersion>,
+    /// The key's tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 impl KeyRecord {

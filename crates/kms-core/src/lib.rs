@@ -21,6 +21,7 @@ pub mod secret;
 pub mod service;
 pub mod store;
 pub mod symmetric;
+pub mod tags;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -2,7 +2,7 @@
 //! [`MetadataStore`]. Transports (gRPC today) only convert requests into the inputs below and
 //! results back.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{debug, info, warn};
@@ -18,6 +18,7 @@ use crate::key::{EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, Ke
 use crate::secret::SecretBytes;
 use crate::store::MetadataStore;
 use crate::symmetric;
+use crate::tags::{self, NewTags};
 
 /// A plaintext for Encrypt: 1..=4096 bytes.
 pub struct Plaintext(SecretBytes);
@@ -107,6 +108,8 @@ pub struct CreateKeyInput {
     pub spec: KeySpec,
     /// Where the material comes from.
     pub origin: Origin,
+    /// Tags to attach.
+    pub tags: NewTags,
 }
 
 /// A ListKeys page size: 1..=1000, 100 by default.
@@ -136,6 +139,14 @@ impl PageLimit {
 pub struct KeyPage {
     /// Key ids in ascending order.
     pub keys: Vec<KeyId>,
+    /// The token of the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// One page of ListResourceTags.
+pub struct TagPage {
+    /// (tag key, tag value) in tag-key order.
+    pub tags: Vec<(String, String)>,
     /// The token of the next page; `None` on the last page.
     pub next_page_token: Option<String>,
 }
@@ -294,7 +305,9 @@ impl Kms {
                 version: 1,
                 created_at_ms: now,
             }],
+            tags: BTreeMap::new(),
         };
+        input.tags.merge_into(&mut record.tags)?;
         self.store.put_key(&record)?;
         let first = KeyVersionRef {
             key_id: record.id,
@@ -478,6 +491,58 @@ impl Kms {
         scanned.retain(|a| key_id.is_none_or(|k| a.key_id == k));
         Ok(AliasPage {
             aliases: scanned,
+            next_page_token,
+        })
+    }
+
+    /// Adds tags to a key, replacing the values of keys it already has.
+    pub fn tag_resource(&self, key: &KeyRef, new: NewTags) -> Result<(), KmsError> {
+        self.update(key, |record| {
+            if record.state == KeyState::PendingDeletion {
+                return Err(invalid_state(record, "tagged"));
+            }
+            new.merge_into(&mut record.tags)
+        })
+    }
+
+    /// Removes tags from a key; keys it does not have are ignored.
+    pub fn untag_resource(&self, key: &KeyRef, tag_keys: &[String]) -> Result<(), KmsError> {
+        for tag_key in tag_keys {
+            tags::check_key(tag_key)?;
+        }
+        self.update(key, |record| {
+            if record.state == KeyState::PendingDeletion {
+                return Err(invalid_state(record, "untagged"));
+            }
+            for tag_key in tag_keys {
+                record.tags.remove(tag_key);
+            }
+            Ok(())
+        })
+    }
+
+    /// A page of a key's tags in tag-key order.
+    pub fn list_resource_tags(
+        &self,
+        key: &KeyRef,
+        limit: PageLimit,
+        page_token: Option<&str>,
+    ) -> Result<TagPage, KmsError> {
+        let record = self.resolve(key)?;
+        let mut tags: Vec<(String, String)> = record
+            .tags
+            .into_iter()
+            .filter(|(k, _)| page_token.is_none_or(|after| k.as_str() > after))
+            .take(limit.0 + 1)
+            .collect();
+        let next_page_token = if tags.len() > limit.0 {
+            tags.truncate(limit.0);
+            tags.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        Ok(TagPage {
+            tags,
             next_page_token,
         })
     }
@@ -681,6 +746,7 @@ mod tests {
             usage: KeyUsage::EncryptDecrypt,
             spec: KeySpec::SymmetricDefault,
             origin: Origin::Kms,
+            tags: NewTags::default(),
         }));
         KeyRef::Id(record.id)
     }
@@ -927,6 +993,7 @@ mod tests {
             usage: KeyUsage::EncryptDecrypt,
             spec: KeySpec::SymmetricDefault,
             origin: Origin::Kms,
+            tags: NewTags::default(),
         });
         assert!(matches!(result, Err(KmsError::Internal(_))));
         assert!(ok(store.list_keys(None, 10).map_err(KmsError::from)).is_empty());
@@ -1035,6 +1102,43 @@ mod tests {
         assert_eq!(
             seen,
             ["alias/a1", "alias/a2", "alias/a3", "alias/a4", "alias/a5"]
+        );
+    }
+
+    #[test]
+    fn tags_are_added_replaced_removed_and_paged() {
+        let (kms, _, _) = memory_kms();
+        let key = new_key(&kms);
+        let add = |pairs: &[(&str, &str)]| {
+            ok(NewTags::new(
+                pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())),
+            ))
+        };
+        ok(kms.tag_resource(
+            &key,
+            add(&[("team", "payments"), ("env", "prod"), ("cost", "42")]),
+        ));
+        ok(kms.tag_resource(&key, add(&[("env", "staging")])));
+        ok(kms.untag_resource(&key, &["cost".into(), "absent".into()]));
+        let page = ok(kms.list_resource_tags(&key, ok(PageLimit::new(1)), None));
+        assert_eq!(page.tags, [("env".to_owned(), "staging".to_owned())]);
+        let rest = ok(kms.list_resource_tags(
+            &key,
+            ok(PageLimit::new(0)),
+            page.next_page_token.as_deref(),
+        ));
+        assert_eq!(rest.tags, [("team".to_owned(), "payments".to_owned())]);
+        assert!(rest.next_page_token.is_none());
+        let fifty: Vec<(String, String)> =
+            (0..49).map(|i| (format!("t{i}"), String::new())).collect();
+        assert!(matches!(
+            kms.tag_resource(&key, ok(NewTags::new(fifty))),
+            Err(KmsError::LimitExceeded(_))
+        ));
+        assert_eq!(
+            ok(kms.describe_key(&key)).tags.len(),
+            2,
+            "a refused change changes nothing"
         );
     }
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kms_core::service::{CreateKeyInput, DataKey, PageLimit, Plaintext, RandomLength};
+use kms_core::tags::NewTags;
 use kms_core::{AliasName, KeyRef, Kms, KmsError, SecretBytes};
 use kms_proto::v1 as pb;
 use kms_proto::v1::key_management_service_server::{
@@ -77,6 +78,10 @@ fn key_ref(value: &str, field: &str) -> Result<KeyRef, Status> {
     KeyRef::parse(value, field).or_status()
 }
 
+fn new_tags(tags: Vec<pb::Tag>) -> Result<NewTags, Status> {
+    NewTags::new(tags.into_iter().map(|t| (t.tag_key, t.tag_value))).or_status()
+}
+
 fn alias_name(value: &str) -> Result<AliasName, Status> {
     AliasName::parse(value).or_status()
 }
@@ -100,6 +105,7 @@ impl KeyManagementService for KmsGrpc {
             usage: convert::key_usage(req.key_usage).or_status()?,
             spec: convert::key_spec(req.key_spec).or_status()?,
             origin: convert::origin(req.origin).or_status()?,
+            tags: new_tags(req.tags)?,
         };
         let record = self.run(move |kms| kms.create_key(input)).await?;
         Ok(Response::new(pb::CreateKeyResponse {
@@ -344,6 +350,50 @@ impl KeyManagementService for KmsGrpc {
                     creation_date: Some(convert::timestamp(a.created_at_ms)),
                     last_updated_date: Some(convert::timestamp(a.updated_at_ms)),
                 })
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn tag_resource(
+        &self,
+        request: Request<pb::TagResourceRequest>,
+    ) -> Result<Response<pb::TagResourceResponse>, Status> {
+        let req = request.into_inner();
+        let key = key_ref(&req.key_id, "key_id")?;
+        let tags = new_tags(req.tags)?;
+        self.run(move |kms| kms.tag_resource(&key, tags)).await?;
+        Ok(Response::new(pb::TagResourceResponse {}))
+    }
+
+    async fn untag_resource(
+        &self,
+        request: Request<pb::UntagResourceRequest>,
+    ) -> Result<Response<pb::UntagResourceResponse>, Status> {
+        let req = request.into_inner();
+        let key = key_ref(&req.key_id, "key_id")?;
+        let tag_keys = req.tag_keys;
+        self.run(move |kms| kms.untag_resource(&key, &tag_keys))
+            .await?;
+        Ok(Response::new(pb::UntagResourceResponse {}))
+    }
+
+    async fn list_resource_tags(
+        &self,
+        request: Request<pb::ListResourceTagsRequest>,
+    ) -> Result<Response<pb::ListResourceTagsResponse>, Status> {
+        let req = request.into_inner();
+        let key = key_ref(&req.key_id, "key_id")?;
+        let limit = PageLimit::new(req.limit).or_status()?;
+        let token = (!req.page_token.is_empty()).then_some(req.page_token);
+        let page = self
+            .run(move |kms| kms.list_resource_tags(&key, limit, token.as_deref()))
+            .await?;
+        Ok(Response::new(pb::ListResourceTagsResponse {
+            tags: page
+                .tags
+                .into_iter()
+                .map(|(tag_key, tag_value)| pb::Tag { tag_key, tag_value })
                 .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))

@@ -226,6 +226,7 @@ mod tests {
                 version: 1,
                 created_at_ms: 1,
             }],
+            tags: [("team".to_owned(), "payments".to_owned())].into(),
         }
     }
 
