@@ -224,22 +224,19 @@ impl TestEnv {
 
     /// The CKA_IDs (hex) of the secret keys on the token that have one.
     pub fn hsm_key_ids(&self) -> Vec<String> {
-        let out = self.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
-        assert!(
-            out.status.success(),
-            "pkcs11-tool failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("ID:"))
-            .map(|id| id.trim().to_owned())
+        self.secret_key_field("ID:")
+            .into_iter()
             .filter(|id| !id.is_empty())
             .collect()
     }
 
     /// The labels of the secret keys on the token, as pkcs11-tool lists them.
     pub fn hsm_key_labels(&self) -> Vec<String> {
+        self.secret_key_field("label:")
+    }
+
+    /// One field (`label:`, `ID:`) of every secret key pkcs11-tool lists.
+    fn secret_key_field(&self, field: &str) -> Vec<String> {
         let out = self.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
         assert!(
             out.status.success(),
@@ -248,8 +245,8 @@ impl TestEnv {
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.trim().strip_prefix("label:"))
-            .map(|l| l.trim().to_owned())
+            .filter_map(|l| l.trim().strip_prefix(field))
+            .map(|v| v.trim().to_owned())
             .collect()
     }
 }
