@@ -12,6 +12,7 @@ mod cli;
 mod custody;
 mod durability;
 mod interop;
+mod rotation;
 mod tags;
 
 use kms_client::ClientError;

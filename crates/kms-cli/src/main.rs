@@ -16,7 +16,7 @@ use kms_client::{ClientError, Context, DataKeySize, KmsClient, v1 as pb};
 use serde_json::json;
 
 use crate::io::{b64, read_input, write_output};
-use crate::output::{Format, print_aliases, print_metadata, print_tags};
+use crate::output::{Format, print_aliases, print_metadata, print_rotations, print_tags};
 
 #[derive(Parser)]
 #[command(
@@ -165,6 +165,10 @@ enum Command {
     },
     /// List a key's tags.
     ListResourceTags(KeyArg),
+    /// Make a new key version in the HSM and make it current (old blobs still decrypt).
+    RotateKeyOnDemand(KeyArg),
+    /// List a key's rotations.
+    ListKeyRotations(KeyArg),
     /// Create an alias (alias/<name>) for a key.
     CreateAlias(AliasArgs),
     /// Point an alias at another key.
@@ -332,6 +336,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ListResourceTags(key) => {
             print_tags(format, &client.list_all_tags(&key.key_id).await?);
+        }
+        Command::RotateKeyOnDemand(key) => {
+            client.rotate_key_on_demand(&key.key_id).await?;
+            print_metadata(format, &client.describe_key(&key.key_id).await?);
+        }
+        Command::ListKeyRotations(key) => {
+            print_rotations(format, &client.list_all_key_rotations(&key.key_id).await?);
         }
         Command::DescribeKey(key) => {
             print_metadata(format, &client.describe_key(&key.key_id).await?);

@@ -152,6 +152,34 @@ pub fn print_tags(format: Format, tags: &[(String, String)]) {
     }
 }
 
+/// Prints rotations as a table or a JSON object `{"rotations": [...]}`.
+pub fn print_rotations(format: Format, rotations: &[pb::KeyRotation]) {
+    let rows: Vec<Value> = rotations
+        .iter()
+        .map(|r| {
+            json!({
+                "key_id": r.key_id,
+                "key_version": r.key_version,
+                "rotation_date": rfc3339(r.rotation_date.as_ref()),
+                "rotation_type": strip(r.rotation_type().as_str_name(), "ROTATION_TYPE_"),
+            })
+        })
+        .collect();
+    match format {
+        Format::Json => println!("{}", json!({ "rotations": rows })),
+        Format::Text => {
+            for r in &rows {
+                println!(
+                    "v{:<6} {}  {}",
+                    r["key_version"],
+                    r["rotation_date"].as_str().unwrap_or_default(),
+                    r["rotation_type"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

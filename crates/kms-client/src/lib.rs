@@ -463,6 +463,42 @@ impl KmsClient {
             page_token = page.next_page_token;
         }
     }
+
+    /// Rotates a key now; returns the new current version.
+    pub async fn rotate_key_on_demand(&mut self, key_id: &str) -> Result<u32, ClientError> {
+        let response = self
+            .inner
+            .rotate_key_on_demand(pb::RotateKeyOnDemandRequest {
+                key_id: key_id.to_owned(),
+            })
+            .await?;
+        Ok(response.into_inner().key_version)
+    }
+
+    /// Every rotation of a key, oldest first, following the pages.
+    pub async fn list_all_key_rotations(
+        &mut self,
+        key_id: &str,
+    ) -> Result<Vec<pb::KeyRotation>, ClientError> {
+        let mut rotations = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .inner
+                .list_key_rotations(pb::ListKeyRotationsRequest {
+                    key_id: key_id.to_owned(),
+                    limit: 1000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            rotations.extend(page.rotations);
+            if page.next_page_token.is_empty() {
+                return Ok(rotations);
+            }
+            page_token = page.next_page_token;
+        }
+    }
 }
 
 fn to_tags(tags: &[(&str, &str)]) -> Vec<pb::Tag> {

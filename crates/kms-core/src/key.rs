@@ -71,6 +71,25 @@ pub struct KeyVersion {
     pub version: u32,
     /// When the version was created, in Unix milliseconds.
     pub created_at_ms: i64,
+    /// How the version came to be.
+    #[serde(default)]
+    pub source: VersionSource,
+    /// Recorded, but its HSM object may not exist yet: never used, and removed with its
+    /// object by startup reconciliation if a crash left it so.
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// How a key version came to be.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum VersionSource {
+    /// The key's first version.
+    #[default]
+    Creation,
+    /// A rotation the key's schedule ran.
+    Automatic,
+    /// A RotateKeyOnDemand call.
+    OnDemand,
 }
 
 /// Everything the service stores about a key. Holds no secret: the key material is in the HSM.
@@ -132,14 +151,14 @@ impl KeyRecord {
     pub fn version_ref(&self, version: u32) -> Option<KeyVersionRef> {
         self.versions
             .iter()
-            .any(|v| v.version == version)
+            .any(|v| v.version == version && !v.pending)
             .then_some(KeyVersionRef {
                 key_id: self.id,
                 version,
             })
     }
 
-    /// The HSM objects of every version.
+    /// The HSM objects of every version, pending ones included.
     pub fn version_refs(&self) -> impl Iterator<Item = KeyVersionRef> + '_ {
         self.versions.iter().map(|v| KeyVersionRef {
             key_id: self.id,

@@ -31,7 +31,9 @@ pub use context::EncryptionContext;
 pub use error::KmsError;
 pub use hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey};
 pub use ids::{AliasName, KeyId, KeyRef};
-pub use key::{EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin};
+pub use key::{
+    EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin, VersionSource,
+};
 pub use secret::SecretBytes;
 pub use service::Kms;
 pub use store::{MetadataStore, StoreError};

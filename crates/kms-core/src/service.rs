@@ -14,7 +14,9 @@ use crate::context::EncryptionContext;
 use crate::error::KmsError;
 use crate::hsm::{KeyStore, KeyVersionRef};
 use crate::ids::{AliasName, KeyId, KeyRef};
-use crate::key::{EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin};
+use crate::key::{
+    EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin, VersionSource,
+};
 use crate::secret::SecretBytes;
 use crate::store::MetadataStore;
 use crate::symmetric;
@@ -143,6 +145,14 @@ pub struct KeyPage {
     pub next_page_token: Option<String>,
 }
 
+/// One page of ListKeyRotations.
+pub struct RotationPage {
+    /// Versions after the first, oldest first.
+    pub rotations: Vec<KeyVersion>,
+    /// The token of the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
 /// One page of ListResourceTags.
 pub struct TagPage {
     /// (tag key, tag value) in tag-key order.
@@ -266,6 +276,7 @@ impl Kms {
                     report.abandoned_keys += 1;
                     continue;
                 }
+                let record = self.drop_pending_versions(record, &mut in_hsm)?;
                 for version in record.version_refs() {
                     if !in_hsm.contains(&version) {
                         warn!(key_id = %version.key_id, version = version.version,
@@ -283,6 +294,124 @@ impl Kms {
             report.unreferenced_objects.push(*unreferenced);
         }
         Ok(report)
+    }
+
+    /// Removes the versions a crash left pending, with any HSM object they got.
+    fn drop_pending_versions(
+        &self,
+        mut record: KeyRecord,
+        in_hsm: &mut HashSet<KeyVersionRef>,
+    ) -> Result<KeyRecord, KmsError> {
+        let pending: Vec<u32> = record
+            .versions
+            .iter()
+            .filter(|v| v.pending)
+            .map(|v| v.version)
+            .collect();
+        if pending.is_empty() {
+            return Ok(record);
+        }
+        for version in &pending {
+            let object = KeyVersionRef {
+                key_id: record.id,
+                version: *version,
+            };
+            self.hsm.destroy_key_version(object)?;
+            in_hsm.remove(&object);
+            info!(key_id = %record.id, version, "removed a key version whose rotation did not finish");
+        }
+        record.versions.retain(|v| !v.pending);
+        self.store.put_key(&record)?;
+        Ok(record)
+    }
+
+    /// Adds a version made inside the HSM and makes it current; old versions still decrypt.
+    ///
+    /// Crash-safe like creation: the version is recorded as pending before its HSM object
+    /// exists and becomes current only after.
+    pub fn rotate_key(&self, key: &KeyRef, source: VersionSource) -> Result<KeyRecord, KmsError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut record = self.resolve(key)?;
+        record.check_usable()?;
+        let next = record
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| {
+                KmsError::LimitExceeded(format!("key {} has no versions left", record.id))
+            })?;
+        let now = self.clock.now_millis();
+        record.versions.push(KeyVersion {
+            version: next,
+            created_at_ms: now,
+            source,
+            pending: true,
+        });
+        self.store.put_key(&record)?;
+        let object = KeyVersionRef {
+            key_id: record.id,
+            version: next,
+        };
+        if let Err(error) = self.hsm.create_key_version(object) {
+            record.versions.retain(|v| v.version != next);
+            let cleanup = self
+                .hsm
+                .destroy_key_version(object)
+                .map_err(KmsError::from)
+                .and_then(|()| self.store.put_key(&record).map_err(KmsError::from));
+            if let Err(cleanup) = cleanup {
+                warn!(key_id = %record.id, error = %cleanup,
+                    "a failed rotation is left for startup reconciliation");
+            }
+            return Err(error.into());
+        }
+        for version in &mut record.versions {
+            version.pending = false;
+        }
+        record.current_version = next;
+        self.store.put_key(&record)?;
+        info!(key_id = %record.id, version = next, "rotated key");
+        Ok(record)
+    }
+
+    /// The rotations of a key (every version after the first), oldest first.
+    pub fn list_key_rotations(
+        &self,
+        key: &KeyRef,
+        limit: PageLimit,
+        page_token: Option<&str>,
+    ) -> Result<RotationPage, KmsError> {
+        let record = self.resolve(key)?;
+        let after = page_token
+            .map(|t| {
+                t.parse::<u32>().map_err(|_| {
+                    KmsError::validation("page_token is not a token ListKeyRotations returned")
+                })
+            })
+            .transpose()?
+            .unwrap_or(1);
+        let mut rotations: Vec<KeyVersion> = record
+            .versions
+            .into_iter()
+            .filter(|v| !v.pending && v.version > after)
+            .take(limit.0 + 1)
+            .collect();
+        let next_page_token = if rotations.len() > limit.0 {
+            rotations.truncate(limit.0);
+            rotations.last().map(|v| v.version.to_string())
+        } else {
+            None
+        };
+        Ok(RotationPage {
+            rotations,
+            next_page_token,
+        })
     }
 
     /// Creates a key and its first version inside the HSM.
@@ -304,6 +433,8 @@ impl Kms {
             versions: vec![KeyVersion {
                 version: 1,
                 created_at_ms: now,
+                source: VersionSource::Creation,
+                pending: false,
             }],
             tags: BTreeMap::new(),
         };
@@ -1140,5 +1271,82 @@ mod tests {
             2,
             "a refused change changes nothing"
         );
+    }
+
+    #[test]
+    fn rotation_makes_a_new_current_version_and_old_blobs_still_decrypt() {
+        let (kms, _, hsm) = memory_kms();
+        let key = new_key(&kms);
+        let old = ok(kms.encrypt(&key, &plaintext(b"old"), &ctx(&[]))).ciphertext_blob;
+        let rotated = ok(kms.rotate_key(&key, VersionSource::OnDemand));
+        assert_eq!(rotated.current_version, 2);
+        let new = ok(kms.encrypt(&key, &plaintext(b"new"), &ctx(&[]))).ciphertext_blob;
+        assert_eq!(ok(blob::parse(&new)).header.key.version, 2);
+        assert_eq!(
+            ok(kms.decrypt(&old, &ctx(&[]), None))
+                .plaintext
+                .expose_secret(),
+            b"old"
+        );
+        assert_eq!(
+            ok(kms.decrypt(&new, &ctx(&[]), None))
+                .plaintext
+                .expose_secret(),
+            b"new"
+        );
+        // ReEncrypt to the same key moves a blob to the current version.
+        let moved = ok(kms.re_encrypt(&old, &ctx(&[]), None, &key, &ctx(&[])));
+        assert_eq!(
+            ok(blob::parse(&moved.ciphertext_blob)).header.key.version,
+            2
+        );
+
+        let page = ok(kms.list_key_rotations(&key, ok(PageLimit::new(0)), None));
+        assert_eq!(page.rotations.len(), 1);
+        assert_eq!(page.rotations[0].source, VersionSource::OnDemand);
+
+        hsm.set_fail_creation(true);
+        assert!(kms.rotate_key(&key, VersionSource::OnDemand).is_err());
+        let record = ok(kms.describe_key(&key));
+        assert_eq!(record.current_version, 2);
+        assert_eq!(
+            record.versions.len(),
+            2,
+            "a failed rotation leaves no version"
+        );
+
+        hsm.set_fail_creation(false);
+        ok(kms.disable_key(&key));
+        assert!(matches!(
+            kms.rotate_key(&key, VersionSource::OnDemand),
+            Err(KmsError::Disabled(_))
+        ));
+    }
+
+    #[test]
+    fn reconcile_removes_a_version_a_crash_left_pending() {
+        let (kms, store, hsm) = memory_kms();
+        let key = new_key(&kms);
+        let mut record = ok(kms.describe_key(&key));
+        record.versions.push(KeyVersion {
+            version: 2,
+            created_at_ms: 0,
+            source: VersionSource::OnDemand,
+            pending: true,
+        });
+        ok(store.put_key(&record).map_err(KmsError::from));
+        let pending = KeyVersionRef {
+            key_id: record.id,
+            version: 2,
+        };
+        ok(hsm.create_key_version(pending).map_err(KmsError::from));
+
+        let report = ok(kms.reconcile());
+        assert!(report.unreferenced_objects.is_empty());
+        assert!(!hsm.contains(pending));
+        let record = ok(kms.describe_key(&key));
+        assert_eq!(record.versions.len(), 1);
+        assert_eq!(record.current_version, 1);
+        assert!(kms.encrypt(&key, &plaintext(b"x"), &ctx(&[])).is_ok());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use kms_core::service::{DataKeyLength, DataKeySpec};
 use kms_core::{
     EncryptionAlgorithm, EncryptionContext, KeyRecord, KeySpec, KeyState, KeyUsage, KmsError,
-    Origin,
+    Origin, VersionSource,
 };
 use kms_proto::v1 as pb;
 use prost_types::Timestamp;
@@ -59,6 +59,14 @@ pub(crate) fn data_key_length(
         Err(_) => return Err(unknown_enum("key_spec", spec, "AES_128, AES_256")),
     };
     DataKeyLength::new(spec, number_of_bytes)
+}
+
+pub(crate) fn rotation_type(source: VersionSource) -> pb::RotationType {
+    match source {
+        VersionSource::Creation => pb::RotationType::Unspecified,
+        VersionSource::Automatic => pb::RotationType::Automatic,
+        VersionSource::OnDemand => pb::RotationType::OnDemand,
+    }
 }
 
 pub(crate) fn algorithm(algorithm: EncryptionAlgorithm) -> pb::EncryptionAlgorithm {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kms_core::service::{CreateKeyInput, DataKey, PageLimit, Plaintext, RandomLength};
 use kms_core::tags::NewTags;
-use kms_core::{AliasName, KeyRef, Kms, KmsError, SecretBytes};
+use kms_core::{AliasName, KeyRef, Kms, KmsError, SecretBytes, VersionSource};
 use kms_proto::v1 as pb;
 use kms_proto::v1::key_management_service_server::{
     KeyManagementService, KeyManagementServiceServer,
@@ -394,6 +394,49 @@ impl KeyManagementService for KmsGrpc {
                 .tags
                 .into_iter()
                 .map(|(tag_key, tag_value)| pb::Tag { tag_key, tag_value })
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn rotate_key_on_demand(
+        &self,
+        request: Request<pb::RotateKeyOnDemandRequest>,
+    ) -> Result<Response<pb::RotateKeyOnDemandResponse>, Status> {
+        let key = key_ref(&request.into_inner().key_id, "key_id")?;
+        let record = self
+            .run(move |kms| kms.rotate_key(&key, VersionSource::OnDemand))
+            .await?;
+        Ok(Response::new(pb::RotateKeyOnDemandResponse {
+            key_id: record.id.to_string(),
+            key_version: record.current_version,
+        }))
+    }
+
+    async fn list_key_rotations(
+        &self,
+        request: Request<pb::ListKeyRotationsRequest>,
+    ) -> Result<Response<pb::ListKeyRotationsResponse>, Status> {
+        let req = request.into_inner();
+        let key = key_ref(&req.key_id, "key_id")?;
+        let limit = PageLimit::new(req.limit).or_status()?;
+        let token = (!req.page_token.is_empty()).then_some(req.page_token);
+        let (key_id, page) = self
+            .run(move |kms| {
+                let id = kms.describe_key(&key)?.id;
+                Ok((id, kms.list_key_rotations(&key, limit, token.as_deref())?))
+            })
+            .await?;
+        Ok(Response::new(pb::ListKeyRotationsResponse {
+            rotations: page
+                .rotations
+                .into_iter()
+                .map(|v| pb::KeyRotation {
+                    key_id: key_id.to_string(),
+                    rotation_date: Some(convert::timestamp(v.created_at_ms)),
+                    rotation_type: convert::rotation_type(v.source).into(),
+                    key_version: v.version,
+                })
                 .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))

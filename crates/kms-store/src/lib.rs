@@ -225,6 +225,8 @@ mod tests {
             versions: vec![KeyVersion {
                 version: 1,
                 created_at_ms: 1,
+                source: kms_core::VersionSource::Creation,
+                pending: false,
             }],
             tags: [("team".to_owned(), "payments".to_owned())].into(),
         }
