@@ -104,3 +104,96 @@ async fn rotation_adds_a_version_and_old_blobs_still_decrypt() {
     assert_eq!(listed["rotations"].as_array().map(Vec::len), Some(2));
     assert_eq!(listed["rotations"][1]["rotation_type"], "ON_DEMAND");
 }
+
+/// libfaketime's preload library, from Debian's libfaketime package.
+fn libfaketime() -> String {
+    let multiarch = format!(
+        "/usr/lib/{}-linux-gnu/faketime/libfaketimeMT.so.1",
+        std::env::consts::ARCH
+    );
+    assert!(
+        std::path::Path::new(&multiarch).exists(),
+        "{multiarch} not found: run deploy/install-deps.sh (it installs libfaketime)"
+    );
+    multiarch
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_that_fell_due_while_kmsd_was_down_runs_at_startup() {
+    let env = TestEnv::new();
+    let kmsd = env.start();
+    let mut c = kmsd.client().await;
+    let key = c.create_key("scheduled").await.unwrap().key_id;
+    let old = c
+        .encrypt(&key, b"v1", &ctx(&[]))
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    expect_error(
+        c.enable_key_rotation(&key, Some(89)).await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    c.enable_key_rotation(&key, Some(90)).await.unwrap();
+    let status = c.get_key_rotation_status(&key).await.unwrap();
+    assert!(status.key_rotation_enabled);
+    assert_eq!(status.rotation_period_in_days, Some(90));
+    let next = status.next_rotation_date.unwrap().seconds;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let in_90_days = i64::try_from(now).unwrap() + 90 * 86_400;
+    assert!(
+        (next - in_90_days).abs() < 120,
+        "next rotation {next}, expected about {in_90_days}"
+    );
+    drop(c);
+    drop(kmsd);
+
+    // 91 days later, by kmsd's clock.
+    let preload = libfaketime();
+    let kmsd = env
+        .start_with(
+            &env.kmsd_args(),
+            &[
+                ("LD_PRELOAD", &preload),
+                ("FAKETIME", "+91d"),
+                ("FAKETIME_DONT_RESET", "1"),
+            ],
+        )
+        .unwrap_or_else(|log| panic!("{log}"));
+    let mut c = kmsd.client().await;
+    assert_eq!(c.describe_key(&key).await.unwrap().current_key_version, 2);
+    let rotations = c.list_all_key_rotations(&key).await.unwrap();
+    assert_eq!(rotations.len(), 1);
+    assert_eq!(rotations[0].rotation_type(), pb::RotationType::Automatic);
+    let next_after = c
+        .get_key_rotation_status(&key)
+        .await
+        .unwrap()
+        .next_rotation_date
+        .unwrap()
+        .seconds;
+    assert!(
+        next_after > next + 80 * 86_400,
+        "the schedule moves on by a period"
+    );
+    assert_eq!(
+        *c.decrypt(&old, &ctx(&[]), None).await.unwrap().plaintext,
+        b"v1"
+    );
+    assert!(
+        kmsd.log().contains("ran the key rotations that fell due"),
+        "{}",
+        kmsd.log()
+    );
+
+    c.disable_key_rotation(&key).await.unwrap();
+    assert!(
+        !c.get_key_rotation_status(&key)
+            .await
+            .unwrap()
+            .key_rotation_enabled
+    );
+}

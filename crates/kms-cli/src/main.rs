@@ -169,6 +169,18 @@ enum Command {
     RotateKeyOnDemand(KeyArg),
     /// List a key's rotations.
     ListKeyRotations(KeyArg),
+    /// Turn on automatic rotation.
+    EnableKeyRotation {
+        #[command(flatten)]
+        key: KeyArg,
+        /// 90..2560 [default: 365].
+        #[arg(long)]
+        rotation_period_in_days: Option<u32>,
+    },
+    /// Turn off automatic rotation.
+    DisableKeyRotation(KeyArg),
+    /// Show whether automatic rotation is on, its period and next date.
+    GetKeyRotationStatus(KeyArg),
     /// Create an alias (alias/<name>) for a key.
     CreateAlias(AliasArgs),
     /// Point an alias at another key.
@@ -340,6 +352,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RotateKeyOnDemand(key) => {
             client.rotate_key_on_demand(&key.key_id).await?;
             print_metadata(format, &client.describe_key(&key.key_id).await?);
+        }
+        Command::EnableKeyRotation {
+            key,
+            rotation_period_in_days,
+        } => {
+            client
+                .enable_key_rotation(&key.key_id, rotation_period_in_days)
+                .await?;
+            print_metadata(format, &client.describe_key(&key.key_id).await?);
+        }
+        Command::DisableKeyRotation(key) => {
+            client.disable_key_rotation(&key.key_id).await?;
+            print_metadata(format, &client.describe_key(&key.key_id).await?);
+        }
+        Command::GetKeyRotationStatus(key) => {
+            let status = client.get_key_rotation_status(&key.key_id).await?;
+            let value = json!({
+                "key_id": status.key_id,
+                "key_rotation_enabled": status.key_rotation_enabled,
+                "rotation_period_in_days": status.rotation_period_in_days,
+                "next_rotation_date": output::rfc3339(status.next_rotation_date.as_ref()),
+            });
+            match format {
+                Format::Json => println!("{value}"),
+                Format::Text => {
+                    println!("RotationEnabled {}", status.key_rotation_enabled);
+                    if let Some(days) = status.rotation_period_in_days {
+                        println!("PeriodInDays    {days}");
+                    }
+                    if let Some(next) = value["next_rotation_date"].as_str() {
+                        println!("NextRotation    {next}");
+                    }
+                }
+            }
         }
         Command::ListKeyRotations(key) => {
             print_rotations(format, &client.list_all_key_rotations(&key.key_id).await?);

@@ -76,6 +76,9 @@ pub fn metadata_json(m: &pb::KeyMetadata) -> Value {
         "origin": strip(m.origin().as_str_name(), "ORIGIN_TYPE_"),
         "encryption_algorithms": m.encryption_algorithms().map(algorithm_name).collect::<Vec<_>>(),
         "current_key_version": m.current_key_version,
+        "key_rotation_enabled": m.key_rotation_enabled,
+        "rotation_period_in_days": m.rotation_period_in_days,
+        "next_rotation_date": rfc3339(m.next_rotation_date.as_ref()),
     })
 }
 
@@ -94,6 +97,9 @@ pub fn print_metadata(format: Format, m: &pb::KeyMetadata) {
                 ("KeyUsage", "key_usage"),
                 ("Origin", "origin"),
                 ("CurrentVersion", "current_key_version"),
+                ("Rotation", "key_rotation_enabled"),
+                ("RotationPeriod", "rotation_period_in_days"),
+                ("NextRotation", "next_rotation_date"),
                 ("DeletionDate", "deletion_date"),
             ];
             for (label, field) in rows {

@@ -499,6 +499,45 @@ impl KmsClient {
             page_token = page.next_page_token;
         }
     }
+
+    /// Turns on automatic rotation; `None` means every 365 days.
+    pub async fn enable_key_rotation(
+        &mut self,
+        key_id: &str,
+        period_days: Option<u32>,
+    ) -> Result<(), ClientError> {
+        self.inner
+            .enable_key_rotation(pb::EnableKeyRotationRequest {
+                key_id: key_id.to_owned(),
+                rotation_period_in_days: period_days,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Turns off automatic rotation.
+    pub async fn disable_key_rotation(&mut self, key_id: &str) -> Result<(), ClientError> {
+        self.inner
+            .disable_key_rotation(pb::DisableKeyRotationRequest {
+                key_id: key_id.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The automatic rotation status of a key.
+    pub async fn get_key_rotation_status(
+        &mut self,
+        key_id: &str,
+    ) -> Result<pb::GetKeyRotationStatusResponse, ClientError> {
+        Ok(self
+            .inner
+            .get_key_rotation_status(pb::GetKeyRotationStatusRequest {
+                key_id: key_id.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
 }
 
 fn to_tags(tags: &[(&str, &str)]) -> Vec<pb::Tag> {

@@ -116,6 +116,54 @@ pub struct KeyRecord {
     /// The key's tags.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// The automatic rotation schedule, when enabled.
+    #[serde(default)]
+    pub rotation: Option<RotationSchedule>,
+}
+
+/// When a key rotates by itself.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RotationSchedule {
+    /// Days between rotations, 90..=2560.
+    pub period_days: u32,
+    /// When the next rotation is due, in Unix milliseconds.
+    pub next_rotation_ms: i64,
+}
+
+impl RotationSchedule {
+    /// The shortest period.
+    pub const MIN_DAYS: u32 = 90;
+    /// The longest period.
+    pub const MAX_DAYS: u32 = 2560;
+    /// The period when none is given.
+    pub const DEFAULT_DAYS: u32 = 365;
+    const DAY_MS: i64 = 86_400_000;
+
+    /// A schedule of `period_days` (default 365) whose first rotation is due one period after
+    /// `now_ms`.
+    pub fn new(period_days: Option<u32>, now_ms: i64) -> Result<Self, KmsError> {
+        let period_days = period_days.unwrap_or(Self::DEFAULT_DAYS);
+        if !(Self::MIN_DAYS..=Self::MAX_DAYS).contains(&period_days) {
+            return Err(KmsError::validation(format!(
+                "rotation_period_in_days must be {} to {}, got {period_days}",
+                Self::MIN_DAYS,
+                Self::MAX_DAYS
+            )));
+        }
+        Ok(RotationSchedule {
+            period_days,
+            next_rotation_ms: now_ms.saturating_add(i64::from(period_days) * Self::DAY_MS),
+        })
+    }
+
+    /// The schedule after a rotation at `now_ms`.
+    #[must_use]
+    pub fn after_rotation(self, now_ms: i64) -> Self {
+        RotationSchedule {
+            next_rotation_ms: now_ms.saturating_add(i64::from(self.period_days) * Self::DAY_MS),
+            ..self
+        }
+    }
 }
 
 impl KeyRecord {

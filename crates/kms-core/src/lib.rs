@@ -32,7 +32,8 @@ pub use error::KmsError;
 pub use hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey};
 pub use ids::{AliasName, KeyId, KeyRef};
 pub use key::{
-    EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin, VersionSource,
+    EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin,
+    RotationSchedule, VersionSource,
 };
 pub use secret::SecretBytes;
 pub use service::Kms;

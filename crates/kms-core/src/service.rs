@@ -15,7 +15,8 @@ use crate::error::KmsError;
 use crate::hsm::{KeyStore, KeyVersionRef};
 use crate::ids::{AliasName, KeyId, KeyRef};
 use crate::key::{
-    EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin, VersionSource,
+    EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin,
+    RotationSchedule, VersionSource,
 };
 use crate::secret::SecretBytes;
 use crate::store::MetadataStore;
@@ -375,9 +376,62 @@ impl Kms {
             version.pending = false;
         }
         record.current_version = next;
+        if source == VersionSource::Automatic {
+            record.rotation = record.rotation.map(|r| r.after_rotation(now));
+        }
         self.store.put_key(&record)?;
         info!(key_id = %record.id, version = next, "rotated key");
         Ok(record)
+    }
+
+    /// Turns on automatic rotation every `period_days` (default 365), first due one period
+    /// from now.
+    pub fn enable_key_rotation(
+        &self,
+        key: &KeyRef,
+        period_days: Option<u32>,
+    ) -> Result<(), KmsError> {
+        let schedule = RotationSchedule::new(period_days, self.clock.now_millis())?;
+        self.update(key, |record| {
+            record.check_usable()?;
+            record.rotation = Some(schedule);
+            Ok(())
+        })
+    }
+
+    /// Turns off automatic rotation.
+    pub fn disable_key_rotation(&self, key: &KeyRef) -> Result<(), KmsError> {
+        self.update(key, |record| {
+            record.check_usable()?;
+            record.rotation = None;
+            Ok(())
+        })
+    }
+
+    /// Rotates every Enabled key whose automatic rotation is due, and returns how many. Keys
+    /// that are not Enabled wait until they are. A failure is logged and retried next time.
+    pub fn run_due_rotations(&self) -> Result<usize, KmsError> {
+        let now = self.clock.now_millis();
+        let mut rotated = 0;
+        let mut after = None;
+        loop {
+            let page = self.store.list_keys(after, 500)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for record in page {
+                let due = record.state == KeyState::Enabled
+                    && record.rotation.is_some_and(|r| r.next_rotation_ms <= now);
+                if !due {
+                    continue;
+                }
+                match self.rotate_key(&KeyRef::Id(record.id), VersionSource::Automatic) {
+                    Ok(_) => rotated += 1,
+                    Err(error) => warn!(key_id = %record.id, error = %error,
+                        reason = error.reason(), "automatic rotation failed; will retry"),
+                }
+            }
+        }
+        Ok(rotated)
     }
 
     /// The rotations of a key (every version after the first), oldest first.
@@ -437,6 +491,7 @@ impl Kms {
                 pending: false,
             }],
             tags: BTreeMap::new(),
+            rotation: None,
         };
         input.tags.merge_into(&mut record.tags)?;
         self.store.put_key(&record)?;
@@ -1348,5 +1403,53 @@ mod tests {
         assert_eq!(record.versions.len(), 1);
         assert_eq!(record.current_version, 1);
         assert!(kms.encrypt(&key, &plaintext(b"x"), &ctx(&[])).is_ok());
+    }
+
+    #[test]
+    fn automatic_rotation_runs_when_due_and_only_then() {
+        let store = Arc::new(crate::testing::MemoryStore::default());
+        let hsm = Arc::new(crate::testing::SoftKeyStore::default());
+        let clock = Arc::new(crate::testing::ManualClock::default());
+        let kms = Kms::new(store, hsm, clock.clone());
+        let day = 86_400_000;
+        clock.set_millis(1_000 * day);
+        let key = new_key(&kms);
+        assert!(matches!(
+            kms.enable_key_rotation(&key, Some(89)),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            kms.enable_key_rotation(&key, Some(2561)),
+            Err(KmsError::Validation(_))
+        ));
+        ok(kms.enable_key_rotation(&key, Some(90)));
+        let schedule = ok(kms.describe_key(&key)).rotation;
+        assert_eq!(schedule.map(|s| s.next_rotation_ms), Some(1_090 * day));
+
+        clock.set_millis(1_089 * day);
+        assert_eq!(ok(kms.run_due_rotations()), 0);
+        clock.set_millis(1_090 * day);
+        assert_eq!(ok(kms.run_due_rotations()), 1);
+        let record = ok(kms.describe_key(&key));
+        assert_eq!(record.current_version, 2);
+        assert_eq!(record.versions[1].source, VersionSource::Automatic);
+        assert_eq!(
+            record.rotation.map(|s| s.next_rotation_ms),
+            Some(1_180 * day)
+        );
+        assert_eq!(
+            ok(kms.run_due_rotations()),
+            0,
+            "not due again until the next period"
+        );
+
+        // A disabled key waits; disabling rotation stops it.
+        clock.set_millis(1_200 * day);
+        ok(kms.disable_key(&key));
+        assert_eq!(ok(kms.run_due_rotations()), 0);
+        ok(kms.enable_key(&key));
+        ok(kms.disable_key_rotation(&key));
+        assert_eq!(ok(kms.run_due_rotations()), 0);
+        assert_eq!(ok(kms.describe_key(&key)).current_version, 2);
     }
 }

@@ -118,6 +118,9 @@ pub(crate) fn key_metadata(record: &KeyRecord) -> pb::KeyMetadata {
             .map(|a| algorithm(a).into())
             .collect(),
         current_key_version: record.current_version,
+        key_rotation_enabled: record.rotation.is_some(),
+        rotation_period_in_days: record.rotation.map(|r| r.period_days),
+        next_rotation_date: record.rotation.map(|r| timestamp(r.next_rotation_ms)),
     }
 }
 

@@ -441,6 +441,42 @@ impl KeyManagementService for KmsGrpc {
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
+
+    async fn enable_key_rotation(
+        &self,
+        request: Request<pb::EnableKeyRotationRequest>,
+    ) -> Result<Response<pb::EnableKeyRotationResponse>, Status> {
+        let req = request.into_inner();
+        let key = key_ref(&req.key_id, "key_id")?;
+        let period = req.rotation_period_in_days;
+        self.run(move |kms| kms.enable_key_rotation(&key, period))
+            .await?;
+        Ok(Response::new(pb::EnableKeyRotationResponse {}))
+    }
+
+    async fn disable_key_rotation(
+        &self,
+        request: Request<pb::DisableKeyRotationRequest>,
+    ) -> Result<Response<pb::DisableKeyRotationResponse>, Status> {
+        let key = key_ref(&request.into_inner().key_id, "key_id")?;
+        self.run(move |kms| kms.disable_key_rotation(&key)).await?;
+        Ok(Response::new(pb::DisableKeyRotationResponse {}))
+    }
+
+    async fn get_key_rotation_status(
+        &self,
+        request: Request<pb::GetKeyRotationStatusRequest>,
+    ) -> Result<Response<pb::GetKeyRotationStatusResponse>, Status> {
+        let key = key_ref(&request.into_inner().key_id, "key_id")?;
+        let record = self.run(move |kms| kms.describe_key(&key)).await?;
+        let metadata = convert::key_metadata(&record);
+        Ok(Response::new(pb::GetKeyRotationStatusResponse {
+            key_rotation_enabled: metadata.key_rotation_enabled,
+            key_id: metadata.key_id,
+            rotation_period_in_days: metadata.rotation_period_in_days,
+            next_rotation_date: metadata.next_rotation_date,
+        }))
+    }
 }
 
 #[cfg(test)]

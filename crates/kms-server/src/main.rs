@@ -19,6 +19,9 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
+/// How often kmsd looks for keys whose automatic rotation is due.
+const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How long a request waits for a free HSM session before DependencyTimeoutException.
 const HSM_SESSION_WAIT: Duration = Duration::from_secs(10);
 
@@ -83,10 +86,21 @@ fn run(config: &Config) -> anyhow::Result<()> {
         );
     }
 
+    let due = kms
+        .run_due_rotations()
+        .context("running due key rotations")?;
+    if due > 0 {
+        info!(
+            keys = due,
+            "ran the key rotations that fell due while kmsd was down"
+        );
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    runtime.spawn(rotation_scheduler(Arc::clone(&kms)));
     runtime.block_on(serve(config, kms))?;
     store.flush()?;
     info!("kmsd stopped");
@@ -104,6 +118,22 @@ async fn serve(config: &Config, kms: Arc<Kms>) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown_signal())
         .await
         .context("the gRPC server failed")
+}
+
+/// Runs due automatic rotations every [`ROTATION_CHECK_INTERVAL`].
+async fn rotation_scheduler(kms: Arc<Kms>) {
+    let mut interval = tokio::time::interval(ROTATION_CHECK_INTERVAL);
+    interval.tick().await; // the first tick is immediate; startup already ran due rotations
+    loop {
+        interval.tick().await;
+        let kms = Arc::clone(&kms);
+        match tokio::task::spawn_blocking(move || kms.run_due_rotations()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(keys = n, "rotated keys on schedule"),
+            Ok(Err(e)) => warn!(error = %e, "checking for due rotations failed"),
+            Err(e) => warn!(error = %e, "the rotation check panicked"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -229,6 +229,7 @@ mod tests {
                 pending: false,
             }],
             tags: [("team".to_owned(), "payments".to_owned())].into(),
+            rotation: None,
         }
     }
 
