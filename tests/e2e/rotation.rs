@@ -197,3 +197,92 @@ async fn a_rotation_that_fell_due_while_kmsd_was_down_runs_at_startup() {
             .key_rotation_enabled
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_scheduled_for_deletion_is_gone_after_its_date() {
+    let env = TestEnv::new();
+    let kmsd = env.start();
+    let mut c = kmsd.client().await;
+    let doomed = c.create_key("doomed").await.unwrap().key_id;
+    let kept = c.create_key("kept").await.unwrap().key_id;
+    c.rotate_key_on_demand(&doomed).await.unwrap();
+    c.create_alias("alias/doomed", &doomed).await.unwrap();
+    let blob = c
+        .encrypt(&doomed, b"gone soon", &ctx(&[]))
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    let kept_blob = c
+        .encrypt(&kept, b"kept", &ctx(&[]))
+        .await
+        .unwrap()
+        .ciphertext_blob;
+
+    expect_error(
+        c.schedule_key_deletion(&doomed, Some(6)).await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    let scheduled = c.schedule_key_deletion(&doomed, Some(7)).await.unwrap();
+    assert_eq!(scheduled.key_state(), pb::KeyState::PendingDeletion);
+    assert_eq!(scheduled.pending_window_in_days, 7);
+    let described = c.describe_key(&doomed).await.unwrap();
+    assert_eq!(described.pending_deletion_window_in_days, Some(7));
+    assert!(described.deletion_date.is_some());
+    for result in [
+        c.encrypt(&doomed, b"x", &ctx(&[])).await.map(drop),
+        c.decrypt(&blob, &ctx(&[]), None).await.map(drop),
+    ] {
+        expect_error(result, Code::FailedPrecondition, "KMSInvalidStateException");
+    }
+    c.cancel_key_deletion(&doomed).await.unwrap();
+    assert_eq!(
+        c.describe_key(&doomed).await.unwrap().key_state(),
+        pb::KeyState::Disabled
+    );
+    c.schedule_key_deletion(&doomed, Some(7)).await.unwrap();
+    drop(c);
+    drop(kmsd);
+
+    // Eight days later, by kmsd's clock: the overdue deletion runs at startup.
+    let preload = libfaketime();
+    let kmsd = env
+        .start_with(
+            &env.kmsd_args(),
+            &[
+                ("LD_PRELOAD", &preload),
+                ("FAKETIME", "+8d"),
+                ("FAKETIME_DONT_RESET", "1"),
+            ],
+        )
+        .unwrap_or_else(|log| panic!("{log}"));
+    let mut c = kmsd.client().await;
+    expect_error(
+        c.describe_key(&doomed).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    expect_error(
+        c.decrypt(&blob, &ctx(&[]), None).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    expect_error(
+        c.describe_key("alias/doomed").await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert!(!c.list_all_keys().await.unwrap().contains(&doomed));
+    assert_eq!(
+        *c.decrypt(&kept_blob, &ctx(&[]), None)
+            .await
+            .unwrap()
+            .plaintext,
+        b"kept"
+    );
+    assert_eq!(
+        env.hsm_key_labels(),
+        [format!("kms/{kept}/v1")],
+        "only the kept key's object is left"
+    );
+}

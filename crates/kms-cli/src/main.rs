@@ -181,6 +181,16 @@ enum Command {
     DisableKeyRotation(KeyArg),
     /// Show whether automatic rotation is on, its period and next date.
     GetKeyRotationStatus(KeyArg),
+    /// Schedule a key's deletion; its blobs can never be decrypted after the date.
+    ScheduleKeyDeletion {
+        #[command(flatten)]
+        key: KeyArg,
+        /// 7..30 [default: 30].
+        #[arg(long)]
+        pending_window_in_days: Option<u32>,
+    },
+    /// Cancel a scheduled deletion; the key becomes Disabled.
+    CancelKeyDeletion(KeyArg),
     /// Create an alias (alias/<name>) for a key.
     CreateAlias(AliasArgs),
     /// Point an alias at another key.
@@ -386,6 +396,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::ScheduleKeyDeletion {
+            key,
+            pending_window_in_days,
+        } => {
+            client
+                .schedule_key_deletion(&key.key_id, pending_window_in_days)
+                .await?;
+            print_metadata(format, &client.describe_key(&key.key_id).await?);
+        }
+        Command::CancelKeyDeletion(key) => {
+            client.cancel_key_deletion(&key.key_id).await?;
+            print_metadata(format, &client.describe_key(&key.key_id).await?);
         }
         Command::ListKeyRotations(key) => {
             print_rotations(format, &client.list_all_key_rotations(&key.key_id).await?);

@@ -538,6 +538,32 @@ impl KmsClient {
             .await?
             .into_inner())
     }
+
+    /// Schedules a key's deletion in `window_days` (7..=30; `None` means 30).
+    pub async fn schedule_key_deletion(
+        &mut self,
+        key_id: &str,
+        window_days: Option<u32>,
+    ) -> Result<pb::ScheduleKeyDeletionResponse, ClientError> {
+        Ok(self
+            .inner
+            .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+                key_id: key_id.to_owned(),
+                pending_window_in_days: window_days,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Cancels a scheduled deletion; the key becomes Disabled.
+    pub async fn cancel_key_deletion(&mut self, key_id: &str) -> Result<(), ClientError> {
+        self.inner
+            .cancel_key_deletion(pb::CancelKeyDeletionRequest {
+                key_id: key_id.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
 }
 
 fn to_tags(tags: &[(&str, &str)]) -> Vec<pb::Tag> {

@@ -21,6 +21,9 @@ pub enum KeyState {
     PendingDeletion,
     /// An imported key before its key material arrives.
     PendingImport,
+    /// Deleted: its HSM objects are destroyed. Kept as a tombstone so that its blobs get
+    /// NotFoundException rather than InvalidCiphertextException; never visible.
+    Deleted,
 }
 
 impl KeyState {
@@ -28,6 +31,7 @@ impl KeyState {
     pub fn as_str(self) -> &'static str {
         match self {
             KeyState::Creating => "Creating",
+            KeyState::Deleted => "Deleted",
             KeyState::Enabled => "Enabled",
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
@@ -119,6 +123,41 @@ pub struct KeyRecord {
     /// The automatic rotation schedule, when enabled.
     #[serde(default)]
     pub rotation: Option<RotationSchedule>,
+    /// When the key will be deleted, while it is PendingDeletion.
+    #[serde(default)]
+    pub deletion: Option<PendingDeletion>,
+}
+
+/// A scheduled deletion.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PendingDeletion {
+    /// When the key will be destroyed, in Unix milliseconds.
+    pub deletion_date_ms: i64,
+    /// The waiting period that was asked for, 7..=30 days.
+    pub window_days: u32,
+}
+
+impl PendingDeletion {
+    /// The shortest waiting period.
+    pub const MIN_DAYS: u32 = 7;
+    /// The longest (and default) waiting period.
+    pub const MAX_DAYS: u32 = 30;
+
+    /// A deletion `window_days` (default 30) after `now_ms`.
+    pub fn new(window_days: Option<u32>, now_ms: i64) -> Result<Self, KmsError> {
+        let window_days = window_days.unwrap_or(Self::MAX_DAYS);
+        if !(Self::MIN_DAYS..=Self::MAX_DAYS).contains(&window_days) {
+            return Err(KmsError::validation(format!(
+                "pending_window_in_days must be {} to {}, got {window_days}",
+                Self::MIN_DAYS,
+                Self::MAX_DAYS
+            )));
+        }
+        Ok(PendingDeletion {
+            deletion_date_ms: now_ms.saturating_add(i64::from(window_days) * 86_400_000),
+            window_days,
+        })
+    }
 }
 
 /// When a key rotates by itself.
@@ -183,7 +222,7 @@ impl KeyRecord {
 
     /// Whether the key is visible to callers (every state but `Creating`).
     pub fn is_visible(&self) -> bool {
-        self.state != KeyState::Creating
+        !matches!(self.state, KeyState::Creating | KeyState::Deleted)
     }
 
     /// The encryption algorithms the key supports.
@@ -219,7 +258,9 @@ impl KeyRecord {
         match self.state {
             KeyState::Enabled => Ok(()),
             KeyState::Disabled => Err(KmsError::Disabled(format!("key {} is disabled", self.id))),
-            KeyState::Creating => Err(KmsError::NotFound(format!("key {} not found", self.id))),
+            KeyState::Creating | KeyState::Deleted => {
+                Err(KmsError::NotFound(format!("key {} not found", self.id)))
+            }
             state @ (KeyState::PendingDeletion | KeyState::PendingImport) => {
                 Err(KmsError::InvalidState(format!(
                     "key {} is {} and cannot be used",

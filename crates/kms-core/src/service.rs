@@ -16,7 +16,7 @@ use crate::hsm::{KeyStore, KeyVersionRef};
 use crate::ids::{AliasName, KeyId, KeyRef};
 use crate::key::{
     EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin,
-    RotationSchedule, VersionSource,
+    PendingDeletion, RotationSchedule, VersionSource,
 };
 use crate::secret::SecretBytes;
 use crate::store::MetadataStore;
@@ -277,6 +277,9 @@ impl Kms {
                     report.abandoned_keys += 1;
                     continue;
                 }
+                if record.state == KeyState::Deleted {
+                    continue;
+                }
                 let record = self.drop_pending_versions(record, &mut in_hsm)?;
                 for version in record.version_refs() {
                     if !in_hsm.contains(&version) {
@@ -434,6 +437,87 @@ impl Kms {
         Ok(rotated)
     }
 
+    /// Schedules the key's deletion in `window_days` (7..=30, default 30). Until then every
+    /// cryptographic call fails with KMSInvalidStateException; CancelKeyDeletion undoes it.
+    pub fn schedule_key_deletion(
+        &self,
+        key: &KeyRef,
+        window_days: Option<u32>,
+    ) -> Result<KeyRecord, KmsError> {
+        let deletion = PendingDeletion::new(window_days, self.clock.now_millis())?;
+        self.update(key, |record| {
+            if record.state == KeyState::PendingDeletion {
+                return Err(invalid_state(record, "scheduled for deletion again"));
+            }
+            record.state = KeyState::PendingDeletion;
+            record.deletion = Some(deletion);
+            Ok(())
+        })?;
+        self.resolve(key)
+    }
+
+    /// Cancels a scheduled deletion; the key becomes Disabled.
+    pub fn cancel_key_deletion(&self, key: &KeyRef) -> Result<(), KmsError> {
+        self.update(key, |record| {
+            if record.state != KeyState::PendingDeletion {
+                return Err(invalid_state(record, "taken out of deletion"));
+            }
+            record.state = KeyState::Disabled;
+            record.deletion = None;
+            Ok(())
+        })
+    }
+
+    /// Deletes every key whose deletion date has passed, and returns how many: its aliases
+    /// go, every HSM object of every version is destroyed, and the record becomes a
+    /// tombstone. Each step is idempotent, so a crash anywhere is finished by the next run.
+    pub fn run_due_deletions(&self) -> Result<usize, KmsError> {
+        let now = self.clock.now_millis();
+        let mut deleted = 0;
+        let mut after = None;
+        loop {
+            let page = self.store.list_keys(after, 500)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for record in page {
+                let due = record.state == KeyState::PendingDeletion
+                    && record.deletion.is_some_and(|d| d.deletion_date_ms <= now);
+                if due {
+                    self.delete_now(record)?;
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn delete_now(&self, mut record: KeyRecord) -> Result<(), KmsError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut after: Option<AliasName> = None;
+        loop {
+            let page = self.store.list_aliases(after.as_ref(), 500)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.name.clone());
+            for alias in page.iter().filter(|a| a.key_id == record.id) {
+                self.store.delete_alias(&alias.name)?;
+            }
+        }
+        for version in record.version_refs() {
+            self.hsm.destroy_key_version(version)?;
+        }
+        record.state = KeyState::Deleted;
+        record.deletion = None;
+        record.rotation = None;
+        record.tags.clear();
+        record.description.clear();
+        self.store.put_key(&record)?;
+        info!(key_id = %record.id, "deleted key and destroyed its HSM objects");
+        Ok(())
+    }
+
     /// The rotations of a key (every version after the first), oldest first.
     pub fn list_key_rotations(
         &self,
@@ -492,6 +576,7 @@ impl Kms {
             }],
             tags: BTreeMap::new(),
             rotation: None,
+            deletion: None,
         };
         input.tags.merge_into(&mut record.tags)?;
         self.store.put_key(&record)?;
@@ -767,11 +852,16 @@ impl Kms {
                 )));
             }
         }
-        let record = self
-            .store
-            .get_key(blob_key.key_id)?
-            .filter(KeyRecord::is_visible)
-            .ok_or(KmsError::InvalidCiphertext)?;
+        let record = match self.store.get_key(blob_key.key_id)? {
+            Some(r) if r.state == KeyState::Deleted => {
+                return Err(KmsError::NotFound(format!(
+                    "key {} was deleted; its ciphertexts cannot be decrypted",
+                    r.id
+                )));
+            }
+            Some(r) if r.is_visible() => r,
+            _ => return Err(KmsError::InvalidCiphertext),
+        };
         record.check_usable()?;
         let version = record
             .version_ref(blob_key.version)
@@ -1451,5 +1541,74 @@ mod tests {
         ok(kms.disable_key_rotation(&key));
         assert_eq!(ok(kms.run_due_rotations()), 0);
         assert_eq!(ok(kms.describe_key(&key)).current_version, 2);
+    }
+
+    #[test]
+    fn scheduled_deletion_destroys_the_key_its_objects_and_aliases_when_due() {
+        let store = Arc::new(crate::testing::MemoryStore::default());
+        let hsm = Arc::new(crate::testing::SoftKeyStore::default());
+        let clock = Arc::new(crate::testing::ManualClock::default());
+        let kms = Kms::new(store, hsm.clone(), clock.clone());
+        let day = 86_400_000;
+        clock.set_millis(100 * day);
+        let key = new_key(&kms);
+        let other = new_key(&kms);
+        ok(kms.rotate_key(&key, VersionSource::OnDemand));
+        ok(kms.create_alias(&alias("alias/doomed"), &key));
+        let blob = ok(kms.encrypt(&key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+
+        assert!(matches!(
+            kms.schedule_key_deletion(&key, Some(6)),
+            Err(KmsError::Validation(_))
+        ));
+        let record = ok(kms.schedule_key_deletion(&key, Some(7)));
+        assert_eq!(record.state, KeyState::PendingDeletion);
+        assert_eq!(record.deletion.map(|d| d.deletion_date_ms), Some(107 * day));
+        assert!(matches!(
+            kms.decrypt(&blob, &ctx(&[]), None),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert!(matches!(
+            kms.enable_key(&key),
+            Err(KmsError::InvalidState(_))
+        ));
+        ok(kms.cancel_key_deletion(&key));
+        assert_eq!(ok(kms.describe_key(&key)).state, KeyState::Disabled);
+        ok(kms.schedule_key_deletion(&key, None));
+
+        clock.set_millis(129 * day);
+        assert_eq!(ok(kms.run_due_deletions()), 0);
+        clock.set_millis(130 * day);
+        assert_eq!(ok(kms.run_due_deletions()), 1);
+        assert!(matches!(kms.describe_key(&key), Err(KmsError::NotFound(_))));
+        assert!(matches!(
+            kms.decrypt(&blob, &ctx(&[]), None),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(matches!(
+            kms.describe_key(&KeyRef::Alias(alias("alias/doomed"))),
+            Err(KmsError::NotFound(_))
+        ));
+        let KeyRef::Id(id) = key else { unreachable!() };
+        assert!(!hsm.contains(KeyVersionRef {
+            key_id: id,
+            version: 1
+        }));
+        assert!(!hsm.contains(KeyVersionRef {
+            key_id: id,
+            version: 2
+        }));
+        assert!(
+            ok(kms.list_keys(ok(PageLimit::new(0)), None))
+                .keys
+                .iter()
+                .all(|k| *k != id)
+        );
+        assert!(
+            kms.encrypt(&other, &plaintext(b"y"), &ctx(&[])).is_ok(),
+            "other keys untouched"
+        );
+        assert_eq!(ok(kms.run_due_deletions()), 0, "idempotent");
+        assert!(ok(kms.reconcile()).unreferenced_objects.is_empty());
     }
 }

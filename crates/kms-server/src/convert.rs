@@ -86,7 +86,7 @@ pub(crate) fn timestamp(millis: i64) -> Timestamp {
 pub(crate) fn key_metadata(record: &KeyRecord) -> pb::KeyMetadata {
     let state = match record.state {
         // Never returned: `Creating` keys are invisible.
-        KeyState::Creating => pb::KeyState::Unspecified,
+        KeyState::Creating | KeyState::Deleted => pb::KeyState::Unspecified,
         KeyState::Enabled => pb::KeyState::Enabled,
         KeyState::Disabled => pb::KeyState::Disabled,
         KeyState::PendingDeletion => pb::KeyState::PendingDeletion,
@@ -102,8 +102,8 @@ pub(crate) fn key_metadata(record: &KeyRecord) -> pb::KeyMetadata {
         }
         .into(),
         key_state: state.into(),
-        deletion_date: None,
-        pending_deletion_window_in_days: None,
+        deletion_date: record.deletion.map(|d| timestamp(d.deletion_date_ms)),
+        pending_deletion_window_in_days: record.deletion.map(|d| d.window_days),
         key_spec: match record.spec {
             KeySpec::SymmetricDefault => pb::KeySpec::SymmetricDefault,
         }

@@ -477,6 +477,41 @@ impl KeyManagementService for KmsGrpc {
             next_rotation_date: metadata.next_rotation_date,
         }))
     }
+
+    async fn schedule_key_deletion(
+        &self,
+        request: Request<pb::ScheduleKeyDeletionRequest>,
+    ) -> Result<Response<pb::ScheduleKeyDeletionResponse>, Status> {
+        let req = request.into_inner();
+        let key = key_ref(&req.key_id, "key_id")?;
+        let window = req.pending_window_in_days;
+        let record = self
+            .run(move |kms| kms.schedule_key_deletion(&key, window))
+            .await?;
+        let metadata = convert::key_metadata(&record);
+        Ok(Response::new(pb::ScheduleKeyDeletionResponse {
+            key_id: metadata.key_id,
+            deletion_date: metadata.deletion_date,
+            key_state: metadata.key_state,
+            pending_window_in_days: metadata.pending_deletion_window_in_days.unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_key_deletion(
+        &self,
+        request: Request<pb::CancelKeyDeletionRequest>,
+    ) -> Result<Response<pb::CancelKeyDeletionResponse>, Status> {
+        let key = key_ref(&request.into_inner().key_id, "key_id")?;
+        let record = self
+            .run(move |kms| {
+                kms.cancel_key_deletion(&key)?;
+                kms.describe_key(&key)
+            })
+            .await?;
+        Ok(Response::new(pb::CancelKeyDeletionResponse {
+            key_id: record.id.to_string(),
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-/// How often kmsd looks for keys whose automatic rotation is due.
-const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How often kmsd looks for keys whose deletion or automatic rotation is due.
+const SCHEDULER_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a request waits for a free HSM session before DependencyTimeoutException.
 const HSM_SESSION_WAIT: Duration = Duration::from_secs(10);
@@ -86,6 +86,15 @@ fn run(config: &Config) -> anyhow::Result<()> {
         );
     }
 
+    let deleted = kms
+        .run_due_deletions()
+        .context("running due key deletions")?;
+    if deleted > 0 {
+        info!(
+            keys = deleted,
+            "ran the key deletions that fell due while kmsd was down"
+        );
+    }
     let due = kms
         .run_due_rotations()
         .context("running due key rotations")?;
@@ -100,7 +109,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.spawn(rotation_scheduler(Arc::clone(&kms)));
+    runtime.spawn(scheduler(Arc::clone(&kms)));
     runtime.block_on(serve(config, kms))?;
     store.flush()?;
     info!("kmsd stopped");
@@ -120,18 +129,21 @@ async fn serve(config: &Config, kms: Arc<Kms>) -> anyhow::Result<()> {
         .context("the gRPC server failed")
 }
 
-/// Runs due automatic rotations every [`ROTATION_CHECK_INTERVAL`].
-async fn rotation_scheduler(kms: Arc<Kms>) {
-    let mut interval = tokio::time::interval(ROTATION_CHECK_INTERVAL);
-    interval.tick().await; // the first tick is immediate; startup already ran due rotations
+/// Runs due deletions and automatic rotations every [`SCHEDULER_INTERVAL`].
+async fn scheduler(kms: Arc<Kms>) {
+    let mut interval = tokio::time::interval(SCHEDULER_INTERVAL);
+    interval.tick().await; // the first tick is immediate; startup already ran due work
     loop {
         interval.tick().await;
         let kms = Arc::clone(&kms);
-        match tokio::task::spawn_blocking(move || kms.run_due_rotations()).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(keys = n, "rotated keys on schedule"),
-            Ok(Err(e)) => warn!(error = %e, "checking for due rotations failed"),
-            Err(e) => warn!(error = %e, "the rotation check panicked"),
+        let work = tokio::task::spawn_blocking(move || {
+            Ok::<_, kms_core::KmsError>((kms.run_due_deletions()?, kms.run_due_rotations()?))
+        });
+        match work.await {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((deleted, rotated))) => info!(deleted, rotated, "ran scheduled key work"),
+            Ok(Err(e)) => warn!(error = %e, "scheduled key work failed; will retry"),
+            Err(e) => warn!(error = %e, "scheduled key work panicked"),
         }
     }
 }

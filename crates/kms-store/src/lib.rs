@@ -230,6 +230,7 @@ mod tests {
             }],
             tags: [("team".to_owned(), "payments".to_owned())].into(),
             rotation: None,
+            deletion: None,
         }
     }
 
