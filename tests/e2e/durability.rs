@@ -39,6 +39,24 @@ async fn kill_9_under_load_loses_no_acknowledged_blob_or_key() {
             }
         }));
     }
+    let rotating = kmsd
+        .client()
+        .await
+        .create_key("rotating")
+        .await
+        .unwrap()
+        .key_id;
+    let acknowledged_version = Arc::new(std::sync::atomic::AtomicU32::new(1));
+    {
+        let mut c = kmsd.client().await;
+        let rotating = rotating.clone();
+        let acknowledged_version = Arc::clone(&acknowledged_version);
+        tasks.push(tokio::spawn(async move {
+            while let Ok(version) = c.rotate_key_on_demand(&rotating).await {
+                acknowledged_version.store(version, std::sync::atomic::Ordering::SeqCst);
+            }
+        }));
+    }
     for _ in 0..2 {
         let mut c = kmsd.client().await;
         let created = Arc::clone(&created);
@@ -80,19 +98,37 @@ async fn kill_9_under_load_loses_no_acknowledged_blob_or_key() {
         .into_iter()
         .partition(|l| !l.is_empty());
     labels.sort();
-    let mut expected: Vec<String> = listed.iter().map(|k| format!("kms/{k}/v1")).collect();
+    let mut expected = Vec::new();
+    for key in &listed {
+        let versions = c.describe_key(key).await.unwrap().current_key_version;
+        expected.extend((1..=versions).map(|v| format!("kms/{key}/v{v}")));
+    }
     expected.sort();
-    assert_eq!(labels, expected);
-    assert!(torn.len() <= 1, "one kill leaves at most one torn object");
+    assert_eq!(
+        labels, expected,
+        "one HSM object per version of every key, and no other"
+    );
+    assert!(
+        torn.len() <= 3,
+        "a kill tears at most the objects being generated (3 loops)"
+    );
+    let rotated = c.describe_key(&rotating).await.unwrap().current_key_version;
+    let acknowledged = acknowledged_version.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(acknowledged > 1, "the key was rotated under load");
+    assert!(
+        rotated >= acknowledged,
+        "acknowledged rotation to v{acknowledged} lost (now v{rotated})"
+    );
     assert_eq!(
         env.hsm_key_ids().len(),
         expected.len(),
         "every object with a CKA_ID belongs to a listed key"
     );
     println!(
-        "kill -9 after {} blobs and {} keys: all decrypt after restart ({} torn SoftHSM2 object)",
+        "kill -9 after {} blobs, {} keys and {} rotations: all decrypt after restart ({} torn SoftHSM2 object)",
         blobs.len(),
         created.len(),
+        rotated - 1,
         torn.len()
     );
 }
