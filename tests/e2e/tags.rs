@@ -1,4 +1,4 @@
-//! Tags over gRPC and through kmsctl.
+//! Tags over gRPC and through kmsctl, and the key limit.
 
 use kms_e2e::TestEnv;
 use tonic::Code;
@@ -97,4 +97,22 @@ async fn kmsctl_manages_tags() {
     assert!(untagged.status.success());
     let listed = kmsd.kmsctl(&["list-resource-tags", "--key-id", &key], b"");
     assert_eq!(String::from_utf8_lossy(&listed.stdout), "env\tprod\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_configured_key_limit_is_enforced() {
+    let env = TestEnv::new();
+    let mut args = env.kmsd_args();
+    args.extend(["--max-keys".to_owned(), "2".to_owned()]);
+    let kmsd = env
+        .start_with(&args, &[])
+        .unwrap_or_else(|log| panic!("{log}"));
+    let mut c = kmsd.client().await;
+    c.create_key("one").await.unwrap();
+    c.create_key("two").await.unwrap();
+    expect_error(
+        c.create_key("three").await,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+    );
 }

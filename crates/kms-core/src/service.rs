@@ -3,6 +3,7 @@
 //! results back.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::{debug, info, warn};
@@ -230,6 +231,10 @@ pub struct Kms {
     clock: Arc<dyn Clock>,
     /// Serialises read-modify-write of key records.
     write_lock: Mutex<()>,
+    /// The most keys (not deleted) there may be.
+    max_keys: usize,
+    /// Keys that count against `max_keys`; set by `reconcile`, kept by create and delete.
+    key_count: AtomicUsize,
 }
 
 impl Kms {
@@ -244,7 +249,19 @@ impl Kms {
             hsm,
             clock,
             write_lock: Mutex::new(()),
+            max_keys: Self::DEFAULT_MAX_KEYS,
+            key_count: AtomicUsize::new(0),
         }
+    }
+
+    /// The key limit when none is configured.
+    pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+    /// Sets the most keys there may be (LimitExceededException beyond).
+    #[must_use]
+    pub fn with_max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
     }
 
     /// Brings the store and the HSM into agreement after a crash; run before serving.
@@ -261,6 +278,7 @@ impl Kms {
         let mut in_hsm: HashSet<KeyVersionRef> =
             self.hsm.list_key_versions()?.into_iter().collect();
         let mut referenced = HashSet::new();
+        let mut count = 0;
         let mut after = None;
         loop {
             let page = self.store.list_keys(after, 500)?;
@@ -280,6 +298,7 @@ impl Kms {
                 if record.state == KeyState::Deleted {
                     continue;
                 }
+                count += 1;
                 let record = self.drop_pending_versions(record, &mut in_hsm)?;
                 for version in record.version_refs() {
                     if !in_hsm.contains(&version) {
@@ -291,6 +310,7 @@ impl Kms {
                 }
             }
         }
+        self.key_count.store(count, Ordering::SeqCst);
         for unreferenced in in_hsm.difference(&referenced) {
             warn!(key_id = %unreferenced.key_id, version = unreferenced.version,
                 "an HSM object of this instance has no key record (was the data dir restored \
@@ -514,6 +534,7 @@ impl Kms {
         record.tags.clear();
         record.description.clear();
         self.store.put_key(&record)?;
+        self.key_count.fetch_sub(1, Ordering::SeqCst);
         info!(key_id = %record.id, "deleted key and destroyed its HSM objects");
         Ok(())
     }
@@ -558,6 +579,22 @@ impl Kms {
     /// `Enabled` only after; [`Kms::reconcile`] removes what a crash left in between.
     pub fn create_key(&self, input: CreateKeyInput) -> Result<KeyRecord, KmsError> {
         KeyRecord::validate_description(&input.description)?;
+        // Reserve a place under the limit; given back if creation fails.
+        self.key_count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_keys).then_some(n + 1)
+            })
+            .map_err(|_| {
+                KmsError::LimitExceeded(format!("the limit of {} keys is reached", self.max_keys))
+            })?;
+        let created = self.create_key_reserved(input);
+        if created.is_err() {
+            self.key_count.fetch_sub(1, Ordering::SeqCst);
+        }
+        created
+    }
+
+    fn create_key_reserved(&self, input: CreateKeyInput) -> Result<KeyRecord, KmsError> {
         let now = self.clock.now_millis();
         let mut record = KeyRecord {
             id: KeyId::random(),
@@ -1610,5 +1647,40 @@ mod tests {
         );
         assert_eq!(ok(kms.run_due_deletions()), 0, "idempotent");
         assert!(ok(kms.reconcile()).unreferenced_objects.is_empty());
+    }
+
+    #[test]
+    fn the_key_limit_is_enforced_and_counts_from_the_store() {
+        let store = Arc::new(crate::testing::MemoryStore::default());
+        let hsm = Arc::new(crate::testing::SoftKeyStore::default());
+        let clock = Arc::new(crate::testing::ManualClock::default());
+        let kms = Kms::new(store.clone(), hsm.clone(), clock.clone()).with_max_keys(2);
+        new_key(&kms);
+        new_key(&kms);
+        assert!(matches!(
+            kms.create_key(CreateKeyInput {
+                description: String::new(),
+                usage: KeyUsage::EncryptDecrypt,
+                spec: KeySpec::SymmetricDefault,
+                origin: Origin::Kms,
+                tags: NewTags::default(),
+            }),
+            Err(KmsError::LimitExceeded(_))
+        ));
+        // A restarted service counts the keys in the store.
+        let restarted = Kms::new(store, hsm, clock).with_max_keys(3);
+        ok(restarted.reconcile());
+        new_key(&restarted);
+        assert!(
+            restarted
+                .create_key(CreateKeyInput {
+                    description: String::new(),
+                    usage: KeyUsage::EncryptDecrypt,
+                    spec: KeySpec::SymmetricDefault,
+                    origin: Origin::Kms,
+                    tags: NewTags::default(),
+                })
+                .is_err()
+        );
     }
 }

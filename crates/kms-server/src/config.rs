@@ -37,6 +37,9 @@ pub struct Args {
     /// Most HSM sessions open at once [default: 8].
     #[arg(long, value_name = "N")]
     pub hsm_max_sessions: Option<usize>,
+    /// The most keys there may be [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_keys: Option<usize>,
     /// Log filter, e.g. info or kms_core=debug [default: info; RUST_LOG also works].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -55,6 +58,7 @@ pub struct RawConfig {
     token_label: Option<String>,
     pin_file: Option<PathBuf>,
     hsm_max_sessions: Option<usize>,
+    max_keys: Option<usize>,
     log_level: Option<String>,
 }
 
@@ -82,6 +86,8 @@ pub struct Config {
     pub pin: PinSource,
     /// Most HSM sessions.
     pub hsm_max_sessions: usize,
+    /// The most keys there may be.
+    pub max_keys: usize,
     /// The log filter.
     pub log_level: String,
 }
@@ -138,6 +144,13 @@ impl Config {
                 "hsm-max-sessions must be 1 to 256, got {hsm_max_sessions}"
             )));
         }
+        let max_keys = args
+            .max_keys
+            .or(raw.max_keys)
+            .unwrap_or(kms_core::Kms::DEFAULT_MAX_KEYS);
+        if max_keys == 0 {
+            return Err(ConfigError::Invalid("max-keys must be at least 1".into()));
+        }
         let token_label = args
             .token_label
             .or(raw.token_label)
@@ -173,6 +186,7 @@ impl Config {
                 .or(raw.pin_file)
                 .map_or(PinSource::Env, PinSource::File),
             hsm_max_sessions,
+            max_keys,
             log_level: args
                 .log_level
                 .or(raw.log_level)

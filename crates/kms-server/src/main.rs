@@ -72,7 +72,9 @@ fn run(config: &Config) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "opened the HSM token and the metadata store"
     );
-    let kms = Arc::new(Kms::new(store.clone(), hsm, Arc::new(SystemClock)));
+    let kms = Arc::new(
+        Kms::new(store.clone(), hsm, Arc::new(SystemClock)).with_max_keys(config.max_keys),
+    );
     let report = kms.reconcile().context("startup reconciliation failed")?;
     if report.abandoned_keys > 0
         || !report.unreferenced_objects.is_empty()
