@@ -103,6 +103,13 @@ async fn rotation_adds_a_version_and_old_blobs_still_decrypt() {
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["rotations"].as_array().map(Vec::len), Some(2));
     assert_eq!(listed["rotations"][1]["rotation_type"], "ON_DEMAND");
+    let out = kmsd.kmsctl(&["--output", "json", "describe-key", "--key-id", &key], b"");
+    let described: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(described["versions"].as_array().map(Vec::len), Some(3));
+    assert_eq!(described["versions"][2]["key_version"], 3);
+    let text = kmsd.kmsctl(&["describe-key", "--key-id", &key], b"");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("v3") && text.contains("ON_DEMAND"), "{text}");
 }
 
 /// libfaketime's preload library, from Debian's libfaketime package.
@@ -285,4 +292,57 @@ async fn a_key_scheduled_for_deletion_is_gone_after_its_date() {
         [format!("kms/{kept}/v1")],
         "only the kept key's object is left"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_deletions_leaves_nothing_behind_after_restart() {
+    let env = TestEnv::new();
+    let kmsd = env.start();
+    let mut c = kmsd.client().await;
+    let kept = c.create_key("kept").await.unwrap().key_id;
+    let mut doomed = Vec::new();
+    for i in 0..40 {
+        let key = c.create_key("doomed").await.unwrap().key_id;
+        c.create_alias(&format!("alias/doomed-{i}"), &key)
+            .await
+            .unwrap();
+        c.schedule_key_deletion(&key, Some(7)).await.unwrap();
+        doomed.push(key);
+    }
+    drop(c);
+    drop(kmsd);
+
+    // Kill kmsd at different points of its startup deletions, 8 days later.
+    let preload = libfaketime();
+    let faketime = [
+        ("LD_PRELOAD", preload.as_str()),
+        ("FAKETIME", "+8d"),
+        ("FAKETIME_DONT_RESET", "1"),
+    ];
+    for delay_ms in [30, 120, 250] {
+        let mut kmsd = env.spawn_with(&env.kmsd_args(), &faketime);
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        kmsd.kill9();
+    }
+    let kmsd = env
+        .start_with(&env.kmsd_args(), &faketime)
+        .unwrap_or_else(|log| panic!("{log}"));
+    let mut c = kmsd.client().await;
+    for key in &doomed {
+        expect_error(
+            c.describe_key(key).await,
+            Code::NotFound,
+            "NotFoundException",
+        );
+    }
+    assert_eq!(
+        c.list_all_keys().await.unwrap(),
+        std::slice::from_ref(&kept)
+    );
+    assert!(c.list_all_aliases(None).await.unwrap().is_empty());
+    let (labels, _torn): (Vec<String>, Vec<String>) = env
+        .hsm_key_labels()
+        .into_iter()
+        .partition(|l| !l.is_empty());
+    assert_eq!(labels, [format!("kms/{kept}/v1")]);
 }

@@ -140,31 +140,7 @@ impl TestEnv {
     /// Starts kmsd with these flags and extra environment; `Err` carries its log when it
     /// exits instead of listening.
     pub fn start_with(&self, args: &[String], env: &[(&str, &str)]) -> Result<Kmsd, String> {
-        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let log_path = self.path().join(format!("kmsd-{n}.log"));
-        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("log: {e}"));
-        let err = log.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
-        let mut command = Command::new(bin("kmsd"));
-        command
-            .args(args)
-            .env("SOFTHSM2_CONF", self.softhsm_conf())
-            .env_remove("RUST_LOG")
-            .env_remove("KMS_HSM_PIN")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn kmsd: {e}"));
-        let mut kmsd = Kmsd {
-            child,
-            endpoint: String::new(),
-            log_path,
-        };
+        let mut kmsd = self.spawn_with(args, env);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = kmsd.log();
@@ -185,6 +161,36 @@ impl TestEnv {
                 "kmsd did not listen within 60 s:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Spawns kmsd with these flags and extra environment, without waiting for it to listen
+    /// (its `endpoint` stays empty).
+    pub fn spawn_with(&self, args: &[String], env: &[(&str, &str)]) -> Kmsd {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log_path = self.path().join(format!("kmsd-{n}.log"));
+        let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("log: {e}"));
+        let err = log.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
+        let mut command = Command::new(bin("kmsd"));
+        command
+            .args(args)
+            .env("SOFTHSM2_CONF", self.softhsm_conf())
+            .env_remove("RUST_LOG")
+            .env_remove("KMS_HSM_PIN")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn kmsd: {e}"));
+        Kmsd {
+            child,
+            endpoint: String::new(),
+            log_path,
         }
     }
 

@@ -414,7 +414,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_rotations(format, &client.list_all_key_rotations(&key.key_id).await?);
         }
         Command::DescribeKey(key) => {
-            print_metadata(format, &client.describe_key(&key.key_id).await?);
+            let metadata = client.describe_key(&key.key_id).await?;
+            let rotations = client.list_all_key_rotations(&key.key_id).await?;
+            output::print_description(format, &metadata, &rotations);
         }
         Command::ListKeys { limit, page_token } => {
             let (keys, next) = match limit {

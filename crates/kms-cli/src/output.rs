@@ -158,6 +158,43 @@ pub fn print_tags(format: Format, tags: &[(String, String)]) {
     }
 }
 
+/// Prints key metadata with every version: the first (made with the key) and each rotation.
+pub fn print_description(format: Format, m: &pb::KeyMetadata, rotations: &[pb::KeyRotation]) {
+    let mut versions = vec![json!({
+        "key_version": 1,
+        "created": rfc3339(m.creation_date.as_ref()),
+        "rotation_type": Value::Null,
+    })];
+    versions.extend(rotations.iter().map(|r| {
+        json!({
+            "key_version": r.key_version,
+            "created": rfc3339(r.rotation_date.as_ref()),
+            "rotation_type": strip(r.rotation_type().as_str_name(), "ROTATION_TYPE_"),
+        })
+    }));
+    match format {
+        Format::Json => {
+            let mut value = metadata_json(m);
+            value["versions"] = Value::Array(versions);
+            println!("{value}");
+        }
+        Format::Text => {
+            print_metadata(format, m);
+            for v in &versions {
+                println!(
+                    "{:<16}v{} {} {}",
+                    "Version",
+                    v["key_version"],
+                    v["created"].as_str().unwrap_or_default(),
+                    v["rotation_type"]
+                        .as_str()
+                        .unwrap_or("(created with the key)")
+                );
+            }
+        }
+    }
+}
+
 /// Prints rotations as a table or a JSON object `{"rotations": [...]}`.
 pub fn print_rotations(format: Format, rotations: &[pb::KeyRotation]) {
     let rows: Vec<Value> = rotations
