@@ -279,37 +279,32 @@ impl Kms {
             self.hsm.list_key_versions()?.into_iter().collect();
         let mut referenced = HashSet::new();
         let mut count = 0;
-        let mut after = None;
-        loop {
-            let page = self.store.list_keys(after, 500)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id);
-            for record in page {
-                if record.state == KeyState::Creating {
-                    for version in record.version_refs() {
-                        self.hsm.destroy_key_version(version)?;
-                        in_hsm.remove(&version);
-                    }
-                    self.store.delete_key(record.id)?;
-                    info!(key_id = %record.id, "removed a key whose creation did not finish");
-                    report.abandoned_keys += 1;
-                    continue;
-                }
-                if record.state == KeyState::Deleted {
-                    continue;
-                }
-                count += 1;
-                let record = self.drop_pending_versions(record, &mut in_hsm)?;
+        self.for_each_key(|record| {
+            if record.state == KeyState::Creating {
                 for version in record.version_refs() {
-                    if !in_hsm.contains(&version) {
-                        warn!(key_id = %version.key_id, version = version.version,
-                            "key version has no HSM object; it cannot be used");
-                        report.missing_objects.push(version);
-                    }
-                    referenced.insert(version);
+                    self.hsm.destroy_key_version(version)?;
+                    in_hsm.remove(&version);
                 }
+                self.store.delete_key(record.id)?;
+                info!(key_id = %record.id, "removed a key whose creation did not finish");
+                report.abandoned_keys += 1;
+                return Ok(());
             }
-        }
+            if record.state == KeyState::Deleted {
+                return Ok(());
+            }
+            count += 1;
+            let record = self.drop_pending_versions(record, &mut in_hsm)?;
+            for version in record.version_refs() {
+                if !in_hsm.contains(&version) {
+                    warn!(key_id = %version.key_id, version = version.version,
+                        "key version has no HSM object; it cannot be used");
+                    report.missing_objects.push(version);
+                }
+                referenced.insert(version);
+            }
+            Ok(())
+        })?;
         self.key_count.store(count, Ordering::SeqCst);
         for unreferenced in in_hsm.difference(&referenced) {
             warn!(key_id = %unreferenced.key_id, version = unreferenced.version,
@@ -436,24 +431,18 @@ impl Kms {
     pub fn run_due_rotations(&self) -> Result<usize, KmsError> {
         let now = self.clock.now_millis();
         let mut rotated = 0;
-        let mut after = None;
-        loop {
-            let page = self.store.list_keys(after, 500)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id);
-            for record in page {
-                let due = record.state == KeyState::Enabled
-                    && record.rotation.is_some_and(|r| r.next_rotation_ms <= now);
-                if !due {
-                    continue;
-                }
+        self.for_each_key(|record| {
+            let due = record.state == KeyState::Enabled
+                && record.rotation.is_some_and(|r| r.next_rotation_ms <= now);
+            if due {
                 match self.rotate_key(&KeyRef::Id(record.id), VersionSource::Automatic) {
                     Ok(_) => rotated += 1,
                     Err(error) => warn!(key_id = %record.id, error = %error,
                         reason = error.reason(), "automatic rotation failed; will retry"),
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(rotated)
     }
 
@@ -494,21 +483,34 @@ impl Kms {
     pub fn run_due_deletions(&self) -> Result<usize, KmsError> {
         let now = self.clock.now_millis();
         let mut deleted = 0;
+        self.for_each_key(|record| {
+            let due = record.state == KeyState::PendingDeletion
+                && record.deletion.is_some_and(|d| d.deletion_date_ms <= now);
+            if due {
+                self.delete_now(record)?;
+                deleted += 1;
+            }
+            Ok(())
+        })?;
+        Ok(deleted)
+    }
+
+    /// Calls `f` with every key record in the store, in key id order, a page at a time.
+    fn for_each_key(
+        &self,
+        mut f: impl FnMut(KeyRecord) -> Result<(), KmsError>,
+    ) -> Result<(), KmsError> {
         let mut after = None;
         loop {
             let page = self.store.list_keys(after, 500)?;
-            let Some(last) = page.last() else { break };
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
             after = Some(last.id);
             for record in page {
-                let due = record.state == KeyState::PendingDeletion
-                    && record.deletion.is_some_and(|d| d.deletion_date_ms <= now);
-                if due {
-                    self.delete_now(record)?;
-                    deleted += 1;
-                }
+                f(record)?;
             }
         }
-        Ok(deleted)
     }
 
     fn delete_now(&self, mut record: KeyRecord) -> Result<(), KmsError> {
