@@ -112,19 +112,6 @@ async fn rotation_adds_a_version_and_old_blobs_still_decrypt() {
     assert!(text.contains("v3") && text.contains("ON_DEMAND"), "{text}");
 }
 
-/// libfaketime's preload library, from Debian's libfaketime package.
-fn libfaketime() -> String {
-    let multiarch = format!(
-        "/usr/lib/{}-linux-gnu/faketime/libfaketimeMT.so.1",
-        std::env::consts::ARCH
-    );
-    assert!(
-        std::path::Path::new(&multiarch).exists(),
-        "{multiarch} not found: run deploy/install-deps.sh (it installs libfaketime)"
-    );
-    multiarch
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotation_that_fell_due_while_kmsd_was_down_runs_at_startup() {
     let env = TestEnv::new();
@@ -159,17 +146,7 @@ async fn a_rotation_that_fell_due_while_kmsd_was_down_runs_at_startup() {
     drop(kmsd);
 
     // 91 days later, by kmsd's clock.
-    let preload = libfaketime();
-    let kmsd = env
-        .start_with(
-            &env.kmsd_args(),
-            &[
-                ("LD_PRELOAD", &preload),
-                ("FAKETIME", "+91d"),
-                ("FAKETIME_DONT_RESET", "1"),
-            ],
-        )
-        .unwrap_or_else(|log| panic!("{log}"));
+    let kmsd = env.start_shifted("+91d");
     let mut c = kmsd.client().await;
     assert_eq!(c.describe_key(&key).await.unwrap().current_key_version, 2);
     let rotations = c.list_all_key_rotations(&key).await.unwrap();
@@ -252,17 +229,7 @@ async fn a_key_scheduled_for_deletion_is_gone_after_its_date() {
     drop(kmsd);
 
     // Eight days later, by kmsd's clock: the overdue deletion runs at startup.
-    let preload = libfaketime();
-    let kmsd = env
-        .start_with(
-            &env.kmsd_args(),
-            &[
-                ("LD_PRELOAD", &preload),
-                ("FAKETIME", "+8d"),
-                ("FAKETIME_DONT_RESET", "1"),
-            ],
-        )
-        .unwrap_or_else(|log| panic!("{log}"));
+    let kmsd = env.start_shifted("+8d");
     let mut c = kmsd.client().await;
     expect_error(
         c.describe_key(&doomed).await,
@@ -313,20 +280,12 @@ async fn kill_9_during_deletions_leaves_nothing_behind_after_restart() {
     drop(kmsd);
 
     // Kill kmsd at different points of its startup deletions, 8 days later.
-    let preload = libfaketime();
-    let faketime = [
-        ("LD_PRELOAD", preload.as_str()),
-        ("FAKETIME", "+8d"),
-        ("FAKETIME_DONT_RESET", "1"),
-    ];
     for delay_ms in [30, 120, 250] {
-        let mut kmsd = env.spawn_with(&env.kmsd_args(), &faketime);
+        let mut kmsd = env.spawn_shifted("+8d");
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         kmsd.kill9();
     }
-    let kmsd = env
-        .start_with(&env.kmsd_args(), &faketime)
-        .unwrap_or_else(|log| panic!("{log}"));
+    let kmsd = env.start_shifted("+8d");
     let mut c = kmsd.client().await;
     for key in &doomed {
         expect_error(

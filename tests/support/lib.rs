@@ -60,6 +60,28 @@ pub fn module() -> PathBuf {
     module
 }
 
+/// libfaketime's preload library, from Debian's libfaketime package.
+fn libfaketime() -> String {
+    let path = format!(
+        "/usr/lib/{}-linux-gnu/faketime/libfaketimeMT.so.1",
+        std::env::consts::ARCH
+    );
+    assert!(
+        Path::new(&path).exists(),
+        "{path} not found: run deploy/install-deps.sh (it installs libfaketime)"
+    );
+    path
+}
+
+/// The environment that makes a process see its wall clock moved by `offset`.
+fn shifted_clock<'a>(preload: &'a str, offset: &'a str) -> [(&'static str, &'a str); 3] {
+    [
+        ("LD_PRELOAD", preload),
+        ("FAKETIME", offset),
+        ("FAKETIME_DONT_RESET", "1"),
+    ]
+}
+
 /// A fresh token and data dir, in a temp dir removed at drop.
 pub struct TestEnv {
     dir: TempDir,
@@ -162,6 +184,20 @@ impl TestEnv {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts kmsd with the standard flags, its wall clock moved by `offset` (libfaketime's
+    /// syntax, e.g. `+8d`).
+    pub fn start_shifted(&self, offset: &str) -> Kmsd {
+        let preload = libfaketime();
+        self.start_with(&self.kmsd_args(), &shifted_clock(&preload, offset))
+            .unwrap_or_else(|log| panic!("kmsd did not start:\n{log}"))
+    }
+
+    /// Spawns kmsd like [`TestEnv::start_shifted`], without waiting for it to listen.
+    pub fn spawn_shifted(&self, offset: &str) -> Kmsd {
+        let preload = libfaketime();
+        self.spawn_with(&self.kmsd_args(), &shifted_clock(&preload, offset))
     }
 
     /// Spawns kmsd with these flags and extra environment, without waiting for it to listen

@@ -128,6 +128,28 @@ pub struct KeyRecord {
     pub deletion: Option<PendingDeletion>,
 }
 
+/// `days` if it lies in `range`, else a ValidationException naming `field`.
+fn days_in_range(
+    field: &str,
+    days: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, KmsError> {
+    if range.contains(&days) {
+        Ok(days)
+    } else {
+        Err(KmsError::validation(format!(
+            "{field} must be {} to {}, got {days}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
+/// `days` whole days after `now_ms`, in Unix milliseconds.
+fn days_after(now_ms: i64, days: u32) -> i64 {
+    now_ms.saturating_add(i64::from(days) * 86_400_000)
+}
+
 /// A scheduled deletion.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct PendingDeletion {
@@ -145,16 +167,13 @@ impl PendingDeletion {
 
     /// A deletion `window_days` (default 30) after `now_ms`.
     pub fn new(window_days: Option<u32>, now_ms: i64) -> Result<Self, KmsError> {
-        let window_days = window_days.unwrap_or(Self::MAX_DAYS);
-        if !(Self::MIN_DAYS..=Self::MAX_DAYS).contains(&window_days) {
-            return Err(KmsError::validation(format!(
-                "pending_window_in_days must be {} to {}, got {window_days}",
-                Self::MIN_DAYS,
-                Self::MAX_DAYS
-            )));
-        }
+        let window_days = days_in_range(
+            "pending_window_in_days",
+            window_days.unwrap_or(Self::MAX_DAYS),
+            Self::MIN_DAYS..=Self::MAX_DAYS,
+        )?;
         Ok(PendingDeletion {
-            deletion_date_ms: now_ms.saturating_add(i64::from(window_days) * 86_400_000),
+            deletion_date_ms: days_after(now_ms, window_days),
             window_days,
         })
     }
@@ -176,22 +195,18 @@ impl RotationSchedule {
     pub const MAX_DAYS: u32 = 2560;
     /// The period when none is given.
     pub const DEFAULT_DAYS: u32 = 365;
-    const DAY_MS: i64 = 86_400_000;
 
     /// A schedule of `period_days` (default 365) whose first rotation is due one period after
     /// `now_ms`.
     pub fn new(period_days: Option<u32>, now_ms: i64) -> Result<Self, KmsError> {
-        let period_days = period_days.unwrap_or(Self::DEFAULT_DAYS);
-        if !(Self::MIN_DAYS..=Self::MAX_DAYS).contains(&period_days) {
-            return Err(KmsError::validation(format!(
-                "rotation_period_in_days must be {} to {}, got {period_days}",
-                Self::MIN_DAYS,
-                Self::MAX_DAYS
-            )));
-        }
+        let period_days = days_in_range(
+            "rotation_period_in_days",
+            period_days.unwrap_or(Self::DEFAULT_DAYS),
+            Self::MIN_DAYS..=Self::MAX_DAYS,
+        )?;
         Ok(RotationSchedule {
             period_days,
-            next_rotation_ms: now_ms.saturating_add(i64::from(period_days) * Self::DAY_MS),
+            next_rotation_ms: days_after(now_ms, period_days),
         })
     }
 
@@ -199,7 +214,7 @@ impl RotationSchedule {
     #[must_use]
     pub fn after_rotation(self, now_ms: i64) -> Self {
         RotationSchedule {
-            next_rotation_ms: now_ms.saturating_add(i64::from(self.period_days) * Self::DAY_MS),
+            next_rotation_ms: days_after(now_ms, self.period_days),
             ..self
         }
     }
