@@ -69,6 +69,11 @@ impl EncryptionContext {
         self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
+    /// The value paired with `key`, if the context has that key (keys are case-sensitive).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs.get(key).map(String::as_str)
+    }
+
     /// Whether the context has no pairs.
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()

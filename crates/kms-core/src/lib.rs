@@ -17,6 +17,7 @@ pub mod error;
 pub mod hsm;
 pub mod ids;
 pub mod key;
+pub mod policy;
 pub mod secret;
 pub mod service;
 pub mod store;
