@@ -3,6 +3,7 @@
 //! Key ids and references, the key model and its states, the encryption-context encoding,
 //! the ciphertext format and the symmetric scheme, the service logic ([`Kms`]), and the two
 //! traits its backends implement: [`KeyStore`] (the HSM) and [`MetadataStore`] (key metadata).
+//! The tamper-evident audit log ([`AuditLog`]) and its offline verifier live in [`audit`].
 //!
 //! This crate must not depend on tonic, cryptoki or rocksdb: the adapters depend on it, never
 //! the other way round. Every method of [`Kms`] blocks (HSM and store calls); async callers run
@@ -10,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alias;
+pub mod audit;
 pub mod blob;
 pub mod clock;
 pub mod context;
@@ -27,6 +29,7 @@ pub mod tags;
 pub mod testing;
 
 pub use alias::AliasRecord;
+pub use audit::{AuditError, AuditEvent, AuditLog, CheckpointSigner};
 pub use clock::{Clock, SystemClock};
 pub use context::EncryptionContext;
 pub use error::KmsError;

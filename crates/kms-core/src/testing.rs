@@ -1,15 +1,19 @@
-//! In-memory backends for tests: a [`MetadataStore`] in a map and a [`KeyStore`] that computes
-//! the HMAC in software with known master secrets. Never used by kmsd.
+//! In-memory backends for tests: a [`MetadataStore`] in a map, a [`KeyStore`] that computes
+//! the HMAC in software with known master secrets, and a software [`CheckpointSigner`]. Never
+//! used by kmsd.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::alias::AliasRecord;
+use crate::audit::CheckpointSigner;
 use crate::clock::Clock;
 use crate::hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey};
 use crate::ids::{AliasName, KeyId};
@@ -185,4 +189,82 @@ pub fn memory_kms() -> (crate::Kms, Arc<MemoryStore>, Arc<SoftKeyStore>) {
     let hsm = Arc::new(SoftKeyStore::default());
     let kms = crate::Kms::new(store.clone(), hsm.clone(), Arc::new(ManualClock::default()));
     (kms, store, hsm)
+}
+
+/// A software audit checkpoint signer: an ECDSA P-256 key in memory. No `Debug`: it holds the
+/// private key.
+pub struct SoftCheckpointSigner {
+    key: SigningKey,
+    failing: AtomicBool,
+}
+
+impl SoftCheckpointSigner {
+    /// A signer with a fresh key, distinct from every other in the process.
+    pub fn new() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut seed = [0u8; 40];
+        // Tests need distinct keys, not secret ones: should the OS generator fail, the counter
+        // still makes this key differ from the others.
+        let _ = getrandom::fill(&mut seed[..32]);
+        seed[32..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        Self::from_seed(&seed)
+    }
+
+    /// A signer whose key is derived from `seed`: the same seed, the same key.
+    pub fn from_seed(seed: &[u8]) -> Self {
+        let mut counter = 0u32;
+        let key = loop {
+            let candidate = Sha256::new()
+                .chain_update(b"kms test checkpoint signer")
+                .chain_update(seed)
+                .chain_update(counter.to_be_bytes())
+                .finalize();
+            // Fails only for zero or a value past the group order (probability about 2^-32).
+            if let Ok(key) = SigningKey::from_slice(&candidate) {
+                break key;
+            }
+            counter = counter.wrapping_add(1);
+        };
+        SoftCheckpointSigner {
+            key,
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// A signer whose every signature fails, as an HSM that refuses would.
+    pub fn failing() -> Self {
+        let signer = Self::new();
+        signer.set_failing(true);
+        signer
+    }
+
+    /// Makes the next signatures fail (or succeed again).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+}
+
+impl Default for SoftCheckpointSigner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CheckpointSigner for SoftCheckpointSigner {
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], HsmError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(HsmError::Failed {
+                operation: "sign audit checkpoint",
+                source: "injected failure".into(),
+            });
+        }
+        let signature: Signature = self.key.sign(message);
+        let mut out = [0u8; 64];
+        out.copy_from_slice(&signature.to_bytes());
+        Ok(out)
+    }
+
+    fn public_key(&self) -> p256::PublicKey {
+        p256::PublicKey::from(self.key.verifying_key())
+    }
 }

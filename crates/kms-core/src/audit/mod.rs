@@ -1,0 +1,346 @@
+//! The audit log: one tamper-evident record of every RPC, allowed or denied, successful or
+//! failed.
+//!
+//! A record says when, who (principal and peer address), what (operation, keys and versions,
+//! encryption contexts) and how it ended (outcome, error reason, deciding policy statement).
+//! It never holds a plaintext, a data key, a ciphertext or a PIN: [`AuditEvent`] has no field
+//! that could carry one.
+//!
+//! Records are hash-chained, and the chain is checkpointed with ECDSA P-256 signatures made by a
+//! key the HSM holds ([`CheckpointSigner`]). [`verify`] needs only the file and the public key:
+//! it detects any altered, removed, inserted or reordered line and names the line. [`AuditLog`]
+//! writes the file; a record is on disk (`fdatasync`) and covered by a signed checkpoint before
+//! the writer acknowledges it.
+//!
+//! # File format
+//!
+//! The log is a UTF-8 text file of JSON Lines: one JSON object per line, each line terminated
+//! by `\n` (no `\r`). The writer emits every line in one canonical form: compact JSON (no
+//! whitespace), the fields in the order listed below, strings escaped as `serde_json` escapes
+//! them, every field present (an absent value is `null`). The verifier re-encodes each line it
+//! reads and rejects a line that differs in any byte, so a line has exactly one valid spelling.
+//!
+//! Every line starts with two fields:
+//!
+//! - `seq`: the line number in the chain, a decimal integer (u64): 1 for the first line, then
+//!   +1 for each line, checkpoints included.
+//! - `prev`: the SHA-256 of the previous line's bytes (without its `\n`), 64 lowercase hex
+//!   digits; for the line with `seq` 1, 64 zeros.
+//!
+//! The chain hash covers the raw bytes of the line, so verifying it needs no JSON
+//! canonicalisation. The third field, `type`, says which of two kinds the line is.
+//!
+//! An **event** line records one RPC:
+//!
+//! ```text
+//! {"seq":1,"prev":"0000…0000","type":"event","time":"2026-11-23T10:00:00.123Z",
+//!  "request_id":"…","principal":"spiffe://kms.test/app","peer":"127.0.0.1:51234",
+//!  "operation":"Decrypt","keys":[{"key_id":"<uuid>","version":2}],
+//!  "encryption_context":{"tenant":"a"},"destination_encryption_context":null,
+//!  "outcome":"denied","error":"AccessDeniedException","policy_statement":"Sid \"DenyB\""}
+//! ```
+//!
+//! (shown wrapped; it is one line in the file.)
+//!
+//! | field | value |
+//! | --- | --- |
+//! | `time` | when the RPC was handled: RFC 3339 UTC with milliseconds and `Z`, years 0000–9999 |
+//! | `request_id` | the request id (string) |
+//! | `principal` | the authenticated caller, or `null` when the caller was not authenticated |
+//! | `peer` | the peer address, or `null` when unknown |
+//! | `operation` | the RPC name, e.g. `"Encrypt"` |
+//! | `keys` | the keys the RPC named or used, in order: `{"key_id":…,"version":n or null}` (possibly `[]`) |
+//! | `encryption_context` | the request's encryption context as an object with keys in ascending byte order, or `null` when the RPC has none |
+//! | `destination_encryption_context` | the destination context of a ReEncrypt, or `null` |
+//! | `outcome` | `"success"`, `"denied"` (refused by authorization) or `"failed"` (any other error) |
+//! | `error` | the error reason, e.g. `"AccessDeniedException"`, or `null` on success |
+//! | `policy_statement` | the policy statement that decided, e.g. `"Sid \"X\""`, or `null` |
+//!
+//! A **checkpoint** line signs the chain up to the line before it:
+//!
+//! ```text
+//! {"seq":8,"prev":"<64 hex>","type":"checkpoint","log_id":"<32 hex>","signature":"<128 hex>"}
+//! ```
+//!
+//! - `log_id`: the 16-byte id of the service instance that writes the log, 32 lowercase hex
+//!   digits. It is the same in every checkpoint of a file.
+//! - `signature`: an ECDSA P-256 signature with SHA-256, raw `r || s` (32 bytes each,
+//!   big-endian), 128 lowercase hex digits, with `s` in the lower half of the group order
+//!   ("low-S"), over the message (see [`checkpoint_message`])
+//!
+//!   ```text
+//!   "kms audit checkpoint v1" 0x00  ||  log_id (16 bytes)
+//!     ||  seq (u64 big-endian: the checkpoint line's own seq)
+//!     ||  prev (32 bytes: the SHA-256 of the line before the checkpoint)
+//!   ```
+//!
+//! A checkpoint has no `time` field: nothing in the checkpoint line is left uncovered by its
+//! signature, so no byte of the file can change without [`verify`] noticing — the last line
+//! included, which no later `prev` covers.
+//!
+//! # Writing
+//!
+//! The writer commits in groups: it takes every event queued, appends them and one checkpoint
+//! signed over the new head in a single write, fsyncs, and only then acknowledges the events. So
+//! every acknowledged event is followed by a signed checkpoint, and a valid log ends with a
+//! checkpoint. A crash can leave a torn last line (never acknowledged); opening the log cuts it
+//! off, and if the last complete line is then an event, signs a checkpoint over it at once.
+//!
+//! # What verification proves
+//!
+//! A log that [`verify`] accepts is, line for line, what a holder of the signing key wrote,
+//! except that whole batches may be missing from the end: a file cut just after a checkpoint is
+//! still a valid log. Compare [`VerifyReport::last_seq`] with a value seen earlier (or exported
+//! elsewhere) to detect that. The verifier does not know the expected `log_id`; it reports it
+//! for the caller to compare.
+
+mod line;
+mod time;
+mod verify;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hsm::HsmError;
+
+pub use time::{MAX_TIME_MS, MIN_TIME_MS, format_time, parse_time};
+pub use verify::{EventFilter, ParsedEvent, VerifyFailure, VerifyReport, read_events, verify};
+pub use writer::{AuditLog, MAX_BATCH};
+
+/// The first bytes of every signed checkpoint message (domain separation).
+pub const CHECKPOINT_DOMAIN: &[u8] = b"kms audit checkpoint v1\0";
+
+/// The `prev` of the first line: 32 zero bytes.
+pub const GENESIS_PREV: [u8; 32] = [0; 32];
+
+/// The message a checkpoint signs: [`CHECKPOINT_DOMAIN`] `|| log_id || seq (u64 big-endian) ||
+/// prev`, where `seq` is the checkpoint line's own seq and `prev` the SHA-256 of the line before
+/// it. The signature is ECDSA P-256 over SHA-256 of this message.
+pub fn checkpoint_message(log_id: &[u8; 16], seq: u64, prev: &[u8; 32]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 16 + 8 + 32);
+    message.extend_from_slice(CHECKPOINT_DOMAIN);
+    message.extend_from_slice(log_id);
+    message.extend_from_slice(&seq.to_be_bytes());
+    message.extend_from_slice(prev);
+    message
+}
+
+/// How an RPC ended.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The RPC succeeded.
+    Success,
+    /// Authorization refused the RPC.
+    Denied,
+    /// The RPC failed for any other reason.
+    Failed,
+}
+
+impl Outcome {
+    /// The name used in the log: `success`, `denied` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not `success`, `denied` or `failed`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown outcome `{0}`: expected success, denied or failed")]
+pub struct UnknownOutcome(pub String);
+
+impl FromStr for Outcome {
+    type Err = UnknownOutcome;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "success" => Ok(Outcome::Success),
+            "denied" => Ok(Outcome::Denied),
+            "failed" => Ok(Outcome::Failed),
+            other => Err(UnknownOutcome(other.to_owned())),
+        }
+    }
+}
+
+/// A key an RPC named or used, with the version when one is known.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditKey {
+    /// The key id (a UUID), or what the caller named when it resolved to no key.
+    pub key_id: String,
+    /// The key version, when the RPC used one.
+    pub version: Option<u32>,
+}
+
+/// One RPC as the audit log records it. Holds no plaintext, data key, ciphertext or PIN.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AuditEvent {
+    /// When the RPC was handled, in Unix milliseconds. Rendered as RFC 3339 UTC; values outside
+    /// years 0000–9999 are clamped to that range.
+    pub time_ms: i64,
+    /// The request id.
+    pub request_id: String,
+    /// The authenticated caller; `None` when the caller was not authenticated.
+    pub principal: Option<String>,
+    /// The peer address.
+    pub peer: Option<String>,
+    /// The RPC name, e.g. `"Encrypt"`.
+    pub operation: String,
+    /// The keys the RPC named or used.
+    pub keys: Vec<AuditKey>,
+    /// The request's encryption context, when the RPC has one.
+    pub encryption_context: Option<BTreeMap<String, String>>,
+    /// The destination encryption context of a ReEncrypt.
+    pub destination_encryption_context: Option<BTreeMap<String, String>>,
+    /// How the RPC ended.
+    pub outcome: Outcome,
+    /// The error reason, e.g. `"AccessDeniedException"`; `None` on success.
+    pub error: Option<String>,
+    /// The policy statement that decided, e.g. `Sid "X"`.
+    pub policy_statement: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event with the required fields set and every optional one empty.
+    pub fn new(
+        time_ms: i64,
+        request_id: impl Into<String>,
+        operation: impl Into<String>,
+        outcome: Outcome,
+    ) -> Self {
+        AuditEvent {
+            time_ms,
+            request_id: request_id.into(),
+            principal: None,
+            peer: None,
+            operation: operation.into(),
+            keys: Vec::new(),
+            encryption_context: None,
+            destination_encryption_context: None,
+            outcome,
+            error: None,
+            policy_statement: None,
+        }
+    }
+}
+
+/// Signs checkpoints; the HSM implements it (kms-hsm), tests use a software key.
+pub trait CheckpointSigner: Send + Sync {
+    /// ECDSA P-256 signature, raw `r || s` (64 bytes), over SHA-256(`message`).
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], HsmError>;
+
+    /// The public key, to check at open that it matches what the verifier will be given.
+    fn public_key(&self) -> p256::PublicKey;
+}
+
+/// Why the audit log could not be opened or could not record an event.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Reading, writing or syncing the file failed.
+    #[error("audit log I/O failed: {context}")]
+    Io {
+        /// What was being done, and on which file.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's last complete line is not an audit record.
+    #[error("the audit log is corrupt at byte offset {offset}: {message}")]
+    Corrupt {
+        /// Where the bad line starts in the file.
+        offset: u64,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The file's checkpoints carry another instance's log id.
+    #[error("the audit log at byte offset {offset} belongs to log id {found}, not {expected}")]
+    LogIdMismatch {
+        /// Where the checkpoint starts in the file.
+        offset: u64,
+        /// This instance's log id, in hex.
+        expected: String,
+        /// The checkpoint's log id, in hex.
+        found: String,
+    },
+    /// The file's last checkpoint does not verify with the signer's public key: the file was
+    /// signed with another key, and appending to it would make it unverifiable.
+    #[error(
+        "the audit checkpoint at byte offset {offset} was not signed by the configured signing key"
+    )]
+    KeyMismatch {
+        /// Where the checkpoint starts in the file.
+        offset: u64,
+    },
+    /// The signer failed.
+    #[error("signing an audit checkpoint failed")]
+    Sign(#[source] HsmError),
+    /// The signer returned a signature that does not verify with its own public key.
+    #[error("the checkpoint signer returned a signature that does not verify with its public key")]
+    BadSignature,
+    /// A record could not be encoded as JSON.
+    #[error("encoding an audit record failed")]
+    Encode(#[source] serde_json::Error),
+    /// The log failed earlier (the source says how) and accepts no more events: the service
+    /// must not answer RPCs it cannot audit.
+    #[error("the audit log failed and accepts no more events")]
+    Failed(#[source] Arc<AuditError>),
+    /// The writer thread is gone (a completion callback panicked).
+    #[error("the audit writer has stopped")]
+    Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_checkpoint_message_layout() {
+        let log_id = [0xab; 16];
+        let prev = [0xcd; 32];
+        let message = checkpoint_message(&log_id, 0x0102_0304_0506_0708, &prev);
+        assert_eq!(message.len(), 24 + 16 + 8 + 32);
+        assert_eq!(&message[..24], b"kms audit checkpoint v1\0");
+        assert_eq!(&message[24..40], &log_id);
+        assert_eq!(&message[40..48], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&message[48..], &prev);
+    }
+
+    #[test]
+    fn audit_outcome_names_round_trip() {
+        for outcome in [Outcome::Success, Outcome::Denied, Outcome::Failed] {
+            assert_eq!(outcome.as_str().parse::<Outcome>().unwrap(), outcome);
+            assert_eq!(
+                serde_json::to_string(&outcome).unwrap(),
+                format!("\"{outcome}\"")
+            );
+        }
+        assert!("Success".parse::<Outcome>().is_err());
+    }
+
+    #[test]
+    fn audit_public_key_pem_round_trip() {
+        use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+
+        let signer = crate::testing::SoftCheckpointSigner::new();
+        let key = signer.public_key();
+        let pem = key.to_public_key_pem(LineEnding::LF).unwrap();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert_eq!(p256::PublicKey::from_public_key_pem(&pem).unwrap(), key);
+    }
+}

@@ -1,0 +1,823 @@
+//! [`AuditLog`]: opens the file, recovers its tail, and runs the group-commit writer thread.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+
+use super::line::{Line, encode_checkpoint, encode_event, line_hash, parse_line};
+use super::{AuditError, AuditEvent, CheckpointSigner, GENESIS_PREV, checkpoint_message};
+
+/// The most events one group commit takes.
+pub const MAX_BATCH: usize = 1024;
+
+/// How far back [`line_start`] reads at a time.
+const CHUNK: usize = 8192;
+
+/// Called once with the event's seq when it is durable, or with why it is not.
+type Done = Box<dyn FnOnce(Result<u64, AuditError>) + Send>;
+
+/// One queued event.
+struct Job {
+    event: AuditEvent,
+    done: Done,
+}
+
+/// An open audit log: a file and the writer thread that appends to it.
+///
+/// Share it (`Arc<AuditLog>`) among request handlers; [`AuditLog::submit`] never blocks on I/O.
+/// Once a write, sync or signature fails, the log is failed: every event queued or submitted
+/// afterwards gets [`AuditError::Failed`], so the service fails closed.
+pub struct AuditLog {
+    path: PathBuf,
+    sender: Option<Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    failure: Arc<OnceLock<Arc<AuditError>>>,
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("failed", &self.failure.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating if absent, mode 0600 on unix) the log at `path` and starts its writer
+    /// thread.
+    ///
+    /// Recovers the tail: a last line without '\n' was torn by a crash and never acknowledged;
+    /// it is truncated, with a warning. The last complete line gives the next seq and prev
+    /// (read from the end of the file, never the whole file). If it is an event, its batch's
+    /// checkpoint was torn, and a checkpoint is signed and appended at once.
+    ///
+    /// Refuses a file whose last complete line is not a record ([`AuditError::Corrupt`]), whose
+    /// last checkpoint carries another `log_id` ([`AuditError::LogIdMismatch`]) or does not
+    /// verify with `signer`'s public key ([`AuditError::KeyMismatch`]): appending to it would
+    /// make it unverifiable. Only the tail is checked; [`verify`](super::verify) checks the rest.
+    ///
+    /// One `AuditLog` per file: two writers on one file would break the chain.
+    pub fn open(
+        path: &Path,
+        log_id: [u8; 16],
+        signer: Arc<dyn CheckpointSigner>,
+    ) -> Result<AuditLog, AuditError> {
+        let io_error = |what: &str| {
+            let context = format!("{what} {}", path.display());
+            move |source| AuditError::Io { context, source }
+        };
+        let mut options = OpenOptions::new();
+        options.read(true).append(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let existed = path.exists();
+        let mut file = options.open(path).map_err(io_error("opening"))?;
+        if !existed {
+            sync_parent_dir(path).map_err(io_error("syncing the directory of"))?;
+        }
+        let verifying_key = VerifyingKey::from(signer.public_key());
+        let chain = Chain {
+            file: &file,
+            log_id,
+            signer: signer.as_ref(),
+            verifying_key: &verifying_key,
+        };
+        let tail = chain.recover(path).map_err(|e| match e {
+            Recovery::Io(what, source) => io_error(what)(source),
+            Recovery::Audit(e) => e,
+        })?;
+
+        let (sender, receiver) = mpsc::channel();
+        let failure = Arc::new(OnceLock::new());
+        let thread_failure = Arc::clone(&failure);
+        let thread_path = path.to_owned();
+        let writer = std::thread::Builder::new()
+            .name("kms-audit".to_owned())
+            .spawn(move || {
+                let mut state = Writer {
+                    path: thread_path,
+                    tail,
+                    log_id,
+                    signer,
+                    verifying_key,
+                };
+                state.run(&mut file, &receiver, &thread_failure);
+            })
+            .map_err(io_error("starting the writer thread of"))?;
+        Ok(AuditLog {
+            path: path.to_owned(),
+            sender: Some(sender),
+            writer: Some(writer),
+            failure,
+        })
+    }
+
+    /// The file this log writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues the event. `done` runs on the writer thread once the event is durable and covered
+    /// by a signed checkpoint (`Ok(seq)`), or with the error that stopped it. If the log has
+    /// already failed, `done` runs at once, on the caller's thread, with [`AuditError::Failed`].
+    /// Never blocks on I/O; `done` should not block either (it holds up the next batch).
+    pub fn submit(&self, event: AuditEvent, done: Box<dyn FnOnce(Result<u64, AuditError>) + Send>) {
+        if let Some(cause) = self.failure.get() {
+            done(Err(AuditError::Failed(Arc::clone(cause))));
+            return;
+        }
+        let Some(sender) = &self.sender else {
+            done(Err(AuditError::Closed));
+            return;
+        };
+        if let Err(mpsc::SendError(job)) = sender.send(Job { event, done }) {
+            // The writer thread is gone: it only returns early when a callback panicked.
+            (job.done)(Err(self.stopped_error()));
+        }
+    }
+
+    /// Submits the event and waits until it is durable: the blocking form of
+    /// [`AuditLog::submit`]. Returns the event's seq.
+    pub fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let (sender, receiver) = mpsc::sync_channel(1);
+        self.submit(
+            event,
+            Box::new(move |result| {
+                // The receiver waits below; if it is gone there is nobody left to tell.
+                let _ = sender.send(result);
+            }),
+        );
+        receiver
+            .recv()
+            .unwrap_or_else(|_| Err(self.stopped_error()))
+    }
+
+    /// Stops the writer once the events queued so far are durable. Returns the failure that
+    /// stopped the log, if one did.
+    pub fn close(mut self) -> Result<(), AuditError> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> Result<(), AuditError> {
+        // Dropping the sender lets the writer drain the queue and return.
+        self.sender = None;
+        let joined = match self.writer.take() {
+            // Dropped by a completion callback on the writer thread itself: it cannot wait for
+            // itself, and returns once the callback does.
+            Some(writer) if writer.thread().id() == std::thread::current().id() => None,
+            writer => writer.map(JoinHandle::join),
+        };
+        if let Some(cause) = self.failure.get() {
+            return Err(AuditError::Failed(Arc::clone(cause)));
+        }
+        match joined {
+            Some(Err(_)) => Err(AuditError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    fn stopped_error(&self) -> AuditError {
+        self.failure.get().map_or(AuditError::Closed, |cause| {
+            AuditError::Failed(Arc::clone(cause))
+        })
+    }
+}
+
+impl Drop for AuditLog {
+    /// Stops the writer as [`AuditLog::close`] does; a failure was already reported to the
+    /// events it concerned.
+    fn drop(&mut self) {
+        let _ = self.shut_down();
+    }
+}
+
+/// The end of the chain: the last seq written and the hash of the last line.
+#[derive(Clone, Copy, Debug)]
+struct Tail {
+    seq: u64,
+    prev: [u8; 32],
+}
+
+/// The writer thread's state.
+struct Writer {
+    path: PathBuf,
+    tail: Tail,
+    log_id: [u8; 16],
+    signer: Arc<dyn CheckpointSigner>,
+    verifying_key: VerifyingKey,
+}
+
+impl Writer {
+    /// Commits batches until every sender is gone, or fails every event after an error.
+    fn run(
+        &mut self,
+        file: &mut File,
+        receiver: &Receiver<Job>,
+        failure: &OnceLock<Arc<AuditError>>,
+    ) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Ok(first) = receiver.recv() {
+            batch.push(first);
+            batch.extend(receiver.try_iter().take(MAX_BATCH - 1));
+            let events: Vec<&AuditEvent> = batch.iter().map(|job| &job.event).collect();
+            let result = encode_batch(
+                self.tail,
+                &events,
+                &self.log_id,
+                self.signer.as_ref(),
+                &self.verifying_key,
+            )
+            .and_then(|(bytes, tail)| {
+                write_durably(file, &bytes, &self.path)?;
+                Ok(tail)
+            });
+            match result {
+                Ok(tail) => {
+                    let first_seq = self.tail.seq;
+                    self.tail = tail;
+                    for (seq, job) in (first_seq + 1..).zip(batch.drain(..)) {
+                        (job.done)(Ok(seq));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "the audit log failed; refusing every further event");
+                    let cause = Arc::new(error);
+                    // Only this thread sets it, once.
+                    let _ = failure.set(Arc::clone(&cause));
+                    for job in batch.drain(..).chain(receiver.iter()) {
+                        (job.done)(Err(AuditError::Failed(Arc::clone(&cause))));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Appends `bytes` and syncs the data to disk.
+fn write_durably(file: &mut File, bytes: &[u8], path: &Path) -> Result<(), AuditError> {
+    file.write_all(bytes).map_err(|source| AuditError::Io {
+        context: format!("appending to {}", path.display()),
+        source,
+    })?;
+    file.sync_data().map_err(|source| AuditError::Io {
+        context: format!("syncing {}", path.display()),
+        source,
+    })
+}
+
+/// Encodes `events` after `tail`, then one checkpoint signed over the new head. Returns the
+/// bytes to append ('\n'-terminated lines) and the new tail. With no events, just a checkpoint.
+fn encode_batch(
+    tail: Tail,
+    events: &[&AuditEvent],
+    log_id: &[u8; 16],
+    signer: &dyn CheckpointSigner,
+    verifying_key: &VerifyingKey,
+) -> Result<(Vec<u8>, Tail), AuditError> {
+    let mut bytes = Vec::new();
+    let mut tail = tail;
+    for event in events {
+        tail.seq += 1;
+        let line = encode_event(tail.seq, &tail.prev, event).map_err(AuditError::Encode)?;
+        tail.prev = line_hash(&line);
+        bytes.extend_from_slice(&line);
+        bytes.push(b'\n');
+    }
+    tail.seq += 1;
+    let signature = sign_checkpoint(log_id, tail.seq, &tail.prev, signer, verifying_key)?;
+    let line =
+        encode_checkpoint(tail.seq, &tail.prev, log_id, &signature).map_err(AuditError::Encode)?;
+    tail.prev = line_hash(&line);
+    bytes.extend_from_slice(&line);
+    bytes.push(b'\n');
+    Ok((bytes, tail))
+}
+
+/// Has the checkpoint signed, normalises the signature to low-S (so the line has one valid
+/// form), and checks it with the public key the verifier will use.
+fn sign_checkpoint(
+    log_id: &[u8; 16],
+    seq: u64,
+    prev: &[u8; 32],
+    signer: &dyn CheckpointSigner,
+    verifying_key: &VerifyingKey,
+) -> Result<[u8; 64], AuditError> {
+    let message = checkpoint_message(log_id, seq, prev);
+    let raw = signer.sign(&message).map_err(AuditError::Sign)?;
+    let signature = Signature::from_slice(&raw).map_err(|_| AuditError::BadSignature)?;
+    let signature = signature.normalize_s().unwrap_or(signature);
+    verifying_key
+        .verify(&message, &signature)
+        .map_err(|_| AuditError::BadSignature)?;
+    let mut out = [0u8; 64];
+    out.copy_from_slice(&signature.to_bytes());
+    Ok(out)
+}
+
+/// Why recovery failed: an I/O error (with what was being done) or a refusal.
+enum Recovery {
+    Io(&'static str, io::Error),
+    Audit(AuditError),
+}
+
+impl From<AuditError> for Recovery {
+    fn from(error: AuditError) -> Self {
+        Recovery::Audit(error)
+    }
+}
+
+/// What recovery needs: the file, and how to check and sign checkpoints.
+struct Chain<'a> {
+    file: &'a File,
+    log_id: [u8; 16],
+    signer: &'a dyn CheckpointSigner,
+    verifying_key: &'a VerifyingKey,
+}
+
+impl Chain<'_> {
+    /// Cuts a torn last line, reads the tail of the chain, checks the last checkpoint, and
+    /// appends a checkpoint if the last line is an event.
+    fn recover(&self, path: &Path) -> Result<Tail, Recovery> {
+        let file = self.file;
+        let mut len = file
+            .metadata()
+            .map_err(|e| Recovery::Io("reading the size of", e))?
+            .len();
+        if len > 0 && read_at(file, len - 1, 1).map_err(|e| Recovery::Io("reading", e))? != b"\n" {
+            let start = line_start(file, len).map_err(|e| Recovery::Io("reading", e))?;
+            tracing::warn!(
+                path = %path.display(),
+                offset = start,
+                bytes = len - start,
+                "the audit log ends in a torn line, which was never acknowledged; truncating it"
+            );
+            file.set_len(start)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| Recovery::Io("truncating the torn last line of", e))?;
+            len = start;
+        }
+        if len == 0 {
+            return Ok(Tail {
+                seq: 0,
+                prev: GENESIS_PREV,
+            });
+        }
+
+        let mut lines = BackwardLines { file, end: len };
+        let (offset, bytes) = lines
+            .next()
+            .map_err(|e| Recovery::Io("reading", e))?
+            .ok_or(AuditError::Corrupt {
+                offset: 0,
+                message: "no complete line".to_owned(),
+            })?;
+        let last = parse_line(&bytes).map_err(|message| AuditError::Corrupt { offset, message })?;
+        let tail = Tail {
+            seq: last.seq(),
+            prev: line_hash(&bytes),
+        };
+        if matches!(last, Line::Checkpoint { .. }) {
+            self.check_checkpoint(offset, &last)?;
+            return Ok(tail);
+        }
+
+        // The batch's checkpoint was torn off. Check the last checkpoint before it, if any,
+        // then sign the events that made it to disk.
+        while let Some((offset, bytes)) = lines.next().map_err(|e| Recovery::Io("reading", e))? {
+            if let Ok(line @ Line::Checkpoint { .. }) = parse_line(&bytes) {
+                self.check_checkpoint(offset, &line)?;
+                break;
+            }
+        }
+        tracing::warn!(
+            path = %path.display(),
+            seq = tail.seq,
+            "the audit log ends in events without their checkpoint; signing them now"
+        );
+        let (bytes, tail) = encode_batch(tail, &[], &self.log_id, self.signer, self.verifying_key)?;
+        let mut writer = self.file;
+        writer
+            .write_all(&bytes)
+            .and_then(|()| writer.sync_data())
+            .map_err(|e| Recovery::Io("appending the recovery checkpoint to", e))?;
+        Ok(tail)
+    }
+
+    /// Refuses a checkpoint of another log or another signing key.
+    fn check_checkpoint(&self, offset: u64, line: &Line) -> Result<(), AuditError> {
+        let Line::Checkpoint {
+            seq,
+            prev,
+            log_id,
+            signature,
+        } = line
+        else {
+            return Ok(());
+        };
+        if *log_id != self.log_id {
+            return Err(AuditError::LogIdMismatch {
+                offset,
+                expected: hex::encode(self.log_id),
+                found: hex::encode(log_id),
+            });
+        }
+        let verified = Signature::from_slice(signature).is_ok_and(|signature| {
+            self.verifying_key
+                .verify(&checkpoint_message(log_id, *seq, prev), &signature)
+                .is_ok()
+        });
+        if verified {
+            Ok(())
+        } else {
+            Err(AuditError::KeyMismatch { offset })
+        }
+    }
+}
+
+/// The lines of a file from the last to the first, each with its offset, without its '\n'.
+struct BackwardLines<'a> {
+    file: &'a File,
+    /// The end of the next line to return, just past its '\n'.
+    end: u64,
+}
+
+impl BackwardLines<'_> {
+    fn next(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
+        if self.end == 0 {
+            return Ok(None);
+        }
+        let line_end = self.end - 1;
+        let start = line_start(self.file, line_end)?;
+        let len = usize::try_from(line_end - start)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "line too long"))?;
+        let bytes = read_at(self.file, start, len)?;
+        self.end = start;
+        Ok(Some((start, bytes)))
+    }
+}
+
+/// The offset just past the last '\n' before `end`, or 0 if there is none.
+fn line_start(file: &File, end: u64) -> io::Result<u64> {
+    let mut pos = end;
+    while pos > 0 {
+        let chunk_start = pos.saturating_sub(CHUNK as u64);
+        // At most CHUNK bytes, so it fits in usize.
+        let len = usize::try_from(pos - chunk_start).unwrap_or(CHUNK);
+        let chunk = read_at(file, chunk_start, len)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(chunk_start + i as u64 + 1);
+        }
+        pos = chunk_start;
+    }
+    Ok(0)
+}
+
+/// `len` bytes of `file` from `offset`.
+fn read_at(mut file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0; len];
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Makes the new file's directory entry durable.
+fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::audit::{AuditKey, Outcome, verify};
+    use crate::testing::SoftCheckpointSigner;
+
+    pub(crate) const LOG_ID: [u8; 16] = [0x5a; 16];
+
+    pub(crate) fn event(n: u64) -> AuditEvent {
+        let mut event = AuditEvent::new(
+            1_795_428_000_000 + i64::try_from(n).unwrap(),
+            format!("req-{n}"),
+            "Encrypt",
+            Outcome::Success,
+        );
+        event.principal = Some("spiffe://kms.test/app".into());
+        event.peer = Some("127.0.0.1:51234".into());
+        event.keys = vec![AuditKey {
+            key_id: "0b6a3f52-1c8e-4e43-9d7a-5f0a2b1c3d4e".into(),
+            version: Some(1),
+        }];
+        event.encryption_context = Some([("tenant".to_owned(), "a".to_owned())].into());
+        event
+    }
+
+    /// A log of events in batches of the given sizes, built without a file.
+    pub(crate) fn build_log(signer: &SoftCheckpointSigner, batches: &[u64]) -> Vec<u8> {
+        let batches: Vec<([u8; 16], u64)> = batches.iter().map(|&size| (LOG_ID, size)).collect();
+        build_log_with(signer, &batches)
+    }
+
+    /// A log of events in batches of the given sizes, each checkpoint with the given log id.
+    pub(crate) fn build_log_with(
+        signer: &SoftCheckpointSigner,
+        batches: &[([u8; 16], u64)],
+    ) -> Vec<u8> {
+        let key = VerifyingKey::from(signer.public_key());
+        let mut tail = Tail {
+            seq: 0,
+            prev: GENESIS_PREV,
+        };
+        let mut log = Vec::new();
+        let mut n = 0;
+        for (log_id, size) in batches {
+            let events: Vec<AuditEvent> = (n..n + size).map(event).collect();
+            n += size;
+            let refs: Vec<&AuditEvent> = events.iter().collect();
+            let (bytes, next) = encode_batch(tail, &refs, log_id, signer, &key).unwrap();
+            log.extend_from_slice(&bytes);
+            tail = next;
+        }
+        log
+    }
+
+    fn open(path: &Path, signer: &Arc<SoftCheckpointSigner>) -> AuditLog {
+        AuditLog::open(
+            path,
+            LOG_ID,
+            Arc::clone(signer) as Arc<dyn CheckpointSigner>,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn audit_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let signer = Arc::new(SoftCheckpointSigner::new());
+        let log = open(&path, &signer);
+        let seqs: Vec<u64> = (0..5).map(|n| log.append(event(n)).unwrap()).collect();
+        // One event per batch when appending one at a time: event, checkpoint, event, ...
+        assert_eq!(seqs, [1, 3, 5, 7, 9]);
+        log.close().unwrap();
+
+        let bytes = std::fs::read(&path).unwrap();
+        let report = verify(&bytes, &signer.public_key()).unwrap();
+        assert_eq!(
+            (
+                report.records,
+                report.checkpoints,
+                report.last_seq,
+                report.log_id
+            ),
+            (5, 5, 10, Some(LOG_ID))
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn audit_group_commit_signs_each_batch_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let signer = Arc::new(SoftCheckpointSigner::new());
+        let log = open(&path, &signer);
+        let (sender, receiver) = mpsc::channel();
+        for n in 0..50 {
+            let sender = sender.clone();
+            log.submit(event(n), Box::new(move |r| sender.send(r).unwrap()));
+        }
+        let mut seqs: Vec<u64> = (0..50).map(|_| receiver.recv().unwrap().unwrap()).collect();
+        log.close().unwrap();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 50);
+
+        let report = verify(&std::fs::read(&path).unwrap(), &signer.public_key()).unwrap();
+        assert_eq!(report.records, 50);
+        assert!(report.checkpoints >= 1 && report.checkpoints <= 50);
+        assert_eq!(report.last_seq, 50 + report.checkpoints);
+    }
+
+    #[test]
+    fn audit_reopen_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let signer = Arc::new(SoftCheckpointSigner::new());
+        let log = open(&path, &signer);
+        assert_eq!(log.append(event(0)).unwrap(), 1);
+        assert_eq!(log.append(event(1)).unwrap(), 3);
+        log.close().unwrap();
+
+        let log = open(&path, &signer);
+        assert_eq!(log.append(event(2)).unwrap(), 5);
+        drop(log); // Dropping stops the writer too.
+
+        let log = open(&path, &signer);
+        assert_eq!(log.append(event(3)).unwrap(), 7);
+        log.close().unwrap();
+
+        let report = verify(&std::fs::read(&path).unwrap(), &signer.public_key()).unwrap();
+        assert_eq!(
+            (report.records, report.checkpoints, report.last_seq),
+            (4, 4, 8)
+        );
+    }
+
+    #[test]
+    fn audit_torn_last_line_is_truncated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let signer = Arc::new(SoftCheckpointSigner::new());
+        let log = open(&path, &signer);
+        log.append(event(0)).unwrap();
+        log.append(event(1)).unwrap();
+        log.close().unwrap();
+        let good = std::fs::read(&path).unwrap();
+
+        // A batch torn in its second line: one whole event, then half of the next.
+        let mut torn = good.clone();
+        let line = encode_event(5, &line_hash(last_line(&good)), &event(2)).unwrap();
+        torn.extend_from_slice(&line);
+        torn.push(b'\n');
+        let next = encode_event(6, &line_hash(&line), &event(3)).unwrap();
+        torn.extend_from_slice(&next[..next.len() / 2]);
+        std::fs::write(&path, &torn).unwrap();
+
+        // The torn line goes, and the surviving event gets its checkpoint.
+        let log = open(&path, &signer);
+        assert_eq!(log.append(event(4)).unwrap(), 7);
+        log.close().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(&good));
+        let report = verify(&bytes, &signer.public_key()).unwrap();
+        assert_eq!(
+            (report.records, report.checkpoints, report.last_seq),
+            (4, 4, 8)
+        );
+
+        // A tear right after a checkpoint's '\n' plus garbage without one: only the garbage goes.
+        let mut torn = bytes.clone();
+        torn.extend_from_slice(&[0; 100]);
+        std::fs::write(&path, &torn).unwrap();
+        open(&path, &signer).close().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    fn last_line(bytes: &[u8]) -> &[u8] {
+        let body = &bytes[..bytes.len() - 1];
+        let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        &body[start..]
+    }
+
+    #[test]
+    fn audit_open_refuses_foreign_or_corrupt_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let signer = Arc::new(SoftCheckpointSigner::new());
+        std::fs::write(&path, build_log(&signer, &[2, 1])).unwrap();
+        open(&path, &signer).close().unwrap();
+
+        let other_signer = Arc::new(SoftCheckpointSigner::new());
+        let error = AuditLog::open(&path, LOG_ID, other_signer).unwrap_err();
+        assert!(matches!(error, AuditError::KeyMismatch { .. }), "{error}");
+
+        let error = AuditLog::open(&path, [1; 16], signer.clone()).unwrap_err();
+        assert!(matches!(error, AuditError::LogIdMismatch { .. }), "{error}");
+
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len = bytes.len();
+        bytes.extend_from_slice(b"not json\n");
+        std::fs::write(&path, &bytes).unwrap();
+        match AuditLog::open(&path, LOG_ID, signer.clone()).unwrap_err() {
+            AuditError::Corrupt { offset, .. } => assert_eq!(offset, len as u64),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn audit_open_checks_the_checkpoint_before_trailing_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let signer = Arc::new(SoftCheckpointSigner::new());
+        let mut bytes = build_log(&signer, &[2]);
+        let line = encode_event(4, &line_hash(last_line(&bytes)), &event(9)).unwrap();
+        bytes.extend_from_slice(&line);
+        bytes.push(b'\n');
+        std::fs::write(&path, &bytes).unwrap();
+        let error = AuditLog::open(&path, [1; 16], signer.clone()).unwrap_err();
+        assert!(matches!(error, AuditError::LogIdMismatch { .. }), "{error}");
+        // The file was left alone.
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn audit_fails_closed_after_a_signer_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let signer = Arc::new(SoftCheckpointSigner::new());
+        let log = open(&path, &signer);
+        assert_eq!(log.append(event(0)).unwrap(), 1);
+        signer.set_failing(true);
+        let error = log.append(event(1)).unwrap_err();
+        let AuditError::Failed(cause) = &error else {
+            panic!("{error}")
+        };
+        assert!(matches!(**cause, AuditError::Sign(_)), "{cause}");
+        // Later events fail at once, even when the signer works again.
+        signer.set_failing(false);
+        assert!(matches!(log.append(event(2)), Err(AuditError::Failed(_))));
+        let (sender, receiver) = mpsc::channel();
+        log.submit(event(3), Box::new(move |r| sender.send(r).unwrap()));
+        assert!(matches!(
+            receiver.recv().unwrap(),
+            Err(AuditError::Failed(_))
+        ));
+        assert!(matches!(log.close(), Err(AuditError::Failed(_))));
+
+        // Nothing unacknowledged was written: the log still verifies.
+        let report = verify(&std::fs::read(&path).unwrap(), &signer.public_key()).unwrap();
+        assert_eq!((report.records, report.checkpoints), (1, 1));
+    }
+
+    #[test]
+    fn audit_refuses_a_signer_whose_signatures_do_not_verify() {
+        struct Liar(SoftCheckpointSigner, SoftCheckpointSigner);
+        impl CheckpointSigner for Liar {
+            fn sign(&self, message: &[u8]) -> Result<[u8; 64], crate::hsm::HsmError> {
+                self.0.sign(message)
+            }
+            fn public_key(&self) -> p256::PublicKey {
+                self.1.public_key()
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let liar = Liar(SoftCheckpointSigner::new(), SoftCheckpointSigner::new());
+        let log = AuditLog::open(&path, LOG_ID, Arc::new(liar)).unwrap();
+        let error = log.append(event(0)).unwrap_err();
+        assert!(
+            matches!(&error, AuditError::Failed(cause) if matches!(**cause, AuditError::BadSignature)),
+            "{error}"
+        );
+        assert!(std::fs::read(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn audit_concurrent_appends_are_all_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let signer = Arc::new(SoftCheckpointSigner::new());
+        let log = Arc::new(open(&path, &signer));
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    (0..200)
+                        .map(|n| log.append(event(t * 1000 + n)).unwrap())
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let seqs: HashSet<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(seqs.len(), 1600);
+        Arc::into_inner(log).unwrap().close().unwrap();
+
+        let bytes = std::fs::read(&path).unwrap();
+        let report = verify(&bytes, &signer.public_key()).unwrap();
+        assert_eq!(report.records, 1600);
+        assert_eq!(report.last_seq, 1600 + report.checkpoints);
+        // Each acknowledged seq is an event line.
+        let event_seqs: HashSet<u64> = crate::audit::read_events(&bytes)
+            .map(|r| r.unwrap().1.seq)
+            .collect();
+        assert_eq!(event_seqs, seqs);
+    }
+}
