@@ -8,6 +8,7 @@
 
 mod aliases;
 mod api;
+mod auth;
 mod cli;
 mod custody;
 mod durability;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kms_client::KmsClient;
+use kms_client::{ClientTls, KmsClient};
 use tempfile::TempDir;
 
 /// The token label every test environment uses.
@@ -135,8 +135,56 @@ impl TestEnv {
         self.path().join("data")
     }
 
-    /// The standard flags for kmsd on this environment, on a random loopback port.
+    /// The standard flags for kmsd on this environment, on a random loopback port, in
+    /// `--dev` mode (no TLS; every caller is the administrator `dev`).
     pub fn kmsd_args(&self) -> Vec<String> {
+        let mut args = self.base_args();
+        args.push("--dev".to_owned());
+        args
+    }
+
+    /// The flags for kmsd with mutual TLS from `pki`, administrators `admins`.
+    pub fn tls_args(&self, pki: &Pki, admins: &[&str]) -> Vec<String> {
+        let mut args = self.base_args();
+        for (flag, path) in [
+            ("--tls-cert", pki.dir.join("server.pem")),
+            ("--tls-key", pki.dir.join("server-key.pem")),
+            ("--tls-client-ca", pki.ca()),
+        ] {
+            args.push(flag.to_owned());
+            args.push(path.to_string_lossy().into_owned());
+        }
+        for admin in admins {
+            args.push("--administrator".to_owned());
+            args.push((*admin).to_owned());
+        }
+        args
+    }
+
+    /// A CA, a server certificate and client certificates (name, principal) in `subdir`,
+    /// made with `kmsctl dev-pki`; `days` of validity (0: expired a second later).
+    pub fn dev_pki(&self, subdir: &str, clients: &[(&str, &str)], days: u32) -> Pki {
+        let dir = self.path().join(subdir);
+        let mut command = Command::new(bin("kmsctl"));
+        command
+            .args(["dev-pki", "--dir"])
+            .arg(&dir)
+            .args(["--days", &days.to_string()]);
+        for (name, principal) in clients {
+            command.arg("--client").arg(format!("{name}={principal}"));
+        }
+        let out = command
+            .output()
+            .unwrap_or_else(|e| panic!("kmsctl dev-pki: {e}"));
+        assert!(
+            out.status.success(),
+            "kmsctl dev-pki failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Pki { dir }
+    }
+
+    fn base_args(&self) -> Vec<String> {
         [
             "--listen",
             "127.0.0.1:0",
@@ -172,7 +220,12 @@ impl TestEnv {
                 .and_then(|l| l.split("address=").nth(1))
                 .and_then(|rest| rest.split_whitespace().next())
             {
-                kmsd.endpoint = format!("http://{address}");
+                let scheme = if log.contains("mutual TLS") {
+                    "https"
+                } else {
+                    "http"
+                };
+                kmsd.endpoint = format!("{scheme}://{address}");
                 return Ok(kmsd);
             }
             if let Ok(Some(status)) = kmsd.child.try_wait() {
@@ -314,6 +367,18 @@ impl Kmsd {
             .unwrap_or_else(|e| panic!("connect: {e}"))
     }
 
+    /// A client over TLS with `tls`.
+    pub async fn client_with(&self, tls: &ClientTls) -> KmsClient {
+        KmsClient::connect_with(&self.endpoint, Some(tls))
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"))
+    }
+
+    /// The audit log in `data_dir`, and its public key.
+    pub fn audit_files(data_dir: &Path) -> (PathBuf, PathBuf) {
+        (data_dir.join("audit.log"), data_dir.join("audit.pub.pem"))
+    }
+
     /// `kill -9`.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -330,10 +395,16 @@ impl Kmsd {
 
     /// Runs kmsctl against this kmsd with `args` and `stdin`.
     pub fn kmsctl(&self, args: &[&str], stdin: &[u8]) -> Output {
+        self.kmsctl_tls(&[], args, stdin)
+    }
+
+    /// Runs kmsctl with TLS flags `tls` (given before the subcommand), `args` and `stdin`.
+    pub fn kmsctl_tls(&self, tls: &[String], args: &[&str], stdin: &[u8]) -> Output {
         use std::io::Write as _;
         let mut child = Command::new(bin("kmsctl"))
             .arg("--endpoint")
             .arg(&self.endpoint)
+            .args(tls)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -354,5 +425,48 @@ impl Kmsd {
 impl Drop for Kmsd {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// PEM files made by `kmsctl dev-pki`.
+pub struct Pki {
+    /// Their directory.
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// The CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// TLS for the client certificate `name` (`None`: no client certificate).
+    pub fn client_tls(&self, name: Option<&str>) -> ClientTls {
+        let read = |path: PathBuf| {
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        ClientTls {
+            ca_pem: read(self.ca()),
+            identity: name.map(|n| {
+                (
+                    read(self.dir.join(format!("{n}.pem"))),
+                    zeroize::Zeroizing::new(read(self.dir.join(format!("{n}-key.pem")))),
+                )
+            }),
+            domain: None,
+        }
+    }
+
+    /// kmsctl's TLS flags for the client certificate `name`.
+    pub fn kmsctl_flags(&self, name: &str) -> Vec<String> {
+        let path = |file: String| self.dir.join(file).to_string_lossy().into_owned();
+        vec![
+            "--ca".into(),
+            path("ca.pem".into()),
+            "--cert".into(),
+            path(format!("{name}.pem")),
+            "--key".into(),
+            path(format!("{name}-key.pem")),
+        ]
     }
 }

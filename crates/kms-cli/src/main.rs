@@ -5,18 +5,25 @@
 //! On error kmsctl prints the server's reason and message and exits with status 1.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod io;
 mod output;
+mod pki;
+mod policy;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kms_client::{ClientError, Context, DataKeySize, KmsClient, v1 as pb};
+use kms_client::{ClientError, ClientTls, Context, DataKeySize, KmsClient, v1 as pb};
 use serde_json::json;
+use zeroize::Zeroizing;
 
+use crate::audit::AuditCommand;
 use crate::io::{b64, read_input, write_output};
 use crate::output::{Format, print_aliases, print_metadata, print_rotations, print_tags};
+use crate::policy::PolicyCommand;
 
 #[derive(Parser)]
 #[command(
@@ -36,8 +43,57 @@ struct Cli {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
     output: Format,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Mutual TLS. Give these before the subcommand: `kmsctl --ca … --cert … --key … list-keys`.
+#[derive(Args)]
+struct TlsArgs {
+    /// CA certificate (PEM) that issued kmsd's certificate; connects with TLS.
+    #[arg(long, env = "KMS_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM): its URI SAN or CN is your principal.
+    #[arg(long, env = "KMS_CLIENT_CERT", value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "KMS_CLIENT_KEY", value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// The name kmsd's certificate must carry [default: the endpoint's host].
+    #[arg(long, env = "KMS_TLS_SERVER_NAME", value_name = "NAME")]
+    tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The TLS settings, or `None` for plaintext (a `kmsd --dev`).
+    fn load(&self, endpoint: &str) -> anyhow::Result<Option<ClientTls>> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let Some(ca) = &self.ca else {
+            if self.cert.is_some() {
+                bail!("--cert needs --ca: the CA that issued kmsd's certificate");
+            }
+            if endpoint.starts_with("https:") {
+                bail!("{endpoint} is TLS: give --ca (and --cert and --key)");
+            }
+            return Ok(None);
+        };
+        if endpoint.starts_with("http:") {
+            bail!("--ca is given, so the endpoint must be https://…, not {endpoint}");
+        }
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, Zeroizing::new(read(key)?))),
+            _ => None,
+        };
+        Ok(Some(ClientTls {
+            ca_pem: read(ca)?,
+            identity,
+            domain: self.tls_server_name.clone(),
+        }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -50,6 +106,47 @@ enum Command {
         /// A tag KEY=VALUE (repeatable).
         #[arg(long = "tag", value_name = "KEY=VALUE")]
         tags: Vec<String>,
+        /// The key policy (JSON) [default: you and the administrators have full access].
+        #[arg(long, value_name = "FILE")]
+        policy_file: Option<PathBuf>,
+        /// Accept a policy that would not let you change it later.
+        #[arg(long)]
+        bypass_policy_lockout_safety_check: bool,
+    },
+    /// Print a key's policy (JSON).
+    GetKeyPolicy(KeyArg),
+    /// Replace a key's policy.
+    PutKeyPolicy {
+        #[command(flatten)]
+        key: KeyArg,
+        /// The new policy (JSON); `-` reads stdin.
+        #[arg(long, value_name = "FILE")]
+        policy_file: PathBuf,
+        /// Accept a policy that would not let you change it again.
+        #[arg(long)]
+        bypass_policy_lockout_safety_check: bool,
+    },
+    /// Key policies, evaluated locally.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The audit log, read offline from its file.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Make a local CA and certificates for trying mutual TLS (not for production).
+    DevPki {
+        /// Directory of the PEM files (created if missing; an existing CA is reused).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Another DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "server-name", value_name = "NAME")]
+        server_names: Vec<String>,
+        /// A client certificate NAME=PRINCIPAL, written to NAME.pem and NAME-key.pem
+        /// (repeatable). A principal with `://` becomes a URI SAN, else the CN.
+        #[arg(long = "client", value_name = "NAME=PRINCIPAL")]
+        clients: Vec<String>,
+        /// Validity of new certificates, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
     /// Show a key's metadata.
     DescribeKey(KeyArg),
@@ -333,17 +430,88 @@ async fn main() -> ExitCode {
 #[allow(clippy::too_many_lines)] // one arm per subcommand reads best as one match
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.output;
-    let mut client = KmsClient::connect(&cli.endpoint).await?;
+    // The commands that need no server.
     match cli.command {
-        Command::CreateKey { description, tags } => {
+        Command::Audit(command) => return audit::run(format, &command),
+        Command::DevPki {
+            dir,
+            server_names,
+            clients,
+            days,
+        } => {
+            let clients = parse_pairs("--client", &clients)?;
+            let written = pki::run(&pki::Request {
+                dir: &dir,
+                server_names: &server_names,
+                clients: &clients,
+                days,
+            })?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            return Ok(());
+        }
+        Command::Policy(PolicyCommand::Simulate(ref args)) if args.policy_file.is_some() => {
+            let policy = read_text(args.policy_file.as_deref().unwrap_or(Path::new("-")))?;
+            return policy::simulate(format, &policy, args);
+        }
+        _ => {}
+    }
+    let tls = cli.tls.load(&cli.endpoint)?;
+    let mut client = KmsClient::connect_with(&cli.endpoint, tls.as_ref()).await?;
+    match cli.command {
+        Command::CreateKey {
+            description,
+            tags,
+            policy_file,
+            bypass_policy_lockout_safety_check,
+        } => {
             let tags = parse_pairs("--tag", &tags)?;
             let tags: Vec<(&str, &str)> =
                 tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            print_metadata(
-                format,
-                &client.create_key_tagged(&description, &tags).await?,
-            );
+            let policy = policy_file.as_deref().map(read_text).transpose()?;
+            let metadata = client
+                .create_key_with_policy(
+                    &description,
+                    &tags,
+                    policy.as_deref().unwrap_or(""),
+                    bypass_policy_lockout_safety_check,
+                )
+                .await?;
+            print_metadata(format, &metadata);
         }
+        Command::GetKeyPolicy(key) => {
+            let policy = client.get_key_policy(&key.key_id).await?;
+            match format {
+                Format::Json => println!("{}", json!({ "key_id": key.key_id, "policy": policy })),
+                Format::Text => println!("{policy}"),
+            }
+        }
+        Command::PutKeyPolicy {
+            key,
+            policy_file,
+            bypass_policy_lockout_safety_check,
+        } => {
+            let policy = read_text(&policy_file)?;
+            client
+                .put_key_policy(&key.key_id, &policy, bypass_policy_lockout_safety_check)
+                .await?;
+            if format == Format::Json {
+                println!(
+                    "{}",
+                    json!({ "key_id": key.key_id, "policy_replaced": true })
+                );
+            }
+        }
+        Command::Policy(PolicyCommand::Simulate(args)) => {
+            let policy = match (&args.key_id, &args.policy_file) {
+                (_, Some(file)) => read_text(file)?,
+                (Some(key_id), None) => client.get_key_policy(key_id).await?,
+                (None, None) => bail!("give --key or --policy-file"),
+            };
+            policy::simulate(format, &policy, &args)?;
+        }
+        Command::Audit(_) | Command::DevPki { .. } => unreachable_offline()?,
         Command::TagResource { key, tags } => {
             let tags = parse_pairs("--tag", &tags)?;
             let tags: Vec<(&str, &str)> =
@@ -614,6 +782,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A UTF-8 file, or stdin for `-`.
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes = read_input(path.to_str())?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// The offline commands return before connecting; reaching them after is a bug.
+fn unreachable_offline() -> anyhow::Result<()> {
+    bail!("internal error: an offline command reached the connected path")
 }
 
 /// A blob: raw to `out`, else base64 on stdout; JSON adds `fields`.

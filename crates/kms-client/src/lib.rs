@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use kms_proto::v1 as pb;
 use kms_proto::v1::key_management_service_client::KeyManagementServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use zeroize::Zeroizing;
@@ -71,6 +71,17 @@ impl From<Status> for ClientError {
     }
 }
 
+/// What a client needs for mutual TLS, as PEM.
+pub struct ClientTls {
+    /// The CA that issued kmsd's certificate.
+    pub ca_pem: Vec<u8>,
+    /// The client certificate chain and its private key; `None` connects without one (which
+    /// kmsd refuses, with UNAUTHENTICATED).
+    pub identity: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+    /// The name to check kmsd's certificate against, when not the endpoint's host.
+    pub domain: Option<String>,
+}
+
 /// The size of a data key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataKeySize {
@@ -119,17 +130,34 @@ pub struct KmsClient {
 }
 
 impl KmsClient {
-    /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
+    /// Connects to `endpoint` without TLS, e.g. `http://127.0.0.1:50051` (a `kmsd --dev`).
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, None).await
+    }
+
+    /// Connects to `endpoint`; with `tls`, over TLS (`https://…`), showing the client
+    /// certificate if `tls` has one.
+    pub async fn connect_with(
+        endpoint: &str,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, ClientError> {
         let error = |source| ClientError::Connect {
             endpoint: endpoint.to_owned(),
             source,
         };
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(error)?
-            .connect()
-            .await
-            .map_err(error)?;
+        let mut builder = Endpoint::from_shared(endpoint.to_owned()).map_err(error)?;
+        if let Some(tls) = tls {
+            let mut config =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key.as_slice()));
+            }
+            if let Some(domain) = &tls.domain {
+                config = config.domain_name(domain.clone());
+            }
+            builder = builder.tls_config(config).map_err(error)?;
+        }
+        let channel = builder.connect().await.map_err(error)?;
         Ok(KmsClient {
             inner: KeyManagementServiceClient::new(channel),
         })
@@ -151,11 +179,27 @@ impl KmsClient {
         description: &str,
         tags: &[(&str, &str)],
     ) -> Result<pb::KeyMetadata, ClientError> {
+        self.create_key_with_policy(description, tags, "", false)
+            .await
+    }
+
+    /// Creates a SYMMETRIC_DEFAULT key with tags and a key policy (empty: the default
+    /// policy); `bypass_lockout_check` accepts a policy that would not let the caller change
+    /// it.
+    pub async fn create_key_with_policy(
+        &mut self,
+        description: &str,
+        tags: &[(&str, &str)],
+        policy: &str,
+        bypass_lockout_check: bool,
+    ) -> Result<pb::KeyMetadata, ClientError> {
         let response = self
             .inner
             .create_key(pb::CreateKeyRequest {
                 description: description.to_owned(),
                 tags: to_tags(tags),
+                policy: policy.to_owned(),
+                bypass_policy_lockout_safety_check: bypass_lockout_check,
                 ..Default::default()
             })
             .await?;
@@ -560,6 +604,35 @@ impl KmsClient {
         self.inner
             .cancel_key_deletion(pb::CancelKeyDeletionRequest {
                 key_id: key_id.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The key's policy document (JSON).
+    pub async fn get_key_policy(&mut self, key_id: &str) -> Result<String, ClientError> {
+        let response = self
+            .inner
+            .get_key_policy(pb::GetKeyPolicyRequest {
+                key_id: key_id.to_owned(),
+            })
+            .await?;
+        Ok(response.into_inner().policy)
+    }
+
+    /// Replaces the key's policy; `bypass_lockout_check` accepts a policy that would not let
+    /// the caller change it again.
+    pub async fn put_key_policy(
+        &mut self,
+        key_id: &str,
+        policy: &str,
+        bypass_lockout_check: bool,
+    ) -> Result<(), ClientError> {
+        self.inner
+            .put_key_policy(pb::PutKeyPolicyRequest {
+                key_id: key_id.to_owned(),
+                policy: policy.to_owned(),
+                bypass_policy_lockout_safety_check: bypass_lockout_check,
             })
             .await?;
         Ok(())

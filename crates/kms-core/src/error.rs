@@ -31,6 +31,12 @@ pub enum KmsError {
     /// The resource already exists.
     #[error("{0}")]
     AlreadyExists(String),
+    /// The caller is authenticated but no policy allows the operation, or one denies it.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// The caller could not be authenticated.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// A configured limit was reached.
     #[error("{0}")]
     LimitExceeded(String),
@@ -57,6 +63,7 @@ impl KmsError {
             KmsError::Validation(_) => "ValidationException",
             KmsError::InvalidKeyUsage(_) => "InvalidKeyUsageException",
             KmsError::AlreadyExists(_) => "AlreadyExistsException",
+            KmsError::AccessDenied(_) | KmsError::Unauthenticated(_) => "AccessDeniedException",
             KmsError::LimitExceeded(_) => "LimitExceededException",
             KmsError::KeyUnavailable(_) => "KeyUnavailableException",
             KmsError::DependencyTimeout(_) => "DependencyTimeoutException",

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::KmsError;
 use crate::hsm::KeyVersionRef;
 use crate::ids::KeyId;
+use crate::policy::KeyPolicy;
 
 /// The states of a key. `Creating` is internal: such a key is never visible or usable.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -126,6 +127,10 @@ pub struct KeyRecord {
     /// When the key will be deleted, while it is PendingDeletion.
     #[serde(default)]
     pub deletion: Option<PendingDeletion>,
+    /// Who may do what with the key. `None` only for keys made before key policies existed:
+    /// those get [`crate::service::Kms`]'s legacy policy (administrators only).
+    #[serde(default)]
+    pub policy: Option<KeyPolicy>,
 }
 
 /// `days` if it lies in `range`, else a ValidationException naming `field`.

@@ -13,6 +13,7 @@
 pub mod alias;
 pub mod audit;
 pub mod blob;
+pub mod caller;
 pub mod clock;
 pub mod context;
 pub mod error;
@@ -30,6 +31,7 @@ pub mod testing;
 
 pub use alias::AliasRecord;
 pub use audit::{AuditError, AuditEvent, AuditLog, CheckpointSigner};
+pub use caller::{CallNote, Caller};
 pub use clock::{Clock, SystemClock};
 pub use context::EncryptionContext;
 pub use error::KmsError;

@@ -2,6 +2,7 @@
 //! [`MetadataStore`]. Transports (gRPC today) only convert requests into the inputs below and
 //! results back.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::alias::{self, AliasRecord};
 use crate::blob;
+use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::context::EncryptionContext;
 use crate::error::KmsError;
@@ -19,6 +21,7 @@ use crate::key::{
     EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin,
     PendingDeletion, RotationSchedule, VersionSource,
 };
+use crate::policy::{AccessRequest, Action, Decision, KeyPolicy};
 use crate::secret::SecretBytes;
 use crate::store::MetadataStore;
 use crate::symmetric;
@@ -114,6 +117,11 @@ pub struct CreateKeyInput {
     pub origin: Origin,
     /// Tags to attach.
     pub tags: NewTags,
+    /// The key policy; `None` gives the default policy (the creator and the administrators
+    /// have full access).
+    pub policy: Option<KeyPolicy>,
+    /// Accept a policy that would not let the creator call PutKeyPolicy.
+    pub bypass_policy_lockout_safety_check: bool,
 }
 
 /// A ListKeys page size: 1..=1000, 100 by default.
@@ -149,6 +157,8 @@ pub struct KeyPage {
 
 /// One page of ListKeyRotations.
 pub struct RotationPage {
+    /// The key.
+    pub key_id: KeyId,
     /// Versions after the first, oldest first.
     pub rotations: Vec<KeyVersion>,
     /// The token of the next page; `None` on the last page.
@@ -235,6 +245,18 @@ pub struct Kms {
     max_keys: usize,
     /// Keys that count against `max_keys`; set by `reconcile`, kept by create and delete.
     key_count: AtomicUsize,
+    /// Who are administrators, and who else may call the server-level actions.
+    authorization: Authorization,
+}
+
+/// The server-level part of authorization, from the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Authorization {
+    /// Principals in every default key policy, allowed every server-level action.
+    pub administrators: Vec<String>,
+    /// Who else may call the server-level actions (CreateKey, ListKeys, ListAliases,
+    /// GenerateRandom). An explicit Deny here binds administrators too.
+    pub server_policy: Option<KeyPolicy>,
 }
 
 impl Kms {
@@ -251,7 +273,15 @@ impl Kms {
             write_lock: Mutex::new(()),
             max_keys: Self::DEFAULT_MAX_KEYS,
             key_count: AtomicUsize::new(0),
+            authorization: Authorization::default(),
         }
+    }
+
+    /// Sets the administrators and the server-level policy.
+    #[must_use]
+    pub fn with_authorization(mut self, authorization: Authorization) -> Self {
+        self.authorization = authorization;
+        self
     }
 
     /// The key limit when none is configured.
@@ -348,7 +378,7 @@ impl Kms {
     ///
     /// Crash-safe like creation: the version is recorded as pending before its HSM object
     /// exists and becomes current only after.
-    pub fn rotate_key(&self, key: &KeyRef, source: VersionSource) -> Result<KeyRecord, KmsError> {
+    fn rotate_key(&self, key: &KeyRef, source: VersionSource) -> Result<KeyRecord, KmsError> {
         let _guard = self
             .write_lock
             .lock()
@@ -402,28 +432,52 @@ impl Kms {
         Ok(record)
     }
 
+    /// RotateKeyOnDemand: a new version now.
+    pub fn rotate_key_on_demand(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+    ) -> Result<KeyRecord, KmsError> {
+        let record = self.authorized(caller, key, Action::RotateKeyOnDemand, None)?;
+        let rotated = self.rotate_key(&KeyRef::Id(record.id), VersionSource::OnDemand)?;
+        caller.note_key(rotated.id, Some(rotated.current_version));
+        Ok(rotated)
+    }
+
     /// Turns on automatic rotation every `period_days` (default 365), first due one period
     /// from now.
     pub fn enable_key_rotation(
         &self,
+        caller: &Caller,
         key: &KeyRef,
         period_days: Option<u32>,
     ) -> Result<(), KmsError> {
         let schedule = RotationSchedule::new(period_days, self.clock.now_millis())?;
-        self.update(key, |record| {
+        self.update(caller, key, Action::EnableKeyRotation, |record| {
             record.check_usable()?;
             record.rotation = Some(schedule);
             Ok(())
         })
+        .map(drop)
     }
 
     /// Turns off automatic rotation.
-    pub fn disable_key_rotation(&self, key: &KeyRef) -> Result<(), KmsError> {
-        self.update(key, |record| {
+    pub fn disable_key_rotation(&self, caller: &Caller, key: &KeyRef) -> Result<(), KmsError> {
+        self.update(caller, key, Action::DisableKeyRotation, |record| {
             record.check_usable()?;
             record.rotation = None;
             Ok(())
         })
+        .map(drop)
+    }
+
+    /// The record, for GetKeyRotationStatus.
+    pub fn get_key_rotation_status(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+    ) -> Result<KeyRecord, KmsError> {
+        self.authorized(caller, key, Action::GetKeyRotationStatus, None)
     }
 
     /// Rotates every Enabled key whose automatic rotation is due, and returns how many. Keys
@@ -450,24 +504,28 @@ impl Kms {
     /// cryptographic call fails with KMSInvalidStateException; CancelKeyDeletion undoes it.
     pub fn schedule_key_deletion(
         &self,
+        caller: &Caller,
         key: &KeyRef,
         window_days: Option<u32>,
     ) -> Result<KeyRecord, KmsError> {
         let deletion = PendingDeletion::new(window_days, self.clock.now_millis())?;
-        self.update(key, |record| {
+        self.update(caller, key, Action::ScheduleKeyDeletion, |record| {
             if record.state == KeyState::PendingDeletion {
                 return Err(invalid_state(record, "scheduled for deletion again"));
             }
             record.state = KeyState::PendingDeletion;
             record.deletion = Some(deletion);
             Ok(())
-        })?;
-        self.resolve(key)
+        })
     }
 
     /// Cancels a scheduled deletion; the key becomes Disabled.
-    pub fn cancel_key_deletion(&self, key: &KeyRef) -> Result<(), KmsError> {
-        self.update(key, |record| {
+    pub fn cancel_key_deletion(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+    ) -> Result<KeyRecord, KmsError> {
+        self.update(caller, key, Action::CancelKeyDeletion, |record| {
             if record.state != KeyState::PendingDeletion {
                 return Err(invalid_state(record, "taken out of deletion"));
             }
@@ -535,6 +593,7 @@ impl Kms {
         record.rotation = None;
         record.tags.clear();
         record.description.clear();
+        record.policy = None;
         self.store.put_key(&record)?;
         self.key_count.fetch_sub(1, Ordering::SeqCst);
         info!(key_id = %record.id, "deleted key and destroyed its HSM objects");
@@ -544,11 +603,13 @@ impl Kms {
     /// The rotations of a key (every version after the first), oldest first.
     pub fn list_key_rotations(
         &self,
+        caller: &Caller,
         key: &KeyRef,
         limit: PageLimit,
         page_token: Option<&str>,
     ) -> Result<RotationPage, KmsError> {
-        let record = self.resolve(key)?;
+        let record = self.authorized(caller, key, Action::ListKeyRotations, None)?;
+        let key_id = record.id;
         let after = page_token
             .map(|t| {
                 t.parse::<u32>().map_err(|_| {
@@ -570,6 +631,7 @@ impl Kms {
             None
         };
         Ok(RotationPage {
+            key_id,
             rotations,
             next_page_token,
         })
@@ -579,8 +641,18 @@ impl Kms {
     ///
     /// Crash-safe: the record is stored as `Creating` before the HSM object exists and becomes
     /// `Enabled` only after; [`Kms::reconcile`] removes what a crash left in between.
-    pub fn create_key(&self, input: CreateKeyInput) -> Result<KeyRecord, KmsError> {
+    pub fn create_key(
+        &self,
+        caller: &Caller,
+        input: CreateKeyInput,
+    ) -> Result<KeyRecord, KmsError> {
+        self.authorize_server(caller, Action::CreateKey)?;
         KeyRecord::validate_description(&input.description)?;
+        if let Some(policy) = &input.policy
+            && !input.bypass_policy_lockout_safety_check
+        {
+            check_no_lockout(caller, policy)?;
+        }
         // Reserve a place under the limit; given back if creation fails.
         self.key_count
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -589,15 +661,22 @@ impl Kms {
             .map_err(|_| {
                 KmsError::LimitExceeded(format!("the limit of {} keys is reached", self.max_keys))
             })?;
-        let created = self.create_key_reserved(input);
+        let created = self.create_key_reserved(caller, input);
         if created.is_err() {
             self.key_count.fetch_sub(1, Ordering::SeqCst);
         }
         created
     }
 
-    fn create_key_reserved(&self, input: CreateKeyInput) -> Result<KeyRecord, KmsError> {
+    fn create_key_reserved(
+        &self,
+        caller: &Caller,
+        input: CreateKeyInput,
+    ) -> Result<KeyRecord, KmsError> {
         let now = self.clock.now_millis();
+        let policy = input.policy.unwrap_or_else(|| {
+            KeyPolicy::default_for(caller.principal(), &self.authorization.administrators)
+        });
         let mut record = KeyRecord {
             id: KeyId::random(),
             created_at_ms: now,
@@ -616,8 +695,10 @@ impl Kms {
             tags: BTreeMap::new(),
             rotation: None,
             deletion: None,
+            policy: Some(policy),
         };
         input.tags.merge_into(&mut record.tags)?;
+        caller.note_key(record.id, Some(1));
         self.store.put_key(&record)?;
         let first = KeyVersionRef {
             key_id: record.id,
@@ -645,16 +726,43 @@ impl Kms {
     }
 
     /// The record of a visible key.
-    pub fn describe_key(&self, key: &KeyRef) -> Result<KeyRecord, KmsError> {
-        self.resolve(key)
+    pub fn describe_key(&self, caller: &Caller, key: &KeyRef) -> Result<KeyRecord, KmsError> {
+        self.authorized(caller, key, Action::DescribeKey, None)
+    }
+
+    /// The key's policy (the legacy policy for keys made before policies existed).
+    pub fn get_key_policy(&self, caller: &Caller, key: &KeyRef) -> Result<KeyPolicy, KmsError> {
+        let record = self.authorized(caller, key, Action::GetKeyPolicy, None)?;
+        Ok(self.policy_of(&record).into_owned())
+    }
+
+    /// Replaces the key's policy. Refused, unless `bypass_lockout_check`, when the new policy
+    /// would not let the caller call PutKeyPolicy again.
+    pub fn put_key_policy(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        policy: KeyPolicy,
+        bypass_lockout_check: bool,
+    ) -> Result<(), KmsError> {
+        if !bypass_lockout_check {
+            check_no_lockout(caller, &policy)?;
+        }
+        self.update(caller, key, Action::PutKeyPolicy, |record| {
+            record.policy = Some(policy);
+            Ok(())
+        })
+        .map(drop)
     }
 
     /// A page of key ids, ascending. `page_token` is the previous page's `next_page_token`.
     pub fn list_keys(
         &self,
+        caller: &Caller,
         limit: PageLimit,
         page_token: Option<&str>,
     ) -> Result<KeyPage, KmsError> {
+        self.authorize_server(caller, Action::ListKeys)?;
         let after = page_token
             .map(|t| {
                 t.parse::<KeyId>().map_err(|_| {
@@ -681,50 +789,71 @@ impl Kms {
     }
 
     /// Makes a Disabled key Enabled (a no-op on an Enabled key).
-    pub fn enable_key(&self, key: &KeyRef) -> Result<(), KmsError> {
-        self.set_enabled(key, KeyState::Enabled, "enabled")
+    pub fn enable_key(&self, caller: &Caller, key: &KeyRef) -> Result<(), KmsError> {
+        self.set_enabled(caller, key, Action::EnableKey, KeyState::Enabled, "enabled")
     }
 
     /// Makes an Enabled key Disabled (a no-op on a Disabled key).
-    pub fn disable_key(&self, key: &KeyRef) -> Result<(), KmsError> {
-        self.set_enabled(key, KeyState::Disabled, "disabled")
+    pub fn disable_key(&self, caller: &Caller, key: &KeyRef) -> Result<(), KmsError> {
+        self.set_enabled(
+            caller,
+            key,
+            Action::DisableKey,
+            KeyState::Disabled,
+            "disabled",
+        )
     }
 
     /// Moves a key between Enabled and Disabled; other states refuse.
-    fn set_enabled(&self, key: &KeyRef, target: KeyState, verb: &str) -> Result<(), KmsError> {
-        self.update(key, |record| match record.state {
+    fn set_enabled(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        action: Action,
+        target: KeyState,
+        verb: &str,
+    ) -> Result<(), KmsError> {
+        self.update(caller, key, action, |record| match record.state {
             KeyState::Enabled | KeyState::Disabled => {
                 record.state = target;
                 Ok(())
             }
             _ => Err(invalid_state(record, verb)),
         })
+        .map(drop)
     }
 
     /// Replaces the description.
     pub fn update_key_description(
         &self,
+        caller: &Caller,
         key: &KeyRef,
         description: String,
     ) -> Result<(), KmsError> {
         KeyRecord::validate_description(&description)?;
-        self.update(key, |record| {
+        self.update(caller, key, Action::UpdateKeyDescription, |record| {
             if record.state == KeyState::PendingDeletion {
                 return Err(invalid_state(record, "updated"));
             }
             record.description = description;
             Ok(())
         })
+        .map(drop)
     }
 
     /// Creates an alias pointing at `target` (a key id).
-    pub fn create_alias(&self, name: &AliasName, target: &KeyRef) -> Result<AliasRecord, KmsError> {
+    pub fn create_alias(
+        &self,
+        caller: &Caller,
+        name: &AliasName,
+        target: &KeyRef,
+    ) -> Result<AliasRecord, KmsError> {
         alias::check_not_reserved(name)?;
         let _guard = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let key_id = self.alias_target(target)?;
+        let key_id = self.alias_target(caller, Action::CreateAlias, target)?;
         if self.store.get_alias(name)?.is_some() {
             return Err(KmsError::AlreadyExists(format!(
                 "alias {name} already exists"
@@ -742,18 +871,29 @@ impl Kms {
         Ok(record)
     }
 
-    /// Points an existing alias at another key.
-    pub fn update_alias(&self, name: &AliasName, target: &KeyRef) -> Result<AliasRecord, KmsError> {
+    /// Points an existing alias at another key. The caller needs kms:UpdateAlias on both.
+    pub fn update_alias(
+        &self,
+        caller: &Caller,
+        name: &AliasName,
+        target: &KeyRef,
+    ) -> Result<AliasRecord, KmsError> {
         alias::check_not_reserved(name)?;
         let _guard = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let key_id = self.alias_target(target)?;
         let mut record = self
             .store
             .get_alias(name)?
             .ok_or_else(|| KmsError::NotFound(format!("alias {name} not found")))?;
+        self.authorized(
+            caller,
+            &KeyRef::Id(record.key_id),
+            Action::UpdateAlias,
+            None,
+        )?;
+        let key_id = self.alias_target(caller, Action::UpdateAlias, target)?;
         record.key_id = key_id;
         record.updated_at_ms = self.clock.now_millis();
         self.store.put_alias(&record)?;
@@ -762,15 +902,21 @@ impl Kms {
     }
 
     /// Deletes an alias; the key is untouched.
-    pub fn delete_alias(&self, name: &AliasName) -> Result<(), KmsError> {
+    pub fn delete_alias(&self, caller: &Caller, name: &AliasName) -> Result<(), KmsError> {
         alias::check_not_reserved(name)?;
         let _guard = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if self.store.get_alias(name)?.is_none() {
+        let Some(existing) = self.store.get_alias(name)? else {
             return Err(KmsError::NotFound(format!("alias {name} not found")));
-        }
+        };
+        self.authorized(
+            caller,
+            &KeyRef::Id(existing.key_id),
+            Action::DeleteAlias,
+            None,
+        )?;
         self.store.delete_alias(name)?;
         info!(alias = %name, "deleted alias");
         Ok(())
@@ -779,10 +925,12 @@ impl Kms {
     /// A page of aliases in name order, of every key or of `key` only.
     pub fn list_aliases(
         &self,
+        caller: &Caller,
         key: Option<&KeyRef>,
         limit: PageLimit,
         page_token: Option<&str>,
     ) -> Result<AliasPage, KmsError> {
+        self.authorize_server(caller, Action::ListAliases)?;
         let key_id = key.map(|k| self.resolve(k).map(|r| r.id)).transpose()?;
         let after = page_token
             .map(|t| {
@@ -806,21 +954,32 @@ impl Kms {
     }
 
     /// Adds tags to a key, replacing the values of keys it already has.
-    pub fn tag_resource(&self, key: &KeyRef, new: NewTags) -> Result<(), KmsError> {
-        self.update(key, |record| {
+    pub fn tag_resource(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        new: NewTags,
+    ) -> Result<(), KmsError> {
+        self.update(caller, key, Action::TagResource, |record| {
             if record.state == KeyState::PendingDeletion {
                 return Err(invalid_state(record, "tagged"));
             }
             new.merge_into(&mut record.tags)
         })
+        .map(drop)
     }
 
     /// Removes tags from a key; keys it does not have are ignored.
-    pub fn untag_resource(&self, key: &KeyRef, tag_keys: &[String]) -> Result<(), KmsError> {
+    pub fn untag_resource(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        tag_keys: &[String],
+    ) -> Result<(), KmsError> {
         for tag_key in tag_keys {
             tags::check_key(tag_key)?;
         }
-        self.update(key, |record| {
+        self.update(caller, key, Action::UntagResource, |record| {
             if record.state == KeyState::PendingDeletion {
                 return Err(invalid_state(record, "untagged"));
             }
@@ -829,16 +988,18 @@ impl Kms {
             }
             Ok(())
         })
+        .map(drop)
     }
 
     /// A page of a key's tags in tag-key order.
     pub fn list_resource_tags(
         &self,
+        caller: &Caller,
         key: &KeyRef,
         limit: PageLimit,
         page_token: Option<&str>,
     ) -> Result<TagPage, KmsError> {
-        let record = self.resolve(key)?;
+        let record = self.authorized(caller, key, Action::ListResourceTags, None)?;
         let mut tags: Vec<(String, String)> = record
             .tags
             .into_iter()
@@ -860,12 +1021,14 @@ impl Kms {
     /// Encrypts with the key's current version: one HSM operation.
     pub fn encrypt(
         &self,
+        caller: &Caller,
         key: &KeyRef,
         plaintext: &Plaintext,
         context: &EncryptionContext,
     ) -> Result<Encrypted, KmsError> {
-        let record = self.usable(key)?;
-        let ciphertext_blob = self.seal(&record, context, plaintext.0.expose_secret())?;
+        caller.note_context(context, false);
+        let record = self.usable(caller, key, Action::Encrypt, context)?;
+        let ciphertext_blob = self.seal(caller, &record, context, plaintext.0.expose_secret())?;
         debug!(key_id = %record.id, version = record.current_version, "encrypted");
         Ok(Encrypted {
             ciphertext_blob,
@@ -877,6 +1040,20 @@ impl Kms {
     /// Decrypts a blob: one HSM operation. `key`, when given, must be the blob's key.
     pub fn decrypt(
         &self,
+        caller: &Caller,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+        key: Option<&KeyRef>,
+    ) -> Result<Decrypted, KmsError> {
+        caller.note_context(context, false);
+        self.open(caller, Action::Decrypt, ciphertext_blob, context, key)
+    }
+
+    /// Decrypt's work, authorized as `action` (Decrypt, or ReEncryptFrom).
+    fn open(
+        &self,
+        caller: &Caller,
+        action: Action,
         ciphertext_blob: &[u8],
         context: &EncryptionContext,
         key: Option<&KeyRef>,
@@ -901,6 +1078,8 @@ impl Kms {
             Some(r) if r.is_visible() => r,
             _ => return Err(KmsError::InvalidCiphertext),
         };
+        caller.note_key(record.id, Some(blob_key.version));
+        self.authorize(caller, action, &record, Some(context))?;
         record.check_usable()?;
         let version = record
             .version_ref(blob_key.version)
@@ -918,18 +1097,34 @@ impl Kms {
     }
 
     /// Decrypts a blob and encrypts its plaintext under `destination` (its current version);
-    /// the plaintext never leaves this call.
+    /// the plaintext never leaves this call. Needs kms:ReEncryptFrom on the source key and
+    /// kms:ReEncryptTo on the destination.
     pub fn re_encrypt(
         &self,
+        caller: &Caller,
         ciphertext_blob: &[u8],
         source_context: &EncryptionContext,
         source_key: Option<&KeyRef>,
         destination: &KeyRef,
         destination_context: &EncryptionContext,
     ) -> Result<ReEncrypted, KmsError> {
-        let destination = self.usable(destination)?;
-        let decrypted = self.decrypt(ciphertext_blob, source_context, source_key)?;
+        caller.note_context(source_context, false);
+        caller.note_context(destination_context, true);
+        let decrypted = self.open(
+            caller,
+            Action::ReEncryptFrom,
+            ciphertext_blob,
+            source_context,
+            source_key,
+        )?;
+        let destination = self.usable(
+            caller,
+            destination,
+            Action::ReEncryptTo,
+            destination_context,
+        )?;
         let ciphertext_blob = self.seal(
+            caller,
             &destination,
             destination_context,
             decrypted.plaintext.expose_secret(),
@@ -944,15 +1139,51 @@ impl Kms {
     /// A fresh data key from the operating system's CSPRNG, and its blob: one HSM operation.
     pub fn generate_data_key(
         &self,
+        caller: &Caller,
         key: &KeyRef,
         context: &EncryptionContext,
         length: DataKeyLength,
     ) -> Result<DataKey, KmsError> {
-        let record = self.usable(key)?;
+        self.data_key(caller, Action::GenerateDataKey, key, context, length)
+    }
+
+    /// GenerateDataKeyWithoutPlaintext: the blob of a fresh data key; the data key itself
+    /// is wiped before this returns.
+    pub fn generate_data_key_without_plaintext(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        context: &EncryptionContext,
+        length: DataKeyLength,
+    ) -> Result<Encrypted, KmsError> {
+        let data_key = self.data_key(
+            caller,
+            Action::GenerateDataKeyWithoutPlaintext,
+            key,
+            context,
+            length,
+        )?;
+        Ok(Encrypted {
+            ciphertext_blob: data_key.ciphertext_blob,
+            key_id: data_key.key_id,
+            algorithm: EncryptionAlgorithm::SymmetricDefault,
+        })
+    }
+
+    fn data_key(
+        &self,
+        caller: &Caller,
+        action: Action,
+        key: &KeyRef,
+        context: &EncryptionContext,
+        length: DataKeyLength,
+    ) -> Result<DataKey, KmsError> {
+        caller.note_context(context, false);
+        let record = self.usable(caller, key, action, context)?;
         let mut data_key = vec![0u8; length.0];
         getrandom::fill(&mut data_key).map_err(|e| KmsError::Internal(Box::new(e)))?;
         let plaintext = SecretBytes::new(data_key);
-        let ciphertext_blob = self.seal(&record, context, plaintext.expose_secret())?;
+        let ciphertext_blob = self.seal(caller, &record, context, plaintext.expose_secret())?;
         debug!(key_id = %record.id, "generated a data key");
         Ok(DataKey {
             ciphertext_blob,
@@ -962,12 +1193,18 @@ impl Kms {
     }
 
     /// Random bytes from the HSM.
-    pub fn generate_random(&self, length: RandomLength) -> Result<SecretBytes, KmsError> {
+    pub fn generate_random(
+        &self,
+        caller: &Caller,
+        length: RandomLength,
+    ) -> Result<SecretBytes, KmsError> {
+        self.authorize_server(caller, Action::GenerateRandom)?;
         Ok(SecretBytes::from(self.hsm.random_bytes(length.0)?))
     }
 
     fn seal(
         &self,
+        caller: &Caller,
         record: &KeyRecord,
         context: &EncryptionContext,
         plaintext: &[u8],
@@ -975,6 +1212,7 @@ impl Kms {
         let version = record.version_ref(record.current_version).ok_or_else(|| {
             KmsError::Internal(format!("key {} has no current version", record.id).into())
         })?;
+        caller.note_key(record.id, Some(version.version));
         let nonce = symmetric::random_nonce()?;
         let k_msg = self
             .hsm
@@ -1000,42 +1238,173 @@ impl Kms {
         }
     }
 
-    /// The key an alias may point at: named by its id, visible, not pending deletion.
-    fn alias_target(&self, target: &KeyRef) -> Result<KeyId, KmsError> {
+    /// The key an alias may point at: named by its id, visible, not pending deletion, and
+    /// `action` allowed on it.
+    fn alias_target(
+        &self,
+        caller: &Caller,
+        action: Action,
+        target: &KeyRef,
+    ) -> Result<KeyId, KmsError> {
         let KeyRef::Id(_) = target else {
             return Err(KmsError::validation(
                 "target_key_id must be a key id, not an alias",
             ));
         };
-        let record = self.resolve(target)?;
+        let record = self.authorized(caller, target, action, None)?;
         if record.state == KeyState::PendingDeletion {
             return Err(invalid_state(&record, "the target of an alias"));
         }
         Ok(record.id)
     }
 
-    /// The record of a key that may be used for encryption now.
-    fn usable(&self, key: &KeyRef) -> Result<KeyRecord, KmsError> {
+    /// The record of a key that `action` with `context` is allowed on and that may be used
+    /// for cryptography now.
+    fn usable(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        action: Action,
+        context: &EncryptionContext,
+    ) -> Result<KeyRecord, KmsError> {
         let record = self.resolve(key)?;
+        caller.note_key(record.id, None);
+        self.authorize(caller, action, &record, Some(context))?;
         record.check_usable()?;
         Ok(record)
     }
 
+    /// The record of a visible key that `action` is allowed on.
+    fn authorized(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        action: Action,
+        context: Option<&EncryptionContext>,
+    ) -> Result<KeyRecord, KmsError> {
+        let record = self.resolve(key)?;
+        caller.note_key(record.id, None);
+        self.authorize(caller, action, &record, context)?;
+        Ok(record)
+    }
+
+    /// Applies `change` to the record of a key that `action` is allowed on, and stores it.
     fn update(
         &self,
+        caller: &Caller,
         key: &KeyRef,
+        action: Action,
         change: impl FnOnce(&mut KeyRecord) -> Result<(), KmsError>,
-    ) -> Result<(), KmsError> {
+    ) -> Result<KeyRecord, KmsError> {
         let _guard = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut record = self.resolve(key)?;
+        let mut record = self.authorized(caller, key, action, None)?;
         change(&mut record)?;
         self.store.put_key(&record)?;
         info!(key_id = %record.id, state = record.state.as_str(), "updated key");
-        Ok(())
+        Ok(record)
     }
+
+    /// The policy that governs `record`.
+    fn policy_of<'a>(&self, record: &'a KeyRecord) -> Cow<'a, KeyPolicy> {
+        match &record.policy {
+            Some(policy) => Cow::Borrowed(policy),
+            // Keys made before key policies existed: the administrators only.
+            None => Cow::Owned(KeyPolicy::default_for(
+                self.authorization
+                    .administrators
+                    .first()
+                    .map_or("", String::as_str),
+                &self.authorization.administrators,
+            )),
+        }
+    }
+
+    /// Allows `action` on `record` for `caller` per the key's policy, or AccessDenied.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        action: Action,
+        record: &KeyRecord,
+        context: Option<&EncryptionContext>,
+    ) -> Result<(), KmsError> {
+        let decision = self.policy_of(record).evaluate(&AccessRequest {
+            principal: caller.principal(),
+            action,
+            encryption_context: context,
+            secure_transport: caller.secure_transport(),
+        });
+        if let Some(statement) = decision.statement() {
+            caller.note_statement(statement.to_string());
+        }
+        match decision {
+            Decision::Allow(_) => Ok(()),
+            Decision::ExplicitDeny(_) => Err(KmsError::AccessDenied(format!(
+                "{} is not allowed {action} on key {}: a statement of the key policy denies it",
+                caller.principal(),
+                record.id
+            ))),
+            Decision::ImplicitDeny => Err(KmsError::AccessDenied(format!(
+                "{} is not allowed {action} on key {}: no statement of the key policy allows it",
+                caller.principal(),
+                record.id
+            ))),
+        }
+    }
+
+    /// Allows a server-level action: an explicit Deny of the server policy refuses, then
+    /// administrators and the server policy's Allows pass.
+    fn authorize_server(&self, caller: &Caller, action: Action) -> Result<(), KmsError> {
+        let decision = self.authorization.server_policy.as_ref().map(|policy| {
+            policy.evaluate(&AccessRequest {
+                principal: caller.principal(),
+                action,
+                encryption_context: None,
+                secure_transport: caller.secure_transport(),
+            })
+        });
+        if let Some(statement) = decision.as_ref().and_then(Decision::statement) {
+            caller.note_statement(format!("server policy {statement}"));
+        }
+        let explicit_deny = matches!(decision, Some(Decision::ExplicitDeny(_)));
+        let administrator = self
+            .authorization
+            .administrators
+            .iter()
+            .any(|a| a == caller.principal());
+        if !explicit_deny && (administrator || decision.is_some_and(|d| d.is_allowed())) {
+            return Ok(());
+        }
+        Err(KmsError::AccessDenied(format!(
+            "{} is not allowed {action}: it is not an administrator and the server policy {}",
+            caller.principal(),
+            if explicit_deny {
+                "denies it"
+            } else {
+                "does not allow it"
+            }
+        )))
+    }
+}
+
+/// Refuses a policy that would not let `caller` call PutKeyPolicy.
+fn check_no_lockout(caller: &Caller, policy: &KeyPolicy) -> Result<(), KmsError> {
+    let decision = policy.evaluate(&AccessRequest {
+        principal: caller.principal(),
+        action: Action::PutKeyPolicy,
+        encryption_context: None,
+        secure_transport: caller.secure_transport(),
+    });
+    if decision.is_allowed() {
+        return Ok(());
+    }
+    Err(KmsError::Validation(format!(
+        "the policy would not allow you ({}) to call PutKeyPolicy, so you could never change \
+         it again; set bypass_policy_lockout_safety_check to apply it anyway",
+        caller.principal()
+    )))
 }
 
 fn invalid_state(record: &KeyRecord, verb: &str) -> KmsError {
@@ -1049,6 +1418,7 @@ fn invalid_state(record: &KeyRecord, verb: &str) -> KmsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::admin;
     use crate::testing::memory_kms;
 
     fn ok<T>(r: Result<T, KmsError>) -> T {
@@ -1056,13 +1426,18 @@ mod tests {
     }
 
     fn new_key(kms: &Kms) -> KeyRef {
-        let record = ok(kms.create_key(CreateKeyInput {
-            description: "test".into(),
-            usage: KeyUsage::EncryptDecrypt,
-            spec: KeySpec::SymmetricDefault,
-            origin: Origin::Kms,
-            tags: NewTags::default(),
-        }));
+        let record = ok(kms.create_key(
+            &admin(),
+            CreateKeyInput {
+                description: "test".into(),
+                usage: KeyUsage::EncryptDecrypt,
+                spec: KeySpec::SymmetricDefault,
+                origin: Origin::Kms,
+                tags: NewTags::default(),
+                policy: None,
+                bypass_policy_lockout_safety_check: false,
+            },
+        ));
         KeyRef::Id(record.id)
     }
 
@@ -1083,13 +1458,14 @@ mod tests {
         let key = new_key(&kms);
         let context = ctx(&[("app", "billing")]);
         let before = hsm.derivations();
-        let encrypted = ok(kms.encrypt(&key, &plaintext(b"secret"), &context));
+        let encrypted = ok(kms.encrypt(&admin(), &key, &plaintext(b"secret"), &context));
         assert_eq!(hsm.derivations(), before + 1);
-        let decrypted = ok(kms.decrypt(&encrypted.ciphertext_blob, &context, None));
+        let decrypted = ok(kms.decrypt(&admin(), &encrypted.ciphertext_blob, &context, None));
         assert_eq!(hsm.derivations(), before + 2);
         assert_eq!(decrypted.plaintext.expose_secret(), b"secret");
         assert_eq!(KeyRef::Id(decrypted.key_id), key);
         ok(kms.generate_data_key(
+            &admin(),
             &key,
             &context,
             ok(DataKeyLength::new(Some(DataKeySpec::Aes256), None)),
@@ -1116,27 +1492,27 @@ mod tests {
         let key = new_key(&kms);
         let other = new_key(&kms);
         let context = ctx(&[]);
-        let blob = ok(kms.encrypt(&key, &plaintext(b"x"), &context)).ciphertext_blob;
-        ok(kms.disable_key(&key));
+        let blob = ok(kms.encrypt(&admin(), &key, &plaintext(b"x"), &context)).ciphertext_blob;
+        ok(kms.disable_key(&admin(), &key));
         let length = ok(DataKeyLength::new(None, Some(10)));
         assert!(matches!(
-            kms.encrypt(&key, &plaintext(b"x"), &context),
+            kms.encrypt(&admin(), &key, &plaintext(b"x"), &context),
             Err(KmsError::Disabled(_))
         ));
         assert!(matches!(
-            kms.decrypt(&blob, &context, None),
+            kms.decrypt(&admin(), &blob, &context, None),
             Err(KmsError::Disabled(_))
         ));
         assert!(matches!(
-            kms.re_encrypt(&blob, &context, None, &other, &context),
+            kms.re_encrypt(&admin(), &blob, &context, None, &other, &context),
             Err(KmsError::Disabled(_))
         ));
         assert!(matches!(
-            kms.generate_data_key(&key, &context, length),
+            kms.generate_data_key(&admin(), &key, &context, length),
             Err(KmsError::Disabled(_))
         ));
-        ok(kms.enable_key(&key));
-        assert!(kms.decrypt(&blob, &context, None).is_ok());
+        ok(kms.enable_key(&admin(), &key));
+        assert!(kms.decrypt(&admin(), &blob, &context, None).is_ok());
     }
 
     #[test]
@@ -1144,12 +1520,12 @@ mod tests {
         let (kms, _, _) = memory_kms();
         let key = new_key(&kms);
         let other = new_key(&kms);
-        let blob = ok(kms.encrypt(&key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+        let blob = ok(kms.encrypt(&admin(), &key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
         assert!(matches!(
-            kms.decrypt(&blob, &ctx(&[]), Some(&other)),
+            kms.decrypt(&admin(), &blob, &ctx(&[]), Some(&other)),
             Err(KmsError::IncorrectKey(_))
         ));
-        assert!(kms.decrypt(&blob, &ctx(&[]), Some(&key)).is_ok());
+        assert!(kms.decrypt(&admin(), &blob, &ctx(&[]), Some(&key)).is_ok());
     }
 
     #[test]
@@ -1157,18 +1533,18 @@ mod tests {
         let (kms, _, _) = memory_kms();
         let missing = KeyRef::Id(KeyId::random());
         assert!(matches!(
-            kms.describe_key(&missing),
+            kms.describe_key(&admin(), &missing),
             Err(KmsError::NotFound(_))
         ));
         assert!(matches!(
-            kms.encrypt(&missing, &plaintext(b"x"), &ctx(&[])),
+            kms.encrypt(&admin(), &missing, &plaintext(b"x"), &ctx(&[])),
             Err(KmsError::NotFound(_))
         ));
         let key = new_key(&kms);
-        let mut blob = ok(kms.encrypt(&key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+        let mut blob = ok(kms.encrypt(&admin(), &key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
         blob[5] ^= 1; // the key id
         assert!(matches!(
-            kms.decrypt(&blob, &ctx(&[]), None),
+            kms.decrypt(&admin(), &blob, &ctx(&[]), None),
             Err(KmsError::InvalidCiphertext)
         ));
     }
@@ -1178,8 +1554,10 @@ mod tests {
         let (kms, _, _) = memory_kms();
         let a = new_key(&kms);
         let b = new_key(&kms);
-        let blob = ok(kms.encrypt(&a, &plaintext(b"move me"), &ctx(&[("k", "1")]))).ciphertext_blob;
+        let blob = ok(kms.encrypt(&admin(), &a, &plaintext(b"move me"), &ctx(&[("k", "1")])))
+            .ciphertext_blob;
         let moved = ok(kms.re_encrypt(
+            &admin(),
             &blob,
             &ctx(&[("k", "1")]),
             Some(&a),
@@ -1188,7 +1566,12 @@ mod tests {
         ));
         assert_eq!(KeyRef::Id(moved.source_key_id), a);
         assert_eq!(KeyRef::Id(moved.key_id), b);
-        let decrypted = ok(kms.decrypt(&moved.ciphertext_blob, &ctx(&[("k", "2")]), Some(&b)));
+        let decrypted = ok(kms.decrypt(
+            &admin(),
+            &moved.ciphertext_blob,
+            &ctx(&[("k", "2")]),
+            Some(&b),
+        ));
         assert_eq!(decrypted.plaintext.expose_secret(), b"move me");
     }
 
@@ -1202,10 +1585,14 @@ mod tests {
             (None, Some(1), 1),
             (None, Some(1024), 1024),
         ] {
-            let dk =
-                ok(kms.generate_data_key(&key, &ctx(&[]), ok(DataKeyLength::new(spec, bytes))));
+            let dk = ok(kms.generate_data_key(
+                &admin(),
+                &key,
+                &ctx(&[]),
+                ok(DataKeyLength::new(spec, bytes)),
+            ));
             assert_eq!(dk.plaintext.len(), len);
-            let back = ok(kms.decrypt(&dk.ciphertext_blob, &ctx(&[]), None));
+            let back = ok(kms.decrypt(&admin(), &dk.ciphertext_blob, &ctx(&[]), None));
             assert_eq!(back.plaintext.expose_secret(), dk.plaintext.expose_secret());
         }
         for (spec, bytes) in [
@@ -1234,7 +1621,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = ok(kms.list_keys(ok(PageLimit::new(3)), token.as_deref()));
+            let page = ok(kms.list_keys(&admin(), ok(PageLimit::new(3)), token.as_deref()));
             assert!(page.keys.len() <= 3);
             seen.extend(page.keys);
             match page.next_page_token {
@@ -1244,7 +1631,7 @@ mod tests {
         }
         assert_eq!(seen, created);
         assert!(matches!(
-            kms.list_keys(ok(PageLimit::new(3)), Some("garbage")),
+            kms.list_keys(&admin(), ok(PageLimit::new(3)), Some("garbage")),
             Err(KmsError::Validation(_))
         ));
         assert!(matches!(PageLimit::new(1001), Err(KmsError::Validation(_))));
@@ -1257,7 +1644,7 @@ mod tests {
         // A crash between the Creating record and the HSM object...
         let half = KeyRecord {
             state: KeyState::Creating,
-            ..ok(kms.describe_key(&good))
+            ..ok(kms.describe_key(&admin(), &good))
         };
         let half = KeyRecord {
             id: KeyId::random(),
@@ -1287,11 +1674,11 @@ mod tests {
             version: 1
         }));
         assert!(matches!(
-            kms.describe_key(&KeyRef::Id(half.id)),
+            kms.describe_key(&admin(), &KeyRef::Id(half.id)),
             Err(KmsError::NotFound(_))
         ));
         assert!(
-            kms.encrypt(&good, &plaintext(b"still works"), &ctx(&[]))
+            kms.encrypt(&admin(), &good, &plaintext(b"still works"), &ctx(&[]))
                 .is_ok()
         );
         let again = ok(kms.reconcile());
@@ -1303,13 +1690,18 @@ mod tests {
     fn a_failed_hsm_creation_leaves_no_key() {
         let (kms, store, hsm) = memory_kms();
         hsm.set_fail_creation(true);
-        let result = kms.create_key(CreateKeyInput {
-            description: String::new(),
-            usage: KeyUsage::EncryptDecrypt,
-            spec: KeySpec::SymmetricDefault,
-            origin: Origin::Kms,
-            tags: NewTags::default(),
-        });
+        let result = kms.create_key(
+            &admin(),
+            CreateKeyInput {
+                description: String::new(),
+                usage: KeyUsage::EncryptDecrypt,
+                spec: KeySpec::SymmetricDefault,
+                origin: Origin::Kms,
+                tags: NewTags::default(),
+                policy: None,
+                bypass_policy_lockout_safety_check: false,
+            },
+        );
         assert!(matches!(result, Err(KmsError::Internal(_))));
         assert!(ok(store.list_keys(None, 10).map_err(KmsError::from)).is_empty());
         assert!(ok(hsm.list_key_versions().map_err(KmsError::from)).is_empty());
@@ -1319,12 +1711,18 @@ mod tests {
     fn descriptions_are_bounded() {
         let (kms, _, _) = memory_kms();
         let key = new_key(&kms);
-        assert!(kms.update_key_description(&key, "é".repeat(8192)).is_ok());
+        assert!(
+            kms.update_key_description(&admin(), &key, "é".repeat(8192))
+                .is_ok()
+        );
         assert!(matches!(
-            kms.update_key_description(&key, "x".repeat(8193)),
+            kms.update_key_description(&admin(), &key, "x".repeat(8193)),
             Err(KmsError::Validation(_))
         ));
-        assert_eq!(ok(kms.describe_key(&key)).description, "é".repeat(8192));
+        assert_eq!(
+            ok(kms.describe_key(&admin(), &key)).description,
+            "é".repeat(8192)
+        );
     }
 
     fn alias(name: &str) -> AliasName {
@@ -1337,38 +1735,42 @@ mod tests {
         let a = new_key(&kms);
         let b = new_key(&kms);
         let name = alias("alias/billing");
-        ok(kms.create_alias(&name, &a));
+        ok(kms.create_alias(&admin(), &name, &a));
         let via_alias = KeyRef::Alias(name.clone());
-        let blob = ok(kms.encrypt(&via_alias, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
-        assert_eq!(KeyRef::Id(ok(kms.describe_key(&via_alias)).id), a);
-        assert!(kms.decrypt(&blob, &ctx(&[]), Some(&via_alias)).is_ok());
+        let blob =
+            ok(kms.encrypt(&admin(), &via_alias, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+        assert_eq!(KeyRef::Id(ok(kms.describe_key(&admin(), &via_alias)).id), a);
+        assert!(
+            kms.decrypt(&admin(), &blob, &ctx(&[]), Some(&via_alias))
+                .is_ok()
+        );
 
-        ok(kms.update_alias(&name, &b));
+        ok(kms.update_alias(&admin(), &name, &b));
         assert!(matches!(
-            kms.decrypt(&blob, &ctx(&[]), Some(&via_alias)),
+            kms.decrypt(&admin(), &blob, &ctx(&[]), Some(&via_alias)),
             Err(KmsError::IncorrectKey(_))
         ));
-        assert_eq!(KeyRef::Id(ok(kms.describe_key(&via_alias)).id), b);
+        assert_eq!(KeyRef::Id(ok(kms.describe_key(&admin(), &via_alias)).id), b);
 
-        let page = ok(kms.list_aliases(Some(&b), ok(PageLimit::new(0)), None));
+        let page = ok(kms.list_aliases(&admin(), Some(&b), ok(PageLimit::new(0)), None));
         assert_eq!(page.aliases.len(), 1);
         assert!(
-            ok(kms.list_aliases(Some(&a), ok(PageLimit::new(0)), None))
+            ok(kms.list_aliases(&admin(), Some(&a), ok(PageLimit::new(0)), None))
                 .aliases
                 .is_empty()
         );
 
-        ok(kms.delete_alias(&name));
+        ok(kms.delete_alias(&admin(), &name));
         assert!(matches!(
-            kms.describe_key(&via_alias),
+            kms.describe_key(&admin(), &via_alias),
             Err(KmsError::NotFound(_))
         ));
         assert!(matches!(
-            kms.delete_alias(&name),
+            kms.delete_alias(&admin(), &name),
             Err(KmsError::NotFound(_))
         ));
         assert!(matches!(
-            kms.update_alias(&name, &a),
+            kms.update_alias(&admin(), &name, &a),
             Err(KmsError::NotFound(_))
         ));
     }
@@ -1378,21 +1780,25 @@ mod tests {
         let (kms, _, _) = memory_kms();
         let a = new_key(&kms);
         let name = alias("alias/app");
-        ok(kms.create_alias(&name, &a));
+        ok(kms.create_alias(&admin(), &name, &a));
         assert!(matches!(
-            kms.create_alias(&name, &a),
+            kms.create_alias(&admin(), &name, &a),
             Err(KmsError::AlreadyExists(_))
         ));
         assert!(matches!(
-            kms.create_alias(&alias("alias/kms/mine"), &a),
+            kms.create_alias(&admin(), &alias("alias/kms/mine"), &a),
             Err(KmsError::Validation(_))
         ));
         assert!(matches!(
-            kms.create_alias(&alias("alias/other"), &KeyRef::Alias(name)),
+            kms.create_alias(&admin(), &alias("alias/other"), &KeyRef::Alias(name)),
             Err(KmsError::Validation(_))
         ));
         assert!(matches!(
-            kms.create_alias(&alias("alias/other"), &KeyRef::Id(KeyId::random())),
+            kms.create_alias(
+                &admin(),
+                &alias("alias/other"),
+                &KeyRef::Id(KeyId::random())
+            ),
             Err(KmsError::NotFound(_))
         ));
     }
@@ -1402,12 +1808,13 @@ mod tests {
         let (kms, _, _) = memory_kms();
         let a = new_key(&kms);
         for i in [3, 1, 4, 5, 2] {
-            ok(kms.create_alias(&alias(&format!("alias/a{i}")), &a));
+            ok(kms.create_alias(&admin(), &alias(&format!("alias/a{i}")), &a));
         }
         let mut seen = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = ok(kms.list_aliases(None, ok(PageLimit::new(2)), token.as_deref()));
+            let page =
+                ok(kms.list_aliases(&admin(), None, ok(PageLimit::new(2)), token.as_deref()));
             seen.extend(page.aliases.into_iter().map(|r| r.name.to_string()));
             match page.next_page_token {
                 Some(t) => token = Some(t),
@@ -1430,14 +1837,16 @@ mod tests {
             ))
         };
         ok(kms.tag_resource(
+            &admin(),
             &key,
             add(&[("team", "payments"), ("env", "prod"), ("cost", "42")]),
         ));
-        ok(kms.tag_resource(&key, add(&[("env", "staging")])));
-        ok(kms.untag_resource(&key, &["cost".into(), "absent".into()]));
-        let page = ok(kms.list_resource_tags(&key, ok(PageLimit::new(1)), None));
+        ok(kms.tag_resource(&admin(), &key, add(&[("env", "staging")])));
+        ok(kms.untag_resource(&admin(), &key, &["cost".into(), "absent".into()]));
+        let page = ok(kms.list_resource_tags(&admin(), &key, ok(PageLimit::new(1)), None));
         assert_eq!(page.tags, [("env".to_owned(), "staging".to_owned())]);
         let rest = ok(kms.list_resource_tags(
+            &admin(),
             &key,
             ok(PageLimit::new(0)),
             page.next_page_token.as_deref(),
@@ -1447,11 +1856,11 @@ mod tests {
         let fifty: Vec<(String, String)> =
             (0..49).map(|i| (format!("t{i}"), String::new())).collect();
         assert!(matches!(
-            kms.tag_resource(&key, ok(NewTags::new(fifty))),
+            kms.tag_resource(&admin(), &key, ok(NewTags::new(fifty))),
             Err(KmsError::LimitExceeded(_))
         ));
         assert_eq!(
-            ok(kms.describe_key(&key)).tags.len(),
+            ok(kms.describe_key(&admin(), &key)).tags.len(),
             2,
             "a refused change changes nothing"
         );
@@ -1461,37 +1870,37 @@ mod tests {
     fn rotation_makes_a_new_current_version_and_old_blobs_still_decrypt() {
         let (kms, _, hsm) = memory_kms();
         let key = new_key(&kms);
-        let old = ok(kms.encrypt(&key, &plaintext(b"old"), &ctx(&[]))).ciphertext_blob;
+        let old = ok(kms.encrypt(&admin(), &key, &plaintext(b"old"), &ctx(&[]))).ciphertext_blob;
         let rotated = ok(kms.rotate_key(&key, VersionSource::OnDemand));
         assert_eq!(rotated.current_version, 2);
-        let new = ok(kms.encrypt(&key, &plaintext(b"new"), &ctx(&[]))).ciphertext_blob;
+        let new = ok(kms.encrypt(&admin(), &key, &plaintext(b"new"), &ctx(&[]))).ciphertext_blob;
         assert_eq!(ok(blob::parse(&new)).header.key.version, 2);
         assert_eq!(
-            ok(kms.decrypt(&old, &ctx(&[]), None))
+            ok(kms.decrypt(&admin(), &old, &ctx(&[]), None))
                 .plaintext
                 .expose_secret(),
             b"old"
         );
         assert_eq!(
-            ok(kms.decrypt(&new, &ctx(&[]), None))
+            ok(kms.decrypt(&admin(), &new, &ctx(&[]), None))
                 .plaintext
                 .expose_secret(),
             b"new"
         );
         // ReEncrypt to the same key moves a blob to the current version.
-        let moved = ok(kms.re_encrypt(&old, &ctx(&[]), None, &key, &ctx(&[])));
+        let moved = ok(kms.re_encrypt(&admin(), &old, &ctx(&[]), None, &key, &ctx(&[])));
         assert_eq!(
             ok(blob::parse(&moved.ciphertext_blob)).header.key.version,
             2
         );
 
-        let page = ok(kms.list_key_rotations(&key, ok(PageLimit::new(0)), None));
+        let page = ok(kms.list_key_rotations(&admin(), &key, ok(PageLimit::new(0)), None));
         assert_eq!(page.rotations.len(), 1);
         assert_eq!(page.rotations[0].source, VersionSource::OnDemand);
 
         hsm.set_fail_creation(true);
         assert!(kms.rotate_key(&key, VersionSource::OnDemand).is_err());
-        let record = ok(kms.describe_key(&key));
+        let record = ok(kms.describe_key(&admin(), &key));
         assert_eq!(record.current_version, 2);
         assert_eq!(
             record.versions.len(),
@@ -1500,7 +1909,7 @@ mod tests {
         );
 
         hsm.set_fail_creation(false);
-        ok(kms.disable_key(&key));
+        ok(kms.disable_key(&admin(), &key));
         assert!(matches!(
             kms.rotate_key(&key, VersionSource::OnDemand),
             Err(KmsError::Disabled(_))
@@ -1511,7 +1920,7 @@ mod tests {
     fn reconcile_removes_a_version_a_crash_left_pending() {
         let (kms, store, hsm) = memory_kms();
         let key = new_key(&kms);
-        let mut record = ok(kms.describe_key(&key));
+        let mut record = ok(kms.describe_key(&admin(), &key));
         record.versions.push(KeyVersion {
             version: 2,
             created_at_ms: 0,
@@ -1528,10 +1937,13 @@ mod tests {
         let report = ok(kms.reconcile());
         assert!(report.unreferenced_objects.is_empty());
         assert!(!hsm.contains(pending));
-        let record = ok(kms.describe_key(&key));
+        let record = ok(kms.describe_key(&admin(), &key));
         assert_eq!(record.versions.len(), 1);
         assert_eq!(record.current_version, 1);
-        assert!(kms.encrypt(&key, &plaintext(b"x"), &ctx(&[])).is_ok());
+        assert!(
+            kms.encrypt(&admin(), &key, &plaintext(b"x"), &ctx(&[]))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -1539,27 +1951,28 @@ mod tests {
         let store = Arc::new(crate::testing::MemoryStore::default());
         let hsm = Arc::new(crate::testing::SoftKeyStore::default());
         let clock = Arc::new(crate::testing::ManualClock::default());
-        let kms = Kms::new(store, hsm, clock.clone());
+        let kms =
+            Kms::new(store, hsm, clock.clone()).with_authorization(crate::testing::authorization());
         let day = 86_400_000;
         clock.set_millis(1_000 * day);
         let key = new_key(&kms);
         assert!(matches!(
-            kms.enable_key_rotation(&key, Some(89)),
+            kms.enable_key_rotation(&admin(), &key, Some(89)),
             Err(KmsError::Validation(_))
         ));
         assert!(matches!(
-            kms.enable_key_rotation(&key, Some(2561)),
+            kms.enable_key_rotation(&admin(), &key, Some(2561)),
             Err(KmsError::Validation(_))
         ));
-        ok(kms.enable_key_rotation(&key, Some(90)));
-        let schedule = ok(kms.describe_key(&key)).rotation;
+        ok(kms.enable_key_rotation(&admin(), &key, Some(90)));
+        let schedule = ok(kms.describe_key(&admin(), &key)).rotation;
         assert_eq!(schedule.map(|s| s.next_rotation_ms), Some(1_090 * day));
 
         clock.set_millis(1_089 * day);
         assert_eq!(ok(kms.run_due_rotations()), 0);
         clock.set_millis(1_090 * day);
         assert_eq!(ok(kms.run_due_rotations()), 1);
-        let record = ok(kms.describe_key(&key));
+        let record = ok(kms.describe_key(&admin(), &key));
         assert_eq!(record.current_version, 2);
         assert_eq!(record.versions[1].source, VersionSource::Automatic);
         assert_eq!(
@@ -1574,12 +1987,12 @@ mod tests {
 
         // A disabled key waits; disabling rotation stops it.
         clock.set_millis(1_200 * day);
-        ok(kms.disable_key(&key));
+        ok(kms.disable_key(&admin(), &key));
         assert_eq!(ok(kms.run_due_rotations()), 0);
-        ok(kms.enable_key(&key));
-        ok(kms.disable_key_rotation(&key));
+        ok(kms.enable_key(&admin(), &key));
+        ok(kms.disable_key_rotation(&admin(), &key));
         assert_eq!(ok(kms.run_due_rotations()), 0);
-        assert_eq!(ok(kms.describe_key(&key)).current_version, 2);
+        assert_eq!(ok(kms.describe_key(&admin(), &key)).current_version, 2);
     }
 
     #[test]
@@ -1587,45 +2000,52 @@ mod tests {
         let store = Arc::new(crate::testing::MemoryStore::default());
         let hsm = Arc::new(crate::testing::SoftKeyStore::default());
         let clock = Arc::new(crate::testing::ManualClock::default());
-        let kms = Kms::new(store, hsm.clone(), clock.clone());
+        let kms = Kms::new(store, hsm.clone(), clock.clone())
+            .with_authorization(crate::testing::authorization());
         let day = 86_400_000;
         clock.set_millis(100 * day);
         let key = new_key(&kms);
         let other = new_key(&kms);
         ok(kms.rotate_key(&key, VersionSource::OnDemand));
-        ok(kms.create_alias(&alias("alias/doomed"), &key));
-        let blob = ok(kms.encrypt(&key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+        ok(kms.create_alias(&admin(), &alias("alias/doomed"), &key));
+        let blob = ok(kms.encrypt(&admin(), &key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
 
         assert!(matches!(
-            kms.schedule_key_deletion(&key, Some(6)),
+            kms.schedule_key_deletion(&admin(), &key, Some(6)),
             Err(KmsError::Validation(_))
         ));
-        let record = ok(kms.schedule_key_deletion(&key, Some(7)));
+        let record = ok(kms.schedule_key_deletion(&admin(), &key, Some(7)));
         assert_eq!(record.state, KeyState::PendingDeletion);
         assert_eq!(record.deletion.map(|d| d.deletion_date_ms), Some(107 * day));
         assert!(matches!(
-            kms.decrypt(&blob, &ctx(&[]), None),
+            kms.decrypt(&admin(), &blob, &ctx(&[]), None),
             Err(KmsError::InvalidState(_))
         ));
         assert!(matches!(
-            kms.enable_key(&key),
+            kms.enable_key(&admin(), &key),
             Err(KmsError::InvalidState(_))
         ));
-        ok(kms.cancel_key_deletion(&key));
-        assert_eq!(ok(kms.describe_key(&key)).state, KeyState::Disabled);
-        ok(kms.schedule_key_deletion(&key, None));
+        ok(kms.cancel_key_deletion(&admin(), &key));
+        assert_eq!(
+            ok(kms.describe_key(&admin(), &key)).state,
+            KeyState::Disabled
+        );
+        ok(kms.schedule_key_deletion(&admin(), &key, None));
 
         clock.set_millis(129 * day);
         assert_eq!(ok(kms.run_due_deletions()), 0);
         clock.set_millis(130 * day);
         assert_eq!(ok(kms.run_due_deletions()), 1);
-        assert!(matches!(kms.describe_key(&key), Err(KmsError::NotFound(_))));
         assert!(matches!(
-            kms.decrypt(&blob, &ctx(&[]), None),
+            kms.describe_key(&admin(), &key),
             Err(KmsError::NotFound(_))
         ));
         assert!(matches!(
-            kms.describe_key(&KeyRef::Alias(alias("alias/doomed"))),
+            kms.decrypt(&admin(), &blob, &ctx(&[]), None),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(matches!(
+            kms.describe_key(&admin(), &KeyRef::Alias(alias("alias/doomed"))),
             Err(KmsError::NotFound(_))
         ));
         let KeyRef::Id(id) = key else { unreachable!() };
@@ -1638,13 +2058,14 @@ mod tests {
             version: 2
         }));
         assert!(
-            ok(kms.list_keys(ok(PageLimit::new(0)), None))
+            ok(kms.list_keys(&admin(), ok(PageLimit::new(0)), None))
                 .keys
                 .iter()
                 .all(|k| *k != id)
         );
         assert!(
-            kms.encrypt(&other, &plaintext(b"y"), &ctx(&[])).is_ok(),
+            kms.encrypt(&admin(), &other, &plaintext(b"y"), &ctx(&[]))
+                .is_ok(),
             "other keys untouched"
         );
         assert_eq!(ok(kms.run_due_deletions()), 0, "idempotent");
@@ -1656,32 +2077,46 @@ mod tests {
         let store = Arc::new(crate::testing::MemoryStore::default());
         let hsm = Arc::new(crate::testing::SoftKeyStore::default());
         let clock = Arc::new(crate::testing::ManualClock::default());
-        let kms = Kms::new(store.clone(), hsm.clone(), clock.clone()).with_max_keys(2);
+        let kms = Kms::new(store.clone(), hsm.clone(), clock.clone())
+            .with_authorization(crate::testing::authorization())
+            .with_max_keys(2);
         new_key(&kms);
         new_key(&kms);
         assert!(matches!(
-            kms.create_key(CreateKeyInput {
-                description: String::new(),
-                usage: KeyUsage::EncryptDecrypt,
-                spec: KeySpec::SymmetricDefault,
-                origin: Origin::Kms,
-                tags: NewTags::default(),
-            }),
-            Err(KmsError::LimitExceeded(_))
-        ));
-        // A restarted service counts the keys in the store.
-        let restarted = Kms::new(store, hsm, clock).with_max_keys(3);
-        ok(restarted.reconcile());
-        new_key(&restarted);
-        assert!(
-            restarted
-                .create_key(CreateKeyInput {
+            kms.create_key(
+                &admin(),
+                CreateKeyInput {
                     description: String::new(),
                     usage: KeyUsage::EncryptDecrypt,
                     spec: KeySpec::SymmetricDefault,
                     origin: Origin::Kms,
                     tags: NewTags::default(),
-                })
+                    policy: None,
+                    bypass_policy_lockout_safety_check: false,
+                }
+            ),
+            Err(KmsError::LimitExceeded(_))
+        ));
+        // A restarted service counts the keys in the store.
+        let restarted = Kms::new(store, hsm, clock)
+            .with_authorization(crate::testing::authorization())
+            .with_max_keys(3);
+        ok(restarted.reconcile());
+        new_key(&restarted);
+        assert!(
+            restarted
+                .create_key(
+                    &admin(),
+                    CreateKeyInput {
+                        description: String::new(),
+                        usage: KeyUsage::EncryptDecrypt,
+                        spec: KeySpec::SymmetricDefault,
+                        origin: Origin::Kms,
+                        tags: NewTags::default(),
+                        policy: None,
+                        bypass_policy_lockout_safety_check: false,
+                    }
+                )
                 .is_err()
         );
     }

@@ -187,7 +187,8 @@ impl Clock for ManualClock {
 pub fn memory_kms() -> (crate::Kms, Arc<MemoryStore>, Arc<SoftKeyStore>) {
     let store = Arc::new(MemoryStore::default());
     let hsm = Arc::new(SoftKeyStore::default());
-    let kms = crate::Kms::new(store.clone(), hsm.clone(), Arc::new(ManualClock::default()));
+    let kms = crate::Kms::new(store.clone(), hsm.clone(), Arc::new(ManualClock::default()))
+        .with_authorization(authorization());
     (kms, store, hsm)
 }
 
@@ -267,4 +268,20 @@ impl CheckpointSigner for SoftCheckpointSigner {
     fn public_key(&self) -> p256::PublicKey {
         p256::PublicKey::from(self.key.verifying_key())
     }
+}
+
+/// [`ADMIN`] is the administrator; no server policy.
+pub fn authorization() -> crate::service::Authorization {
+    crate::service::Authorization {
+        administrators: vec![ADMIN.to_owned()],
+        server_policy: None,
+    }
+}
+
+/// The administrator of [`memory_kms`].
+pub const ADMIN: &str = "admin";
+
+/// A caller who is [`ADMIN`], over mutual TLS.
+pub fn admin() -> crate::Caller {
+    crate::Caller::new(ADMIN, true)
 }

@@ -9,6 +9,7 @@
 //! Depends on kms-core and cryptoki only; nothing here knows about gRPC or the metadata store.
 #![forbid(unsafe_code)]
 
+mod audit_key;
 mod error;
 mod object_id;
 mod pool;
@@ -29,6 +30,7 @@ use kms_core::{HsmError, KeyStore, KeyVersionRef, MessageKey};
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
+pub use audit_key::HsmAuditSigner;
 pub use error::OpenError;
 pub use object_id::ObjectId;
 use pool::SessionPool;

@@ -5,8 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use kms_core::policy::KeyPolicy;
 use serde::Deserialize;
 use zeroize::Zeroizing;
+
+use crate::auth::{DEV_PRINCIPAL, TlsFiles};
 
 /// The environment variable that may hold the HSM user PIN.
 pub const PIN_ENV: &str = "KMS_HSM_PIN";
@@ -46,6 +49,29 @@ pub struct Args {
     /// TOML configuration file; flags override its settings.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Development mode: no TLS, loopback only, and every caller is the administrator `dev`.
+    #[arg(long)]
+    pub dev: bool,
+    /// The server's certificate chain (PEM), for mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that issue client certificates.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// A principal with full access to new keys and to the server-level actions; repeat for
+    /// more. Replaces the config file's list.
+    #[arg(long = "administrator", value_name = "PRINCIPAL")]
+    pub administrators: Vec<String>,
+    /// A JSON policy saying who else may call the server-level actions (CreateKey, ListKeys,
+    /// ListAliases, GenerateRandom).
+    #[arg(long, value_name = "FILE")]
+    pub server_policy_file: Option<PathBuf>,
+    /// The audit log [default: DATA_DIR/audit.log].
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// The TOML file, as written. Unknown fields are refused, and so is a PIN in clear.
@@ -60,6 +86,30 @@ pub struct RawConfig {
     hsm_max_sessions: Option<usize>,
     max_keys: Option<usize>,
     log_level: Option<String>,
+    #[serde(default)]
+    dev: bool,
+    tls: Option<RawTls>,
+    administrators: Option<Vec<String>>,
+    server_policy_file: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+}
+
+/// The `[tls]` table.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
+/// How callers are authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// `--dev`: plaintext on loopback, every caller is the administrator `dev`.
+    Dev,
+    /// Mutual TLS.
+    Tls(TlsFiles),
 }
 
 /// Where the PIN comes from.
@@ -90,6 +140,14 @@ pub struct Config {
     pub max_keys: usize,
     /// The log filter.
     pub log_level: String,
+    /// TLS, or `--dev`.
+    pub transport: Transport,
+    /// Principals with full access to new keys and to the server-level actions.
+    pub administrators: Vec<String>,
+    /// Who else may call the server-level actions.
+    pub server_policy: Option<KeyPolicy>,
+    /// The audit log file.
+    pub audit_log: PathBuf,
 }
 
 /// A configuration that cannot be used, with what to fix.
@@ -164,18 +222,47 @@ impl Config {
             .listen
             .or(raw.listen)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051)));
-        if !listen.ip().is_loopback() {
+        let raw_tls = raw.tls.unwrap_or_default();
+        let tls = [
+            ("tls-cert", "tls.cert", args.tls_cert.or(raw_tls.cert)),
+            ("tls-key", "tls.key", args.tls_key.or(raw_tls.key)),
+            (
+                "tls-client-ca",
+                "tls.client_ca",
+                args.tls_client_ca.or(raw_tls.client_ca),
+            ),
+        ];
+        let transport = transport(args.dev || raw.dev, tls, listen)?;
+        let administrators = if args.administrators.is_empty() {
+            raw.administrators.unwrap_or_default()
+        } else {
+            args.administrators
+        };
+        if let Some(bad) = administrators
+            .iter()
+            .find(|p| p.is_empty() || p.len() > 1024 || p.contains('*'))
+        {
             return Err(ConfigError::Invalid(format!(
-                "listen address {listen} is not a loopback address: kmsd has no TLS or \
-                 authentication yet, so it serves only this machine"
+                "administrator {bad:?} is not a principal: give a certificate's URI SAN or CN, \
+                 1 to 1024 characters, without wildcards"
             )));
         }
+        let server_policy = args
+            .server_policy_file
+            .or(raw.server_policy_file)
+            .map(|path| read_server_policy(&path))
+            .transpose()?;
+        let data_dir = args
+            .data_dir
+            .or(raw.data_dir)
+            .ok_or(ConfigError::Missing("data-dir", "data_dir"))?;
         Ok(Config {
             listen,
-            data_dir: args
-                .data_dir
-                .or(raw.data_dir)
-                .ok_or(ConfigError::Missing("data-dir", "data_dir"))?,
+            audit_log: args
+                .audit_log
+                .or(raw.audit_log)
+                .unwrap_or_else(|| data_dir.join("audit.log")),
+            data_dir,
             pkcs11_module: args
                 .pkcs11_module
                 .or(raw.pkcs11_module)
@@ -191,7 +278,19 @@ impl Config {
                 .log_level
                 .or(raw.log_level)
                 .unwrap_or_else(|| "info".into()),
+            transport,
+            administrators,
+            server_policy,
         })
+    }
+
+    /// The principals that are administrators: the configured ones, and `dev` in `--dev`.
+    pub fn effective_administrators(&self) -> Vec<String> {
+        let mut admins = self.administrators.clone();
+        if self.transport == Transport::Dev && !admins.iter().any(|a| a == DEV_PRINCIPAL) {
+            admins.insert(0, DEV_PRINCIPAL.to_owned());
+        }
+        admins
     }
 
     /// Reads the PIN from its source.
@@ -208,6 +307,55 @@ impl Config {
         }
         Ok(Zeroizing::new(trimmed.to_owned()))
     }
+}
+
+/// TLS when its three files are given, `--dev` when asked for; anything else is refused.
+fn transport(
+    dev: bool,
+    tls: [(&'static str, &'static str, Option<PathBuf>); 3],
+    listen: SocketAddr,
+) -> Result<Transport, ConfigError> {
+    let given = tls.iter().filter(|(_, _, path)| path.is_some()).count();
+    if dev {
+        if given > 0 {
+            return Err(ConfigError::Invalid(
+                "--dev runs without TLS: remove --dev or the TLS settings".into(),
+            ));
+        }
+        if !listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "listen address {listen} is not a loopback address: --dev has no \
+                 authentication, so it serves only this machine"
+            )));
+        }
+        return Ok(Transport::Dev);
+    }
+    if given == 0 {
+        return Err(ConfigError::Invalid(
+            "kmsd needs mutual TLS: give --tls-cert, --tls-key and --tls-client-ca (or the \
+             [tls] table of the config file), or --dev for a loopback-only development \
+             server without authentication"
+                .into(),
+        ));
+    }
+    let [cert, key, client_ca] = tls.map(|(flag, field, path)| path.ok_or((flag, field)));
+    let missing = |(flag, field)| ConfigError::Missing(flag, field);
+    Ok(Transport::Tls(TlsFiles {
+        cert: cert.map_err(missing)?,
+        key: key.map_err(missing)?,
+        client_ca: client_ca.map_err(missing)?,
+    }))
+}
+
+fn read_server_policy(path: &Path) -> Result<KeyPolicy, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    KeyPolicy::parse_server(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn read_pin_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
@@ -235,7 +383,7 @@ mod tests {
             "listen = \"127.0.0.1:6000\"\ndata_dir = \"/from/file\"\npkcs11_module = \"/m.so\"\ntoken_label = \"file\"\n",
         )?;
         let path = file.to_string_lossy().into_owned();
-        let config = Config::load(args(&["--config", &path, "--token-label", "flag"]))?;
+        let config = Config::load(args(&["--config", &path, "--token-label", "flag", "--dev"]))?;
         assert_eq!(config.token_label, "flag");
         assert_eq!(config.data_dir, PathBuf::from("/from/file"));
         assert_eq!(config.listen.port(), 6000);
@@ -258,8 +406,9 @@ mod tests {
     }
 
     #[test]
-    fn only_loopback_addresses_are_served() {
+    fn dev_serves_only_loopback_addresses() {
         let base = [
+            "--dev",
             "--data-dir",
             "/d",
             "--pkcs11-module",
@@ -279,8 +428,66 @@ mod tests {
     }
 
     #[test]
+    fn without_dev_tls_is_required_and_complete() {
+        let base = [
+            "--data-dir",
+            "/d",
+            "--pkcs11-module",
+            "/m.so",
+            "--token-label",
+            "t",
+        ];
+        let load = |extra: &[&str]| {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            Config::load(args(&argv)).map_err(|e| e.to_string())
+        };
+        assert!(load(&[]).is_err_and(|e| e.contains("needs mutual TLS")));
+        assert!(
+            load(&["--tls-cert", "c", "--tls-key", "k"])
+                .is_err_and(|e| e.contains("tls-client-ca is required"))
+        );
+        assert!(load(&["--dev", "--tls-cert", "c"]).is_err_and(|e| e.contains("--dev")));
+        let tls = ["--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca"];
+        let config = load(&tls);
+        assert!(
+            matches!(config.as_ref().map(|c| &c.transport), Ok(Transport::Tls(_))),
+            "{:?}",
+            config.err()
+        );
+        let mut public = tls.to_vec();
+        public.extend(["--listen", "0.0.0.0:1"]);
+        assert!(load(&public).is_ok(), "TLS may listen on any address");
+    }
+
+    #[test]
+    fn dev_callers_are_administrators() -> Result<(), ConfigError> {
+        let config = Config::load(args(&[
+            "--dev",
+            "--data-dir",
+            "/d",
+            "--pkcs11-module",
+            "/m.so",
+            "--token-label",
+            "t",
+            "--administrator",
+            "ops",
+        ]))?;
+        assert_eq!(config.effective_administrators(), ["dev", "ops"]);
+        assert_eq!(config.audit_log, PathBuf::from("/d/audit.log"));
+        Ok(())
+    }
+
+    #[test]
     fn missing_settings_are_named() {
-        let error = Config::load(args(&["--token-label", "t", "--pkcs11-module", "/m.so"])).err();
+        let error = Config::load(args(&[
+            "--dev",
+            "--token-label",
+            "t",
+            "--pkcs11-module",
+            "/m.so",
+        ]))
+        .err();
         assert_eq!(
             error.map(|e| e.to_string()),
             Some("data-dir is required (flag --data-dir, or `data_dir` in the config file)".into())
@@ -293,6 +500,7 @@ mod tests {
         let file = dir.path().join("pin");
         std::fs::write(&file, "4321\n")?;
         let config = Config::load(args(&[
+            "--dev",
             "--data-dir",
             "/d",
             "--pkcs11-module",

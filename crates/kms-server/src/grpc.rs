@@ -1,30 +1,46 @@
 //! The tonic implementation of `kms.v1.KeyManagementService`.
+//!
+//! Every RPC goes through [`KmsGrpc::call`]: authenticate the caller, convert the request and
+//! run the core on a blocking thread, write the audit record and wait until it is durable,
+//! then answer. A request whose audit record cannot be written gets an error, whatever the
+//! core did: kmsd never answers a call it could not audit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use kms_core::service::{CreateKeyInput, DataKey, PageLimit, Plaintext, RandomLength};
+use kms_core::audit::{AuditEvent, AuditKey, AuditLog, Outcome};
+use kms_core::policy::KeyPolicy;
+use kms_core::service::{CreateKeyInput, PageLimit, Plaintext, RandomLength};
 use kms_core::tags::NewTags;
-use kms_core::{AliasName, KeyRef, Kms, KmsError, SecretBytes, VersionSource};
+use kms_core::{AliasName, Caller, KeyRef, Kms, KmsError, SecretBytes};
 use kms_proto::v1 as pb;
 use kms_proto::v1::key_management_service_server::{
     KeyManagementService, KeyManagementServiceServer,
 };
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
+use tracing::error;
 
+use crate::auth::Authenticator;
 use crate::convert;
-use crate::status::to_status;
+use crate::status::{ErrorChain, to_status};
 
-/// The gRPC service: each call converts, runs the core on a blocking thread, converts back.
+/// The metadata key of the request id, read from requests and set on every answer.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The gRPC service.
 #[derive(Clone)]
 pub struct KmsGrpc {
     kms: Arc<Kms>,
+    auth: Arc<Authenticator>,
+    audit: Arc<AuditLog>,
 }
 
 impl KmsGrpc {
-    /// The service on `kms`.
-    pub fn new(kms: Arc<Kms>) -> Self {
-        KmsGrpc { kms }
+    /// The service on `kms`, authenticating with `auth` and auditing to `audit`.
+    pub fn new(kms: Arc<Kms>, auth: Arc<Authenticator>, audit: Arc<AuditLog>) -> Self {
+        KmsGrpc { kms, auth, audit }
     }
 
     /// The tonic server of this service, with kmsd's message size limits.
@@ -34,56 +50,137 @@ impl KmsGrpc {
             .max_encoding_message_size(crate::MAX_MESSAGE_BYTES)
     }
 
-    /// The shared part of GenerateDataKey and GenerateDataKeyWithoutPlaintext.
-    async fn generate(
+    /// Runs one RPC named `operation`: authenticates the caller, runs `body` (conversion and
+    /// the core) on a blocking thread (HSM and store calls must not block the async workers),
+    /// audits the outcome durably, and answers with the request id.
+    async fn call<Req, Resp>(
         &self,
-        key_id: &str,
-        context: HashMap<String, String>,
-        key_spec: i32,
-        number_of_bytes: Option<u32>,
-    ) -> Result<DataKey, Status> {
-        let key = key_ref(key_id, "key_id")?;
-        let context = convert::context(context, "encryption_context").or_status()?;
-        let length = convert::data_key_length(key_spec, number_of_bytes).or_status()?;
-        self.run(move |kms| kms.generate_data_key(&key, &context, length))
-            .await
+        operation: &'static str,
+        request: Request<Req>,
+        body: impl FnOnce(&Kms, &Caller, Req) -> Result<Resp, KmsError> + Send + 'static,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        let time_ms = now_ms();
+        let request_id = request_id(request.metadata());
+        let peer = request.remote_addr().map(|a| a.to_string());
+        let peer_certs = request.peer_certs();
+        let (result, principal, note) = match self
+            .auth
+            .authenticate(peer_certs.as_deref().map(Vec::as_slice))
+        {
+            Err(e) => (Err(e), None, kms_core::CallNote::default()),
+            Ok(caller) => {
+                let principal = caller.principal().to_owned();
+                let kms = Arc::clone(&self.kms);
+                let req = request.into_inner();
+                let ran = tokio::task::spawn_blocking(move || {
+                    let result = body(&kms, &caller, req);
+                    (result, caller.take_note())
+                })
+                .await;
+                match ran {
+                    Ok((result, note)) => (result, Some(principal), note),
+                    Err(e) => (
+                        Err(KmsError::Internal(Box::new(e))),
+                        Some(principal),
+                        kms_core::CallNote::default(),
+                    ),
+                }
+            }
+        };
+        let event = AuditEvent {
+            time_ms,
+            request_id: request_id.clone(),
+            principal,
+            peer,
+            operation: operation.to_owned(),
+            keys: note
+                .keys
+                .iter()
+                .map(|(key_id, version)| AuditKey {
+                    key_id: key_id.to_string(),
+                    version: *version,
+                })
+                .collect(),
+            encryption_context: note.encryption_context,
+            destination_encryption_context: note.destination_encryption_context,
+            outcome: match &result {
+                Ok(_) => Outcome::Success,
+                Err(KmsError::AccessDenied(_) | KmsError::Unauthenticated(_)) => Outcome::Denied,
+                Err(_) => Outcome::Failed,
+            },
+            error: result.as_ref().err().map(|e| e.reason().to_owned()),
+            policy_statement: note.policy_statement,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.audit.submit(
+            event,
+            Box::new(move |durable| {
+                let _ = tx.send(durable);
+            }),
+        );
+        let audited = match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(KmsError::Internal(Box::new(e))),
+            Err(e) => Err(KmsError::Internal(Box::new(e))),
+        };
+        let id = MetadataValue::try_from(request_id.as_str()).ok();
+        let answer = audited.and(result);
+        match answer {
+            Ok(resp) => {
+                let mut response = Response::new(resp);
+                if let Some(id) = id {
+                    response.metadata_mut().insert(REQUEST_ID_HEADER, id);
+                }
+                Ok(response)
+            }
+            Err(e) => {
+                if matches!(e, KmsError::Internal(_)) {
+                    error!(operation, request_id, error = %ErrorChain(&e), "request failed");
+                }
+                let mut status = to_status(&e);
+                if let Some(id) = id {
+                    status.metadata_mut().insert(REQUEST_ID_HEADER, id);
+                }
+                Err(status)
+            }
+        }
     }
-
-    /// Runs `f` on a blocking thread: HSM and store calls must not block the async workers.
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Kms) -> Result<T, KmsError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let kms = Arc::clone(&self.kms);
-        tokio::task::spawn_blocking(move || f(&kms))
-            .await
-            .map_err(|e| KmsError::Internal(Box::new(e)))
-            .and_then(|r| r)
-            .or_status()
-    }
 }
 
-/// `?` on a core result inside a handler.
-trait OrStatus<T> {
-    fn or_status(self) -> Result<T, Status>;
+/// The caller's `x-request-id` when it is a sane token, else a new UUID.
+fn request_id(metadata: &MetadataMap) -> String {
+    metadata
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
-impl<T> OrStatus<T> for Result<T, KmsError> {
-    fn or_status(self) -> Result<T, Status> {
-        self.map_err(|e| to_status(&e))
-    }
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn key_ref(value: &str, field: &str) -> Result<KeyRef, Status> {
-    KeyRef::parse(value, field).or_status()
+fn key_ref(value: &str, field: &str) -> Result<KeyRef, KmsError> {
+    KeyRef::parse(value, field)
 }
 
-fn new_tags(tags: Vec<pb::Tag>) -> Result<NewTags, Status> {
-    NewTags::new(tags.into_iter().map(|t| (t.tag_key, t.tag_value))).or_status()
+fn new_tags(tags: Vec<pb::Tag>) -> Result<NewTags, KmsError> {
+    NewTags::new(tags.into_iter().map(|t| (t.tag_key, t.tag_value)))
 }
 
-fn alias_name(value: &str) -> Result<AliasName, Status> {
-    AliasName::parse(value).or_status()
+fn page_token(token: String) -> Option<String> {
+    (!token.is_empty()).then_some(token)
 }
 
 fn take_plaintext(secret: SecretBytes) -> Vec<u8> {
@@ -93,424 +190,484 @@ fn take_plaintext(secret: SecretBytes) -> Vec<u8> {
     std::mem::take(&mut *bytes)
 }
 
+fn context(
+    pairs: HashMap<String, String>,
+    field: &str,
+) -> Result<kms_core::EncryptionContext, KmsError> {
+    convert::context(pairs, field)
+}
+
 #[tonic::async_trait]
 impl KeyManagementService for KmsGrpc {
     async fn create_key(
         &self,
         request: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
-        let req = request.into_inner();
-        let input = CreateKeyInput {
-            description: req.description,
-            usage: convert::key_usage(req.key_usage).or_status()?,
-            spec: convert::key_spec(req.key_spec).or_status()?,
-            origin: convert::origin(req.origin).or_status()?,
-            tags: new_tags(req.tags)?,
-        };
-        let record = self.run(move |kms| kms.create_key(input)).await?;
-        Ok(Response::new(pb::CreateKeyResponse {
-            key_metadata: Some(convert::key_metadata(&record)),
-        }))
+        self.call("CreateKey", request, |kms, caller, req| {
+            let input = CreateKeyInput {
+                description: req.description,
+                usage: convert::key_usage(req.key_usage)?,
+                spec: convert::key_spec(req.key_spec)?,
+                origin: convert::origin(req.origin)?,
+                tags: new_tags(req.tags)?,
+                policy: (!req.policy.is_empty())
+                    .then(|| KeyPolicy::parse(&req.policy))
+                    .transpose()?,
+                bypass_policy_lockout_safety_check: req.bypass_policy_lockout_safety_check,
+            };
+            let record = kms.create_key(caller, input)?;
+            Ok(pb::CreateKeyResponse {
+                key_metadata: Some(convert::key_metadata(&record)),
+            })
+        })
+        .await
     }
 
     async fn describe_key(
         &self,
         request: Request<pb::DescribeKeyRequest>,
     ) -> Result<Response<pb::DescribeKeyResponse>, Status> {
-        let key = key_ref(&request.into_inner().key_id, "key_id")?;
-        let record = self.run(move |kms| kms.describe_key(&key)).await?;
-        Ok(Response::new(pb::DescribeKeyResponse {
-            key_metadata: Some(convert::key_metadata(&record)),
-        }))
+        self.call("DescribeKey", request, |kms, caller, req| {
+            let record = kms.describe_key(caller, &key_ref(&req.key_id, "key_id")?)?;
+            Ok(pb::DescribeKeyResponse {
+                key_metadata: Some(convert::key_metadata(&record)),
+            })
+        })
+        .await
     }
 
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let req = request.into_inner();
-        let limit = PageLimit::new(req.limit).or_status()?;
-        let token = (!req.page_token.is_empty()).then_some(req.page_token);
-        let page = self
-            .run(move |kms| kms.list_keys(limit, token.as_deref()))
-            .await?;
-        Ok(Response::new(pb::ListKeysResponse {
-            keys: page
-                .keys
-                .into_iter()
-                .map(|id| pb::KeyListEntry {
-                    key_id: id.to_string(),
-                })
-                .collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        self.call("ListKeys", request, |kms, caller, req| {
+            let limit = PageLimit::new(req.limit)?;
+            let page = kms.list_keys(caller, limit, page_token(req.page_token).as_deref())?;
+            Ok(pb::ListKeysResponse {
+                keys: page
+                    .keys
+                    .into_iter()
+                    .map(|id| pb::KeyListEntry {
+                        key_id: id.to_string(),
+                    })
+                    .collect(),
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            })
+        })
+        .await
     }
 
     async fn enable_key(
         &self,
         request: Request<pb::EnableKeyRequest>,
     ) -> Result<Response<pb::EnableKeyResponse>, Status> {
-        let key = key_ref(&request.into_inner().key_id, "key_id")?;
-        self.run(move |kms| kms.enable_key(&key)).await?;
-        Ok(Response::new(pb::EnableKeyResponse {}))
+        self.call("EnableKey", request, |kms, caller, req| {
+            kms.enable_key(caller, &key_ref(&req.key_id, "key_id")?)?;
+            Ok(pb::EnableKeyResponse {})
+        })
+        .await
     }
 
     async fn disable_key(
         &self,
         request: Request<pb::DisableKeyRequest>,
     ) -> Result<Response<pb::DisableKeyResponse>, Status> {
-        let key = key_ref(&request.into_inner().key_id, "key_id")?;
-        self.run(move |kms| kms.disable_key(&key)).await?;
-        Ok(Response::new(pb::DisableKeyResponse {}))
+        self.call("DisableKey", request, |kms, caller, req| {
+            kms.disable_key(caller, &key_ref(&req.key_id, "key_id")?)?;
+            Ok(pb::DisableKeyResponse {})
+        })
+        .await
     }
 
     async fn update_key_description(
         &self,
         request: Request<pb::UpdateKeyDescriptionRequest>,
     ) -> Result<Response<pb::UpdateKeyDescriptionResponse>, Status> {
-        let req = request.into_inner();
-        let key = key_ref(&req.key_id, "key_id")?;
-        self.run(move |kms| kms.update_key_description(&key, req.description))
-            .await?;
-        Ok(Response::new(pb::UpdateKeyDescriptionResponse {}))
+        self.call("UpdateKeyDescription", request, |kms, caller, req| {
+            let key = key_ref(&req.key_id, "key_id")?;
+            kms.update_key_description(caller, &key, req.description)?;
+            Ok(pb::UpdateKeyDescriptionResponse {})
+        })
+        .await
     }
 
     async fn encrypt(
         &self,
         request: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
-        let req = request.into_inner();
-        let plaintext = Plaintext::new(SecretBytes::new(req.plaintext)).or_status()?;
-        let key = key_ref(&req.key_id, "key_id")?;
-        let context = convert::context(req.encryption_context, "encryption_context").or_status()?;
-        let out = self
-            .run(move |kms| kms.encrypt(&key, &plaintext, &context))
-            .await?;
-        Ok(Response::new(pb::EncryptResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            key_id: out.key_id.to_string(),
-            encryption_algorithm: convert::algorithm(out.algorithm).into(),
-        }))
+        self.call("Encrypt", request, |kms, caller, req| {
+            let plaintext = Plaintext::new(SecretBytes::new(req.plaintext))?;
+            let key = key_ref(&req.key_id, "key_id")?;
+            let context = context(req.encryption_context, "encryption_context")?;
+            let out = kms.encrypt(caller, &key, &plaintext, &context)?;
+            Ok(pb::EncryptResponse {
+                ciphertext_blob: out.ciphertext_blob,
+                key_id: out.key_id.to_string(),
+                encryption_algorithm: convert::algorithm(out.algorithm).into(),
+            })
+        })
+        .await
     }
 
     async fn decrypt(
         &self,
         request: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
-        let req = request.into_inner();
-        let key = KeyRef::parse_optional(&req.key_id, "key_id").or_status()?;
-        let context = convert::context(req.encryption_context, "encryption_context").or_status()?;
-        let blob = req.ciphertext_blob;
-        let out = self
-            .run(move |kms| kms.decrypt(&blob, &context, key.as_ref()))
-            .await?;
-        Ok(Response::new(pb::DecryptResponse {
-            key_id: out.key_id.to_string(),
-            encryption_algorithm: convert::algorithm(out.algorithm).into(),
-            plaintext: take_plaintext(out.plaintext),
-        }))
+        self.call("Decrypt", request, |kms, caller, req| {
+            let key = KeyRef::parse_optional(&req.key_id, "key_id")?;
+            let context = context(req.encryption_context, "encryption_context")?;
+            let out = kms.decrypt(caller, &req.ciphertext_blob, &context, key.as_ref())?;
+            Ok(pb::DecryptResponse {
+                key_id: out.key_id.to_string(),
+                encryption_algorithm: convert::algorithm(out.algorithm).into(),
+                plaintext: take_plaintext(out.plaintext),
+            })
+        })
+        .await
     }
 
     async fn re_encrypt(
         &self,
         request: Request<pb::ReEncryptRequest>,
     ) -> Result<Response<pb::ReEncryptResponse>, Status> {
-        let req = request.into_inner();
-        let source_key = KeyRef::parse_optional(&req.source_key_id, "source_key_id").or_status()?;
-        let destination = key_ref(&req.destination_key_id, "destination_key_id")?;
-        let source_context =
-            convert::context(req.source_encryption_context, "source_encryption_context")
-                .or_status()?;
-        let destination_context = convert::context(
-            req.destination_encryption_context,
-            "destination_encryption_context",
-        )
-        .or_status()?;
-        let blob = req.ciphertext_blob;
-        let out = self
-            .run(move |kms| {
-                kms.re_encrypt(
-                    &blob,
-                    &source_context,
-                    source_key.as_ref(),
-                    &destination,
-                    &destination_context,
-                )
+        self.call("ReEncrypt", request, |kms, caller, req| {
+            let source_key = KeyRef::parse_optional(&req.source_key_id, "source_key_id")?;
+            let destination = key_ref(&req.destination_key_id, "destination_key_id")?;
+            let source_context =
+                context(req.source_encryption_context, "source_encryption_context")?;
+            let destination_context = context(
+                req.destination_encryption_context,
+                "destination_encryption_context",
+            )?;
+            let out = kms.re_encrypt(
+                caller,
+                &req.ciphertext_blob,
+                &source_context,
+                source_key.as_ref(),
+                &destination,
+                &destination_context,
+            )?;
+            Ok(pb::ReEncryptResponse {
+                ciphertext_blob: out.ciphertext_blob,
+                source_key_id: out.source_key_id.to_string(),
+                key_id: out.key_id.to_string(),
             })
-            .await?;
-        Ok(Response::new(pb::ReEncryptResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            source_key_id: out.source_key_id.to_string(),
-            key_id: out.key_id.to_string(),
-        }))
+        })
+        .await
     }
 
     async fn generate_data_key(
         &self,
         request: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let req = request.into_inner();
-        let out = self
-            .generate(
-                &req.key_id,
-                req.encryption_context,
-                req.key_spec,
-                req.number_of_bytes,
-            )
-            .await?;
-        Ok(Response::new(pb::GenerateDataKeyResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            key_id: out.key_id.to_string(),
-            plaintext: take_plaintext(out.plaintext),
-        }))
+        self.call("GenerateDataKey", request, |kms, caller, req| {
+            let key = key_ref(&req.key_id, "key_id")?;
+            let context = context(req.encryption_context, "encryption_context")?;
+            let length = convert::data_key_length(req.key_spec, req.number_of_bytes)?;
+            let out = kms.generate_data_key(caller, &key, &context, length)?;
+            Ok(pb::GenerateDataKeyResponse {
+                ciphertext_blob: out.ciphertext_blob,
+                key_id: out.key_id.to_string(),
+                plaintext: take_plaintext(out.plaintext),
+            })
+        })
+        .await
     }
 
     async fn generate_data_key_without_plaintext(
         &self,
         request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let req = request.into_inner();
-        // The plaintext data key is dropped (and zeroized) here, on the server.
-        let out = self
-            .generate(
-                &req.key_id,
-                req.encryption_context,
-                req.key_spec,
-                req.number_of_bytes,
-            )
-            .await?;
-        Ok(Response::new(pb::GenerateDataKeyWithoutPlaintextResponse {
-            ciphertext_blob: out.ciphertext_blob,
-            key_id: out.key_id.to_string(),
-        }))
+        self.call(
+            "GenerateDataKeyWithoutPlaintext",
+            request,
+            |kms, caller, req| {
+                let key = key_ref(&req.key_id, "key_id")?;
+                let context = context(req.encryption_context, "encryption_context")?;
+                let length = convert::data_key_length(req.key_spec, req.number_of_bytes)?;
+                let out =
+                    kms.generate_data_key_without_plaintext(caller, &key, &context, length)?;
+                Ok(pb::GenerateDataKeyWithoutPlaintextResponse {
+                    ciphertext_blob: out.ciphertext_blob,
+                    key_id: out.key_id.to_string(),
+                })
+            },
+        )
+        .await
     }
 
     async fn generate_random(
         &self,
         request: Request<pb::GenerateRandomRequest>,
     ) -> Result<Response<pb::GenerateRandomResponse>, Status> {
-        let length = RandomLength::new(request.into_inner().number_of_bytes).or_status()?;
-        let bytes = self.run(move |kms| kms.generate_random(length)).await?;
-        Ok(Response::new(pb::GenerateRandomResponse {
-            plaintext: take_plaintext(bytes),
-        }))
+        self.call("GenerateRandom", request, |kms, caller, req| {
+            let length = RandomLength::new(req.number_of_bytes)?;
+            let bytes = kms.generate_random(caller, length)?;
+            Ok(pb::GenerateRandomResponse {
+                plaintext: take_plaintext(bytes),
+            })
+        })
+        .await
     }
 
     async fn create_alias(
         &self,
         request: Request<pb::CreateAliasRequest>,
     ) -> Result<Response<pb::CreateAliasResponse>, Status> {
-        let req = request.into_inner();
-        let name = alias_name(&req.alias_name)?;
-        let target = key_ref(&req.target_key_id, "target_key_id")?;
-        self.run(move |kms| kms.create_alias(&name, &target))
-            .await?;
-        Ok(Response::new(pb::CreateAliasResponse {}))
+        self.call("CreateAlias", request, |kms, caller, req| {
+            let name = AliasName::parse(&req.alias_name)?;
+            let target = key_ref(&req.target_key_id, "target_key_id")?;
+            kms.create_alias(caller, &name, &target)?;
+            Ok(pb::CreateAliasResponse {})
+        })
+        .await
     }
 
     async fn update_alias(
         &self,
         request: Request<pb::UpdateAliasRequest>,
     ) -> Result<Response<pb::UpdateAliasResponse>, Status> {
-        let req = request.into_inner();
-        let name = alias_name(&req.alias_name)?;
-        let target = key_ref(&req.target_key_id, "target_key_id")?;
-        self.run(move |kms| kms.update_alias(&name, &target))
-            .await?;
-        Ok(Response::new(pb::UpdateAliasResponse {}))
+        self.call("UpdateAlias", request, |kms, caller, req| {
+            let name = AliasName::parse(&req.alias_name)?;
+            let target = key_ref(&req.target_key_id, "target_key_id")?;
+            kms.update_alias(caller, &name, &target)?;
+            Ok(pb::UpdateAliasResponse {})
+        })
+        .await
     }
 
     async fn delete_alias(
         &self,
         request: Request<pb::DeleteAliasRequest>,
     ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
-        let name = alias_name(&request.into_inner().alias_name)?;
-        self.run(move |kms| kms.delete_alias(&name)).await?;
-        Ok(Response::new(pb::DeleteAliasResponse {}))
+        self.call("DeleteAlias", request, |kms, caller, req| {
+            kms.delete_alias(caller, &AliasName::parse(&req.alias_name)?)?;
+            Ok(pb::DeleteAliasResponse {})
+        })
+        .await
     }
 
     async fn list_aliases(
         &self,
         request: Request<pb::ListAliasesRequest>,
     ) -> Result<Response<pb::ListAliasesResponse>, Status> {
-        let req = request.into_inner();
-        let key = KeyRef::parse_optional(&req.key_id, "key_id").or_status()?;
-        let limit = PageLimit::new(req.limit).or_status()?;
-        let token = (!req.page_token.is_empty()).then_some(req.page_token);
-        let page = self
-            .run(move |kms| kms.list_aliases(key.as_ref(), limit, token.as_deref()))
-            .await?;
-        Ok(Response::new(pb::ListAliasesResponse {
-            aliases: page
-                .aliases
-                .into_iter()
-                .map(|a| pb::AliasListEntry {
-                    alias_name: a.name.to_string(),
-                    target_key_id: a.key_id.to_string(),
-                    creation_date: Some(convert::timestamp(a.created_at_ms)),
-                    last_updated_date: Some(convert::timestamp(a.updated_at_ms)),
-                })
-                .collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        self.call("ListAliases", request, |kms, caller, req| {
+            let key = KeyRef::parse_optional(&req.key_id, "key_id")?;
+            let limit = PageLimit::new(req.limit)?;
+            let page = kms.list_aliases(
+                caller,
+                key.as_ref(),
+                limit,
+                page_token(req.page_token).as_deref(),
+            )?;
+            Ok(pb::ListAliasesResponse {
+                aliases: page
+                    .aliases
+                    .into_iter()
+                    .map(|a| pb::AliasListEntry {
+                        alias_name: a.name.to_string(),
+                        target_key_id: a.key_id.to_string(),
+                        creation_date: Some(convert::timestamp(a.created_at_ms)),
+                        last_updated_date: Some(convert::timestamp(a.updated_at_ms)),
+                    })
+                    .collect(),
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            })
+        })
+        .await
     }
 
     async fn tag_resource(
         &self,
         request: Request<pb::TagResourceRequest>,
     ) -> Result<Response<pb::TagResourceResponse>, Status> {
-        let req = request.into_inner();
-        let key = key_ref(&req.key_id, "key_id")?;
-        let tags = new_tags(req.tags)?;
-        self.run(move |kms| kms.tag_resource(&key, tags)).await?;
-        Ok(Response::new(pb::TagResourceResponse {}))
+        self.call("TagResource", request, |kms, caller, req| {
+            let key = key_ref(&req.key_id, "key_id")?;
+            kms.tag_resource(caller, &key, new_tags(req.tags)?)?;
+            Ok(pb::TagResourceResponse {})
+        })
+        .await
     }
 
     async fn untag_resource(
         &self,
         request: Request<pb::UntagResourceRequest>,
     ) -> Result<Response<pb::UntagResourceResponse>, Status> {
-        let req = request.into_inner();
-        let key = key_ref(&req.key_id, "key_id")?;
-        let tag_keys = req.tag_keys;
-        self.run(move |kms| kms.untag_resource(&key, &tag_keys))
-            .await?;
-        Ok(Response::new(pb::UntagResourceResponse {}))
+        self.call("UntagResource", request, |kms, caller, req| {
+            let key = key_ref(&req.key_id, "key_id")?;
+            kms.untag_resource(caller, &key, &req.tag_keys)?;
+            Ok(pb::UntagResourceResponse {})
+        })
+        .await
     }
 
     async fn list_resource_tags(
         &self,
         request: Request<pb::ListResourceTagsRequest>,
     ) -> Result<Response<pb::ListResourceTagsResponse>, Status> {
-        let req = request.into_inner();
-        let key = key_ref(&req.key_id, "key_id")?;
-        let limit = PageLimit::new(req.limit).or_status()?;
-        let token = (!req.page_token.is_empty()).then_some(req.page_token);
-        let page = self
-            .run(move |kms| kms.list_resource_tags(&key, limit, token.as_deref()))
-            .await?;
-        Ok(Response::new(pb::ListResourceTagsResponse {
-            tags: page
-                .tags
-                .into_iter()
-                .map(|(tag_key, tag_value)| pb::Tag { tag_key, tag_value })
-                .collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        self.call("ListResourceTags", request, |kms, caller, req| {
+            let key = key_ref(&req.key_id, "key_id")?;
+            let limit = PageLimit::new(req.limit)?;
+            let page =
+                kms.list_resource_tags(caller, &key, limit, page_token(req.page_token).as_deref())?;
+            Ok(pb::ListResourceTagsResponse {
+                tags: page
+                    .tags
+                    .into_iter()
+                    .map(|(tag_key, tag_value)| pb::Tag { tag_key, tag_value })
+                    .collect(),
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            })
+        })
+        .await
     }
 
     async fn rotate_key_on_demand(
         &self,
         request: Request<pb::RotateKeyOnDemandRequest>,
     ) -> Result<Response<pb::RotateKeyOnDemandResponse>, Status> {
-        let key = key_ref(&request.into_inner().key_id, "key_id")?;
-        let record = self
-            .run(move |kms| kms.rotate_key(&key, VersionSource::OnDemand))
-            .await?;
-        Ok(Response::new(pb::RotateKeyOnDemandResponse {
-            key_id: record.id.to_string(),
-            key_version: record.current_version,
-        }))
+        self.call("RotateKeyOnDemand", request, |kms, caller, req| {
+            let record = kms.rotate_key_on_demand(caller, &key_ref(&req.key_id, "key_id")?)?;
+            Ok(pb::RotateKeyOnDemandResponse {
+                key_id: record.id.to_string(),
+                key_version: record.current_version,
+            })
+        })
+        .await
     }
 
     async fn list_key_rotations(
         &self,
         request: Request<pb::ListKeyRotationsRequest>,
     ) -> Result<Response<pb::ListKeyRotationsResponse>, Status> {
-        let req = request.into_inner();
-        let key = key_ref(&req.key_id, "key_id")?;
-        let limit = PageLimit::new(req.limit).or_status()?;
-        let token = (!req.page_token.is_empty()).then_some(req.page_token);
-        let (key_id, page) = self
-            .run(move |kms| {
-                let id = kms.describe_key(&key)?.id;
-                Ok((id, kms.list_key_rotations(&key, limit, token.as_deref())?))
+        self.call("ListKeyRotations", request, |kms, caller, req| {
+            let key = key_ref(&req.key_id, "key_id")?;
+            let limit = PageLimit::new(req.limit)?;
+            let page =
+                kms.list_key_rotations(caller, &key, limit, page_token(req.page_token).as_deref())?;
+            let key_id = page.key_id.to_string();
+            Ok(pb::ListKeyRotationsResponse {
+                rotations: page
+                    .rotations
+                    .into_iter()
+                    .map(|v| pb::KeyRotation {
+                        key_id: key_id.clone(),
+                        rotation_date: Some(convert::timestamp(v.created_at_ms)),
+                        rotation_type: convert::rotation_type(v.source).into(),
+                        key_version: v.version,
+                    })
+                    .collect(),
+                next_page_token: page.next_page_token.unwrap_or_default(),
             })
-            .await?;
-        Ok(Response::new(pb::ListKeyRotationsResponse {
-            rotations: page
-                .rotations
-                .into_iter()
-                .map(|v| pb::KeyRotation {
-                    key_id: key_id.to_string(),
-                    rotation_date: Some(convert::timestamp(v.created_at_ms)),
-                    rotation_type: convert::rotation_type(v.source).into(),
-                    key_version: v.version,
-                })
-                .collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        })
+        .await
     }
 
     async fn enable_key_rotation(
         &self,
         request: Request<pb::EnableKeyRotationRequest>,
     ) -> Result<Response<pb::EnableKeyRotationResponse>, Status> {
-        let req = request.into_inner();
-        let key = key_ref(&req.key_id, "key_id")?;
-        let period = req.rotation_period_in_days;
-        self.run(move |kms| kms.enable_key_rotation(&key, period))
-            .await?;
-        Ok(Response::new(pb::EnableKeyRotationResponse {}))
+        self.call("EnableKeyRotation", request, |kms, caller, req| {
+            let key = key_ref(&req.key_id, "key_id")?;
+            kms.enable_key_rotation(caller, &key, req.rotation_period_in_days)?;
+            Ok(pb::EnableKeyRotationResponse {})
+        })
+        .await
     }
 
     async fn disable_key_rotation(
         &self,
         request: Request<pb::DisableKeyRotationRequest>,
     ) -> Result<Response<pb::DisableKeyRotationResponse>, Status> {
-        let key = key_ref(&request.into_inner().key_id, "key_id")?;
-        self.run(move |kms| kms.disable_key_rotation(&key)).await?;
-        Ok(Response::new(pb::DisableKeyRotationResponse {}))
+        self.call("DisableKeyRotation", request, |kms, caller, req| {
+            kms.disable_key_rotation(caller, &key_ref(&req.key_id, "key_id")?)?;
+            Ok(pb::DisableKeyRotationResponse {})
+        })
+        .await
     }
 
     async fn get_key_rotation_status(
         &self,
         request: Request<pb::GetKeyRotationStatusRequest>,
     ) -> Result<Response<pb::GetKeyRotationStatusResponse>, Status> {
-        let key = key_ref(&request.into_inner().key_id, "key_id")?;
-        let record = self.run(move |kms| kms.describe_key(&key)).await?;
-        let metadata = convert::key_metadata(&record);
-        Ok(Response::new(pb::GetKeyRotationStatusResponse {
-            key_rotation_enabled: metadata.key_rotation_enabled,
-            key_id: metadata.key_id,
-            rotation_period_in_days: metadata.rotation_period_in_days,
-            next_rotation_date: metadata.next_rotation_date,
-        }))
+        self.call("GetKeyRotationStatus", request, |kms, caller, req| {
+            let record = kms.get_key_rotation_status(caller, &key_ref(&req.key_id, "key_id")?)?;
+            let metadata = convert::key_metadata(&record);
+            Ok(pb::GetKeyRotationStatusResponse {
+                key_rotation_enabled: metadata.key_rotation_enabled,
+                key_id: metadata.key_id,
+                rotation_period_in_days: metadata.rotation_period_in_days,
+                next_rotation_date: metadata.next_rotation_date,
+            })
+        })
+        .await
     }
 
     async fn schedule_key_deletion(
         &self,
         request: Request<pb::ScheduleKeyDeletionRequest>,
     ) -> Result<Response<pb::ScheduleKeyDeletionResponse>, Status> {
-        let req = request.into_inner();
-        let key = key_ref(&req.key_id, "key_id")?;
-        let window = req.pending_window_in_days;
-        let record = self
-            .run(move |kms| kms.schedule_key_deletion(&key, window))
-            .await?;
-        let metadata = convert::key_metadata(&record);
-        Ok(Response::new(pb::ScheduleKeyDeletionResponse {
-            key_id: metadata.key_id,
-            deletion_date: metadata.deletion_date,
-            key_state: metadata.key_state,
-            pending_window_in_days: metadata.pending_deletion_window_in_days.unwrap_or_default(),
-        }))
+        self.call("ScheduleKeyDeletion", request, |kms, caller, req| {
+            let key = key_ref(&req.key_id, "key_id")?;
+            let record = kms.schedule_key_deletion(caller, &key, req.pending_window_in_days)?;
+            let metadata = convert::key_metadata(&record);
+            Ok(pb::ScheduleKeyDeletionResponse {
+                key_id: metadata.key_id,
+                deletion_date: metadata.deletion_date,
+                key_state: metadata.key_state,
+                pending_window_in_days: metadata
+                    .pending_deletion_window_in_days
+                    .unwrap_or_default(),
+            })
+        })
+        .await
     }
 
     async fn cancel_key_deletion(
         &self,
         request: Request<pb::CancelKeyDeletionRequest>,
     ) -> Result<Response<pb::CancelKeyDeletionResponse>, Status> {
-        let key = key_ref(&request.into_inner().key_id, "key_id")?;
-        let record = self
-            .run(move |kms| {
-                kms.cancel_key_deletion(&key)?;
-                kms.describe_key(&key)
+        self.call("CancelKeyDeletion", request, |kms, caller, req| {
+            let record = kms.cancel_key_deletion(caller, &key_ref(&req.key_id, "key_id")?)?;
+            Ok(pb::CancelKeyDeletionResponse {
+                key_id: record.id.to_string(),
             })
-            .await?;
-        Ok(Response::new(pb::CancelKeyDeletionResponse {
-            key_id: record.id.to_string(),
-        }))
+        })
+        .await
+    }
+
+    async fn get_key_policy(
+        &self,
+        request: Request<pb::GetKeyPolicyRequest>,
+    ) -> Result<Response<pb::GetKeyPolicyResponse>, Status> {
+        self.call("GetKeyPolicy", request, |kms, caller, req| {
+            let key = key_ref(&req.key_id, "key_id")?;
+            let policy = kms.get_key_policy(caller, &key)?;
+            let key_id = caller
+                .take_note()
+                .keys
+                .first()
+                .map(|(id, _)| id.to_string())
+                .unwrap_or_default();
+            Ok(pb::GetKeyPolicyResponse {
+                policy: policy.text().to_owned(),
+                key_id,
+            })
+        })
+        .await
+    }
+
+    async fn put_key_policy(
+        &self,
+        request: Request<pb::PutKeyPolicyRequest>,
+    ) -> Result<Response<pb::PutKeyPolicyResponse>, Status> {
+        self.call("PutKeyPolicy", request, |kms, caller, req| {
+            let key = key_ref(&req.key_id, "key_id")?;
+            let policy = KeyPolicy::parse(&req.policy)?;
+            kms.put_key_policy(caller, &key, policy, req.bypass_policy_lockout_safety_check)?;
+            Ok(pb::PutKeyPolicyResponse {})
+        })
+        .await
     }
 }
 
@@ -521,8 +678,28 @@ mod tests {
 
     use super::*;
 
+    /// A `--dev` service on memory backends, auditing to a temporary file.
+    fn service_with_log() -> (KmsGrpc, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let kms = kms_core::testing::memory_kms().0.with_authorization(
+            kms_core::service::Authorization {
+                administrators: vec![crate::auth::DEV_PRINCIPAL.to_owned()],
+                server_policy: None,
+            },
+        );
+        let audit = AuditLog::open(
+            &dir.path().join("audit.log"),
+            [7; 16],
+            Arc::new(kms_core::testing::SoftCheckpointSigner::new()),
+        )
+        .unwrap();
+        let svc = KmsGrpc::new(Arc::new(kms), Arc::new(Authenticator::Dev), Arc::new(audit));
+        (svc, dir)
+    }
+
     fn service() -> KmsGrpc {
-        KmsGrpc::new(Arc::new(kms_core::testing::memory_kms().0))
+        // The log's directory may go: the open file stays writable.
+        service_with_log().0
     }
 
     fn reason(status: &Status) -> String {
@@ -632,5 +809,47 @@ mod tests {
             .into_inner()
             .plaintext;
         assert_eq!(plaintext.len(), 24);
+    }
+
+    #[tokio::test]
+    async fn every_call_is_audited_with_its_key_and_request_id() {
+        let (svc, dir) = service_with_log();
+        let key_id = new_key(&svc).await;
+        let mut request = Request::new(pb::EncryptRequest {
+            key_id: key_id.clone(),
+            plaintext: b"audit me not".to_vec(),
+            encryption_context: [("tenant".to_owned(), "a".to_owned())].into(),
+        });
+        request
+            .metadata_mut()
+            .insert(REQUEST_ID_HEADER, "req-42".parse().unwrap());
+        let response = svc.encrypt(request).await.unwrap();
+        assert_eq!(
+            response.metadata().get(REQUEST_ID_HEADER).unwrap(),
+            "req-42"
+        );
+        let missing = svc
+            .describe_key(Request::new(pb::DescribeKeyRequest {
+                key_id: "not-a-key".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert!(missing.metadata().get(REQUEST_ID_HEADER).is_some());
+
+        let bytes = std::fs::read(dir.path().join("audit.log")).unwrap();
+        assert!(!bytes.windows(12).any(|w| w == b"audit me not"));
+        let events: Vec<_> = kms_core::audit::read_events(&bytes)
+            .map(|e| e.unwrap().1.event)
+            .collect();
+        let ops: Vec<_> = events.iter().map(|e| e.operation.as_str()).collect();
+        assert_eq!(ops, ["CreateKey", "Encrypt", "DescribeKey"]);
+        let encrypt = &events[1];
+        assert_eq!(encrypt.request_id, "req-42");
+        assert_eq!(encrypt.principal.as_deref(), Some("dev"));
+        assert_eq!(encrypt.keys[0].key_id, key_id);
+        assert_eq!(encrypt.keys[0].version, Some(1));
+        assert_eq!(encrypt.encryption_context.as_ref().unwrap()["tenant"], "a");
+        assert_eq!(events[2].outcome, kms_core::audit::Outcome::Failed);
+        assert_eq!(events[2].error.as_deref(), Some("ValidationException"));
     }
 }

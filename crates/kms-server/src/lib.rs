@@ -7,6 +7,7 @@
 //! business rule lives here.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 mod convert;
 pub mod grpc;

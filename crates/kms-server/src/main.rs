@@ -3,15 +3,19 @@
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use kms_core::audit::AuditLog;
+use kms_core::service::Authorization;
 use kms_core::{Kms, MetadataStore, SystemClock};
-use kms_hsm::{HsmConfig, HsmKeyStore};
-use kms_server::config::{Args, Config};
+use kms_hsm::{HsmAuditSigner, HsmConfig, HsmKeyStore};
+use kms_server::auth::{self, Authenticator};
+use kms_server::config::{Args, Config, Transport};
 use kms_server::grpc::KmsGrpc;
 use kms_store::RocksStore;
 use tokio::net::TcpListener;
@@ -21,6 +25,9 @@ use tracing_subscriber::EnvFilter;
 
 /// How often kmsd looks for keys whose deletion or automatic rotation is due.
 const SCHEDULER_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long in-flight requests get to finish after SIGTERM.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long a request waits for a free HSM session before DependencyTimeoutException.
 const HSM_SESSION_WAIT: Duration = Duration::from_secs(10);
@@ -72,8 +79,29 @@ fn run(config: &Config) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "opened the HSM token and the metadata store"
     );
+    let signer =
+        HsmAuditSigner::open(Arc::clone(&hsm)).context("cannot open the audit signing key")?;
+    let public_key_file = write_audit_public_key(config, &signer)?;
+    let audit = Arc::new(
+        AuditLog::open(&config.audit_log, store.instance_id(), Arc::new(signer))
+            .with_context(|| format!("cannot open the audit log {}", config.audit_log.display()))?,
+    );
+    info!(
+        audit_log = %config.audit_log.display(),
+        public_key = %public_key_file.display(),
+        "audit log open; verify it with `kmsctl audit verify`"
+    );
+    let administrators = config.effective_administrators();
+    if administrators.is_empty() && config.server_policy.is_none() {
+        warn!("no administrators and no server policy: nobody can create keys");
+    }
     let kms = Arc::new(
-        Kms::new(store.clone(), hsm, Arc::new(SystemClock)).with_max_keys(config.max_keys),
+        Kms::new(store.clone(), hsm, Arc::new(SystemClock))
+            .with_max_keys(config.max_keys)
+            .with_authorization(Authorization {
+                administrators,
+                server_policy: config.server_policy.clone(),
+            }),
     );
     let report = kms.reconcile().context("startup reconciliation failed")?;
     if report.abandoned_keys > 0
@@ -112,23 +140,94 @@ fn run(config: &Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.spawn(scheduler(Arc::clone(&kms)));
-    runtime.block_on(serve(config, kms))?;
+    runtime.block_on(serve(config, kms, Arc::clone(&audit)))?;
+    drop(runtime);
+    if let Ok(audit) = Arc::try_unwrap(audit) {
+        audit.close().context("closing the audit log")?;
+    } else {
+        warn!("the audit log is still in use at shutdown; every record is already synced");
+    }
     store.flush()?;
     info!("kmsd stopped");
     Ok(())
 }
 
-async fn serve(config: &Config, kms: Arc<Kms>) -> anyhow::Result<()> {
+async fn serve(config: &Config, kms: Arc<Kms>, audit: Arc<AuditLog>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
-    info!(address = %local, token = %config.token_label, "kmsd listening");
-    tonic::transport::Server::builder()
-        .add_service(KmsGrpc::new(kms).into_server())
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown_signal())
-        .await
-        .context("the gRPC server failed")
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    match &config.transport {
+        Transport::Dev => {
+            info!(address = %local, token = %config.token_label, "kmsd listening");
+            warn!(
+                "DEVELOPMENT MODE: no TLS and no authentication; every caller is the \
+                 administrator `dev`. Never use --dev for real keys."
+            );
+            let service = KmsGrpc::new(kms, Arc::new(Authenticator::Dev), audit).into_server();
+            let server = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopped(stop.clone()));
+            drain_bounded(server, stop).await
+        }
+        Transport::Tls(files) => {
+            let (acceptor, authenticator) = auth::mtls(files).context("cannot set up TLS")?;
+            info!(address = %local, token = %config.token_label, "kmsd listening with mutual TLS");
+            let service = KmsGrpc::new(kms, Arc::new(authenticator), audit).into_server();
+            let server = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    auth::tls_incoming(listener, acceptor),
+                    stopped(stop.clone()),
+                );
+            drain_bounded(server, stop).await
+        }
+    }
+}
+
+/// Resolves once the shutdown signal came.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Runs `server` until it has drained after the shutdown signal, or until
+/// [`DRAIN_LIMIT`] after the signal, when clients keep idle connections open.
+async fn drain_bounded(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        result = server => result.context("the gRPC server failed"),
+        () = async {
+            stopped(stop).await;
+            tokio::time::sleep(DRAIN_LIMIT).await;
+        } => {
+            warn!("connections still open {} s after the shutdown signal; stopping anyway",
+                DRAIN_LIMIT.as_secs());
+            Ok(())
+        }
+    }
+}
+
+/// Writes the audit public key (PEM) next to the audit log, for `kmsctl audit verify`; the
+/// HSM holds the private half. Returns the file.
+fn write_audit_public_key(config: &Config, signer: &HsmAuditSigner) -> anyhow::Result<PathBuf> {
+    use kms_core::audit::CheckpointSigner as _;
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    let pem = signer
+        .public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .context("cannot encode the audit public key")?;
+    let path = config.audit_log.with_extension("pub.pem");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(pem.as_str()) {
+        std::fs::write(&path, &pem).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(path)
 }
 
 /// Runs due deletions and automatic rotations every [`SCHEDULER_INTERVAL`].

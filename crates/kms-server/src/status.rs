@@ -20,6 +20,8 @@ pub fn to_status(error: &KmsError) -> Status {
         | KmsError::Validation(_)
         | KmsError::InvalidKeyUsage(_) => Code::InvalidArgument,
         KmsError::AlreadyExists(_) => Code::AlreadyExists,
+        KmsError::AccessDenied(_) => Code::PermissionDenied,
+        KmsError::Unauthenticated(_) => Code::Unauthenticated,
         KmsError::LimitExceeded(_) => Code::ResourceExhausted,
         KmsError::KeyUnavailable(_) | KmsError::DependencyTimeout(_) => Code::Unavailable,
         KmsError::Internal(_) => Code::Internal,
@@ -104,6 +106,16 @@ mod tests {
                 KmsError::AlreadyExists("x".into()),
                 Code::AlreadyExists,
                 "AlreadyExistsException",
+            ),
+            (
+                KmsError::AccessDenied("x".into()),
+                Code::PermissionDenied,
+                "AccessDeniedException",
+            ),
+            (
+                KmsError::Unauthenticated("x".into()),
+                Code::Unauthenticated,
+                "AccessDeniedException",
             ),
             (
                 KmsError::LimitExceeded("x".into()),

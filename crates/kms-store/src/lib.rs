@@ -231,6 +231,7 @@ mod tests {
             tags: [("team".to_owned(), "payments".to_owned())].into(),
             rotation: None,
             deletion: None,
+            policy: Some(kms_core::policy::KeyPolicy::default_for("creator", &[])),
         }
     }
 

@@ -1,0 +1,167 @@
+//! The audit log's signing key: one ECDSA P-256 key pair per service instance, generated in
+//! the HSM at first start. The private half signs the audit log's checkpoints and never
+//! leaves the HSM; the public half is read back to give to verifiers.
+//!
+//! CKA_ID: `"kmsa"` || instance id (16 bytes); CKA_LABEL: `kms/audit/<instance id in hex>`.
+//! The `kmsa` prefix keeps the pair out of the key versions that reconciliation lists.
+
+use std::sync::Arc;
+
+use cryptoki::error::Error as CkError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use kms_core::HsmError;
+use kms_core::audit::CheckpointSigner;
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use crate::HsmKeyStore;
+
+/// DER of the OID of NIST P-256 (prime256v1), the CKA_EC_PARAMS of the pair.
+const P256_OID_DER: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Signs audit checkpoints with the instance's HSM-held key.
+pub struct HsmAuditSigner {
+    hsm: Arc<HsmKeyStore>,
+    id: Vec<u8>,
+    public_key: p256::PublicKey,
+}
+
+impl HsmAuditSigner {
+    /// The signer of this instance, generating its key pair if the token has none yet.
+    pub fn open(hsm: Arc<HsmKeyStore>) -> Result<Self, HsmError> {
+        let mut id = b"kmsa".to_vec();
+        id.extend_from_slice(&hsm.namespace);
+        let label = format!("kms/audit/{}", hex_string(&hsm.namespace));
+        let public = hsm.with_session("find audit key", true, |s| {
+            find(s, &id, ObjectClass::PUBLIC_KEY)
+        })?;
+        let public = if let Some(handle) = public {
+            handle
+        } else {
+            let handle = hsm.with_session("generate audit key", false, |s| {
+                s.generate_key_pair(
+                    &Mechanism::EccKeyPairGen,
+                    &public_template(&id, &label),
+                    &private_template(&id, &label),
+                )
+                .map(|(public, _)| public)
+            })?;
+            info!(label, "generated the audit signing key pair in the HSM");
+            handle
+        };
+        let point = hsm.with_session("read audit public key", true, |s| {
+            let attributes = s.get_attributes(public, &[AttributeType::EcPoint])?;
+            Ok(attributes.into_iter().find_map(|a| match a {
+                Attribute::EcPoint(point) => Some(point),
+                _ => None,
+            }))
+        })?;
+        let public_key = point
+            .as_deref()
+            .and_then(unwrap_octet_string)
+            .and_then(|sec1| p256::PublicKey::from_sec1_bytes(sec1).ok())
+            .ok_or_else(|| HsmError::Failed {
+                operation: "read audit public key",
+                source: "the HSM returned no usable P-256 point".into(),
+            })?;
+        Ok(HsmAuditSigner {
+            hsm,
+            id,
+            public_key,
+        })
+    }
+}
+
+impl CheckpointSigner for HsmAuditSigner {
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], HsmError> {
+        let digest = Sha256::digest(message);
+        let signature = self.hsm.with_session("sign audit checkpoint", true, |s| {
+            match find(s, &self.id, ObjectClass::PRIVATE_KEY)? {
+                Some(key) => s.sign(&Mechanism::Ecdsa, key, &digest).map(Some),
+                None => Ok(None),
+            }
+        })?;
+        let signature = signature.ok_or_else(|| HsmError::Failed {
+            operation: "sign audit checkpoint",
+            source: "the audit signing key is gone from the HSM".into(),
+        })?;
+        let signature =
+            p256::ecdsa::Signature::from_slice(&signature).map_err(|e| HsmError::Failed {
+                operation: "sign audit checkpoint",
+                source: Box::new(e),
+            })?;
+        // The HSM may return either of the two valid `s`; verifiers want the low one.
+        let signature = signature.normalize_s().unwrap_or(signature);
+        Ok(signature.to_bytes().into())
+    }
+
+    fn public_key(&self) -> p256::PublicKey {
+        self.public_key
+    }
+}
+
+fn find(session: &Session, id: &[u8], class: ObjectClass) -> Result<Option<ObjectHandle>, CkError> {
+    let template = [Attribute::Class(class), Attribute::Id(id.to_vec())];
+    Ok(session.find_objects(&template)?.into_iter().next())
+}
+
+/// The private half: on the token, private, sensitive, never extractable, sign only.
+fn private_template(id: &[u8], label: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Copyable(false),
+        Attribute::Destroyable(true),
+        Attribute::Sign(true),
+        Attribute::SignRecover(false),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
+/// The public half: verify only.
+fn public_template(id: &[u8], label: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::EcParams(P256_OID_DER.to_vec()),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Modifiable(false),
+        Attribute::Verify(true),
+        Attribute::VerifyRecover(false),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
+/// The uncompressed P-256 point in CKA_EC_POINT: a DER OCTET STRING around it (PKCS#11
+/// 2.40), or the raw 65 bytes (some modules).
+fn unwrap_octet_string(der: &[u8]) -> Option<&[u8]> {
+    match der {
+        [0x04, 0x41, point @ ..] if point.len() == 65 => Some(point),
+        raw if raw.len() == 65 => Some(raw),
+        _ => None,
+    }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
