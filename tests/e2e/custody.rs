@@ -55,6 +55,49 @@ async fn the_token_holds_one_sensitive_never_extractable_object_per_key() {
     assert!(stderr.contains("CKR_ATTRIBUTE_SENSITIVE"), "{stderr}");
 }
 
+#[test]
+fn the_audit_signing_key_is_an_hsm_private_key_that_only_signs() {
+    let env = TestEnv::new();
+    let kmsd = env.start();
+    let listing = env.pkcs11_tool(&["--list-objects", "--type", "privkey"]);
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let blocks: Vec<&str> = text.split("Private Key Object").skip(1).collect();
+    assert_eq!(blocks.len(), 1, "{text}");
+    let block = blocks[0];
+    assert!(block.contains("EC"), "{block}");
+    let line = |name: &str| {
+        block
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in {block}"))
+            .to_owned()
+    };
+    assert!(line("label:").contains("kms/audit/"), "{block}");
+    let access = line("Access:");
+    for attribute in ["sensitive", "always sensitive", "never extractable"] {
+        assert!(access.contains(attribute), "{access}");
+    }
+    let usage = line("Usage:");
+    assert_eq!(usage.trim(), "Usage:      sign", "{block}");
+    // The public half, on the token, matches the PEM kmsd wrote for verifiers.
+    let pem = std::fs::read_to_string(env.data_dir().join("audit.pub.pem")).unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    drop(kmsd);
+    // A restart reuses the pair rather than making a second one.
+    let _again = env.start();
+    let listing = env.pkcs11_tool(&["--list-objects", "--type", "privkey"]);
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout)
+            .matches("Private Key Object")
+            .count(),
+        1
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.data_dir().join("audit.pub.pem")).unwrap(),
+        pem
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_marker_plaintext_never_reaches_the_trace_log() {
     let env = TestEnv::new();

@@ -1419,6 +1419,19 @@ fn invalid_state(record: &KeyRecord, verb: &str) -> KmsError {
 mod tests {
     use super::*;
     use crate::testing::admin;
+
+    /// A SYMMETRIC_DEFAULT key without description, tags or policy.
+    fn plain_input() -> CreateKeyInput {
+        CreateKeyInput {
+            description: String::new(),
+            usage: KeyUsage::EncryptDecrypt,
+            spec: KeySpec::SymmetricDefault,
+            origin: Origin::Kms,
+            tags: NewTags::default(),
+            policy: None,
+            bypass_policy_lockout_safety_check: false,
+        }
+    }
     use crate::testing::memory_kms;
 
     fn ok<T>(r: Result<T, KmsError>) -> T {
@@ -1430,12 +1443,7 @@ mod tests {
             &admin(),
             CreateKeyInput {
                 description: "test".into(),
-                usage: KeyUsage::EncryptDecrypt,
-                spec: KeySpec::SymmetricDefault,
-                origin: Origin::Kms,
-                tags: NewTags::default(),
-                policy: None,
-                bypass_policy_lockout_safety_check: false,
+                ..plain_input()
             },
         ));
         KeyRef::Id(record.id)
@@ -1690,18 +1698,7 @@ mod tests {
     fn a_failed_hsm_creation_leaves_no_key() {
         let (kms, store, hsm) = memory_kms();
         hsm.set_fail_creation(true);
-        let result = kms.create_key(
-            &admin(),
-            CreateKeyInput {
-                description: String::new(),
-                usage: KeyUsage::EncryptDecrypt,
-                spec: KeySpec::SymmetricDefault,
-                origin: Origin::Kms,
-                tags: NewTags::default(),
-                policy: None,
-                bypass_policy_lockout_safety_check: false,
-            },
-        );
+        let result = kms.create_key(&admin(), plain_input());
         assert!(matches!(result, Err(KmsError::Internal(_))));
         assert!(ok(store.list_keys(None, 10).map_err(KmsError::from)).is_empty());
         assert!(ok(hsm.list_key_versions().map_err(KmsError::from)).is_empty());
@@ -2083,18 +2080,7 @@ mod tests {
         new_key(&kms);
         new_key(&kms);
         assert!(matches!(
-            kms.create_key(
-                &admin(),
-                CreateKeyInput {
-                    description: String::new(),
-                    usage: KeyUsage::EncryptDecrypt,
-                    spec: KeySpec::SymmetricDefault,
-                    origin: Origin::Kms,
-                    tags: NewTags::default(),
-                    policy: None,
-                    bypass_policy_lockout_safety_check: false,
-                }
-            ),
+            kms.create_key(&admin(), plain_input()),
             Err(KmsError::LimitExceeded(_))
         ));
         // A restarted service counts the keys in the store.
@@ -2103,21 +2089,81 @@ mod tests {
             .with_max_keys(3);
         ok(restarted.reconcile());
         new_key(&restarted);
-        assert!(
-            restarted
-                .create_key(
-                    &admin(),
-                    CreateKeyInput {
-                        description: String::new(),
-                        usage: KeyUsage::EncryptDecrypt,
-                        spec: KeySpec::SymmetricDefault,
-                        origin: Origin::Kms,
-                        tags: NewTags::default(),
-                        policy: None,
-                        bypass_policy_lockout_safety_check: false,
-                    }
-                )
-                .is_err()
-        );
+        assert!(restarted.create_key(&admin(), plain_input()).is_err());
+    }
+
+    #[allow(clippy::needless_pass_by_value)] // reads best around a call
+    fn denied<T>(result: Result<T, KmsError>) -> bool {
+        matches!(result, Err(KmsError::AccessDenied(_)))
+    }
+
+    #[test]
+    fn policies_decide_who_may_use_a_key_and_the_caller_notes_why() {
+        let (kms, _, _) = memory_kms();
+        let key = new_key(&kms);
+        let other = new_key(&kms);
+        let app = Caller::new("app", true);
+        let empty = EncryptionContext::empty();
+        // Not an administrator, no server policy: no server-level action.
+        assert!(denied(kms.create_key(&app, plain_input())));
+        assert!(denied(kms.generate_random(&app, ok(RandomLength::new(8)))));
+        assert!(denied(kms.list_keys(&app, ok(PageLimit::new(0)), None)));
+        // The default policy names only the creator (and administrators).
+        assert!(denied(kms.encrypt(&app, &key, &plaintext(b"x"), &empty)));
+        assert!(denied(kms.describe_key(&app, &key)));
+
+        let policy = ok(KeyPolicy::parse(
+            r#"{"Statement":[
+                {"Effect":"Allow","Principal":"admin","Action":"kms:*"},
+                {"Sid":"App","Effect":"Allow","Principal":"app",
+                 "Action":["kms:Encrypt","kms:ReEncryptFrom"]}]}"#,
+        ));
+        ok(kms.put_key_policy(&admin(), &key, policy, false));
+        let _ = app.take_note();
+        let blob = ok(kms.encrypt(&app, &key, &plaintext(b"x"), &empty)).ciphertext_blob;
+        let note = app.take_note();
+        assert_eq!(note.policy_statement.as_deref(), Some(r#"Sid "App""#));
+        assert_eq!(note.keys.len(), 1);
+        assert_eq!(note.keys[0].1, Some(1));
+        assert!(denied(kms.decrypt(&app, &blob, &empty, None)));
+        // ReEncrypt needs ReEncryptTo on the destination too.
+        assert!(denied(
+            kms.re_encrypt(&app, &blob, &empty, None, &other, &empty)
+        ));
+        assert_eq!(app.take_note().keys.len(), 2);
+
+        // A policy that locks the caller out needs the bypass.
+        let lockout = ok(KeyPolicy::parse(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"app","Action":"kms:*"}]}"#,
+        ));
+        assert!(matches!(
+            kms.put_key_policy(&admin(), &key, lockout.clone(), false),
+            Err(KmsError::Validation(_))
+        ));
+        ok(kms.put_key_policy(&admin(), &key, lockout, true));
+        assert!(denied(kms.get_key_policy(&admin(), &key)));
+        ok(kms.decrypt(&app, &blob, &empty, None));
+    }
+
+    #[test]
+    fn the_server_policy_lets_others_create_keys_and_denies_bind_administrators() {
+        let server_policy = ok(KeyPolicy::parse_server(
+            r#"{"Statement":[
+                {"Effect":"Allow","Principal":"app","Action":"kms:CreateKey"},
+                {"Sid":"NoRandom","Effect":"Deny","Principal":"*","Action":"kms:GenerateRandom"}]}"#,
+        ));
+        let kms = memory_kms().0.with_authorization(Authorization {
+            administrators: vec!["admin".into()],
+            server_policy: Some(server_policy),
+        });
+        let app = Caller::new("app", true);
+        let record = ok(kms.create_key(&app, plain_input()));
+        let policy = ok(kms.get_key_policy(&app, &KeyRef::Id(record.id)));
+        assert!(policy.text().contains("\"app\"") && policy.text().contains("\"admin\""));
+        assert!(denied(kms.list_keys(&app, ok(PageLimit::new(0)), None)));
+        assert!(denied(
+            kms.generate_random(&admin(), ok(RandomLength::new(8)))
+        ));
+        ok(kms.list_keys(&admin(), ok(PageLimit::new(0)), None));
     }
 }
