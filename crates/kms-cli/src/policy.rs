@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use kms_core::EncryptionContext;
-use kms_core::policy::{AccessRequest, Action, KeyPolicy};
+use kms_core::policy::{AccessRequest, Action, Decision, KeyPolicy};
 use serde_json::json;
 
 use crate::output::Format;
@@ -70,7 +70,7 @@ pub fn simulate(format: Format, policy: &str, args: &SimulateArgs) -> anyhow::Re
             "{}",
             json!({
                 "decision": if decision.is_allowed() { "Allow" } else { "Deny" },
-                "explicit": decision.statement().is_some(),
+                "explicit_deny": matches!(decision, Decision::ExplicitDeny(_)),
                 "statement": decision.statement().map(ToString::to_string),
             })
         ),

@@ -730,10 +730,14 @@ impl Kms {
         self.authorized(caller, key, Action::DescribeKey, None)
     }
 
-    /// The key's policy (the legacy policy for keys made before policies existed).
-    pub fn get_key_policy(&self, caller: &Caller, key: &KeyRef) -> Result<KeyPolicy, KmsError> {
+    /// The key's id and policy (the legacy policy for keys made before policies existed).
+    pub fn get_key_policy(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+    ) -> Result<(KeyId, KeyPolicy), KmsError> {
         let record = self.authorized(caller, key, Action::GetKeyPolicy, None)?;
-        Ok(self.policy_of(&record).into_owned())
+        Ok((record.id, self.policy_of(&record).into_owned()))
     }
 
     /// Replaces the key's policy. Refused, unless `bypass_lockout_check`, when the new policy
@@ -2158,7 +2162,7 @@ mod tests {
         });
         let app = Caller::new("app", true);
         let record = ok(kms.create_key(&app, plain_input()));
-        let policy = ok(kms.get_key_policy(&app, &KeyRef::Id(record.id)));
+        let (_, policy) = ok(kms.get_key_policy(&app, &KeyRef::Id(record.id)));
         assert!(policy.text().contains("\"app\"") && policy.text().contains("\"admin\""));
         assert!(denied(kms.list_keys(&app, ok(PageLimit::new(0)), None)));
         assert!(denied(

@@ -642,16 +642,10 @@ impl KeyManagementService for KmsGrpc {
     ) -> Result<Response<pb::GetKeyPolicyResponse>, Status> {
         self.call("GetKeyPolicy", request, |kms, caller, req| {
             let key = key_ref(&req.key_id, "key_id")?;
-            let policy = kms.get_key_policy(caller, &key)?;
-            let key_id = caller
-                .take_note()
-                .keys
-                .first()
-                .map(|(id, _)| id.to_string())
-                .unwrap_or_default();
+            let (key_id, policy) = kms.get_key_policy(caller, &key)?;
             Ok(pb::GetKeyPolicyResponse {
                 policy: policy.text().to_owned(),
-                key_id,
+                key_id: key_id.to_string(),
             })
         })
         .await
