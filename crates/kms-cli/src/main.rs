@@ -451,9 +451,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Command::Policy(PolicyCommand::Simulate(ref args)) if args.policy_file.is_some() => {
-            let policy = read_text(args.policy_file.as_deref().unwrap_or(Path::new("-")))?;
-            return policy::simulate(format, &policy, args);
+        Command::Policy(PolicyCommand::Simulate(ref args)) => {
+            if let Some(file) = &args.policy_file {
+                return policy::simulate(format, &read_text(file)?, args);
+            }
         }
         _ => {}
     }
@@ -504,11 +505,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Policy(PolicyCommand::Simulate(args)) => {
-            let policy = match (&args.key_id, &args.policy_file) {
-                (_, Some(file)) => read_text(file)?,
-                (Some(key_id), None) => client.get_key_policy(key_id).await?,
-                (None, None) => bail!("give --key or --policy-file"),
+            // With --policy-file it ran offline above.
+            let Some(key_id) = &args.key_id else {
+                bail!("give --key or --policy-file");
             };
+            let policy = client.get_key_policy(key_id).await?;
             policy::simulate(format, &policy, &args)?;
         }
         Command::Audit(_) | Command::DevPki { .. } => unreachable_offline()?,

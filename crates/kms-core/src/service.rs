@@ -1271,9 +1271,7 @@ impl Kms {
         action: Action,
         context: &EncryptionContext,
     ) -> Result<KeyRecord, KmsError> {
-        let record = self.resolve(key)?;
-        caller.note_key(record.id, None);
-        self.authorize(caller, action, &record, Some(context))?;
+        let record = self.authorized(caller, key, action, Some(context))?;
         record.check_usable()?;
         Ok(record)
     }

@@ -5,7 +5,6 @@
 //! then answer. A request whose audit record cannot be written gets an error, whatever the
 //! core did: kmsd never answers a call it could not audit.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -171,10 +170,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn key_ref(value: &str, field: &str) -> Result<KeyRef, KmsError> {
-    KeyRef::parse(value, field)
-}
-
 fn new_tags(tags: Vec<pb::Tag>) -> Result<NewTags, KmsError> {
     NewTags::new(tags.into_iter().map(|t| (t.tag_key, t.tag_value)))
 }
@@ -188,13 +183,6 @@ fn take_plaintext(secret: SecretBytes) -> Vec<u8> {
     // it drops this Vec without zeroizing it: a known limit of prost's Vec<u8> fields.
     let mut bytes = secret.into_zeroizing();
     std::mem::take(&mut *bytes)
-}
-
-fn context(
-    pairs: HashMap<String, String>,
-    field: &str,
-) -> Result<kms_core::EncryptionContext, KmsError> {
-    convert::context(pairs, field)
 }
 
 #[tonic::async_trait]
@@ -228,7 +216,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::DescribeKeyRequest>,
     ) -> Result<Response<pb::DescribeKeyResponse>, Status> {
         self.call("DescribeKey", request, |kms, caller, req| {
-            let record = kms.describe_key(caller, &key_ref(&req.key_id, "key_id")?)?;
+            let record = kms.describe_key(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
             Ok(pb::DescribeKeyResponse {
                 key_metadata: Some(convert::key_metadata(&record)),
             })
@@ -262,7 +250,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::EnableKeyRequest>,
     ) -> Result<Response<pb::EnableKeyResponse>, Status> {
         self.call("EnableKey", request, |kms, caller, req| {
-            kms.enable_key(caller, &key_ref(&req.key_id, "key_id")?)?;
+            kms.enable_key(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
             Ok(pb::EnableKeyResponse {})
         })
         .await
@@ -273,7 +261,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::DisableKeyRequest>,
     ) -> Result<Response<pb::DisableKeyResponse>, Status> {
         self.call("DisableKey", request, |kms, caller, req| {
-            kms.disable_key(caller, &key_ref(&req.key_id, "key_id")?)?;
+            kms.disable_key(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
             Ok(pb::DisableKeyResponse {})
         })
         .await
@@ -284,7 +272,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::UpdateKeyDescriptionRequest>,
     ) -> Result<Response<pb::UpdateKeyDescriptionResponse>, Status> {
         self.call("UpdateKeyDescription", request, |kms, caller, req| {
-            let key = key_ref(&req.key_id, "key_id")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
             kms.update_key_description(caller, &key, req.description)?;
             Ok(pb::UpdateKeyDescriptionResponse {})
         })
@@ -297,8 +285,8 @@ impl KeyManagementService for KmsGrpc {
     ) -> Result<Response<pb::EncryptResponse>, Status> {
         self.call("Encrypt", request, |kms, caller, req| {
             let plaintext = Plaintext::new(SecretBytes::new(req.plaintext))?;
-            let key = key_ref(&req.key_id, "key_id")?;
-            let context = context(req.encryption_context, "encryption_context")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
+            let context = convert::context(req.encryption_context, "encryption_context")?;
             let out = kms.encrypt(caller, &key, &plaintext, &context)?;
             Ok(pb::EncryptResponse {
                 ciphertext_blob: out.ciphertext_blob,
@@ -315,7 +303,7 @@ impl KeyManagementService for KmsGrpc {
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         self.call("Decrypt", request, |kms, caller, req| {
             let key = KeyRef::parse_optional(&req.key_id, "key_id")?;
-            let context = context(req.encryption_context, "encryption_context")?;
+            let context = convert::context(req.encryption_context, "encryption_context")?;
             let out = kms.decrypt(caller, &req.ciphertext_blob, &context, key.as_ref())?;
             Ok(pb::DecryptResponse {
                 key_id: out.key_id.to_string(),
@@ -332,10 +320,10 @@ impl KeyManagementService for KmsGrpc {
     ) -> Result<Response<pb::ReEncryptResponse>, Status> {
         self.call("ReEncrypt", request, |kms, caller, req| {
             let source_key = KeyRef::parse_optional(&req.source_key_id, "source_key_id")?;
-            let destination = key_ref(&req.destination_key_id, "destination_key_id")?;
+            let destination = KeyRef::parse(&req.destination_key_id, "destination_key_id")?;
             let source_context =
-                context(req.source_encryption_context, "source_encryption_context")?;
-            let destination_context = context(
+                convert::context(req.source_encryption_context, "source_encryption_context")?;
+            let destination_context = convert::context(
                 req.destination_encryption_context,
                 "destination_encryption_context",
             )?;
@@ -361,8 +349,8 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
         self.call("GenerateDataKey", request, |kms, caller, req| {
-            let key = key_ref(&req.key_id, "key_id")?;
-            let context = context(req.encryption_context, "encryption_context")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
+            let context = convert::context(req.encryption_context, "encryption_context")?;
             let length = convert::data_key_length(req.key_spec, req.number_of_bytes)?;
             let out = kms.generate_data_key(caller, &key, &context, length)?;
             Ok(pb::GenerateDataKeyResponse {
@@ -382,8 +370,8 @@ impl KeyManagementService for KmsGrpc {
             "GenerateDataKeyWithoutPlaintext",
             request,
             |kms, caller, req| {
-                let key = key_ref(&req.key_id, "key_id")?;
-                let context = context(req.encryption_context, "encryption_context")?;
+                let key = KeyRef::parse(&req.key_id, "key_id")?;
+                let context = convert::context(req.encryption_context, "encryption_context")?;
                 let length = convert::data_key_length(req.key_spec, req.number_of_bytes)?;
                 let out =
                     kms.generate_data_key_without_plaintext(caller, &key, &context, length)?;
@@ -416,7 +404,7 @@ impl KeyManagementService for KmsGrpc {
     ) -> Result<Response<pb::CreateAliasResponse>, Status> {
         self.call("CreateAlias", request, |kms, caller, req| {
             let name = AliasName::parse(&req.alias_name)?;
-            let target = key_ref(&req.target_key_id, "target_key_id")?;
+            let target = KeyRef::parse(&req.target_key_id, "target_key_id")?;
             kms.create_alias(caller, &name, &target)?;
             Ok(pb::CreateAliasResponse {})
         })
@@ -429,7 +417,7 @@ impl KeyManagementService for KmsGrpc {
     ) -> Result<Response<pb::UpdateAliasResponse>, Status> {
         self.call("UpdateAlias", request, |kms, caller, req| {
             let name = AliasName::parse(&req.alias_name)?;
-            let target = key_ref(&req.target_key_id, "target_key_id")?;
+            let target = KeyRef::parse(&req.target_key_id, "target_key_id")?;
             kms.update_alias(caller, &name, &target)?;
             Ok(pb::UpdateAliasResponse {})
         })
@@ -482,7 +470,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::TagResourceRequest>,
     ) -> Result<Response<pb::TagResourceResponse>, Status> {
         self.call("TagResource", request, |kms, caller, req| {
-            let key = key_ref(&req.key_id, "key_id")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
             kms.tag_resource(caller, &key, new_tags(req.tags)?)?;
             Ok(pb::TagResourceResponse {})
         })
@@ -494,7 +482,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::UntagResourceRequest>,
     ) -> Result<Response<pb::UntagResourceResponse>, Status> {
         self.call("UntagResource", request, |kms, caller, req| {
-            let key = key_ref(&req.key_id, "key_id")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
             kms.untag_resource(caller, &key, &req.tag_keys)?;
             Ok(pb::UntagResourceResponse {})
         })
@@ -506,7 +494,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::ListResourceTagsRequest>,
     ) -> Result<Response<pb::ListResourceTagsResponse>, Status> {
         self.call("ListResourceTags", request, |kms, caller, req| {
-            let key = key_ref(&req.key_id, "key_id")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
             let limit = PageLimit::new(req.limit)?;
             let page =
                 kms.list_resource_tags(caller, &key, limit, page_token(req.page_token).as_deref())?;
@@ -527,7 +515,8 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::RotateKeyOnDemandRequest>,
     ) -> Result<Response<pb::RotateKeyOnDemandResponse>, Status> {
         self.call("RotateKeyOnDemand", request, |kms, caller, req| {
-            let record = kms.rotate_key_on_demand(caller, &key_ref(&req.key_id, "key_id")?)?;
+            let record =
+                kms.rotate_key_on_demand(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
             Ok(pb::RotateKeyOnDemandResponse {
                 key_id: record.id.to_string(),
                 key_version: record.current_version,
@@ -541,7 +530,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::ListKeyRotationsRequest>,
     ) -> Result<Response<pb::ListKeyRotationsResponse>, Status> {
         self.call("ListKeyRotations", request, |kms, caller, req| {
-            let key = key_ref(&req.key_id, "key_id")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
             let limit = PageLimit::new(req.limit)?;
             let page =
                 kms.list_key_rotations(caller, &key, limit, page_token(req.page_token).as_deref())?;
@@ -568,7 +557,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::EnableKeyRotationRequest>,
     ) -> Result<Response<pb::EnableKeyRotationResponse>, Status> {
         self.call("EnableKeyRotation", request, |kms, caller, req| {
-            let key = key_ref(&req.key_id, "key_id")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
             kms.enable_key_rotation(caller, &key, req.rotation_period_in_days)?;
             Ok(pb::EnableKeyRotationResponse {})
         })
@@ -580,7 +569,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::DisableKeyRotationRequest>,
     ) -> Result<Response<pb::DisableKeyRotationResponse>, Status> {
         self.call("DisableKeyRotation", request, |kms, caller, req| {
-            kms.disable_key_rotation(caller, &key_ref(&req.key_id, "key_id")?)?;
+            kms.disable_key_rotation(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
             Ok(pb::DisableKeyRotationResponse {})
         })
         .await
@@ -591,7 +580,8 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::GetKeyRotationStatusRequest>,
     ) -> Result<Response<pb::GetKeyRotationStatusResponse>, Status> {
         self.call("GetKeyRotationStatus", request, |kms, caller, req| {
-            let record = kms.get_key_rotation_status(caller, &key_ref(&req.key_id, "key_id")?)?;
+            let record =
+                kms.get_key_rotation_status(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
             let metadata = convert::key_metadata(&record);
             Ok(pb::GetKeyRotationStatusResponse {
                 key_rotation_enabled: metadata.key_rotation_enabled,
@@ -608,7 +598,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::ScheduleKeyDeletionRequest>,
     ) -> Result<Response<pb::ScheduleKeyDeletionResponse>, Status> {
         self.call("ScheduleKeyDeletion", request, |kms, caller, req| {
-            let key = key_ref(&req.key_id, "key_id")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
             let record = kms.schedule_key_deletion(caller, &key, req.pending_window_in_days)?;
             let metadata = convert::key_metadata(&record);
             Ok(pb::ScheduleKeyDeletionResponse {
@@ -628,7 +618,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::CancelKeyDeletionRequest>,
     ) -> Result<Response<pb::CancelKeyDeletionResponse>, Status> {
         self.call("CancelKeyDeletion", request, |kms, caller, req| {
-            let record = kms.cancel_key_deletion(caller, &key_ref(&req.key_id, "key_id")?)?;
+            let record = kms.cancel_key_deletion(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
             Ok(pb::CancelKeyDeletionResponse {
                 key_id: record.id.to_string(),
             })
@@ -641,7 +631,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::GetKeyPolicyRequest>,
     ) -> Result<Response<pb::GetKeyPolicyResponse>, Status> {
         self.call("GetKeyPolicy", request, |kms, caller, req| {
-            let key = key_ref(&req.key_id, "key_id")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
             let (key_id, policy) = kms.get_key_policy(caller, &key)?;
             Ok(pb::GetKeyPolicyResponse {
                 policy: policy.text().to_owned(),
@@ -656,7 +646,7 @@ impl KeyManagementService for KmsGrpc {
         request: Request<pb::PutKeyPolicyRequest>,
     ) -> Result<Response<pb::PutKeyPolicyResponse>, Status> {
         self.call("PutKeyPolicy", request, |kms, caller, req| {
-            let key = key_ref(&req.key_id, "key_id")?;
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
             let policy = KeyPolicy::parse(&req.policy)?;
             kms.put_key_policy(caller, &key, policy, req.bypass_policy_lockout_safety_check)?;
             Ok(pb::PutKeyPolicyResponse {})
