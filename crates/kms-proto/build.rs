@@ -1,11 +1,16 @@
 //! Generates the gRPC code for `proto/kms/v1/*.proto` with protoc.
 
-/// Messages with a plaintext or data key field; lib.rs implements `Debug` for each.
-const SECRET_MESSAGES: [&str; 4] = [
+/// Messages with a plaintext, data key or caller's message field; lib.rs implements `Debug`
+/// for each.
+const SECRET_MESSAGES: [&str; 8] = [
     "EncryptRequest",
     "DecryptResponse",
     "GenerateDataKeyResponse",
     "GenerateRandomResponse",
+    "SignRequest",
+    "VerifyRequest",
+    "GenerateMacRequest",
+    "VerifyMacRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -206,6 +206,191 @@ impl KmsClient {
         Ok(response.into_inner().key_metadata.unwrap_or_default())
     }
 
+    /// Creates a key of any spec, usage and origin.
+    pub async fn create_key_with(
+        &mut self,
+        request: pb::CreateKeyRequest,
+    ) -> Result<pb::KeyMetadata, ClientError> {
+        let response = self.inner.create_key(request).await?;
+        Ok(response.into_inner().key_metadata.unwrap_or_default())
+    }
+
+    /// Encrypts with an RSA key's public key (RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256); the
+    /// answer is the bare RSAES-OAEP ciphertext.
+    pub async fn encrypt_rsa(
+        &mut self,
+        key_id: &str,
+        plaintext: &[u8],
+        algorithm: pb::EncryptionAlgorithm,
+    ) -> Result<pb::EncryptResponse, ClientError> {
+        Ok(self
+            .inner
+            .encrypt(pb::EncryptRequest {
+                key_id: key_id.to_owned(),
+                plaintext: plaintext.to_vec(),
+                encryption_context: Context::new(),
+                encryption_algorithm: algorithm.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Decrypts an RSAES-OAEP ciphertext with an RSA key; the private key works in the HSM.
+    pub async fn decrypt_rsa(
+        &mut self,
+        key_id: &str,
+        ciphertext: &[u8],
+        algorithm: pb::EncryptionAlgorithm,
+    ) -> Result<Decrypted, ClientError> {
+        let response = self
+            .inner
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: ciphertext.to_vec(),
+                encryption_context: Context::new(),
+                key_id: key_id.to_owned(),
+                encryption_algorithm: algorithm.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(Decrypted {
+            encryption_algorithm: response.encryption_algorithm(),
+            plaintext: Zeroizing::new(response.plaintext),
+            key_id: response.key_id,
+        })
+    }
+
+    /// The public key (DER SubjectPublicKeyInfo) of an RSA or ECC key, with its spec, usage
+    /// and algorithms.
+    pub async fn get_public_key(
+        &mut self,
+        key_id: &str,
+    ) -> Result<pb::GetPublicKeyResponse, ClientError> {
+        Ok(self
+            .inner
+            .get_public_key(pb::GetPublicKeyRequest {
+                key_id: key_id.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Signs a message (RAW) or its digest (DIGEST) in the HSM.
+    pub async fn sign(
+        &mut self,
+        key_id: &str,
+        message: &[u8],
+        message_type: pb::MessageType,
+        algorithm: pb::SigningAlgorithm,
+    ) -> Result<pb::SignResponse, ClientError> {
+        Ok(self
+            .inner
+            .sign(pb::SignRequest {
+                key_id: key_id.to_owned(),
+                message: message.to_vec(),
+                message_type: message_type.into(),
+                signing_algorithm: algorithm.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Verifies a signature; an invalid one is the error KMSInvalidSignatureException.
+    pub async fn verify(
+        &mut self,
+        key_id: &str,
+        message: &[u8],
+        message_type: pb::MessageType,
+        signature: &[u8],
+        algorithm: pb::SigningAlgorithm,
+    ) -> Result<pb::VerifyResponse, ClientError> {
+        Ok(self
+            .inner
+            .verify(pb::VerifyRequest {
+                key_id: key_id.to_owned(),
+                message: message.to_vec(),
+                message_type: message_type.into(),
+                signature: signature.to_vec(),
+                signing_algorithm: algorithm.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// The HMAC of a message, computed in the HSM.
+    pub async fn generate_mac(
+        &mut self,
+        key_id: &str,
+        message: &[u8],
+        algorithm: pb::MacAlgorithm,
+    ) -> Result<pb::GenerateMacResponse, ClientError> {
+        Ok(self
+            .inner
+            .generate_mac(pb::GenerateMacRequest {
+                key_id: key_id.to_owned(),
+                message: message.to_vec(),
+                mac_algorithm: algorithm.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Checks an HMAC; a wrong one is the error KMSInvalidMacException.
+    pub async fn verify_mac(
+        &mut self,
+        key_id: &str,
+        message: &[u8],
+        mac: &[u8],
+        algorithm: pb::MacAlgorithm,
+    ) -> Result<pb::VerifyMacResponse, ClientError> {
+        Ok(self
+            .inner
+            .verify_mac(pb::VerifyMacRequest {
+                key_id: key_id.to_owned(),
+                message: message.to_vec(),
+                mac: mac.to_vec(),
+                mac_algorithm: algorithm.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// A wrapping public key and an import token for an EXTERNAL key.
+    pub async fn get_parameters_for_import(
+        &mut self,
+        key_id: &str,
+        algorithm: pb::WrappingAlgorithm,
+        wrapping_key_spec: pb::WrappingKeySpec,
+    ) -> Result<pb::GetParametersForImportResponse, ClientError> {
+        Ok(self
+            .inner
+            .get_parameters_for_import(pb::GetParametersForImportRequest {
+                key_id: key_id.to_owned(),
+                wrapping_algorithm: algorithm.into(),
+                wrapping_key_spec: wrapping_key_spec.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Imports wrapped key material into an EXTERNAL key.
+    pub async fn import_key_material(
+        &mut self,
+        request: pb::ImportKeyMaterialRequest,
+    ) -> Result<(), ClientError> {
+        self.inner.import_key_material(request).await?;
+        Ok(())
+    }
+
+    /// Destroys an EXTERNAL key's material; the key becomes PendingImport.
+    pub async fn delete_imported_key_material(&mut self, key_id: &str) -> Result<(), ClientError> {
+        self.inner
+            .delete_imported_key_material(pb::DeleteImportedKeyMaterialRequest {
+                key_id: key_id.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
     /// A key's metadata.
     pub async fn describe_key(&mut self, key_id: &str) -> Result<pb::KeyMetadata, ClientError> {
         let response = self
@@ -295,6 +480,7 @@ impl KmsClient {
                 key_id: key_id.to_owned(),
                 plaintext: plaintext.to_vec(),
                 encryption_context: context.clone(),
+                encryption_algorithm: pb::EncryptionAlgorithm::Unspecified.into(),
             })
             .await?
             .into_inner())
@@ -313,6 +499,7 @@ impl KmsClient {
                 ciphertext_blob: ciphertext_blob.to_vec(),
                 encryption_context: context.clone(),
                 key_id: key_id.unwrap_or_default().to_owned(),
+                encryption_algorithm: pb::EncryptionAlgorithm::Unspecified.into(),
             })
             .await?
             .into_inner();

@@ -28,6 +28,24 @@ pub enum KmsError {
     /// The key's usage does not allow the operation.
     #[error("{0}")]
     InvalidKeyUsage(String),
+    /// Verify: the signature is not valid for the message and key.
+    #[error("the signature is not valid for this message, key and signing algorithm")]
+    InvalidSignature,
+    /// VerifyMac: the MAC is not the message's MAC under the key.
+    #[error("the MAC is not valid for this message, key and MAC algorithm")]
+    InvalidMac,
+    /// ImportKeyMaterial: the import token is not the key's current one.
+    #[error("{0}")]
+    InvalidImportToken(String),
+    /// ImportKeyMaterial: the import token's 24 hours are over.
+    #[error("the import token has expired; call GetParametersForImport again")]
+    ExpiredImportToken,
+    /// ImportKeyMaterial: the material differs from what the key had before.
+    #[error("{0}")]
+    IncorrectKeyMaterial(String),
+    /// The operation is not supported for this key, or by this HSM.
+    #[error("{0}")]
+    UnsupportedOperation(String),
     /// The resource already exists.
     #[error("{0}")]
     AlreadyExists(String),
@@ -62,6 +80,12 @@ impl KmsError {
             KmsError::IncorrectKey(_) => "IncorrectKeyException",
             KmsError::Validation(_) => "ValidationException",
             KmsError::InvalidKeyUsage(_) => "InvalidKeyUsageException",
+            KmsError::InvalidSignature => "KMSInvalidSignatureException",
+            KmsError::InvalidMac => "KMSInvalidMacException",
+            KmsError::InvalidImportToken(_) => "InvalidImportTokenException",
+            KmsError::ExpiredImportToken => "ExpiredImportTokenException",
+            KmsError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
+            KmsError::UnsupportedOperation(_) => "UnsupportedOperationException",
             KmsError::AlreadyExists(_) => "AlreadyExistsException",
             KmsError::AccessDenied(_) | KmsError::Unauthenticated(_) => "AccessDeniedException",
             KmsError::LimitExceeded(_) => "LimitExceededException",
@@ -87,6 +111,9 @@ impl From<HsmError> for KmsError {
         match error {
             HsmError::Unavailable(_) => KmsError::KeyUnavailable(error),
             HsmError::Timeout => KmsError::DependencyTimeout(error),
+            HsmError::Unsupported { operation, detail } => KmsError::UnsupportedOperation(format!(
+                "the HSM does not support {operation}: {detail}"
+            )),
             other => KmsError::Internal(Box::new(other)),
         }
     }

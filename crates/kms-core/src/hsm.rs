@@ -4,7 +4,9 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
+use crate::asymmetric::HashAlg;
 use crate::ids::KeyId;
+use crate::key::{KeyMaterial, MacAlgorithm, WrappingAlgorithm};
 
 /// One key version's HSM object: the key it belongs to and its version number.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -19,6 +21,30 @@ impl fmt::Display for KeyVersionRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} version {}", self.key_id, self.version)
     }
+}
+
+/// A wrapping key pair for import: the key it imports into, and a serial number that
+/// GetParametersForImport increases, so each call gets a new HSM object.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct WrappingKeyRef {
+    /// The key the material is for.
+    pub key_id: KeyId,
+    /// From 1.
+    pub serial: u32,
+}
+
+/// How the HSM signs (or MACs) with a key version's private or secret key.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SignMechanism {
+    /// HMAC over the data (CKM_SHA*_HMAC) with a secret key.
+    Hmac(MacAlgorithm),
+    /// RSASSA-PSS over a digest (CKM_RSA_PKCS_PSS), MGF1 with the same hash, salt as long as
+    /// the hash.
+    RsaPss(HashAlg),
+    /// RSASSA-PKCS1-v1_5 (CKM_RSA_PKCS) over a DER DigestInfo.
+    RsaPkcs1,
+    /// ECDSA over a digest (CKM_ECDSA); the result is r || s.
+    Ecdsa,
 }
 
 /// `k_msg`: the per-message secret the HSM computes with a key version's master secret.
@@ -49,6 +75,21 @@ pub enum HsmError {
     /// No HSM session became free in time.
     #[error("timed out waiting for an HSM session")]
     Timeout,
+    /// The HSM rejected the data it was given: a ciphertext or wrapped key that does not
+    /// decrypt, or material of the wrong size.
+    #[error("the HSM rejected the input of {operation}")]
+    Rejected {
+        /// What was being done.
+        operation: &'static str,
+    },
+    /// The HSM lacks a mechanism or parameter the operation needs.
+    #[error("the HSM does not support {operation}: {detail}")]
+    Unsupported {
+        /// What was being done.
+        operation: &'static str,
+        /// What is missing.
+        detail: String,
+    },
     /// The HSM refused or failed the operation.
     #[error("HSM operation {operation} failed")]
     Failed {
@@ -63,10 +104,62 @@ pub enum HsmError {
 /// The HSM that holds the master secrets. Every method blocks; call it from a blocking thread.
 ///
 /// Implementations create key material inside the HSM, non-extractable, and never return it:
-/// the only secret that leaves is `k_msg`, the HMAC of one message's derivation input.
+/// what leaves is `k_msg` (the HMAC of one message's derivation input), MACs, signatures,
+/// public keys and RSA decryptions.
 pub trait KeyStore: Send + Sync {
-    /// Generates the master secret of a key version inside the HSM.
-    fn create_key_version(&self, key: KeyVersionRef) -> Result<(), HsmError>;
+    /// Generates the key material of a key version inside the HSM. For key pairs, returns the
+    /// public key as a DER SubjectPublicKeyInfo.
+    fn create_key_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+    ) -> Result<Option<Vec<u8>>, HsmError>;
+
+    /// Signs (or MACs) `data` with the key version's private or secret key.
+    fn sign(
+        &self,
+        key: KeyVersionRef,
+        mechanism: SignMechanism,
+        data: &[u8],
+    ) -> Result<Vec<u8>, HsmError>;
+
+    /// RSAES-OAEP decryption (MGF1 with `hash`, empty label) with the key version's private
+    /// key. A ciphertext that does not decrypt is [`HsmError::Rejected`].
+    fn rsa_decrypt(
+        &self,
+        key: KeyVersionRef,
+        hash: HashAlg,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError>;
+
+    /// Generates an RSA wrapping key pair whose private half can only unwrap; returns the
+    /// public key as a DER SubjectPublicKeyInfo. Fails with [`HsmError::Unsupported`] (and
+    /// leaves nothing behind) when the HSM cannot unwrap with `algorithm`.
+    fn create_wrapping_key(
+        &self,
+        key: WrappingKeyRef,
+        bits: u32,
+        algorithm: WrappingAlgorithm,
+    ) -> Result<Vec<u8>, HsmError>;
+
+    /// Unwraps `wrapped` with the wrapping key into the key version's object, with the same
+    /// custody as generated material, and returns the material's length in bytes when the
+    /// HSM reports it (SoftHSM2 does not). Wrapped data that does not unwrap is
+    /// [`HsmError::Rejected`].
+    fn unwrap_key_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+        wrapping: WrappingKeyRef,
+        algorithm: WrappingAlgorithm,
+        wrapped: &[u8],
+    ) -> Result<Option<usize>, HsmError>;
+
+    /// Destroys a wrapping key pair. Succeeds when there is none.
+    fn destroy_wrapping_key(&self, key: WrappingKeyRef) -> Result<(), HsmError>;
+
+    /// Every wrapping key of this service instance.
+    fn list_wrapping_keys(&self) -> Result<Vec<WrappingKeyRef>, HsmError>;
 
     /// HMAC-SHA256 of `input` under the key version's master secret, computed by the HSM.
     fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError>;

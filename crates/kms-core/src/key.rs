@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::asymmetric::{HashAlg, SigningAlgorithm};
 use crate::error::KmsError;
 use crate::hsm::KeyVersionRef;
 use crate::ids::KeyId;
@@ -44,8 +45,23 @@ impl KeyState {
 /// What a key is for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum KeyUsage {
-    /// Encrypt, Decrypt, ReEncrypt and GenerateDataKey.
+    /// Encrypt, Decrypt, ReEncrypt and GenerateDataKey (symmetric); Encrypt and Decrypt (RSA).
     EncryptDecrypt,
+    /// Sign, Verify and GetPublicKey.
+    SignVerify,
+    /// GenerateMac and VerifyMac.
+    GenerateVerifyMac,
+}
+
+impl KeyUsage {
+    /// The AWS name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyUsage::EncryptDecrypt => "ENCRYPT_DECRYPT",
+            KeyUsage::SignVerify => "SIGN_VERIFY",
+            KeyUsage::GenerateVerifyMac => "GENERATE_VERIFY_MAC",
+        }
+    }
 }
 
 /// The type of key material.
@@ -53,6 +69,106 @@ pub enum KeyUsage {
 pub enum KeySpec {
     /// A 256-bit HSM-held secret used with the scheme of [`crate::symmetric`].
     SymmetricDefault,
+    /// An RSA key pair with a 2048-bit modulus.
+    Rsa2048,
+    /// An RSA key pair with a 3072-bit modulus.
+    Rsa3072,
+    /// An RSA key pair with a 4096-bit modulus.
+    Rsa4096,
+    /// An ECDSA key pair on NIST P-256 (secp256r1).
+    EccNistP256,
+    /// An HMAC key for HMAC-SHA-256.
+    Hmac256,
+    /// An HMAC key for HMAC-SHA-384.
+    Hmac384,
+    /// An HMAC key for HMAC-SHA-512.
+    Hmac512,
+}
+
+impl KeySpec {
+    /// The AWS name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySpec::SymmetricDefault => "SYMMETRIC_DEFAULT",
+            KeySpec::Rsa2048 => "RSA_2048",
+            KeySpec::Rsa3072 => "RSA_3072",
+            KeySpec::Rsa4096 => "RSA_4096",
+            KeySpec::EccNistP256 => "ECC_NIST_P256",
+            KeySpec::Hmac256 => "HMAC_256",
+            KeySpec::Hmac384 => "HMAC_384",
+            KeySpec::Hmac512 => "HMAC_512",
+        }
+    }
+
+    /// The RSA modulus size in bits, for RSA specs.
+    pub fn rsa_bits(self) -> Option<u32> {
+        match self {
+            KeySpec::Rsa2048 => Some(2048),
+            KeySpec::Rsa3072 => Some(3072),
+            KeySpec::Rsa4096 => Some(4096),
+            _ => None,
+        }
+    }
+
+    /// The MAC algorithm of an HMAC spec.
+    pub fn mac_algorithm(self) -> Option<MacAlgorithm> {
+        match self {
+            KeySpec::Hmac256 => Some(MacAlgorithm::HmacSha256),
+            KeySpec::Hmac384 => Some(MacAlgorithm::HmacSha384),
+            KeySpec::Hmac512 => Some(MacAlgorithm::HmacSha512),
+            _ => None,
+        }
+    }
+
+    /// The usages a key of this spec may have; the first is the default.
+    pub fn usages(self) -> &'static [KeyUsage] {
+        match self {
+            KeySpec::SymmetricDefault => &[KeyUsage::EncryptDecrypt],
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
+                &[KeyUsage::EncryptDecrypt, KeyUsage::SignVerify]
+            }
+            KeySpec::EccNistP256 => &[KeyUsage::SignVerify],
+            KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512 => {
+                &[KeyUsage::GenerateVerifyMac]
+            }
+        }
+    }
+
+    /// Whether the material is a key pair (it has a public key).
+    pub fn is_asymmetric(self) -> bool {
+        self.rsa_bits().is_some() || self == KeySpec::EccNistP256
+    }
+
+    /// The usage of a new key: `usage` if this spec allows it, else a ValidationException;
+    /// the spec's default usage when none is given.
+    pub fn usage(self, usage: Option<KeyUsage>) -> Result<KeyUsage, KmsError> {
+        let allowed = self.usages();
+        match usage {
+            None => Ok(allowed[0]),
+            Some(usage) if allowed.contains(&usage) => Ok(usage),
+            Some(usage) => Err(KmsError::validation(format!(
+                "key_usage {} is not valid for key_spec {}; it takes {}",
+                usage.as_str(),
+                self.as_str(),
+                allowed
+                    .iter()
+                    .map(|u| u.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ))),
+        }
+    }
+
+    /// What the HSM must make for a key of this spec and usage.
+    pub fn material(self, usage: KeyUsage) -> KeyMaterial {
+        match (self, self.rsa_bits(), self.mac_algorithm()) {
+            (_, Some(bits), _) if usage == KeyUsage::SignVerify => KeyMaterial::RsaSign { bits },
+            (_, Some(bits), _) => KeyMaterial::RsaDecrypt { bits },
+            (_, _, Some(mac)) => KeyMaterial::HmacSecret(mac),
+            (KeySpec::EccNistP256, _, _) => KeyMaterial::EcP256Sign,
+            _ => KeyMaterial::MasterSecret,
+        }
+    }
 }
 
 /// Where the key material came from.
@@ -60,6 +176,8 @@ pub enum KeySpec {
 pub enum Origin {
     /// Generated inside the HSM by this service.
     Kms,
+    /// Imported by the caller with ImportKeyMaterial.
+    External,
 }
 
 /// The encryption algorithms.
@@ -67,6 +185,181 @@ pub enum Origin {
 pub enum EncryptionAlgorithm {
     /// See [`crate::symmetric`].
     SymmetricDefault,
+    /// RSAES-OAEP with SHA-1 and MGF1-SHA-1, empty label.
+    RsaesOaepSha1,
+    /// RSAES-OAEP with SHA-256 and MGF1-SHA-256, empty label.
+    RsaesOaepSha256,
+}
+
+impl EncryptionAlgorithm {
+    /// The AWS name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EncryptionAlgorithm::SymmetricDefault => "SYMMETRIC_DEFAULT",
+            EncryptionAlgorithm::RsaesOaepSha1 => "RSAES_OAEP_SHA_1",
+            EncryptionAlgorithm::RsaesOaepSha256 => "RSAES_OAEP_SHA_256",
+        }
+    }
+
+    /// The OAEP hash of an RSA algorithm.
+    pub fn oaep_hash(self) -> Option<HashAlg> {
+        match self {
+            EncryptionAlgorithm::SymmetricDefault => None,
+            EncryptionAlgorithm::RsaesOaepSha1 => Some(HashAlg::Sha1),
+            EncryptionAlgorithm::RsaesOaepSha256 => Some(HashAlg::Sha256),
+        }
+    }
+}
+
+/// The MAC algorithms.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum MacAlgorithm {
+    /// HMAC with SHA-256.
+    HmacSha256,
+    /// HMAC with SHA-384.
+    HmacSha384,
+    /// HMAC with SHA-512.
+    HmacSha512,
+}
+
+impl MacAlgorithm {
+    /// The AWS name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacAlgorithm::HmacSha256 => "HMAC_SHA_256",
+            MacAlgorithm::HmacSha384 => "HMAC_SHA_384",
+            MacAlgorithm::HmacSha512 => "HMAC_SHA_512",
+        }
+    }
+
+    /// The hash the HMAC uses.
+    pub fn hash(self) -> HashAlg {
+        match self {
+            MacAlgorithm::HmacSha256 => HashAlg::Sha256,
+            MacAlgorithm::HmacSha384 => HashAlg::Sha384,
+            MacAlgorithm::HmacSha512 => HashAlg::Sha512,
+        }
+    }
+
+    /// The lengths imported key material may have, in bytes (AWS's limits).
+    pub fn key_lengths(self) -> std::ops::RangeInclusive<usize> {
+        match self {
+            MacAlgorithm::HmacSha256 => 32..=64,
+            MacAlgorithm::HmacSha384 => 48..=128,
+            MacAlgorithm::HmacSha512 => 64..=128,
+        }
+    }
+}
+
+/// What the HSM makes for a key version, and how it may be used there.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KeyMaterial {
+    /// SYMMETRIC_DEFAULT: a 256-bit generic secret that only computes HMAC-SHA-256.
+    MasterSecret,
+    /// An HMAC key (a generic secret; generated ones are as long as the hash's output) that
+    /// only computes this MAC.
+    HmacSecret(MacAlgorithm),
+    /// An RSA key pair whose private half only decrypts (OAEP).
+    RsaDecrypt {
+        /// Modulus size.
+        bits: u32,
+    },
+    /// An RSA key pair whose private half only signs.
+    RsaSign {
+        /// Modulus size.
+        bits: u32,
+    },
+    /// A P-256 key pair whose private half only signs (ECDSA).
+    EcP256Sign,
+}
+
+impl KeyMaterial {
+    /// Whether the HSM object is a private key (else a secret key).
+    pub fn is_key_pair(self) -> bool {
+        matches!(
+            self,
+            KeyMaterial::RsaDecrypt { .. } | KeyMaterial::RsaSign { .. } | KeyMaterial::EcP256Sign
+        )
+    }
+
+    /// For secrets the HSM generates: their length in bytes.
+    pub fn secret_len(self) -> Option<usize> {
+        match self {
+            KeyMaterial::MasterSecret => Some(32),
+            KeyMaterial::HmacSecret(mac) => Some(mac.hash().output_len()),
+            _ => None,
+        }
+    }
+}
+
+/// How imported key material expires. AWS name: ExpirationModelType.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ExpirationModel {
+    /// The material is destroyed at `valid_to`; the key becomes PendingImport.
+    KeyMaterialExpires,
+    /// The material stays until it is deleted.
+    KeyMaterialDoesNotExpire,
+}
+
+/// What the service knows about an EXTERNAL key's material. Holds no secret.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct ImportState {
+    /// Whether the HSM holds material for the key (until it is deleted or expires).
+    #[serde(default)]
+    pub has_material: bool,
+    /// The serial of the last wrapping key made for the key.
+    #[serde(default)]
+    pub wrapping_serial: u32,
+    /// An HMAC the HSM computed with the first material imported, over
+    /// [`crate::service::MATERIAL_CHECK_INPUT`]: later imports must give the same value.
+    #[serde(default)]
+    pub material_check: Option<Vec<u8>>,
+    /// When the material in the HSM expires (Unix milliseconds), if it does.
+    #[serde(default)]
+    pub valid_to_ms: Option<i64>,
+    /// The import parameters handed out last, until they are used or expire.
+    #[serde(default)]
+    pub parameters: Option<ImportParameters>,
+}
+
+/// Import parameters: a wrapping key pair in the HSM and the token that names it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ImportParameters {
+    /// Numbers the key's wrapping keys, so a new one never reuses an old one's HSM object.
+    pub serial: u32,
+    /// SHA-256 of the import token.
+    pub token_sha256: [u8; 32],
+    /// The wrapping algorithm the caller chose.
+    pub algorithm: WrappingAlgorithm,
+    /// When the parameters expire, in Unix milliseconds.
+    pub valid_to_ms: i64,
+}
+
+/// How key material is wrapped for import. AWS name: AlgorithmSpec.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum WrappingAlgorithm {
+    /// RSAES-OAEP with SHA-256 and MGF1-SHA-256.
+    RsaesOaepSha256,
+    /// RSAES-OAEP with SHA-1 and MGF1-SHA-1.
+    RsaesOaepSha1,
+}
+
+impl WrappingAlgorithm {
+    /// The AWS name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WrappingAlgorithm::RsaesOaepSha256 => "RSAES_OAEP_SHA_256",
+            WrappingAlgorithm::RsaesOaepSha1 => "RSAES_OAEP_SHA_1",
+        }
+    }
+
+    /// The OAEP hash.
+    pub fn hash(self) -> HashAlg {
+        match self {
+            WrappingAlgorithm::RsaesOaepSha256 => HashAlg::Sha256,
+            WrappingAlgorithm::RsaesOaepSha1 => HashAlg::Sha1,
+        }
+    }
 }
 
 /// One version of a key: one HSM object.
@@ -83,6 +376,9 @@ pub struct KeyVersion {
     /// object by startup reconciliation if a crash left it so.
     #[serde(default)]
     pub pending: bool,
+    /// For key pairs: the public key, as a DER SubjectPublicKeyInfo.
+    #[serde(default)]
+    pub public_key: Option<Vec<u8>>,
 }
 
 /// How a key version came to be.
@@ -131,6 +427,9 @@ pub struct KeyRecord {
     /// those get [`crate::service::Kms`]'s legacy policy (administrators only).
     #[serde(default)]
     pub policy: Option<KeyPolicy>,
+    /// For EXTERNAL keys: what is known about the imported material.
+    #[serde(default)]
+    pub import: Option<ImportState>,
 }
 
 /// `days` if it lies in `range`, else a ValidationException naming `field`.
@@ -240,6 +539,12 @@ impl KeyRecord {
         Ok(())
     }
 
+    /// Whether the HSM holds the key's material: always for keys the service made; for
+    /// EXTERNAL keys, from an import until the material is deleted or expires.
+    pub fn has_material(&self) -> bool {
+        self.import.as_ref().is_none_or(|i| i.has_material)
+    }
+
     /// Whether the key is visible to callers (every state but `Creating`).
     pub fn is_visible(&self) -> bool {
         !matches!(self.state, KeyState::Creating | KeyState::Deleted)
@@ -251,7 +556,63 @@ impl KeyRecord {
             (KeyUsage::EncryptDecrypt, KeySpec::SymmetricDefault) => {
                 vec![EncryptionAlgorithm::SymmetricDefault]
             }
+            (KeyUsage::EncryptDecrypt, spec) if spec.rsa_bits().is_some() => vec![
+                EncryptionAlgorithm::RsaesOaepSha1,
+                EncryptionAlgorithm::RsaesOaepSha256,
+            ],
+            _ => Vec::new(),
         }
+    }
+
+    /// The signing algorithms the key supports.
+    pub fn signing_algorithms(&self) -> Vec<SigningAlgorithm> {
+        match (self.usage, self.spec) {
+            (KeyUsage::SignVerify, KeySpec::EccNistP256) => vec![SigningAlgorithm::EcdsaSha256],
+            (KeyUsage::SignVerify, spec) if spec.rsa_bits().is_some() => {
+                SigningAlgorithm::RSA.to_vec()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The MAC algorithms the key supports.
+    pub fn mac_algorithms(&self) -> Vec<MacAlgorithm> {
+        match self.usage {
+            KeyUsage::GenerateVerifyMac => self.spec.mac_algorithm().into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What the HSM holds for each version of the key.
+    pub fn material(&self) -> KeyMaterial {
+        self.spec.material(self.usage)
+    }
+
+    /// The public key (DER SubjectPublicKeyInfo) of the current version of a key pair.
+    pub fn public_key(&self) -> Option<&[u8]> {
+        self.versions
+            .iter()
+            .find(|v| v.version == self.current_version && !v.pending)
+            .and_then(|v| v.public_key.as_deref())
+    }
+
+    /// Fails with InvalidKeyUsageException unless the key has `usage` and `spec` matches.
+    pub fn check_usage(
+        &self,
+        usage: KeyUsage,
+        spec: impl Fn(KeySpec) -> bool,
+        operation: &str,
+    ) -> Result<(), KmsError> {
+        if self.usage == usage && spec(self.spec) {
+            return Ok(());
+        }
+        Err(KmsError::InvalidKeyUsage(format!(
+            "{operation} needs a key whose usage is {}; key {} is {} with usage {}",
+            usage.as_str(),
+            self.id,
+            self.spec.as_str(),
+            self.usage.as_str()
+        )))
     }
 
     /// The HSM object of `version`, if the key has that version.

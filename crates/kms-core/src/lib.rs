@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alias;
+pub mod asymmetric;
 pub mod audit;
 pub mod blob;
 pub mod caller;

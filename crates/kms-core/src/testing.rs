@@ -13,11 +13,12 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::alias::AliasRecord;
+use crate::asymmetric::HashAlg;
 use crate::audit::CheckpointSigner;
 use crate::clock::Clock;
-use crate::hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey};
+use crate::hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey, SignMechanism, WrappingKeyRef};
 use crate::ids::{AliasName, KeyId};
-use crate::key::KeyRecord;
+use crate::key::{KeyMaterial, KeyRecord, MacAlgorithm, WrappingAlgorithm};
 use crate::store::{MetadataStore, StoreError};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,11 +82,19 @@ impl MetadataStore for MemoryStore {
     }
 }
 
-/// A software stand-in for the HSM. Master secrets are random unless set with
+/// A key the software HSM holds.
+enum SoftKey {
+    Secret(Zeroizing<Vec<u8>>),
+    EcP256(SigningKey),
+}
+
+/// A software stand-in for the HSM: secrets (master and HMAC) and P-256 key pairs. It has no
+/// RSA and no import (those are tested on SoftHSM2 in kms-hsm and the end-to-end tests): such
+/// calls fail with [`HsmError::Unsupported`]. Master secrets are random unless set with
 /// [`SoftKeyStore::insert_secret`]; every derivation is counted.
 #[derive(Default)]
 pub struct SoftKeyStore {
-    secrets: Mutex<HashMap<KeyVersionRef, Zeroizing<[u8; 32]>>>,
+    keys: Mutex<HashMap<KeyVersionRef, SoftKey>>,
     derivations: AtomicUsize,
     fail_creation: Mutex<bool>,
 }
@@ -93,7 +102,7 @@ pub struct SoftKeyStore {
 impl SoftKeyStore {
     /// Sets the master secret of a key version (for known-answer tests).
     pub fn insert_secret(&self, key: KeyVersionRef, secret: [u8; 32]) {
-        lock(&self.secrets).insert(key, Zeroizing::new(secret));
+        lock(&self.keys).insert(key, SoftKey::Secret(Zeroizing::new(secret.to_vec())));
     }
 
     /// How many derivations have run.
@@ -103,46 +112,171 @@ impl SoftKeyStore {
 
     /// Whether an object exists for the key version.
     pub fn contains(&self, key: KeyVersionRef) -> bool {
-        lock(&self.secrets).contains_key(&key)
+        lock(&self.keys).contains_key(&key)
     }
 
     /// Makes the next key creations fail, as an HSM that refuses would.
     pub fn set_fail_creation(&self, fail: bool) {
         *lock(&self.fail_creation) = fail;
     }
+
+    fn hmac(
+        &self,
+        key: KeyVersionRef,
+        mac: MacAlgorithm,
+        input: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let keys = lock(&self.keys);
+        let Some(SoftKey::Secret(secret)) = keys.get(&key) else {
+            return Err(HsmError::ObjectNotFound(key));
+        };
+        match mac {
+            MacAlgorithm::HmacSha256 => hmac_with::<Hmac<Sha256>>(secret, input),
+            MacAlgorithm::HmacSha384 => hmac_with::<Hmac<sha2::Sha384>>(secret, input),
+            MacAlgorithm::HmacSha512 => hmac_with::<Hmac<sha2::Sha512>>(secret, input),
+        }
+    }
+}
+
+/// HMAC of `input` under `secret` with the MAC `M`.
+fn hmac_with<M: Mac + hmac::digest::KeyInit>(
+    secret: &[u8],
+    input: &[u8],
+) -> Result<Vec<u8>, HsmError> {
+    let mut m =
+        <M as hmac::digest::KeyInit>::new_from_slice(secret).map_err(|e| HsmError::Failed {
+            operation: "hmac",
+            source: e.to_string().into(),
+        })?;
+    m.update(input);
+    Ok(m.finalize().into_bytes().to_vec())
+}
+
+fn unsupported(operation: &'static str) -> HsmError {
+    HsmError::Unsupported {
+        operation,
+        detail: "the software test HSM has no RSA".to_owned(),
+    }
 }
 
 impl KeyStore for SoftKeyStore {
-    fn create_key_version(&self, key: KeyVersionRef) -> Result<(), HsmError> {
+    fn create_key_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+    ) -> Result<Option<Vec<u8>>, HsmError> {
         if *lock(&self.fail_creation) {
             return Err(HsmError::Failed {
                 operation: "generate key",
                 source: "injected failure".into(),
             });
         }
-        let mut secret = Zeroizing::new([0u8; 32]);
-        getrandom::fill(secret.as_mut_slice()).map_err(|e| HsmError::Failed {
+        let fail = |e: getrandom::Error| HsmError::Failed {
             operation: "generate key",
             source: Box::new(e),
-        })?;
-        lock(&self.secrets).insert(key, secret);
-        Ok(())
+        };
+        let (soft, public_key) = match material {
+            KeyMaterial::MasterSecret | KeyMaterial::HmacSecret(_) => {
+                let len = material.secret_len().unwrap_or(32);
+                let mut secret = Zeroizing::new(vec![0u8; len]);
+                getrandom::fill(secret.as_mut_slice()).map_err(fail)?;
+                (SoftKey::Secret(secret), None)
+            }
+            KeyMaterial::EcP256Sign => {
+                let mut seed = Zeroizing::new([0u8; 32]);
+                let signing = loop {
+                    getrandom::fill(seed.as_mut_slice()).map_err(fail)?;
+                    if let Ok(k) = SigningKey::from_slice(seed.as_slice()) {
+                        break k;
+                    }
+                };
+                let spki = p256::pkcs8::EncodePublicKey::to_public_key_der(&p256::PublicKey::from(
+                    signing.verifying_key(),
+                ))
+                .map_err(|e| HsmError::Failed {
+                    operation: "generate key",
+                    source: Box::new(e),
+                })?;
+                (SoftKey::EcP256(signing), Some(spki.as_bytes().to_vec()))
+            }
+            KeyMaterial::RsaDecrypt { .. } | KeyMaterial::RsaSign { .. } => {
+                return Err(unsupported("generate RSA key"));
+            }
+        };
+        lock(&self.keys).insert(key, soft);
+        Ok(public_key)
     }
 
     fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError> {
         self.derivations.fetch_add(1, Ordering::SeqCst);
-        let secrets = lock(&self.secrets);
-        let secret = secrets.get(&key).ok_or(HsmError::ObjectNotFound(key))?;
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_slice()).map_err(|e| {
-            HsmError::Failed {
-                operation: "hmac",
-                source: e.to_string().into(),
-            }
+        let mac = Zeroizing::new(self.hmac(key, MacAlgorithm::HmacSha256, input)?);
+        let bytes: [u8; 32] = mac.as_slice().try_into().map_err(|_| HsmError::Failed {
+            operation: "hmac",
+            source: "not 32 bytes".into(),
         })?;
-        mac.update(input);
-        Ok(MessageKey::new(Zeroizing::new(
-            mac.finalize().into_bytes().into(),
-        )))
+        Ok(MessageKey::new(Zeroizing::new(bytes)))
+    }
+
+    fn sign(
+        &self,
+        key: KeyVersionRef,
+        mechanism: SignMechanism,
+        data: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        match mechanism {
+            SignMechanism::Hmac(mac) => self.hmac(key, mac, data),
+            SignMechanism::Ecdsa => {
+                let keys = lock(&self.keys);
+                let Some(SoftKey::EcP256(signing)) = keys.get(&key) else {
+                    return Err(HsmError::ObjectNotFound(key));
+                };
+                let signature: Signature =
+                    p256::ecdsa::signature::hazmat::PrehashSigner::sign_prehash(signing, data)
+                        .map_err(|e| HsmError::Failed {
+                            operation: "sign",
+                            source: Box::new(e),
+                        })?;
+                Ok(signature.to_bytes().to_vec())
+            }
+            SignMechanism::RsaPss(_) | SignMechanism::RsaPkcs1 => Err(unsupported("RSA sign")),
+        }
+    }
+
+    fn rsa_decrypt(
+        &self,
+        _key: KeyVersionRef,
+        _hash: HashAlg,
+        _ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        Err(unsupported("RSA decrypt"))
+    }
+
+    fn create_wrapping_key(
+        &self,
+        _key: WrappingKeyRef,
+        _bits: u32,
+        _algorithm: WrappingAlgorithm,
+    ) -> Result<Vec<u8>, HsmError> {
+        Err(unsupported("create wrapping key"))
+    }
+
+    fn unwrap_key_version(
+        &self,
+        _key: KeyVersionRef,
+        _material: KeyMaterial,
+        _wrapping: WrappingKeyRef,
+        _algorithm: WrappingAlgorithm,
+        _wrapped: &[u8],
+    ) -> Result<Option<usize>, HsmError> {
+        Err(unsupported("unwrap"))
+    }
+
+    fn destroy_wrapping_key(&self, _key: WrappingKeyRef) -> Result<(), HsmError> {
+        Ok(())
+    }
+
+    fn list_wrapping_keys(&self) -> Result<Vec<WrappingKeyRef>, HsmError> {
+        Ok(Vec::new())
     }
 
     fn random_bytes(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {
@@ -155,12 +289,12 @@ impl KeyStore for SoftKeyStore {
     }
 
     fn destroy_key_version(&self, key: KeyVersionRef) -> Result<(), HsmError> {
-        lock(&self.secrets).remove(&key);
+        lock(&self.keys).remove(&key);
         Ok(())
     }
 
     fn list_key_versions(&self) -> Result<Vec<KeyVersionRef>, HsmError> {
-        Ok(lock(&self.secrets).keys().copied().collect())
+        Ok(lock(&self.keys).keys().copied().collect())
     }
 }
 

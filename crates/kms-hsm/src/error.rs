@@ -106,10 +106,29 @@ pub(crate) fn classify(operation: &'static str, error: CkError) -> HsmError {
         )
     {
         unavailable(error)
+    } else if is_bad_input(&error) {
+        HsmError::Rejected { operation }
     } else {
         HsmError::Failed {
             operation,
             source: Box::new(error),
         }
     }
+}
+
+/// Whether the module refused the data of a decryption or unwrap: a ciphertext or wrapped key
+/// that does not decrypt, or has the wrong length.
+pub(crate) fn is_bad_input(error: &CkError) -> bool {
+    matches!(
+        error,
+        CkError::Pkcs11(
+            RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::WrappedKeyInvalid
+                | RvError::WrappedKeyLenRange
+                | RvError::DataInvalid
+                | RvError::DataLenRange,
+            _
+        )
+    )
 }

@@ -13,6 +13,7 @@ mod audit_key;
 mod error;
 mod object_id;
 mod pool;
+mod templates;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use kms_core::asymmetric::{self, HashAlg};
+use kms_core::hsm::{SignMechanism, WrappingKeyRef};
+use kms_core::key::{KeyMaterial, WrappingAlgorithm};
 use kms_core::{HsmError, KeyStore, KeyVersionRef, MessageKey};
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
@@ -34,6 +38,7 @@ pub use audit_key::HsmAuditSigner;
 pub use error::OpenError;
 pub use object_id::ObjectId;
 use pool::SessionPool;
+use templates::PrivateUse;
 
 /// Where the HSM is and how to log in.
 pub struct HsmConfig {
@@ -135,9 +140,14 @@ impl HsmKeyStore {
         }
     }
 
-    fn find(&self, session: &Session, key: KeyVersionRef) -> Result<Option<ObjectHandle>, CkError> {
+    fn find(
+        &self,
+        session: &Session,
+        key: KeyVersionRef,
+        class: ObjectClass,
+    ) -> Result<Option<ObjectHandle>, CkError> {
         let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Class(class),
             Attribute::Id(self.object_id(key).to_bytes()),
         ];
         Ok(session.find_objects(&template)?.into_iter().next())
@@ -148,6 +158,7 @@ impl HsmKeyStore {
         &self,
         session: &Session,
         key: KeyVersionRef,
+        class: ObjectClass,
     ) -> Result<Option<ObjectHandle>, CkError> {
         let cached = self
             .handles
@@ -158,7 +169,7 @@ impl HsmKeyStore {
         if cached.is_some() {
             return Ok(cached);
         }
-        let found = self.find(session, key)?;
+        let found = self.find(session, key, class)?;
         if let Some(handle) = found {
             self.handles
                 .lock()
@@ -174,6 +185,62 @@ impl HsmKeyStore {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&key);
     }
+
+    /// Runs `f` with the handle of the key version's `class` object; a stale cached handle is
+    /// searched again once. [`HsmError::ObjectNotFound`] when there is no object.
+    fn with_key<T>(
+        &self,
+        operation: &'static str,
+        key: KeyVersionRef,
+        class: ObjectClass,
+        f: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        let result = self.with_session(operation, true, |s| {
+            let Some(handle) = self.handle(s, key, class)? else {
+                return Ok(None);
+            };
+            match f(s, handle) {
+                Err(CkError::Pkcs11(
+                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
+                    _,
+                )) => {
+                    self.forget(key);
+                    match self.find(s, key, class)? {
+                        Some(handle) => f(s, handle).map(Some),
+                        None => Ok(None),
+                    }
+                }
+                other => other.map(Some),
+            }
+        })?;
+        result.ok_or(HsmError::ObjectNotFound(key))
+    }
+
+    /// Generates a key pair whose private half is on the token and whose public half is a
+    /// session object; reads the public key and destroys the public object.
+    fn generate_pair(
+        &self,
+        key: KeyVersionRef,
+        mechanism: &Mechanism,
+        public: &[Attribute],
+        private: &[Attribute],
+    ) -> Result<(ObjectHandle, Vec<Attribute>), HsmError> {
+        let wanted = if matches!(mechanism, Mechanism::EccKeyPairGen) {
+            vec![AttributeType::EcPoint]
+        } else {
+            vec![AttributeType::Modulus, AttributeType::PublicExponent]
+        };
+        // Not idempotent: a retry after a lost session could make a second pair. A failure
+        // leaves at most an orphan, which startup reconciliation destroys.
+        self.with_session("generate key pair", false, |s| {
+            let (public_handle, private_handle) =
+                s.generate_key_pair(mechanism, public, private)?;
+            let attributes = s.get_attributes(public_handle, &wanted);
+            s.destroy_object(public_handle)?;
+            debug!(key_id = %key.key_id, version = key.version, "generated HSM key pair");
+            Ok((private_handle, attributes?))
+        })
+    }
 }
 
 /// The custody template of DESIGN §3 for a key version's master secret: a 256-bit generic
@@ -181,72 +248,310 @@ impl HsmKeyStore {
 /// usable only to compute HMACs (CKA_SIGN). Every attribute is set explicitly, since
 /// SoftHSM2's defaults are unsafe.
 pub fn master_secret_template(id: &ObjectId, label: String) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Modifiable(false),
-        Attribute::Copyable(false),
-        Attribute::Destroyable(true),
-        Attribute::Sign(true),
-        Attribute::Verify(false),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-        Attribute::Id(id.to_bytes()),
-        Attribute::Label(label.into_bytes()),
-    ]
+    templates::secret_template(id.to_bytes(), label, Some(32))
+}
+
+fn public_key_der(material: KeyMaterial, attributes: Vec<Attribute>) -> Result<Vec<u8>, HsmError> {
+    let mut modulus = None;
+    let mut exponent = None;
+    let mut point = None;
+    for attribute in attributes {
+        match attribute {
+            Attribute::Modulus(m) => modulus = Some(m),
+            Attribute::PublicExponent(e) => exponent = Some(e),
+            Attribute::EcPoint(p) => point = Some(p),
+            _ => {}
+        }
+    }
+    let der = match (material, modulus, exponent, point) {
+        (KeyMaterial::EcP256Sign, _, _, Some(point)) => asymmetric::p256_spki_der(&point),
+        (_, Some(modulus), Some(exponent), _) => asymmetric::rsa_spki_der(&modulus, &exponent),
+        _ => {
+            return Err(HsmError::Failed {
+                operation: "read public key",
+                source: "the HSM returned no public key".into(),
+            });
+        }
+    };
+    der.map_err(|e| HsmError::Failed {
+        operation: "read public key",
+        source: Box::new(e),
+    })
+}
+
+/// Whether the module failed without saying why; SoftHSM2 does so for bad OAEP padding.
+fn is_general_error(error: &CkError) -> bool {
+    matches!(error, CkError::Pkcs11(RvError::GeneralError, _))
+}
+
+/// Whether the module refused the mechanism's parameters (as SoftHSM2 2.6 does for OAEP with
+/// SHA-256) rather than the data.
+fn is_unsupported_parameter(error: &CkError) -> bool {
+    matches!(
+        error,
+        CkError::Pkcs11(
+            RvError::ArgumentsBad | RvError::MechanismParamInvalid | RvError::MechanismInvalid,
+            _
+        )
+    )
 }
 
 impl KeyStore for HsmKeyStore {
-    fn create_key_version(&self, key: KeyVersionRef) -> Result<(), HsmError> {
+    fn create_key_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+    ) -> Result<Option<Vec<u8>>, HsmError> {
         let id = self.object_id(key);
-        let template = master_secret_template(&id, id.label());
-        // Not idempotent: a retry after a lost session could make a second object. A failure
-        // leaves at most an orphan, which startup reconciliation destroys.
-        let handle = self.with_session("generate key", false, |s| {
-            s.generate_key(&Mechanism::GenericSecretKeyGen, &template)
-        })?;
+        let (bytes, label) = (id.to_bytes(), id.label());
+        let (handle, public_key) = match material {
+            KeyMaterial::MasterSecret | KeyMaterial::HmacSecret(_) => {
+                let template = templates::secret_template(bytes, label, material.secret_len());
+                // Not idempotent: see generate_pair.
+                let handle = self.with_session("generate key", false, |s| {
+                    s.generate_key(&Mechanism::GenericSecretKeyGen, &template)
+                })?;
+                (handle, None)
+            }
+            KeyMaterial::RsaDecrypt { bits } | KeyMaterial::RsaSign { bits } => {
+                let use_ = if matches!(material, KeyMaterial::RsaSign { .. }) {
+                    PrivateUse::Sign
+                } else {
+                    PrivateUse::Decrypt
+                };
+                let (handle, attributes) = self.generate_pair(
+                    key,
+                    &Mechanism::RsaPkcsKeyPairGen,
+                    &templates::rsa_public_template(bytes.clone(), label.clone(), bits),
+                    &templates::private_template(KeyType::RSA, bytes, label, use_),
+                )?;
+                (handle, Some(public_key_der(material, attributes)?))
+            }
+            KeyMaterial::EcP256Sign => {
+                let (handle, attributes) = self.generate_pair(
+                    key,
+                    &Mechanism::EccKeyPairGen,
+                    &templates::ec_public_template(bytes.clone(), label.clone()),
+                    &templates::private_template(KeyType::EC, bytes, label, PrivateUse::Sign),
+                )?;
+                (handle, Some(public_key_der(material, attributes)?))
+            }
+        };
         self.handles
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, handle);
         debug!(key_id = %key.key_id, version = key.version, "generated HSM key");
-        Ok(())
+        Ok(public_key)
     }
 
     fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError> {
-        let mac = self.with_session("hmac", true, |s| {
-            let Some(handle) = self.handle(s, key)? else {
-                return Ok(None);
-            };
-            match s.sign(&Mechanism::Sha256Hmac, handle, input) {
-                Err(CkError::Pkcs11(
-                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
-                    _,
-                )) => {
-                    // A stale cached handle: search again once.
-                    self.forget(key);
-                    match self.find(s, key)? {
-                        Some(handle) => s.sign(&Mechanism::Sha256Hmac, handle, input).map(Some),
-                        None => Ok(None),
-                    }
-                }
-                other => other.map(Some),
-            }
-        })?;
-        let mac = Zeroizing::new(mac.ok_or(HsmError::ObjectNotFound(key))?);
+        let mac = Zeroizing::new(self.with_key("hmac", key, ObjectClass::SECRET_KEY, |s, h| {
+            s.sign(&Mechanism::Sha256Hmac, h, input)
+        })?);
         let bytes: [u8; 32] = mac.as_slice().try_into().map_err(|_| HsmError::Failed {
             operation: "hmac",
             source: format!("the HSM returned {} bytes, not 32", mac.len()).into(),
         })?;
         Ok(MessageKey::new(Zeroizing::new(bytes)))
+    }
+
+    fn sign(
+        &self,
+        key: KeyVersionRef,
+        mechanism: SignMechanism,
+        data: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let class = if matches!(mechanism, SignMechanism::Hmac(_)) {
+            ObjectClass::SECRET_KEY
+        } else {
+            ObjectClass::PRIVATE_KEY
+        };
+        let mechanism = templates::sign_mechanism(mechanism);
+        self.with_key("sign", key, class, |s, h| s.sign(&mechanism, h, data))
+    }
+
+    fn rsa_decrypt(
+        &self,
+        key: KeyVersionRef,
+        hash: HashAlg,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let oaep = templates::oaep(hash);
+        let decrypted = self.with_key("RSA decrypt", key, ObjectClass::PRIVATE_KEY, |s, h| {
+            match s.decrypt(&oaep, h, ciphertext) {
+                Ok(plaintext) => Ok(Ok(Zeroizing::new(plaintext))),
+                // The module lacks OAEP with this hash (SoftHSM2 2.6 has SHA-1 only): the HSM
+                // still does the private-key operation (raw RSA), and the OAEP decoding runs
+                // here, in constant time.
+                Err(e) if is_unsupported_parameter(&e) => {
+                    match s.decrypt(&Mechanism::RsaX509, h, ciphertext) {
+                        Ok(encoded) => {
+                            let encoded = Zeroizing::new(encoded);
+                            Ok(asymmetric::oaep_decode(hash, &encoded))
+                        }
+                        Err(e) if error::is_bad_input(&e) || is_general_error(&e) => {
+                            Ok(Err(kms_core::KmsError::InvalidCiphertext))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                // SoftHSM2 reports a bad OAEP padding as CKR_GENERAL_ERROR.
+                Err(e) if error::is_bad_input(&e) || is_general_error(&e) => {
+                    Ok(Err(kms_core::KmsError::InvalidCiphertext))
+                }
+                Err(e) => Err(e),
+            }
+        })?;
+        decrypted.map_err(|_| HsmError::Rejected {
+            operation: "RSA decrypt",
+        })
+    }
+
+    fn create_wrapping_key(
+        &self,
+        key: WrappingKeyRef,
+        bits: u32,
+        algorithm: WrappingAlgorithm,
+    ) -> Result<Vec<u8>, HsmError> {
+        let id = object_id::wrapping_id(self.namespace, key);
+        let label = object_id::wrapping_label(key);
+        let oaep = templates::oaep(algorithm.hash());
+        let probe_template = templates::secret_template(id.clone(), label.clone(), None);
+        let result = self.with_session("generate wrapping key", false, |s| {
+            let (public, private) = s.generate_key_pair(
+                &Mechanism::RsaPkcsKeyPairGen,
+                &templates::rsa_public_template(id.clone(), label.clone(), bits),
+                &templates::private_template(
+                    KeyType::RSA,
+                    id.clone(),
+                    label.clone(),
+                    PrivateUse::Unwrap,
+                ),
+            )?;
+            let attributes = s.get_attributes(
+                public,
+                &[AttributeType::Modulus, AttributeType::PublicExponent],
+            );
+            s.destroy_object(public)?;
+            // Can the module unwrap with this algorithm? An all-zero block is never a valid
+            // ciphertext, so a module that supports the parameters refuses the data instead.
+            let zero = vec![0u8; bits as usize / 8];
+            let supported = match s.unwrap_key(&oaep, private, &zero, &probe_template) {
+                Ok(object) => {
+                    s.destroy_object(object)?;
+                    true
+                }
+                Err(e) => !is_unsupported_parameter(&e),
+            };
+            if !supported {
+                s.destroy_object(private)?;
+            }
+            Ok((supported, attributes?))
+        })?;
+        let (supported, attributes) = result;
+        if !supported {
+            return Err(HsmError::Unsupported {
+                operation: "unwrapping imported key material",
+                detail: format!(
+                    "the module refuses {} (SoftHSM2 2.6 unwraps with RSAES_OAEP_SHA_1 only)",
+                    algorithm.as_str()
+                ),
+            });
+        }
+        public_key_der(KeyMaterial::RsaDecrypt { bits }, attributes)
+    }
+
+    fn unwrap_key_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+        wrapping: WrappingKeyRef,
+        algorithm: WrappingAlgorithm,
+        wrapped: &[u8],
+    ) -> Result<Option<usize>, HsmError> {
+        if material.secret_len().is_none() {
+            return Err(HsmError::Unsupported {
+                operation: "unwrapping imported key material",
+                detail: "only secret keys are imported".to_owned(),
+            });
+        }
+        // Material that expired but is not destroyed yet has the same CKA_ID: remove it.
+        self.destroy_key_version(key)?;
+        let id = self.object_id(key);
+        let template = templates::secret_template(id.to_bytes(), id.label(), None);
+        let wrapping_id = object_id::wrapping_id(self.namespace, wrapping);
+        let oaep = templates::oaep(algorithm.hash());
+        let (handle, length) = self
+            .with_session("unwrap key", false, |s| {
+                let unwrapping = s
+                    .find_objects(&[
+                        Attribute::Class(ObjectClass::PRIVATE_KEY),
+                        Attribute::Id(wrapping_id.clone()),
+                    ])?
+                    .into_iter()
+                    .next();
+                let Some(unwrapping) = unwrapping else {
+                    return Ok(Ok(None));
+                };
+                let handle = match s.unwrap_key(&oaep, unwrapping, wrapped, &template) {
+                    Ok(handle) => handle,
+                    // SoftHSM2 reports a bad OAEP padding as CKR_GENERAL_ERROR.
+                    Err(e) if error::is_bad_input(&e) || is_general_error(&e) => {
+                        return Ok(Err(HsmError::Rejected {
+                            operation: "unwrap key",
+                        }));
+                    }
+                    Err(e) => return Err(e),
+                };
+                let length = s
+                    .get_attributes(handle, &[AttributeType::ValueLen])?
+                    .into_iter()
+                    .find_map(|a| match a {
+                        Attribute::ValueLen(len) => Some(u64::from(len)),
+                        _ => None,
+                    });
+                Ok(Ok(Some((handle, length))))
+            })??
+            .ok_or_else(|| HsmError::Failed {
+                operation: "unwrap key",
+                source: "the wrapping key is gone from the HSM".into(),
+            })?;
+        self.handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, handle);
+        // SoftHSM2 leaves CKA_VALUE_LEN at 0 on unwrapped keys: then the length is unknown.
+        Ok(length
+            .and_then(|l| usize::try_from(l).ok())
+            .filter(|l| *l > 0))
+    }
+
+    fn destroy_wrapping_key(&self, key: WrappingKeyRef) -> Result<(), HsmError> {
+        let id = object_id::wrapping_id(self.namespace, key);
+        self.with_session("destroy wrapping key", true, |s| {
+            for handle in s.find_objects(&[Attribute::Id(id.clone())])? {
+                s.destroy_object(handle)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn list_wrapping_keys(&self) -> Result<Vec<WrappingKeyRef>, HsmError> {
+        self.with_session("list wrapping keys", true, |s| {
+            let mut found = Vec::new();
+            for handle in s.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])? {
+                for attribute in s.get_attributes(handle, &[AttributeType::Id])? {
+                    if let Attribute::Id(bytes) = attribute
+                        && let Some((namespace, key)) = object_id::parse_wrapping_id(&bytes)
+                        && namespace == self.namespace
+                    {
+                        found.push(key);
+                    }
+                }
+            }
+            Ok(found)
+        })
     }
 
     fn random_bytes(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {
@@ -261,10 +566,7 @@ impl KeyStore for HsmKeyStore {
     fn destroy_key_version(&self, key: KeyVersionRef) -> Result<(), HsmError> {
         self.forget(key);
         self.with_session("destroy key", true, |s| {
-            for handle in s.find_objects(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::Id(self.object_id(key).to_bytes()),
-            ])? {
+            for handle in s.find_objects(&[Attribute::Id(self.object_id(key).to_bytes())])? {
                 s.destroy_object(handle)?;
             }
             Ok(())
@@ -274,13 +576,15 @@ impl KeyStore for HsmKeyStore {
     fn list_key_versions(&self) -> Result<Vec<KeyVersionRef>, HsmError> {
         self.with_session("list keys", true, |s| {
             let mut found = Vec::new();
-            for handle in s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])? {
-                for attribute in s.get_attributes(handle, &[AttributeType::Id])? {
-                    if let Attribute::Id(bytes) = attribute
-                        && let Some(id) = ObjectId::parse(&bytes)
-                        && id.namespace() == self.namespace
-                    {
-                        found.push(id.key());
+            for class in [ObjectClass::SECRET_KEY, ObjectClass::PRIVATE_KEY] {
+                for handle in s.find_objects(&[Attribute::Class(class)])? {
+                    for attribute in s.get_attributes(handle, &[AttributeType::Id])? {
+                        if let Attribute::Id(bytes) = attribute
+                            && let Some(id) = ObjectId::parse(&bytes)
+                            && id.namespace() == self.namespace
+                        {
+                            found.push(id.key());
+                        }
                     }
                 }
             }

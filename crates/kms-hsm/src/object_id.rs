@@ -1,5 +1,6 @@
 //! How a key version's HSM object is named: CKA_ID and CKA_LABEL.
 
+use kms_core::hsm::WrappingKeyRef;
 use kms_core::{KeyId, KeyVersionRef};
 
 const MAGIC: &[u8; 4] = b"kms1";
@@ -58,6 +59,35 @@ impl ObjectId {
     pub fn key(&self) -> KeyVersionRef {
         self.key
     }
+}
+
+const WRAPPING_MAGIC: &[u8; 4] = b"kmsw";
+
+/// CKA_ID of both halves of an import wrapping key pair: `"kmsw"` || instance id (16) ||
+/// key id (16) || serial (u32 big-endian).
+pub fn wrapping_id(namespace: [u8; 16], key: WrappingKeyRef) -> Vec<u8> {
+    let mut out = Vec::with_capacity(LEN);
+    out.extend_from_slice(WRAPPING_MAGIC);
+    out.extend_from_slice(&namespace);
+    out.extend_from_slice(key.key_id.as_bytes());
+    out.extend_from_slice(&key.serial.to_be_bytes());
+    out
+}
+
+/// The wrapping key a CKA_ID names, with its instance id, or `None` for any other object's.
+pub fn parse_wrapping_id(bytes: &[u8]) -> Option<([u8; 16], WrappingKeyRef)> {
+    if bytes.len() != LEN || !bytes.starts_with(WRAPPING_MAGIC) {
+        return None;
+    }
+    let namespace = bytes.get(4..20)?.try_into().ok()?;
+    let key_id = KeyId::from_bytes(bytes.get(20..36)?.try_into().ok()?);
+    let serial = u32::from_be_bytes(bytes.get(36..40)?.try_into().ok()?);
+    Some((namespace, WrappingKeyRef { key_id, serial }))
+}
+
+/// The CKA_LABEL of a wrapping key: `kms/<key id>/wrap<serial>`.
+pub fn wrapping_label(key: WrappingKeyRef) -> String {
+    format!("kms/{}/wrap{}", key.key_id, key.serial)
 }
 
 #[cfg(test)]

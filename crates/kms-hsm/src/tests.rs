@@ -14,6 +14,7 @@ use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectC
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use kms_core::key::KeyMaterial;
 use kms_core::{HsmError, KeyId, KeyStore, KeyVersionRef};
 use zeroize::Zeroizing;
 
@@ -122,15 +123,15 @@ fn version(key_id: KeyId, version: u32) -> KeyVersionRef {
     KeyVersionRef { key_id, version }
 }
 
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
+fn ok<T, E: std::fmt::Display + std::fmt::Debug>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}: {e:?}"))
 }
 
 #[test]
 fn master_secrets_are_sensitive_and_never_leave_the_hsm() {
     let (store, slot) = open_store();
     let key = version(KeyId::random(), 1);
-    ok(store.create_key_version(key));
+    ok(store.create_key_version(key, KeyMaterial::MasterSecret));
 
     let session = inspector(slot);
     let id = ObjectId::new(NAMESPACE, key).to_bytes();
@@ -231,8 +232,8 @@ fn destroy_is_idempotent_and_list_sees_only_this_instance() {
     let (store, _) = open_store();
     let a = version(KeyId::random(), 1);
     let b = version(KeyId::random(), 2);
-    ok(store.create_key_version(a));
-    ok(store.create_key_version(b));
+    ok(store.create_key_version(a, KeyMaterial::MasterSecret));
+    ok(store.create_key_version(b, KeyMaterial::MasterSecret));
     let mut listed = ok(store.list_key_versions());
     listed.sort();
     let mut expected = vec![a, b];
@@ -258,7 +259,7 @@ fn another_instance_never_sees_these_objects() {
     let mine = ok(HsmKeyStore::open(config(&label, PIN), NAMESPACE));
     let theirs = ok(HsmKeyStore::open(config(&label, PIN), [0x24; 16]));
     let key = version(KeyId::random(), 1);
-    ok(mine.create_key_version(key));
+    ok(mine.create_key_version(key, KeyMaterial::MasterSecret));
     assert!(ok(theirs.list_key_versions()).is_empty());
     ok(theirs.destroy_key_version(key));
     assert_eq!(ok(mine.list_key_versions()), vec![key]);
@@ -381,4 +382,290 @@ fn a_call_that_finds_every_session_busy_times_out() {
     assert!(matches!(store.random_bytes(4), Err(HsmError::Timeout)));
     drop(held);
     assert_eq!(ok(store.random_bytes(4)).len(), 4);
+}
+
+/// The attributes of the one private or secret object the store keeps for `key`.
+fn custody(session: &Session, id: Vec<u8>, class: ObjectClass) -> Vec<Attribute> {
+    let handles = ok(session.find_objects(&[Attribute::Id(id.clone())]));
+    assert_eq!(
+        handles.len(),
+        1,
+        "exactly one object per key version (public halves are not kept)"
+    );
+    let handle = ok(session.find_objects(&[Attribute::Class(class), Attribute::Id(id)]))[0];
+    let secret = if class == ObjectClass::PRIVATE_KEY {
+        AttributeType::PrivateExponent
+    } else {
+        AttributeType::Value
+    };
+    let info = ok(session.get_attribute_info(handle, &[secret]));
+    assert!(
+        matches!(
+            info[..],
+            [AttributeInfo::Sensitive | AttributeInfo::TypeInvalid]
+        ),
+        "{info:?}"
+    );
+    ok(session.get_attributes(
+        handle,
+        &[
+            AttributeType::Token,
+            AttributeType::Private,
+            AttributeType::Sensitive,
+            AttributeType::Extractable,
+            AttributeType::Modifiable,
+            AttributeType::Sign,
+            AttributeType::Decrypt,
+            AttributeType::Unwrap,
+            AttributeType::Derive,
+        ],
+    ))
+}
+
+fn expected_custody(sign: bool, decrypt: bool, unwrap: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Sign(sign),
+        Attribute::Decrypt(decrypt),
+        Attribute::Unwrap(unwrap),
+        Attribute::Derive(false),
+    ]
+}
+
+#[test]
+fn key_pairs_and_hmac_keys_keep_custody_and_sign_verifiably() {
+    use kms_core::asymmetric::{self, HashAlg, MessageType, SigningAlgorithm};
+    use kms_core::hsm::SignMechanism;
+    use kms_core::key::MacAlgorithm;
+
+    let (store, slot) = open_store();
+    let session = inspector(slot);
+    let message = b"sign me in the HSM";
+
+    let rsa = version(KeyId::random(), 1);
+    let spki = ok(store.create_key_version(rsa, KeyMaterial::RsaSign { bits: 2048 }))
+        .unwrap_or_else(|| panic!("an RSA key has a public key"));
+    assert_eq!(ok(asymmetric::rsa_modulus_bits(&spki)), 2048);
+    assert_eq!(
+        custody(
+            &session,
+            ObjectId::new(NAMESPACE, rsa).to_bytes(),
+            ObjectClass::PRIVATE_KEY
+        ),
+        expected_custody(true, false, false)
+    );
+    for algorithm in SigningAlgorithm::RSA {
+        let digest = ok(asymmetric::message_digest(
+            algorithm,
+            MessageType::Raw,
+            message,
+        ));
+        let signature = match algorithm {
+            SigningAlgorithm::RsassaPkcs1V15Sha256
+            | SigningAlgorithm::RsassaPkcs1V15Sha384
+            | SigningAlgorithm::RsassaPkcs1V15Sha512 => ok(store.sign(
+                rsa,
+                SignMechanism::RsaPkcs1,
+                &asymmetric::pkcs1_digest_info(algorithm.hash(), &digest),
+            )),
+            _ => ok(store.sign(rsa, SignMechanism::RsaPss(algorithm.hash()), &digest)),
+        };
+        assert!(
+            ok(asymmetric::verify(&spki, algorithm, &digest, &signature)),
+            "{algorithm:?}"
+        );
+        let other = ok(asymmetric::message_digest(
+            algorithm,
+            MessageType::Raw,
+            b"other",
+        ));
+        assert!(!ok(asymmetric::verify(
+            &spki, algorithm, &other, &signature
+        )));
+    }
+
+    let ec = version(KeyId::random(), 1);
+    let ec_spki = ok(store.create_key_version(ec, KeyMaterial::EcP256Sign))
+        .unwrap_or_else(|| panic!("an EC key has a public key"));
+    assert_eq!(
+        custody(
+            &session,
+            ObjectId::new(NAMESPACE, ec).to_bytes(),
+            ObjectClass::PRIVATE_KEY
+        ),
+        expected_custody(true, false, false)
+    );
+    let digest = HashAlg::Sha256.digest(message);
+    let der = ok(asymmetric::ecdsa_raw_to_der(&ok(store.sign(
+        ec,
+        SignMechanism::Ecdsa,
+        &digest,
+    ))));
+    assert!(ok(asymmetric::verify(
+        &ec_spki,
+        SigningAlgorithm::EcdsaSha256,
+        &digest,
+        &der
+    )));
+
+    let hmac = version(KeyId::random(), 1);
+    assert!(
+        ok(store.create_key_version(hmac, KeyMaterial::HmacSecret(MacAlgorithm::HmacSha384)))
+            .is_none()
+    );
+    assert_eq!(
+        custody(
+            &session,
+            ObjectId::new(NAMESPACE, hmac).to_bytes(),
+            ObjectClass::SECRET_KEY
+        ),
+        expected_custody(true, false, false)
+    );
+    let mac = ok(store.sign(hmac, SignMechanism::Hmac(MacAlgorithm::HmacSha384), message));
+    assert_eq!(mac.len(), 48);
+    assert_eq!(
+        mac,
+        ok(store.sign(hmac, SignMechanism::Hmac(MacAlgorithm::HmacSha384), message)),
+        "an HMAC is deterministic"
+    );
+
+    let mut listed = ok(store.list_key_versions());
+    listed.sort();
+    let mut expected = vec![rsa, ec, hmac];
+    expected.sort();
+    assert_eq!(listed, expected, "private keys are listed like secrets");
+}
+
+#[test]
+fn rsa_keys_decrypt_oaep_with_sha1_and_sha256_in_the_hsm() {
+    use kms_core::asymmetric::{self, HashAlg};
+
+    let (store, slot) = open_store();
+    let key = version(KeyId::random(), 1);
+    let spki = ok(store.create_key_version(key, KeyMaterial::RsaDecrypt { bits: 2048 }))
+        .unwrap_or_else(|| panic!("an RSA key has a public key"));
+    assert_eq!(
+        custody(
+            &inspector(slot),
+            ObjectId::new(NAMESPACE, key).to_bytes(),
+            ObjectClass::PRIVATE_KEY
+        ),
+        expected_custody(false, true, false)
+    );
+    for hash in [HashAlg::Sha1, HashAlg::Sha256] {
+        let ciphertext = ok(asymmetric::oaep_encrypt(&spki, hash, b"for the HSM only"));
+        let plaintext = ok(store.rsa_decrypt(key, hash, &ciphertext));
+        assert_eq!(plaintext.as_slice(), b"for the HSM only", "{hash:?}");
+        let mut altered = ciphertext.clone();
+        altered[10] ^= 1;
+        let result = store.rsa_decrypt(key, hash, &altered);
+        assert!(
+            matches!(result, Err(HsmError::Rejected { .. })),
+            "{hash:?}: {:?}",
+            result.map(|p| p.len())
+        );
+        let short = store.rsa_decrypt(key, hash, &ciphertext[1..]);
+        assert!(
+            matches!(short, Err(HsmError::Rejected { .. })),
+            "{hash:?}: {:?}",
+            short.map(|p| p.len())
+        );
+    }
+    let sha1 = ok(asymmetric::oaep_encrypt(&spki, HashAlg::Sha1, b"x"));
+    assert!(matches!(
+        store.rsa_decrypt(key, HashAlg::Sha256, &sha1),
+        Err(HsmError::Rejected { .. })
+    ));
+}
+
+#[test]
+fn imported_material_is_unwrapped_in_the_hsm_with_custody() {
+    use kms_core::asymmetric;
+    use kms_core::hsm::WrappingKeyRef;
+    use kms_core::key::WrappingAlgorithm;
+
+    let (store, slot) = open_store();
+    let key_id = KeyId::random();
+    let wrapping = WrappingKeyRef { key_id, serial: 1 };
+    let public = ok(store.create_wrapping_key(wrapping, 3072, WrappingAlgorithm::RsaesOaepSha1));
+    assert_eq!(ok(asymmetric::rsa_modulus_bits(&public)), 3072);
+    assert_eq!(ok(store.list_wrapping_keys()), vec![wrapping]);
+    let session = inspector(slot);
+    assert_eq!(
+        custody(
+            &session,
+            super::object_id::wrapping_id(NAMESPACE, wrapping),
+            ObjectClass::PRIVATE_KEY
+        ),
+        expected_custody(false, false, true),
+        "the wrapping key only unwraps"
+    );
+
+    // The first published vector's master secret, imported: the derivation must match.
+    let vector: serde_json::Value = ok(serde_json::from_str(include_str!(
+        "../../../tests/data/symmetric_default_v1.json"
+    )));
+    let vector = &vector[0];
+    let text = |field: &str| vector[field].as_str().unwrap_or_default().to_owned();
+    let material = ok(hex::decode(text("master_secret_hex")));
+    let wrapped = ok(asymmetric::oaep_encrypt(
+        &public,
+        kms_core::asymmetric::HashAlg::Sha1,
+        &material,
+    ));
+    let key = version(key_id, 1);
+    let length = ok(store.unwrap_key_version(
+        key,
+        KeyMaterial::MasterSecret,
+        wrapping,
+        WrappingAlgorithm::RsaesOaepSha1,
+        &wrapped,
+    ));
+    assert!(matches!(length, Some(32) | None), "{length:?}");
+    let input = ok(hex::decode(text("derivation_input_hex")));
+    assert_eq!(
+        hex::encode(ok(store.derive_message_key(key, &input)).expose_secret()),
+        text("k_msg_hex")
+    );
+    assert_eq!(
+        custody(
+            &session,
+            ObjectId::new(NAMESPACE, key).to_bytes(),
+            ObjectClass::SECRET_KEY
+        ),
+        expected_custody(true, false, false)
+    );
+
+    // Wrapped data that does not unwrap is refused as such.
+    let mut altered = wrapped.clone();
+    altered[5] ^= 1;
+    assert!(matches!(
+        store.unwrap_key_version(
+            key,
+            KeyMaterial::MasterSecret,
+            wrapping,
+            WrappingAlgorithm::RsaesOaepSha1,
+            &altered
+        ),
+        Err(HsmError::Rejected { .. })
+    ));
+
+    ok(store.destroy_wrapping_key(wrapping));
+    assert!(ok(store.list_wrapping_keys()).is_empty());
+
+    // SHA-256 unwrapping: either the module supports it, or the wrapping key is refused at
+    // once and nothing is left on the token (SoftHSM2 2.6).
+    let second = WrappingKeyRef { key_id, serial: 2 };
+    match store.create_wrapping_key(second, 3072, WrappingAlgorithm::RsaesOaepSha256) {
+        Ok(_) => assert_eq!(ok(store.list_wrapping_keys()), vec![second]),
+        Err(HsmError::Unsupported { detail, .. }) => {
+            assert!(detail.contains("RSAES_OAEP_SHA_256"), "{detail}");
+            assert!(ok(store.list_wrapping_keys()).is_empty());
+        }
+        Err(e) => panic!("{e}"),
+    }
 }

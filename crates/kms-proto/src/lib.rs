@@ -29,6 +29,53 @@ impl fmt::Debug for v1::EncryptRequest {
             .field("key_id", &self.key_id)
             .field("plaintext", &Redacted(self.plaintext.len()))
             .field("encryption_context", &self.encryption_context)
+            .field("encryption_algorithm", &self.encryption_algorithm)
+            .finish()
+    }
+}
+
+// Messages to sign or MAC may be secrets of the caller's: shown as lengths too.
+
+impl fmt::Debug for v1::SignRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignRequest")
+            .field("key_id", &self.key_id)
+            .field("message", &Redacted(self.message.len()))
+            .field("message_type", &self.message_type)
+            .field("signing_algorithm", &self.signing_algorithm)
+            .finish()
+    }
+}
+
+impl fmt::Debug for v1::VerifyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("key_id", &self.key_id)
+            .field("message", &Redacted(self.message.len()))
+            .field("message_type", &self.message_type)
+            .field("signature", &self.signature.len())
+            .field("signing_algorithm", &self.signing_algorithm)
+            .finish()
+    }
+}
+
+impl fmt::Debug for v1::GenerateMacRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenerateMacRequest")
+            .field("key_id", &self.key_id)
+            .field("message", &Redacted(self.message.len()))
+            .field("mac_algorithm", &self.mac_algorithm)
+            .finish()
+    }
+}
+
+impl fmt::Debug for v1::VerifyMacRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyMacRequest")
+            .field("key_id", &self.key_id)
+            .field("message", &Redacted(self.message.len()))
+            .field("mac", &Redacted(self.mac.len()))
+            .field("mac_algorithm", &self.mac_algorithm)
             .finish()
     }
 }
@@ -95,6 +142,34 @@ mod tests {
                 "{:?}",
                 v1::GenerateRandomResponse {
                     plaintext: secret.clone(),
+                }
+            ),
+            format!(
+                "{:?}",
+                v1::SignRequest {
+                    message: secret.clone(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                v1::VerifyRequest {
+                    message: secret.clone(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                v1::GenerateMacRequest {
+                    message: secret.clone(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                v1::VerifyMacRequest {
+                    message: secret.clone(),
+                    ..Default::default()
                 }
             ),
         ];

@@ -287,7 +287,8 @@ impl KeyManagementService for KmsGrpc {
             let plaintext = Plaintext::new(SecretBytes::new(req.plaintext))?;
             let key = KeyRef::parse(&req.key_id, "key_id")?;
             let context = convert::context(req.encryption_context, "encryption_context")?;
-            let out = kms.encrypt(caller, &key, &plaintext, &context)?;
+            let algorithm = convert::encryption_algorithm(req.encryption_algorithm)?;
+            let out = kms.encrypt_with(caller, &key, &plaintext, &context, algorithm)?;
             Ok(pb::EncryptResponse {
                 ciphertext_blob: out.ciphertext_blob,
                 key_id: out.key_id.to_string(),
@@ -304,7 +305,14 @@ impl KeyManagementService for KmsGrpc {
         self.call("Decrypt", request, |kms, caller, req| {
             let key = KeyRef::parse_optional(&req.key_id, "key_id")?;
             let context = convert::context(req.encryption_context, "encryption_context")?;
-            let out = kms.decrypt(caller, &req.ciphertext_blob, &context, key.as_ref())?;
+            let algorithm = convert::encryption_algorithm(req.encryption_algorithm)?;
+            let out = kms.decrypt_with(
+                caller,
+                &req.ciphertext_blob,
+                &context,
+                key.as_ref(),
+                algorithm,
+            )?;
             Ok(pb::DecryptResponse {
                 key_id: out.key_id.to_string(),
                 encryption_algorithm: convert::algorithm(out.algorithm).into(),
@@ -653,6 +661,145 @@ impl KeyManagementService for KmsGrpc {
         })
         .await
     }
+
+    async fn get_public_key(
+        &self,
+        request: Request<pb::GetPublicKeyRequest>,
+    ) -> Result<Response<pb::GetPublicKeyResponse>, Status> {
+        self.call("GetPublicKey", request, |kms, caller, req| {
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
+            Ok(convert::public_key(kms.get_public_key(caller, &key)?))
+        })
+        .await
+    }
+
+    async fn sign(
+        &self,
+        request: Request<pb::SignRequest>,
+    ) -> Result<Response<pb::SignResponse>, Status> {
+        self.call("Sign", request, |kms, caller, req| {
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
+            let message_type = convert::message_type(req.message_type)?;
+            let algorithm = convert::signing_algorithm(req.signing_algorithm)?;
+            let out = kms.sign(caller, &key, &req.message, message_type, algorithm)?;
+            Ok(pb::SignResponse {
+                key_id: out.key_id.to_string(),
+                signature: out.signature,
+                signing_algorithm: convert::pb_signing_algorithm(out.algorithm).into(),
+            })
+        })
+        .await
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        self.call("Verify", request, |kms, caller, req| {
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
+            let message_type = convert::message_type(req.message_type)?;
+            let algorithm = convert::signing_algorithm(req.signing_algorithm)?;
+            let key_id = kms.verify(
+                caller,
+                &key,
+                &req.message,
+                message_type,
+                &req.signature,
+                algorithm,
+            )?;
+            Ok(pb::VerifyResponse {
+                key_id: key_id.to_string(),
+                signature_valid: true,
+                signing_algorithm: convert::pb_signing_algorithm(algorithm).into(),
+            })
+        })
+        .await
+    }
+
+    async fn generate_mac(
+        &self,
+        request: Request<pb::GenerateMacRequest>,
+    ) -> Result<Response<pb::GenerateMacResponse>, Status> {
+        self.call("GenerateMac", request, |kms, caller, req| {
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
+            let algorithm = convert::mac_algorithm(req.mac_algorithm)?;
+            let out = kms.generate_mac(caller, &key, &req.message, algorithm)?;
+            Ok(pb::GenerateMacResponse {
+                key_id: out.key_id.to_string(),
+                mac: out.mac,
+                mac_algorithm: convert::pb_mac_algorithm(out.algorithm).into(),
+            })
+        })
+        .await
+    }
+
+    async fn verify_mac(
+        &self,
+        request: Request<pb::VerifyMacRequest>,
+    ) -> Result<Response<pb::VerifyMacResponse>, Status> {
+        self.call("VerifyMac", request, |kms, caller, req| {
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
+            let algorithm = convert::mac_algorithm(req.mac_algorithm)?;
+            let key_id = kms.verify_mac(caller, &key, &req.message, &req.mac, algorithm)?;
+            Ok(pb::VerifyMacResponse {
+                key_id: key_id.to_string(),
+                mac_valid: true,
+                mac_algorithm: convert::pb_mac_algorithm(algorithm).into(),
+            })
+        })
+        .await
+    }
+
+    async fn get_parameters_for_import(
+        &self,
+        request: Request<pb::GetParametersForImportRequest>,
+    ) -> Result<Response<pb::GetParametersForImportResponse>, Status> {
+        self.call("GetParametersForImport", request, |kms, caller, req| {
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
+            let algorithm = convert::wrapping_algorithm(req.wrapping_algorithm)?;
+            let bits = convert::wrapping_key_bits(req.wrapping_key_spec)?;
+            let out = kms.get_parameters_for_import(caller, &key, algorithm, bits)?;
+            Ok(pb::GetParametersForImportResponse {
+                key_id: out.key_id.to_string(),
+                import_token: out.import_token,
+                public_key: out.public_key,
+                parameters_valid_to: Some(convert::timestamp(out.valid_to_ms)),
+            })
+        })
+        .await
+    }
+
+    async fn import_key_material(
+        &self,
+        request: Request<pb::ImportKeyMaterialRequest>,
+    ) -> Result<Response<pb::ImportKeyMaterialResponse>, Status> {
+        self.call("ImportKeyMaterial", request, |kms, caller, req| {
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
+            let expiration = convert::expiration_model(req.expiration_model)?;
+            kms.import_key_material(
+                caller,
+                &key,
+                &req.import_token,
+                &req.encrypted_key_material,
+                expiration,
+                req.valid_to.as_ref().map(convert::millis),
+            )?;
+            Ok(pb::ImportKeyMaterialResponse {})
+        })
+        .await
+    }
+
+    async fn delete_imported_key_material(
+        &self,
+        request: Request<pb::DeleteImportedKeyMaterialRequest>,
+    ) -> Result<Response<pb::DeleteImportedKeyMaterialResponse>, Status> {
+        self.call("DeleteImportedKeyMaterial", request, |kms, caller, req| {
+            let key = KeyRef::parse(&req.key_id, "key_id")?;
+            kms.delete_imported_key_material(caller, &key)?;
+            Ok(pb::DeleteImportedKeyMaterialResponse {})
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -803,6 +950,7 @@ mod tests {
             key_id: key_id.clone(),
             plaintext: b"audit me not".to_vec(),
             encryption_context: [("tenant".to_owned(), "a".to_owned())].into(),
+            ..Default::default()
         });
         request
             .metadata_mut()

@@ -125,6 +125,15 @@ fn run(config: &Config) -> anyhow::Result<()> {
             "ran the key deletions that fell due while kmsd was down"
         );
     }
+    let expired = kms
+        .run_due_expirations()
+        .context("expiring imported key material")?;
+    if expired > 0 {
+        info!(
+            keys = expired,
+            "destroyed imported key material that expired while kmsd was down"
+        );
+    }
     let due = kms
         .run_due_rotations()
         .context("running due key rotations")?;
@@ -230,7 +239,8 @@ fn write_audit_public_key(config: &Config, signer: &HsmAuditSigner) -> anyhow::R
     Ok(path)
 }
 
-/// Runs due deletions and automatic rotations every [`SCHEDULER_INTERVAL`].
+/// Runs due deletions, expiries of imported material and automatic rotations every
+/// [`SCHEDULER_INTERVAL`].
 async fn scheduler(kms: Arc<Kms>) {
     let mut interval = tokio::time::interval(SCHEDULER_INTERVAL);
     interval.tick().await; // the first tick is immediate; startup already ran due work
@@ -238,11 +248,17 @@ async fn scheduler(kms: Arc<Kms>) {
         interval.tick().await;
         let kms = Arc::clone(&kms);
         let work = tokio::task::spawn_blocking(move || {
-            Ok::<_, kms_core::KmsError>((kms.run_due_deletions()?, kms.run_due_rotations()?))
+            Ok::<_, kms_core::KmsError>((
+                kms.run_due_deletions()?,
+                kms.run_due_expirations()?,
+                kms.run_due_rotations()?,
+            ))
         });
         match work.await {
-            Ok(Ok((0, 0))) => {}
-            Ok(Ok((deleted, rotated))) => info!(deleted, rotated, "ran scheduled key work"),
+            Ok(Ok((0, 0, 0))) => {}
+            Ok(Ok((deleted, expired, rotated))) => {
+                info!(deleted, expired, rotated, "ran scheduled key work");
+            }
             Ok(Err(e)) => warn!(error = %e, "scheduled key work failed; will retry"),
             Err(e) => warn!(error = %e, "scheduled key work panicked"),
         }

@@ -18,7 +18,13 @@ pub fn to_status(error: &KmsError) -> Status {
         KmsError::InvalidCiphertext
         | KmsError::IncorrectKey(_)
         | KmsError::Validation(_)
-        | KmsError::InvalidKeyUsage(_) => Code::InvalidArgument,
+        | KmsError::InvalidKeyUsage(_)
+        | KmsError::InvalidSignature
+        | KmsError::InvalidMac
+        | KmsError::InvalidImportToken(_)
+        | KmsError::ExpiredImportToken
+        | KmsError::IncorrectKeyMaterial(_) => Code::InvalidArgument,
+        KmsError::UnsupportedOperation(_) => Code::Unimplemented,
         KmsError::AlreadyExists(_) => Code::AlreadyExists,
         KmsError::AccessDenied(_) => Code::PermissionDenied,
         KmsError::Unauthenticated(_) => Code::Unauthenticated,

@@ -227,11 +227,13 @@ mod tests {
                 created_at_ms: 1,
                 source: kms_core::VersionSource::Creation,
                 pending: false,
+                public_key: None,
             }],
             tags: [("team".to_owned(), "payments".to_owned())].into(),
             rotation: None,
             deletion: None,
             policy: Some(kms_core::policy::KeyPolicy::default_for("creator", &[])),
+            import: None,
         }
     }
 

@@ -1,6 +1,15 @@
 //! The service logic: every operation of the API, on top of a [`KeyStore`] and a
 //! [`MetadataStore`]. Transports (gRPC today) only convert requests into the inputs below and
 //! results back.
+//!
+//! This module holds key management and symmetric encryption; [`sign`] holds the public-key
+//! and MAC operations, [`import`] the import of key material.
+
+mod import;
+mod sign;
+
+pub use import::{ImportParametersIssued, MATERIAL_CHECK_INPUT};
+pub use sign::{MacOutput, PublicKeyInfo, SignatureOutput};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -15,11 +24,11 @@ use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::context::EncryptionContext;
 use crate::error::KmsError;
-use crate::hsm::{KeyStore, KeyVersionRef};
+use crate::hsm::{HsmError, KeyStore, KeyVersionRef};
 use crate::ids::{AliasName, KeyId, KeyRef};
 use crate::key::{
-    EncryptionAlgorithm, KeyRecord, KeySpec, KeyState, KeyUsage, KeyVersion, Origin,
-    PendingDeletion, RotationSchedule, VersionSource,
+    EncryptionAlgorithm, ImportState, KeyMaterial, KeyRecord, KeySpec, KeyState, KeyUsage,
+    KeyVersion, Origin, PendingDeletion, RotationSchedule, VersionSource,
 };
 use crate::policy::{AccessRequest, Action, Decision, KeyPolicy};
 use crate::secret::SecretBytes;
@@ -109,8 +118,9 @@ impl RandomLength {
 pub struct CreateKeyInput {
     /// At most 8192 characters.
     pub description: String,
-    /// What the key is for.
-    pub usage: KeyUsage,
+    /// What the key is for; `None` gives the spec's default (ENCRYPT_DECRYPT, or SIGN_VERIFY
+    /// for ECC, GENERATE_VERIFY_MAC for HMAC).
+    pub usage: Option<KeyUsage>,
     /// The type of key material.
     pub spec: KeySpec,
     /// Where the material comes from.
@@ -308,6 +318,7 @@ impl Kms {
         let mut in_hsm: HashSet<KeyVersionRef> =
             self.hsm.list_key_versions()?.into_iter().collect();
         let mut referenced = HashSet::new();
+        let mut wrapping_referenced = HashSet::new();
         let mut count = 0;
         self.for_each_key(|record| {
             if record.state == KeyState::Creating {
@@ -325,6 +336,23 @@ impl Kms {
             }
             count += 1;
             let record = self.drop_pending_versions(record, &mut in_hsm)?;
+            if let Some(parameters) = record.import.as_ref().and_then(|i| i.parameters.as_ref()) {
+                wrapping_referenced.insert(crate::hsm::WrappingKeyRef {
+                    key_id: record.id,
+                    serial: parameters.serial,
+                });
+            }
+            if !record.has_material() {
+                // An EXTERNAL key without material: an object can only be an import or a
+                // deletion of material that did not finish.
+                for version in record.version_refs() {
+                    if in_hsm.remove(&version) {
+                        self.hsm.destroy_key_version(version)?;
+                        info!(key_id = %record.id, "removed key material whose import or deletion did not finish");
+                    }
+                }
+                return Ok(());
+            }
             for version in record.version_refs() {
                 if !in_hsm.contains(&version) {
                     warn!(key_id = %version.key_id, version = version.version,
@@ -336,6 +364,12 @@ impl Kms {
             Ok(())
         })?;
         self.key_count.store(count, Ordering::SeqCst);
+        for wrapping in self.hsm.list_wrapping_keys()? {
+            if !wrapping_referenced.contains(&wrapping) {
+                // Import parameters a crash left half-made, or that were used or replaced.
+                self.hsm.destroy_wrapping_key(wrapping)?;
+            }
+        }
         for unreferenced in in_hsm.difference(&referenced) {
             warn!(key_id = %unreferenced.key_id, version = unreferenced.version,
                 "an HSM object of this instance has no key record (was the data dir restored \
@@ -385,6 +419,7 @@ impl Kms {
             .unwrap_or_else(PoisonError::into_inner);
         let mut record = self.resolve(key)?;
         record.check_usable()?;
+        check_rotatable(&record)?;
         let next = record
             .versions
             .iter()
@@ -401,13 +436,17 @@ impl Kms {
             created_at_ms: now,
             source,
             pending: true,
+            public_key: None,
         });
         self.store.put_key(&record)?;
         let object = KeyVersionRef {
             key_id: record.id,
             version: next,
         };
-        if let Err(error) = self.hsm.create_key_version(object) {
+        if let Err(error) = self
+            .hsm
+            .create_key_version(object, KeyMaterial::MasterSecret)
+        {
             record.versions.retain(|v| v.version != next);
             let cleanup = self
                 .hsm
@@ -455,6 +494,7 @@ impl Kms {
         let schedule = RotationSchedule::new(period_days, self.clock.now_millis())?;
         self.update(caller, key, Action::EnableKeyRotation, |record| {
             record.check_usable()?;
+            check_rotatable(record)?;
             record.rotation = Some(schedule);
             Ok(())
         })
@@ -529,7 +569,11 @@ impl Kms {
             if record.state != KeyState::PendingDeletion {
                 return Err(invalid_state(record, "taken out of deletion"));
             }
-            record.state = KeyState::Disabled;
+            record.state = if record.has_material() {
+                KeyState::Disabled
+            } else {
+                KeyState::PendingImport
+            };
             record.deletion = None;
             Ok(())
         })
@@ -587,6 +631,12 @@ impl Kms {
         }
         for version in record.version_refs() {
             self.hsm.destroy_key_version(version)?;
+        }
+        if let Some(parameters) = record.import.take().and_then(|i| i.parameters) {
+            self.hsm.destroy_wrapping_key(crate::hsm::WrappingKeyRef {
+                key_id: record.id,
+                serial: parameters.serial,
+            })?;
         }
         record.state = KeyState::Deleted;
         record.deletion = None;
@@ -648,6 +698,14 @@ impl Kms {
     ) -> Result<KeyRecord, KmsError> {
         self.authorize_server(caller, Action::CreateKey)?;
         KeyRecord::validate_description(&input.description)?;
+        let usage = input.spec.usage(input.usage)?;
+        if input.origin == Origin::External && input.spec.is_asymmetric() {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "key material of {} keys cannot be imported; only SYMMETRIC_DEFAULT and HMAC keys \
+                 take origin EXTERNAL",
+                input.spec.as_str()
+            )));
+        }
         if let Some(policy) = &input.policy
             && !input.bypass_policy_lockout_safety_check
         {
@@ -661,7 +719,7 @@ impl Kms {
             .map_err(|_| {
                 KmsError::LimitExceeded(format!("the limit of {} keys is reached", self.max_keys))
             })?;
-        let created = self.create_key_reserved(caller, input);
+        let created = self.create_key_reserved(caller, input, usage);
         if created.is_err() {
             self.key_count.fetch_sub(1, Ordering::SeqCst);
         }
@@ -672,6 +730,7 @@ impl Kms {
         &self,
         caller: &Caller,
         input: CreateKeyInput,
+        usage: KeyUsage,
     ) -> Result<KeyRecord, KmsError> {
         let now = self.clock.now_millis();
         let policy = input.policy.unwrap_or_else(|| {
@@ -681,7 +740,7 @@ impl Kms {
             id: KeyId::random(),
             created_at_ms: now,
             description: input.description,
-            usage: input.usage,
+            usage,
             spec: input.spec,
             origin: input.origin,
             state: KeyState::Creating,
@@ -691,20 +750,31 @@ impl Kms {
                 created_at_ms: now,
                 source: VersionSource::Creation,
                 pending: false,
+                public_key: None,
             }],
             tags: BTreeMap::new(),
             rotation: None,
             deletion: None,
             policy: Some(policy),
+            import: None,
         };
         input.tags.merge_into(&mut record.tags)?;
         caller.note_key(record.id, Some(1));
+        if input.origin == Origin::External {
+            // No material until ImportKeyMaterial: nothing in the HSM yet.
+            record.state = KeyState::PendingImport;
+            record.import = Some(ImportState::default());
+            self.store.put_key(&record)?;
+            info!(key_id = %record.id, "created key awaiting imported material");
+            return Ok(record);
+        }
         self.store.put_key(&record)?;
         let first = KeyVersionRef {
             key_id: record.id,
             version: 1,
         };
-        if let Err(error) = self.hsm.create_key_version(first) {
+        let created = self.hsm.create_key_version(first, record.material());
+        if let Err(error) = created {
             // The HSM may have made the object before failing (a lost session). Destroy it,
             // then drop the record; if either step fails, the `Creating` record stays and
             // startup reconciliation finishes the job.
@@ -719,9 +789,12 @@ impl Kms {
             }
             return Err(error.into());
         }
+        if let (Ok(public_key), Some(first)) = (created, record.versions.first_mut()) {
+            first.public_key = public_key;
+        }
         record.state = KeyState::Enabled;
         self.store.put_key(&record)?;
-        info!(key_id = %record.id, "created key");
+        info!(key_id = %record.id, spec = record.spec.as_str(), "created key");
         Ok(record)
     }
 
@@ -1022,7 +1095,7 @@ impl Kms {
         })
     }
 
-    /// Encrypts with the key's current version: one HSM operation.
+    /// Encrypts with the key's current version, SYMMETRIC_DEFAULT: one HSM operation.
     pub fn encrypt(
         &self,
         caller: &Caller,
@@ -1030,14 +1103,38 @@ impl Kms {
         plaintext: &Plaintext,
         context: &EncryptionContext,
     ) -> Result<Encrypted, KmsError> {
+        self.encrypt_with(caller, key, plaintext, context, None)
+    }
+
+    /// Encrypts with the key's current version and `algorithm`. SYMMETRIC_DEFAULT (the
+    /// default): one HSM operation. RSAES_OAEP_*: with the RSA key's public key, in software;
+    /// no context.
+    pub fn encrypt_with(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        plaintext: &Plaintext,
+        context: &EncryptionContext,
+        algorithm: Option<EncryptionAlgorithm>,
+    ) -> Result<Encrypted, KmsError> {
         caller.note_context(context, false);
-        let record = self.usable(caller, key, Action::Encrypt, context)?;
-        let ciphertext_blob = self.seal(caller, &record, context, plaintext.0.expose_secret())?;
+        let record = self.usable(caller, key, Action::Encrypt, Some(context))?;
+        let algorithm = algorithm.unwrap_or(EncryptionAlgorithm::SymmetricDefault);
+        check_encryption_algorithm(&record, algorithm)?;
+        let ciphertext_blob = match algorithm.oaep_hash() {
+            None => self.seal(caller, &record, context, plaintext.0.expose_secret())?,
+            Some(hash) => {
+                check_no_context(context, algorithm)?;
+                caller.note_key(record.id, Some(record.current_version));
+                let public_key = public_key_of(&record)?;
+                crate::asymmetric::oaep_encrypt(public_key, hash, plaintext.0.expose_secret())?
+            }
+        };
         debug!(key_id = %record.id, version = record.current_version, "encrypted");
         Ok(Encrypted {
             ciphertext_blob,
             key_id: record.id,
-            algorithm: EncryptionAlgorithm::SymmetricDefault,
+            algorithm,
         })
     }
 
@@ -1049,8 +1146,61 @@ impl Kms {
         context: &EncryptionContext,
         key: Option<&KeyRef>,
     ) -> Result<Decrypted, KmsError> {
+        self.decrypt_with(caller, ciphertext_blob, context, key, None)
+    }
+
+    /// Decrypts with `algorithm`: a blob when it is SYMMETRIC_DEFAULT or `None`, as
+    /// [`Kms::decrypt`]. With an RSAES_OAEP_* algorithm, `key` is required and the HSM
+    /// decrypts the bare ciphertext: one HSM operation.
+    pub fn decrypt_with(
+        &self,
+        caller: &Caller,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+        key: Option<&KeyRef>,
+        algorithm: Option<EncryptionAlgorithm>,
+    ) -> Result<Decrypted, KmsError> {
         caller.note_context(context, false);
-        self.open(caller, Action::Decrypt, ciphertext_blob, context, key)
+        match algorithm {
+            Some(algorithm) if algorithm.oaep_hash().is_some() => {
+                let key = key.ok_or_else(|| {
+                    KmsError::validation(format!(
+                        "key_id is required to decrypt with {}",
+                        algorithm.as_str()
+                    ))
+                })?;
+                self.rsa_decrypt(caller, ciphertext_blob, context, key, algorithm)
+            }
+            _ => self.open(caller, Action::Decrypt, ciphertext_blob, context, key),
+        }
+    }
+
+    /// Decrypts an RSAES-OAEP ciphertext in the HSM: one HSM operation.
+    fn rsa_decrypt(
+        &self,
+        caller: &Caller,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+        key: &KeyRef,
+        algorithm: EncryptionAlgorithm,
+    ) -> Result<Decrypted, KmsError> {
+        let record = self.usable(caller, key, Action::Decrypt, Some(context))?;
+        check_encryption_algorithm(&record, algorithm)?;
+        check_no_context(context, algorithm)?;
+        let version = current_version(&record)?;
+        caller.note_key(record.id, Some(version.version));
+        let hash = algorithm.oaep_hash().ok_or(KmsError::InvalidCiphertext)?;
+        let plaintext = match self.hsm.rsa_decrypt(version, hash, ciphertext) {
+            Ok(plaintext) => plaintext,
+            Err(HsmError::Rejected { .. }) => return Err(KmsError::InvalidCiphertext),
+            Err(error) => return Err(error.into()),
+        };
+        debug!(key_id = %record.id, "decrypted with RSA");
+        Ok(Decrypted {
+            plaintext: SecretBytes::from(plaintext),
+            key_id: record.id,
+            algorithm,
+        })
     }
 
     /// Decrypt's work, authorized as `action` (Decrypt, or ReEncryptFrom).
@@ -1066,13 +1216,18 @@ impl Kms {
         let blob_key = parsed.header.key;
         if let Some(key) = key {
             let named = self.resolve(key)?;
+            check_encryption_algorithm(&named, EncryptionAlgorithm::SymmetricDefault)?;
             if named.id != blob_key.key_id {
                 return Err(KmsError::IncorrectKey(format!(
                     "the ciphertext was not encrypted under key {key}"
                 )));
             }
         }
-        let record = match self.store.get_key(blob_key.key_id)? {
+        let record = match self
+            .store
+            .get_key(blob_key.key_id)?
+            .map(|r| self.current_view(r))
+        {
             Some(r) if r.state == KeyState::Deleted => {
                 return Err(KmsError::NotFound(format!(
                     "key {} was deleted; its ciphertexts cannot be decrypted",
@@ -1125,7 +1280,7 @@ impl Kms {
             caller,
             destination,
             Action::ReEncryptTo,
-            destination_context,
+            Some(destination_context),
         )?;
         let ciphertext_blob = self.seal(
             caller,
@@ -1183,7 +1338,7 @@ impl Kms {
         length: DataKeyLength,
     ) -> Result<DataKey, KmsError> {
         caller.note_context(context, false);
-        let record = self.usable(caller, key, action, context)?;
+        let record = self.usable(caller, key, action, Some(context))?;
         let mut data_key = vec![0u8; length.0];
         getrandom::fill(&mut data_key).map_err(|e| KmsError::Internal(Box::new(e)))?;
         let plaintext = SecretBytes::new(data_key);
@@ -1213,9 +1368,8 @@ impl Kms {
         context: &EncryptionContext,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KmsError> {
-        let version = record.version_ref(record.current_version).ok_or_else(|| {
-            KmsError::Internal(format!("key {} has no current version", record.id).into())
-        })?;
+        check_encryption_algorithm(record, EncryptionAlgorithm::SymmetricDefault)?;
+        let version = current_version(record)?;
         caller.note_key(record.id, Some(version.version));
         let nonce = symmetric::random_nonce()?;
         let k_msg = self
@@ -1231,6 +1385,7 @@ impl Kms {
                 .store
                 .get_key(*id)?
                 .filter(KeyRecord::is_visible)
+                .map(|r| self.current_view(r))
                 .ok_or_else(|| KmsError::NotFound(format!("key {id} not found"))),
             KeyRef::Alias(alias) => {
                 let target = self
@@ -1240,6 +1395,18 @@ impl Kms {
                 self.resolve(&KeyRef::Id(target.key_id))
             }
         }
+    }
+
+    /// `record` as callers see it now: an EXTERNAL key whose material has expired is
+    /// PendingImport at once, before [`Kms::run_due_expirations`] destroys the material.
+    fn current_view(&self, mut record: KeyRecord) -> KeyRecord {
+        let expired = record.import.as_ref().is_some_and(|i| {
+            i.has_material && i.valid_to_ms.is_some_and(|t| t <= self.clock.now_millis())
+        });
+        if expired && matches!(record.state, KeyState::Enabled | KeyState::Disabled) {
+            record.state = KeyState::PendingImport;
+        }
+        record
     }
 
     /// The key an alias may point at: named by its id, visible, not pending deletion, and
@@ -1269,9 +1436,9 @@ impl Kms {
         caller: &Caller,
         key: &KeyRef,
         action: Action,
-        context: &EncryptionContext,
+        context: Option<&EncryptionContext>,
     ) -> Result<KeyRecord, KmsError> {
-        let record = self.authorized(caller, key, action, Some(context))?;
+        let record = self.authorized(caller, key, action, context)?;
         record.check_usable()?;
         Ok(record)
     }
@@ -1391,6 +1558,81 @@ impl Kms {
     }
 }
 
+/// The current version's HSM object.
+fn current_version(record: &KeyRecord) -> Result<KeyVersionRef, KmsError> {
+    record.version_ref(record.current_version).ok_or_else(|| {
+        KmsError::Internal(format!("key {} has no current version", record.id).into())
+    })
+}
+
+/// The public key of a key pair.
+fn public_key_of(record: &KeyRecord) -> Result<&[u8], KmsError> {
+    record.public_key().ok_or_else(|| {
+        KmsError::Internal(format!("key {} has no public key on record", record.id).into())
+    })
+}
+
+/// Fails with InvalidKeyUsageException unless the key supports `algorithm`.
+fn check_encryption_algorithm(
+    record: &KeyRecord,
+    algorithm: EncryptionAlgorithm,
+) -> Result<(), KmsError> {
+    let supported = record.encryption_algorithms();
+    if supported.contains(&algorithm) {
+        return Ok(());
+    }
+    let names: Vec<&str> = supported.iter().map(|a| a.as_str()).collect();
+    Err(KmsError::InvalidKeyUsage(if names.is_empty() {
+        format!(
+            "key {} is {} with usage {} and cannot encrypt or decrypt",
+            record.id,
+            record.spec.as_str(),
+            record.usage.as_str()
+        )
+    } else {
+        format!(
+            "key {} is {} and does not support {}; give encryption_algorithm {}",
+            record.id,
+            record.spec.as_str(),
+            algorithm.as_str(),
+            names.join(" or ")
+        )
+    }))
+}
+
+/// RSA encryption takes no encryption context (AWS refuses one too).
+fn check_no_context(
+    context: &EncryptionContext,
+    algorithm: EncryptionAlgorithm,
+) -> Result<(), KmsError> {
+    if context.is_empty() {
+        Ok(())
+    } else {
+        Err(KmsError::validation(format!(
+            "{} takes no encryption context",
+            algorithm.as_str()
+        )))
+    }
+}
+
+/// Only SYMMETRIC_DEFAULT keys made in the HSM rotate.
+fn check_rotatable(record: &KeyRecord) -> Result<(), KmsError> {
+    if record.spec == KeySpec::SymmetricDefault && record.origin == Origin::Kms {
+        return Ok(());
+    }
+    Err(KmsError::UnsupportedOperation(format!(
+        "key {} is {} with origin {}: only SYMMETRIC_DEFAULT keys generated by the service \
+         rotate",
+        record.id,
+        record.spec.as_str(),
+        if record.origin == Origin::External {
+            "EXTERNAL"
+        } else {
+            "KMS"
+        }
+    )))
+}
+
 /// Refuses a policy that would not let `caller` call PutKeyPolicy.
 fn check_no_lockout(caller: &Caller, policy: &KeyPolicy) -> Result<(), KmsError> {
     let decision = policy.evaluate(&AccessRequest {
@@ -1426,7 +1668,7 @@ mod tests {
     fn plain_input() -> CreateKeyInput {
         CreateKeyInput {
             description: String::new(),
-            usage: KeyUsage::EncryptDecrypt,
+            usage: Some(KeyUsage::EncryptDecrypt),
             spec: KeySpec::SymmetricDefault,
             origin: Origin::Kms,
             tags: NewTags::default(),
@@ -1662,17 +1904,22 @@ mod tests {
         };
         ok(store.put_key(&half).map_err(KmsError::from));
         ok(hsm
-            .create_key_version(KeyVersionRef {
-                key_id: half.id,
-                version: 1,
-            })
+            .create_key_version(
+                KeyVersionRef {
+                    key_id: half.id,
+                    version: 1,
+                },
+                KeyMaterial::MasterSecret,
+            )
             .map_err(KmsError::from));
         // ...and an HSM object whose record never got written.
         let orphan = KeyVersionRef {
             key_id: KeyId::random(),
             version: 1,
         };
-        ok(hsm.create_key_version(orphan).map_err(KmsError::from));
+        ok(hsm
+            .create_key_version(orphan, KeyMaterial::MasterSecret)
+            .map_err(KmsError::from));
 
         let report = ok(kms.reconcile());
         assert_eq!(report.abandoned_keys, 1);
@@ -1925,13 +2172,16 @@ mod tests {
             created_at_ms: 0,
             source: VersionSource::OnDemand,
             pending: true,
+            public_key: None,
         });
         ok(store.put_key(&record).map_err(KmsError::from));
         let pending = KeyVersionRef {
             key_id: record.id,
             version: 2,
         };
-        ok(hsm.create_key_version(pending).map_err(KmsError::from));
+        ok(hsm
+            .create_key_version(pending, KeyMaterial::MasterSecret)
+            .map_err(KmsError::from));
 
         let report = ok(kms.reconcile());
         assert!(report.unreferenced_objects.is_empty());

@@ -1,0 +1,387 @@
+//! Importing key material (origin EXTERNAL): GetParametersForImport, ImportKeyMaterial,
+//! DeleteImportedKeyMaterial, and the expiry of material and of import parameters.
+//!
+//! The caller wraps its material with an RSA public key whose private half is in the HSM and
+//! can only unwrap; the HSM unwraps it straight into an object with the custody of generated
+//! material. The service never sees the material. To refuse different material for a key that
+//! had material before, the record keeps an HMAC that the HSM computes with the material over
+//! [`MATERIAL_CHECK_INPUT`].
+
+use std::sync::PoisonError;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use super::{Kms, invalid_state};
+use crate::caller::Caller;
+use crate::error::KmsError;
+use crate::hsm::{HsmError, KeyVersionRef, SignMechanism, WrappingKeyRef};
+use crate::ids::{KeyId, KeyRef};
+use crate::key::{
+    ExpirationModel, ImportParameters, KeyMaterial, KeyRecord, KeyState, MacAlgorithm, Origin,
+    WrappingAlgorithm,
+};
+use crate::policy::Action;
+
+/// What the HSM MACs with imported material to tell one material from another. Its length
+/// differs from every SYMMETRIC_DEFAULT derivation input's, so the value is never a `k_msg`;
+/// for HMAC keys it is computed with another hash than the key's own, so it is never a MAC
+/// that VerifyMac would accept.
+pub const MATERIAL_CHECK_INPUT: &[u8] = b"kms.v1 imported key material check";
+
+/// How long import parameters are valid.
+pub const IMPORT_PARAMETERS_VALID_MS: i64 = 24 * 3_600_000;
+
+const TOKEN_MAGIC: &[u8; 4] = b"kit1";
+const TOKEN_LEN: usize = 4 + 16 + 4 + 32;
+
+/// GetParametersForImport's answer.
+pub struct ImportParametersIssued {
+    /// The key's id.
+    pub key_id: KeyId,
+    /// The token to give back to ImportKeyMaterial.
+    pub import_token: Vec<u8>,
+    /// The wrapping public key, DER SubjectPublicKeyInfo.
+    pub public_key: Vec<u8>,
+    /// When the parameters expire, in Unix milliseconds.
+    pub valid_to_ms: i64,
+}
+
+impl Kms {
+    /// Makes a wrapping key pair in the HSM (RSA of `wrapping_bits`, 3072 or 4096) and a token
+    /// for an EXTERNAL key. Replaces (and destroys) the key's previous parameters.
+    pub fn get_parameters_for_import(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        algorithm: WrappingAlgorithm,
+        wrapping_bits: u32,
+    ) -> Result<ImportParametersIssued, KmsError> {
+        if !matches!(wrapping_bits, 3072 | 4096) {
+            return Err(KmsError::validation(format!(
+                "wrapping_key_spec must be RSA_3072 or RSA_4096, got RSA_{wrapping_bits}"
+            )));
+        }
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut record = self.authorized(caller, key, Action::GetParametersForImport, None)?;
+        check_external(&record)?;
+        if record.state == KeyState::PendingDeletion {
+            return Err(invalid_state(&record, "given key material"));
+        }
+        let now = self.clock.now_millis();
+        let import = record.import.get_or_insert_default();
+        let serial = import.wrapping_serial.checked_add(1).ok_or_else(|| {
+            KmsError::LimitExceeded(format!("key {} has no import parameters left", record.id))
+        })?;
+        let wrapping = WrappingKeyRef {
+            key_id: record.id,
+            serial,
+        };
+        let public_key = self
+            .hsm
+            .create_wrapping_key(wrapping, wrapping_bits, algorithm)?;
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(|e| KmsError::Internal(Box::new(e)))?;
+        let mut import_token = Vec::with_capacity(TOKEN_LEN);
+        import_token.extend_from_slice(TOKEN_MAGIC);
+        import_token.extend_from_slice(record.id.as_bytes());
+        import_token.extend_from_slice(&serial.to_be_bytes());
+        import_token.extend_from_slice(&random);
+        let valid_to_ms = now.saturating_add(IMPORT_PARAMETERS_VALID_MS);
+        let previous = import.parameters.replace(ImportParameters {
+            serial,
+            token_sha256: Sha256::digest(&import_token).into(),
+            algorithm,
+            valid_to_ms,
+        });
+        import.wrapping_serial = serial;
+        if let Err(error) = self.store.put_key(&record) {
+            self.destroy_wrapping_key_logged(wrapping);
+            return Err(error.into());
+        }
+        if let Some(previous) = previous {
+            self.destroy_wrapping_key_logged(WrappingKeyRef {
+                key_id: record.id,
+                serial: previous.serial,
+            });
+        }
+        info!(key_id = %record.id, serial, algorithm = algorithm.as_str(), "issued import parameters");
+        Ok(ImportParametersIssued {
+            key_id: record.id,
+            import_token,
+            public_key,
+            valid_to_ms,
+        })
+    }
+
+    /// Unwraps `encrypted_key_material` in the HSM into the PendingImport key, which becomes
+    /// Enabled. `valid_to_ms` is required with KEY_MATERIAL_EXPIRES and refused without.
+    pub fn import_key_material(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        import_token: &[u8],
+        encrypted_key_material: &[u8],
+        expiration: ExpirationModel,
+        valid_to_ms: Option<i64>,
+    ) -> Result<(), KmsError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut record = self.authorized(caller, key, Action::ImportKeyMaterial, None)?;
+        check_external(&record)?;
+        if record.state != KeyState::PendingImport {
+            return Err(KmsError::InvalidState(format!(
+                "key {} is {}: it already has key material (call DeleteImportedKeyMaterial \
+                 first to replace it)",
+                record.id,
+                record.state.as_str()
+            )));
+        }
+        let now = self.clock.now_millis();
+        let valid_to_ms = match (expiration, valid_to_ms) {
+            (ExpirationModel::KeyMaterialExpires, Some(t)) if t > now => Some(t),
+            (ExpirationModel::KeyMaterialExpires, Some(_)) => {
+                return Err(KmsError::validation("valid_to must be in the future"));
+            }
+            (ExpirationModel::KeyMaterialExpires, None) => {
+                return Err(KmsError::validation(
+                    "expiration_model KEY_MATERIAL_EXPIRES needs valid_to",
+                ));
+            }
+            (ExpirationModel::KeyMaterialDoesNotExpire, None) => None,
+            (ExpirationModel::KeyMaterialDoesNotExpire, Some(_)) => {
+                return Err(KmsError::validation(
+                    "valid_to is only for expiration_model KEY_MATERIAL_EXPIRES",
+                ));
+            }
+        };
+        let mut import = record.import.clone().unwrap_or_default();
+        let parameters = import.parameters.clone().ok_or_else(|| {
+            KmsError::InvalidImportToken(format!(
+                "key {} has no import parameters; call GetParametersForImport",
+                record.id
+            ))
+        })?;
+        let token_sha256: [u8; 32] = Sha256::digest(import_token).into();
+        if !bool::from(token_sha256.ct_eq(&parameters.token_sha256)) {
+            return Err(KmsError::InvalidImportToken(format!(
+                "the import token is not the one GetParametersForImport last returned for key {}",
+                record.id
+            )));
+        }
+        if parameters.valid_to_ms <= now {
+            return Err(KmsError::ExpiredImportToken);
+        }
+        let wrapping = WrappingKeyRef {
+            key_id: record.id,
+            serial: parameters.serial,
+        };
+        let version = KeyVersionRef {
+            key_id: record.id,
+            version: record.current_version,
+        };
+        let material = record.material();
+        caller.note_key(record.id, Some(version.version));
+        let length = match self.hsm.unwrap_key_version(
+            version,
+            material,
+            wrapping,
+            parameters.algorithm,
+            encrypted_key_material,
+        ) {
+            Ok(length) => length,
+            Err(HsmError::Rejected { .. }) => return Err(KmsError::InvalidCiphertext),
+            Err(error) => return Err(error.into()),
+        };
+        if let Err(error) = self.check_material(&record, version, material, length, &mut import) {
+            self.destroy_material_logged(version);
+            return Err(error);
+        }
+        import.has_material = true;
+        import.valid_to_ms = valid_to_ms;
+        import.parameters = None;
+        record.import = Some(import);
+        record.state = KeyState::Enabled;
+        if let Err(error) = self.store.put_key(&record) {
+            // The record still says PendingImport; reconciliation would remove the object.
+            self.destroy_material_logged(version);
+            return Err(error.into());
+        }
+        self.destroy_wrapping_key_logged(wrapping);
+        info!(key_id = %record.id, "imported key material");
+        Ok(())
+    }
+
+    /// Checks the length of freshly unwrapped material and that it is the key's material if
+    /// the key had some before; records its check value on the first import.
+    fn check_material(
+        &self,
+        record: &KeyRecord,
+        version: KeyVersionRef,
+        material: KeyMaterial,
+        length: Option<usize>,
+        import: &mut crate::key::ImportState,
+    ) -> Result<(), KmsError> {
+        let (lengths, check_mac) = match material {
+            KeyMaterial::HmacSecret(mac) => (
+                mac.key_lengths(),
+                if mac == MacAlgorithm::HmacSha512 {
+                    MacAlgorithm::HmacSha256
+                } else {
+                    MacAlgorithm::HmacSha512
+                },
+            ),
+            _ => (32..=32, MacAlgorithm::HmacSha512),
+        };
+        // An HSM that does not report the length (SoftHSM2) cannot be checked here; kmsctl
+        // checks the length before wrapping.
+        if let Some(length) = length
+            && !lengths.contains(&length)
+        {
+            return Err(KmsError::validation(format!(
+                "key material for a {} key must be {} to {} bytes, got {length}",
+                record.spec.as_str(),
+                lengths.start(),
+                lengths.end()
+            )));
+        }
+        let check = self.hsm.sign(
+            version,
+            SignMechanism::Hmac(check_mac),
+            MATERIAL_CHECK_INPUT,
+        )?;
+        match &import.material_check {
+            Some(expected) if !bool::from(expected.as_slice().ct_eq(&check)) => {
+                Err(KmsError::IncorrectKeyMaterial(format!(
+                    "this is not the key material key {} had before; a key's material cannot \
+                     change",
+                    record.id
+                )))
+            }
+            Some(_) => Ok(()),
+            None => {
+                import.material_check = Some(check);
+                Ok(())
+            }
+        }
+    }
+
+    /// Destroys an EXTERNAL key's material; the key becomes PendingImport until material is
+    /// imported again (the same material: a key's material never changes).
+    pub fn delete_imported_key_material(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+    ) -> Result<(), KmsError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut record = self.authorized(caller, key, Action::DeleteImportedKeyMaterial, None)?;
+        check_external(&record)?;
+        if record.state == KeyState::PendingDeletion {
+            return Err(invalid_state(&record, "changed"));
+        }
+        self.forget_material(&mut record)?;
+        info!(key_id = %record.id, "deleted imported key material");
+        Ok(())
+    }
+
+    /// Records that the key has no material, then destroys its HSM object. In this order, a
+    /// crash in between leaves an object that startup reconciliation removes, never a key
+    /// that claims material it lacks.
+    fn forget_material(&self, record: &mut KeyRecord) -> Result<(), KmsError> {
+        if let Some(import) = record.import.as_mut() {
+            import.has_material = false;
+            import.valid_to_ms = None;
+        }
+        if matches!(record.state, KeyState::Enabled | KeyState::Disabled) {
+            record.state = KeyState::PendingImport;
+        }
+        self.store.put_key(record)?;
+        for version in record.version_refs() {
+            self.hsm.destroy_key_version(version)?;
+        }
+        Ok(())
+    }
+
+    /// Destroys the material of EXTERNAL keys whose `valid_to` has passed and the wrapping keys
+    /// of import parameters that expired unused; returns how many materials expired.
+    pub fn run_due_expirations(&self) -> Result<usize, KmsError> {
+        let now = self.clock.now_millis();
+        let mut expired = 0;
+        self.for_each_key(|record| {
+            let Some(import) = &record.import else {
+                return Ok(());
+            };
+            let material_due = import.has_material && import.valid_to_ms.is_some_and(|t| t <= now);
+            let parameters_due = import
+                .parameters
+                .as_ref()
+                .is_some_and(|p| p.valid_to_ms <= now);
+            if !material_due && !parameters_due {
+                return Ok(());
+            }
+            let _guard = self
+                .write_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Read again under the lock: a call may have changed the key since.
+            let Some(mut record) = self.store.get_key(record.id)? else {
+                return Ok(());
+            };
+            let Some(import) = record.import.as_mut() else {
+                return Ok(());
+            };
+            if let Some(parameters) = import.parameters.take_if(|p| p.valid_to_ms <= now) {
+                self.store.put_key(&record)?;
+                self.hsm.destroy_wrapping_key(WrappingKeyRef {
+                    key_id: record.id,
+                    serial: parameters.serial,
+                })?;
+            }
+            let material_due = record
+                .import
+                .as_ref()
+                .is_some_and(|i| i.has_material && i.valid_to_ms.is_some_and(|t| t <= now));
+            if material_due {
+                self.forget_material(&mut record)?;
+                info!(key_id = %record.id, "imported key material expired and was destroyed");
+                expired += 1;
+            }
+            Ok(())
+        })?;
+        Ok(expired)
+    }
+
+    fn destroy_wrapping_key_logged(&self, wrapping: WrappingKeyRef) {
+        if let Err(error) = self.hsm.destroy_wrapping_key(wrapping) {
+            warn!(key_id = %wrapping.key_id, serial = wrapping.serial, error = %error,
+                "could not destroy a wrapping key; startup reconciliation will");
+        }
+    }
+
+    fn destroy_material_logged(&self, version: KeyVersionRef) {
+        if let Err(error) = self.hsm.destroy_key_version(version) {
+            warn!(key_id = %version.key_id, error = %error,
+                "could not destroy refused key material; startup reconciliation will");
+        }
+    }
+}
+
+/// Fails unless the key was created with origin EXTERNAL.
+fn check_external(record: &KeyRecord) -> Result<(), KmsError> {
+    if record.origin == Origin::External {
+        return Ok(());
+    }
+    Err(KmsError::UnsupportedOperation(format!(
+        "key {} was not created with origin EXTERNAL; its material was generated in the HSM",
+        record.id
+    )))
+}
