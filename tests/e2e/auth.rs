@@ -241,11 +241,80 @@ async fn call_every_rpc(
             bypass_policy_lockout_safety_check: true
         }
     );
+    call!(
+        "GetPublicKey",
+        get_public_key,
+        pb::GetPublicKeyRequest { key_id: key_id() }
+    );
+    call!(
+        "Sign",
+        sign,
+        pb::SignRequest {
+            key_id: key_id(),
+            message: b"m".to_vec(),
+            signing_algorithm: pb::SigningAlgorithm::EcdsaSha256.into(),
+            ..Default::default()
+        }
+    );
+    call!(
+        "Verify",
+        verify,
+        pb::VerifyRequest {
+            key_id: key_id(),
+            message: b"m".to_vec(),
+            signature: vec![1; 64],
+            signing_algorithm: pb::SigningAlgorithm::EcdsaSha256.into(),
+            ..Default::default()
+        }
+    );
+    call!(
+        "GenerateMac",
+        generate_mac,
+        pb::GenerateMacRequest {
+            key_id: key_id(),
+            message: b"m".to_vec(),
+            mac_algorithm: pb::MacAlgorithm::HmacSha256.into()
+        }
+    );
+    call!(
+        "VerifyMac",
+        verify_mac,
+        pb::VerifyMacRequest {
+            key_id: key_id(),
+            message: b"m".to_vec(),
+            mac: vec![0; 32],
+            mac_algorithm: pb::MacAlgorithm::HmacSha256.into()
+        }
+    );
+    call!(
+        "GetParametersForImport",
+        get_parameters_for_import,
+        pb::GetParametersForImportRequest {
+            key_id: key_id(),
+            wrapping_algorithm: pb::WrappingAlgorithm::RsaesOaepSha1.into(),
+            wrapping_key_spec: pb::WrappingKeySpec::Rsa3072.into()
+        }
+    );
+    call!(
+        "ImportKeyMaterial",
+        import_key_material,
+        pb::ImportKeyMaterialRequest {
+            key_id: key_id(),
+            import_token: vec![0; 56],
+            encrypted_key_material: vec![0; 384],
+            ..Default::default()
+        }
+    );
+    call!(
+        "DeleteImportedKeyMaterial",
+        delete_imported_key_material,
+        pb::DeleteImportedKeyMaterialRequest { key_id: key_id() }
+    );
     results
 }
 
 /// The number of RPCs in the service; `call_every_rpc` must call each.
-const RPC_COUNT: usize = 28;
+const RPC_COUNT: usize = 36;
 
 fn tls_with_ca_of(pki: &Pki, identity_from: &Pki, name: &str) -> ClientTls {
     let mut tls = identity_from.client_tls(Some(name));

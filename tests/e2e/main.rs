@@ -8,10 +8,12 @@
 
 mod aliases;
 mod api;
+mod asymmetric;
 mod auth;
 mod cli;
 mod custody;
 mod durability;
+mod import;
 mod interop;
 mod rotation;
 mod tags;
@@ -39,4 +41,31 @@ fn ctx(pairs: &[(&str, &str)]) -> kms_client::Context {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
+}
+
+/// Runs tests/interop/public_key_ops.py (Python's `cryptography`) with `args`; returns its
+/// trimmed stdout, or `None` when it exits 1 (an invalid signature). Any other failure fails
+/// the test.
+fn python_ops(args: &[&str]) -> Option<String> {
+    // Debian's python3-cryptography lives with the system interpreter.
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/public_key_ops.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {python}: {e}"));
+    match out.status.code() {
+        Some(0) => Some(String::from_utf8_lossy(&out.stdout).trim().to_owned()),
+        Some(1) if out.stderr.is_empty() => None,
+        _ => panic!(
+            "{} {args:?} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }

@@ -45,6 +45,10 @@ pub enum SignMechanism {
     RsaPkcs1,
     /// ECDSA over a digest (CKM_ECDSA); the result is r || s.
     Ecdsa,
+    /// HMAC-SHA-1 (CKM_SHA_1_HMAC) with a secret key: the check value of imported material.
+    /// The service returns no other SHA-1 HMAC, so the value is never a `k_msg` or a MAC a
+    /// caller could use.
+    MaterialCheck,
 }
 
 /// `k_msg`: the per-message secret the HSM computes with a key version's master secret.

@@ -89,12 +89,15 @@ enum SoftKey {
 }
 
 /// A software stand-in for the HSM: secrets (master and HMAC) and P-256 key pairs. It has no
-/// RSA and no import (those are tested on SoftHSM2 in kms-hsm and the end-to-end tests): such
-/// calls fail with [`HsmError::Unsupported`]. Master secrets are random unless set with
+/// RSA (tested on SoftHSM2 in kms-hsm and the end-to-end tests): such calls fail with
+/// [`HsmError::Unsupported`]. Its import "wrapping" is the identity — the wrapped material is
+/// the material — so the service's import rules can be tested without RSA; real unwrapping is
+/// tested on SoftHSM2. Master secrets are random unless set with
 /// [`SoftKeyStore::insert_secret`]; every derivation is counted.
 #[derive(Default)]
 pub struct SoftKeyStore {
     keys: Mutex<HashMap<KeyVersionRef, SoftKey>>,
+    wrapping_keys: Mutex<std::collections::BTreeSet<WrappingKeyRef>>,
     derivations: AtomicUsize,
     fail_creation: Mutex<bool>,
 }
@@ -225,6 +228,13 @@ impl KeyStore for SoftKeyStore {
     ) -> Result<Vec<u8>, HsmError> {
         match mechanism {
             SignMechanism::Hmac(mac) => self.hmac(key, mac, data),
+            SignMechanism::MaterialCheck => {
+                let keys = lock(&self.keys);
+                let Some(SoftKey::Secret(secret)) = keys.get(&key) else {
+                    return Err(HsmError::ObjectNotFound(key));
+                };
+                hmac_with::<Hmac<sha1::Sha1>>(secret, data)
+            }
             SignMechanism::Ecdsa => {
                 let keys = lock(&self.keys);
                 let Some(SoftKey::EcP256(signing)) = keys.get(&key) else {
@@ -253,30 +263,44 @@ impl KeyStore for SoftKeyStore {
 
     fn create_wrapping_key(
         &self,
-        _key: WrappingKeyRef,
+        key: WrappingKeyRef,
         _bits: u32,
         _algorithm: WrappingAlgorithm,
     ) -> Result<Vec<u8>, HsmError> {
-        Err(unsupported("create wrapping key"))
+        lock(&self.wrapping_keys).insert(key);
+        Ok(b"soft wrapping key: the identity".to_vec())
     }
 
     fn unwrap_key_version(
         &self,
-        _key: KeyVersionRef,
+        key: KeyVersionRef,
         _material: KeyMaterial,
-        _wrapping: WrappingKeyRef,
+        wrapping: WrappingKeyRef,
         _algorithm: WrappingAlgorithm,
-        _wrapped: &[u8],
+        wrapped: &[u8],
     ) -> Result<Option<usize>, HsmError> {
-        Err(unsupported("unwrap"))
+        if !lock(&self.wrapping_keys).contains(&wrapping) {
+            return Err(HsmError::Failed {
+                operation: "unwrap key",
+                source: "no such wrapping key".into(),
+            });
+        }
+        if wrapped.is_empty() {
+            return Err(HsmError::Rejected {
+                operation: "unwrap key",
+            });
+        }
+        lock(&self.keys).insert(key, SoftKey::Secret(Zeroizing::new(wrapped.to_vec())));
+        Ok(Some(wrapped.len()))
     }
 
-    fn destroy_wrapping_key(&self, _key: WrappingKeyRef) -> Result<(), HsmError> {
+    fn destroy_wrapping_key(&self, key: WrappingKeyRef) -> Result<(), HsmError> {
+        lock(&self.wrapping_keys).remove(&key);
         Ok(())
     }
 
     fn list_wrapping_keys(&self) -> Result<Vec<WrappingKeyRef>, HsmError> {
-        Ok(Vec::new())
+        Ok(lock(&self.wrapping_keys).iter().copied().collect())
     }
 
     fn random_bytes(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {

@@ -362,7 +362,10 @@ impl KeyStore for HsmKeyStore {
         mechanism: SignMechanism,
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
-        let class = if matches!(mechanism, SignMechanism::Hmac(_)) {
+        let class = if matches!(
+            mechanism,
+            SignMechanism::Hmac(_) | SignMechanism::MaterialCheck
+        ) {
             ObjectClass::SECRET_KEY
         } else {
             ObjectClass::PRIVATE_KEY

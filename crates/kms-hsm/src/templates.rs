@@ -155,5 +155,6 @@ pub(crate) fn sign_mechanism(mechanism: SignMechanism) -> Mechanism<'static> {
         }
         SignMechanism::RsaPkcs1 => Mechanism::RsaPkcs,
         SignMechanism::Ecdsa => Mechanism::Ecdsa,
+        SignMechanism::MaterialCheck => Mechanism::Sha1Hmac,
     }
 }

@@ -19,15 +19,13 @@ use crate::error::KmsError;
 use crate::hsm::{HsmError, KeyVersionRef, SignMechanism, WrappingKeyRef};
 use crate::ids::{KeyId, KeyRef};
 use crate::key::{
-    ExpirationModel, ImportParameters, KeyMaterial, KeyRecord, KeyState, MacAlgorithm, Origin,
-    WrappingAlgorithm,
+    ExpirationModel, ImportParameters, KeyMaterial, KeyRecord, KeyState, Origin, WrappingAlgorithm,
 };
 use crate::policy::Action;
 
-/// What the HSM MACs with imported material to tell one material from another. Its length
-/// differs from every SYMMETRIC_DEFAULT derivation input's, so the value is never a `k_msg`;
-/// for HMAC keys it is computed with another hash than the key's own, so it is never a MAC
-/// that VerifyMac would accept.
+/// What the HSM MACs (HMAC-SHA-1, [`SignMechanism::MaterialCheck`]) with imported material to
+/// tell one material from another. No other SHA-1 HMAC leaves the service, so the value is
+/// never a `k_msg` or a MAC that VerifyMac would accept.
 pub const MATERIAL_CHECK_INPUT: &[u8] = b"kms.v1 imported key material check";
 
 /// How long import parameters are valid.
@@ -228,16 +226,9 @@ impl Kms {
         length: Option<usize>,
         import: &mut crate::key::ImportState,
     ) -> Result<(), KmsError> {
-        let (lengths, check_mac) = match material {
-            KeyMaterial::HmacSecret(mac) => (
-                mac.key_lengths(),
-                if mac == MacAlgorithm::HmacSha512 {
-                    MacAlgorithm::HmacSha256
-                } else {
-                    MacAlgorithm::HmacSha512
-                },
-            ),
-            _ => (32..=32, MacAlgorithm::HmacSha512),
+        let lengths = match material {
+            KeyMaterial::HmacSecret(mac) => mac.key_lengths(),
+            _ => 32..=32,
         };
         // An HSM that does not report the length (SoftHSM2) cannot be checked here; kmsctl
         // checks the length before wrapping.
@@ -251,11 +242,9 @@ impl Kms {
                 lengths.end()
             )));
         }
-        let check = self.hsm.sign(
-            version,
-            SignMechanism::Hmac(check_mac),
-            MATERIAL_CHECK_INPUT,
-        )?;
+        let check = self
+            .hsm
+            .sign(version, SignMechanism::MaterialCheck, MATERIAL_CHECK_INPUT)?;
         match &import.material_check {
             Some(expected) if !bool::from(expected.as_slice().ct_eq(&check)) => {
                 Err(KmsError::IncorrectKeyMaterial(format!(
@@ -384,4 +373,286 @@ fn check_external(record: &KeyRecord) -> Result<(), KmsError> {
         "key {} was not created with origin EXTERNAL; its material was generated in the HSM",
         record.id
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::context::EncryptionContext;
+    use crate::hsm::KeyStore as _;
+    use crate::key::KeySpec;
+    use crate::secret::SecretBytes;
+    use crate::service::{CreateKeyInput, Plaintext};
+    use crate::tags::NewTags;
+    use crate::testing::{ManualClock, MemoryStore, SoftKeyStore, admin, authorization};
+
+    fn ok<T>(r: Result<T, KmsError>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    struct Fixture {
+        kms: Kms,
+        hsm: Arc<SoftKeyStore>,
+        clock: Arc<ManualClock>,
+    }
+
+    fn fixture() -> Fixture {
+        let hsm = Arc::new(SoftKeyStore::default());
+        let clock = Arc::new(ManualClock::default());
+        clock.set_millis(1_000_000);
+        let kms = Kms::new(Arc::new(MemoryStore::default()), hsm.clone(), clock.clone())
+            .with_authorization(authorization());
+        Fixture { kms, hsm, clock }
+    }
+
+    fn external(kms: &Kms, spec: KeySpec) -> KeyRef {
+        let record = ok(kms.create_key(
+            &admin(),
+            CreateKeyInput {
+                description: String::new(),
+                usage: None,
+                spec,
+                origin: Origin::External,
+                tags: NewTags::default(),
+                policy: None,
+                bypass_policy_lockout_safety_check: false,
+            },
+        ));
+        assert_eq!(record.state, KeyState::PendingImport);
+        KeyRef::Id(record.id)
+    }
+
+    /// Parameters, then an import of `material` (the soft HSM's wrapping is the identity).
+    fn import(
+        f: &Fixture,
+        key: &KeyRef,
+        material: &[u8],
+        valid_to: Option<i64>,
+    ) -> Result<(), KmsError> {
+        let parameters = ok(f.kms.get_parameters_for_import(
+            &admin(),
+            key,
+            WrappingAlgorithm::RsaesOaepSha1,
+            3072,
+        ));
+        let expiration = if valid_to.is_some() {
+            ExpirationModel::KeyMaterialExpires
+        } else {
+            ExpirationModel::KeyMaterialDoesNotExpire
+        };
+        f.kms.import_key_material(
+            &admin(),
+            key,
+            &parameters.import_token,
+            material,
+            expiration,
+            valid_to,
+        )
+    }
+
+    fn encrypt(kms: &Kms, key: &KeyRef) -> Result<Vec<u8>, KmsError> {
+        let plaintext = ok(Plaintext::new(SecretBytes::new(b"x".to_vec())));
+        kms.encrypt(&admin(), key, &plaintext, &EncryptionContext::default())
+            .map(|e| e.ciphertext_blob)
+    }
+
+    #[test]
+    fn tokens_expire_and_only_the_latest_counts() {
+        let f = fixture();
+        let key = external(&f.kms, KeySpec::SymmetricDefault);
+        let first = ok(f.kms.get_parameters_for_import(
+            &admin(),
+            &key,
+            WrappingAlgorithm::RsaesOaepSha1,
+            4096,
+        ));
+        assert_eq!(first.valid_to_ms, 1_000_000 + IMPORT_PARAMETERS_VALID_MS);
+        let second = ok(f.kms.get_parameters_for_import(
+            &admin(),
+            &key,
+            WrappingAlgorithm::RsaesOaepSha1,
+            4096,
+        ));
+        assert_eq!(
+            ok(f.hsm.list_wrapping_keys().map_err(KmsError::from)).len(),
+            1,
+            "new parameters destroy the old wrapping key"
+        );
+        let material = [5u8; 32];
+        let expires = ExpirationModel::KeyMaterialDoesNotExpire;
+        assert!(matches!(
+            f.kms.import_key_material(
+                &admin(),
+                &key,
+                &first.import_token,
+                &material,
+                expires,
+                None
+            ),
+            Err(KmsError::InvalidImportToken(_))
+        ));
+        f.clock.set_millis(second.valid_to_ms);
+        assert!(matches!(
+            f.kms.import_key_material(
+                &admin(),
+                &key,
+                &second.import_token,
+                &material,
+                expires,
+                None
+            ),
+            Err(KmsError::ExpiredImportToken)
+        ));
+        assert_eq!(ok(f.kms.run_due_expirations()), 0);
+        assert!(
+            ok(f.hsm.list_wrapping_keys().map_err(KmsError::from)).is_empty(),
+            "expired parameters lose their wrapping key"
+        );
+        assert!(matches!(
+            f.kms.import_key_material(
+                &admin(),
+                &key,
+                &second.import_token,
+                &material,
+                expires,
+                None
+            ),
+            Err(KmsError::InvalidImportToken(_))
+        ));
+        assert!(matches!(
+            f.kms
+                .get_parameters_for_import(&admin(), &key, WrappingAlgorithm::RsaesOaepSha1, 2048),
+            Err(KmsError::Validation(_))
+        ));
+    }
+
+    #[test]
+    fn material_has_the_right_length_and_never_changes() {
+        let f = fixture();
+        let key = external(&f.kms, KeySpec::SymmetricDefault);
+        assert!(matches!(
+            import(&f, &key, &[1; 16], None),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            encrypt(&f.kms, &key),
+            Err(KmsError::InvalidState(_))
+        ));
+        ok(import(&f, &key, &[1; 32], None));
+        let blob = ok(encrypt(&f.kms, &key));
+        assert!(matches!(
+            import(&f, &key, &[1; 32], None),
+            Err(KmsError::InvalidState(_))
+        ));
+        ok(f.kms.delete_imported_key_material(&admin(), &key));
+        assert!(matches!(
+            encrypt(&f.kms, &key),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert!(matches!(
+            import(&f, &key, &[2; 32], None),
+            Err(KmsError::IncorrectKeyMaterial(_))
+        ));
+        ok(import(&f, &key, &[1; 32], None));
+        assert!(
+            f.kms
+                .decrypt(&admin(), &blob, &EncryptionContext::default(), None)
+                .is_ok()
+        );
+
+        let hmac = external(&f.kms, KeySpec::Hmac512);
+        assert!(matches!(
+            import(&f, &hmac, &[1; 63], None),
+            Err(KmsError::Validation(_))
+        ));
+        ok(import(&f, &hmac, &[1; 128], None));
+
+        let generated = f.kms.create_key(
+            &admin(),
+            CreateKeyInput {
+                description: String::new(),
+                usage: None,
+                spec: KeySpec::EccNistP256,
+                origin: Origin::External,
+                tags: NewTags::default(),
+                policy: None,
+                bypass_policy_lockout_safety_check: false,
+            },
+        );
+        assert!(matches!(generated, Err(KmsError::UnsupportedOperation(_))));
+    }
+
+    #[test]
+    fn expired_material_is_unusable_at_once_and_destroyed_by_the_scheduler() {
+        let f = fixture();
+        let key = external(&f.kms, KeySpec::SymmetricDefault);
+        assert!(matches!(
+            import(&f, &key, &[1; 32], Some(999_999)),
+            Err(KmsError::Validation(_))
+        ));
+        ok(import(&f, &key, &[1; 32], Some(2_000_000)));
+        let id = ok(f.kms.describe_key(&admin(), &key)).id;
+        let object = KeyVersionRef {
+            key_id: id,
+            version: 1,
+        };
+        ok(encrypt(&f.kms, &key));
+        f.clock.set_millis(2_000_000);
+        assert!(matches!(
+            encrypt(&f.kms, &key),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert_eq!(
+            ok(f.kms.describe_key(&admin(), &key)).state,
+            KeyState::PendingImport
+        );
+        assert!(
+            f.hsm.contains(object),
+            "destroyed by the scheduler, not by a read"
+        );
+        assert_eq!(ok(f.kms.run_due_expirations()), 1);
+        assert!(!f.hsm.contains(object));
+        let record = ok(f.kms.describe_key(&admin(), &key));
+        assert!(!record.has_material());
+        assert_eq!(ok(f.kms.run_due_expirations()), 0);
+        // The same material comes back in.
+        ok(import(&f, &key, &[1; 32], None));
+        ok(encrypt(&f.kms, &key));
+    }
+
+    #[test]
+    fn reconciliation_removes_half_done_imports_and_orphan_wrapping_keys() {
+        let f = fixture();
+        let key = external(&f.kms, KeySpec::SymmetricDefault);
+        let id = ok(f.kms.describe_key(&admin(), &key)).id;
+        ok(f.kms
+            .get_parameters_for_import(&admin(), &key, WrappingAlgorithm::RsaesOaepSha1, 3072));
+        // A crash after the HSM unwrapped but before the record said so, and a wrapping key
+        // whose parameters never reached the store.
+        let object = KeyVersionRef {
+            key_id: id,
+            version: 1,
+        };
+        f.hsm.insert_secret(object, [4; 32]);
+        let orphan = WrappingKeyRef {
+            key_id: id,
+            serial: 99,
+        };
+        ok(f.hsm
+            .create_wrapping_key(orphan, 3072, WrappingAlgorithm::RsaesOaepSha1)
+            .map_err(KmsError::from));
+        let report = ok(f.kms.reconcile());
+        assert!(report.missing_objects.is_empty());
+        assert!(!f.hsm.contains(object));
+        assert_eq!(
+            ok(f.hsm.list_wrapping_keys().map_err(KmsError::from)),
+            vec![WrappingKeyRef {
+                key_id: id,
+                serial: 1
+            }],
+            "the key's current parameters survive"
+        );
+    }
 }
