@@ -851,6 +851,127 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sign_and_verify_handlers_convert_and_delegate() {
+        let svc = service();
+        let create = |spec: pb::KeySpec| {
+            Request::new(pb::CreateKeyRequest {
+                key_spec: spec.into(),
+                ..Default::default()
+            })
+        };
+        let ec = svc
+            .create_key(create(pb::KeySpec::EccNistP256))
+            .await
+            .unwrap()
+            .into_inner()
+            .key_metadata
+            .unwrap();
+        assert_eq!(ec.key_usage(), pb::KeyUsage::SignVerify);
+        assert_eq!(
+            ec.signing_algorithms().collect::<Vec<_>>(),
+            [pb::SigningAlgorithm::EcdsaSha256]
+        );
+        let public = svc
+            .get_public_key(Request::new(pb::GetPublicKeyRequest {
+                key_id: ec.key_id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(public.key_spec(), pb::KeySpec::EccNistP256);
+        assert_eq!(public.public_key.len(), 91, "a P-256 SubjectPublicKeyInfo");
+
+        let sign = |message: &[u8], algorithm: pb::SigningAlgorithm| {
+            Request::new(pb::SignRequest {
+                key_id: ec.key_id.clone(),
+                message: message.to_vec(),
+                signing_algorithm: algorithm.into(),
+                ..Default::default()
+            })
+        };
+        let signature = svc
+            .sign(sign(b"hello", pb::SigningAlgorithm::EcdsaSha256))
+            .await
+            .unwrap()
+            .into_inner()
+            .signature;
+        let verify = |message: &[u8]| {
+            Request::new(pb::VerifyRequest {
+                key_id: ec.key_id.clone(),
+                message: message.to_vec(),
+                signature: signature.clone(),
+                signing_algorithm: pb::SigningAlgorithm::EcdsaSha256.into(),
+                ..Default::default()
+            })
+        };
+        assert!(
+            svc.verify(verify(b"hello"))
+                .await
+                .unwrap()
+                .into_inner()
+                .signature_valid
+        );
+        let bad = svc.verify(verify(b"hellO")).await.unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert_eq!(reason(&bad), "KMSInvalidSignatureException");
+        let unspecified = svc
+            .sign(sign(b"hello", pb::SigningAlgorithm::Unspecified))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&unspecified), "ValidationException");
+        let wrong = svc
+            .sign(sign(b"hello", pb::SigningAlgorithm::RsassaPssSha256))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&wrong), "InvalidKeyUsageException");
+    }
+
+    #[tokio::test]
+    async fn mac_handlers_convert_and_delegate() {
+        let svc = service();
+        let hmac = svc
+            .create_key(Request::new(pb::CreateKeyRequest {
+                key_spec: pb::KeySpec::Hmac256.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .key_metadata
+            .unwrap()
+            .key_id;
+        let mac = svc
+            .generate_mac(Request::new(pb::GenerateMacRequest {
+                key_id: hmac.clone(),
+                message: b"m".to_vec(),
+                mac_algorithm: pb::MacAlgorithm::HmacSha256.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .mac;
+        let verify_mac = |mac: Vec<u8>| {
+            Request::new(pb::VerifyMacRequest {
+                key_id: hmac.clone(),
+                message: b"m".to_vec(),
+                mac,
+                mac_algorithm: pb::MacAlgorithm::HmacSha256.into(),
+            })
+        };
+        assert!(
+            svc.verify_mac(verify_mac(mac.clone()))
+                .await
+                .unwrap()
+                .into_inner()
+                .mac_valid
+        );
+        let mut flipped = mac;
+        flipped[31] ^= 1;
+        let bad = svc.verify_mac(verify_mac(flipped)).await.unwrap_err();
+        assert_eq!(reason(&bad), "KMSInvalidMacException");
+    }
+
+    #[tokio::test]
     async fn handlers_map_errors_to_codes_and_reasons() {
         let svc = service();
         let key_id = new_key(&svc).await;

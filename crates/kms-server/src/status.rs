@@ -71,6 +71,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one row per error: a table reads best whole"
+    )]
     fn every_error_has_its_code_and_reason() {
         let cases: Vec<(KmsError, Code, &str)> = vec![
             (
@@ -107,6 +111,45 @@ mod tests {
                 KmsError::InvalidKeyUsage("x".into()),
                 Code::InvalidArgument,
                 "InvalidKeyUsageException",
+            ),
+            (
+                KmsError::InvalidSignature,
+                Code::InvalidArgument,
+                "KMSInvalidSignatureException",
+            ),
+            (
+                KmsError::InvalidMac,
+                Code::InvalidArgument,
+                "KMSInvalidMacException",
+            ),
+            (
+                KmsError::InvalidImportToken("x".into()),
+                Code::InvalidArgument,
+                "InvalidImportTokenException",
+            ),
+            (
+                KmsError::ExpiredImportToken,
+                Code::InvalidArgument,
+                "ExpiredImportTokenException",
+            ),
+            (
+                KmsError::IncorrectKeyMaterial("x".into()),
+                Code::InvalidArgument,
+                "IncorrectKeyMaterialException",
+            ),
+            (
+                KmsError::UnsupportedOperation("x".into()),
+                Code::Unimplemented,
+                "UnsupportedOperationException",
+            ),
+            (
+                HsmError::Unsupported {
+                    operation: "unwrapping",
+                    detail: "no OAEP SHA-256".into(),
+                }
+                .into(),
+                Code::Unimplemented,
+                "UnsupportedOperationException",
             ),
             (
                 KmsError::AlreadyExists("x".into()),
