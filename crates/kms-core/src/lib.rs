@@ -1,8 +1,10 @@
 //! The domain of the key management service.
 //!
 //! Key ids and references, the key model and its states, the encryption-context encoding,
-//! the ciphertext format and the symmetric scheme, the service logic ([`Kms`]), and the two
-//! traits its backends implement: [`KeyStore`] (the HSM) and [`MetadataStore`] (key metadata).
+//! the ciphertext format and the symmetric scheme, the public-key work of RSA and ECC keys
+//! ([`asymmetric`]: Verify, RSA encryption, key encodings — never a private-key operation),
+//! the service logic ([`Kms`]), and the two traits its backends implement: [`KeyStore`] (the
+//! HSM) and [`MetadataStore`] (key metadata).
 //! The tamper-evident audit log ([`AuditLog`]) and its offline verifier live in [`audit`].
 //!
 //! This crate must not depend on tonic, cryptoki or rocksdb: the adapters depend on it, never
