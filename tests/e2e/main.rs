@@ -10,6 +10,7 @@ mod aliases;
 mod api;
 mod auth;
 mod cli;
+mod cli_keys;
 mod custody;
 mod durability;
 mod interop;
