@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing kmsd needs on Debian 12 (or Ubuntu), when missing:
-# SoftHSM2, OpenSC's pkcs11-tool and libfaketime; libclang for the RocksDB bindings; a C++
-# compiler; protoc with the well-known .proto files; Python's cryptography, grpcio and
-# protobuf (the test vectors and the interop client); and Rust >= 1.88 with rustfmt and clippy
-# (through rustup when there is no Rust at all).
+# SoftHSM2, OpenSC's pkcs11-tool, libfaketime and OpenSSL (the tests check signatures and
+# key wrapping with it); libclang for the RocksDB bindings; a C++ compiler; protoc with the
+# well-known .proto files; Python's cryptography, grpcio and protobuf (the test vectors and
+# the interop client); and Rust >= 1.88 with rustfmt and clippy (through rustup when there is
+# no Rust at all).
 set -euo pipefail
 min_rust=1.88
-packages=(softhsm2 opensc libfaketime libclang-dev clang build-essential protobuf-compiler libprotobuf-dev
+packages=(softhsm2 opensc libfaketime openssl libclang-dev clang build-essential protobuf-compiler libprotobuf-dev
           pkg-config python3 python3-cryptography python3-grpcio python3-protobuf curl
           ca-certificates)
 sudo=""

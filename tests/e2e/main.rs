@@ -11,6 +11,7 @@ mod api;
 mod asymmetric;
 mod auth;
 mod cli;
+mod cli_keys;
 mod custody;
 mod durability;
 mod import;

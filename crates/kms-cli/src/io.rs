@@ -40,3 +40,36 @@ pub fn b64(bytes: &[u8]) -> String {
 pub fn unb64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     STANDARD.decode(text)
 }
+
+/// PEM (RFC 7468): `der` in base64, 64 characters a line, between BEGIN and END `label`.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let body = b64(der);
+    // Base64 is ASCII, so every 64-byte chunk is whole characters.
+    let lines: Vec<String> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|line| String::from_utf8_lossy(line).into_owned())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_lines_are_64_characters() {
+        let text = pem("PUBLIC KEY", &[0xAB; 100]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.first(), Some(&"-----BEGIN PUBLIC KEY-----"));
+        assert_eq!(lines.last(), Some(&"-----END PUBLIC KEY-----"));
+        // 100 bytes are 136 base64 characters: 64 + 64 + 8.
+        let widths: Vec<usize> = lines[1..lines.len() - 1].iter().map(|l| l.len()).collect();
+        assert_eq!(widths, [64, 64, 8]);
+        let body: String = lines[1..lines.len() - 1].concat();
+        assert_eq!(unb64(&body).ok(), Some(vec![0xAB; 100]));
+    }
+}

@@ -6,10 +6,13 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod import;
 mod io;
+mod names;
 mod output;
 mod pki;
 mod policy;
+mod sign;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +24,9 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::audit::AuditCommand;
+use crate::import::Hint;
 use crate::io::{b64, read_input, write_output};
+use crate::names::{EncryptionAlgorithmName, KeySpecName, KeyUsageName, OriginName};
 use crate::output::{Format, print_aliases, print_metadata, print_rotations, print_tags};
 use crate::policy::PolicyCommand;
 
@@ -98,11 +103,22 @@ impl TlsArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a SYMMETRIC_DEFAULT key whose material is generated in the HSM.
+    /// Create a key. Its material is generated in the HSM, or, with --origin EXTERNAL,
+    /// imported later with import-key-material.
     CreateKey {
         /// Free text, at most 8192 characters.
         #[arg(long, default_value = "")]
         description: String,
+        /// The type of key material.
+        #[arg(long, value_enum, default_value_t = KeySpecName::SymmetricDefault)]
+        key_spec: KeySpecName,
+        /// What the key is for [default: the server picks from the key spec].
+        #[arg(long, value_enum)]
+        key_usage: Option<KeyUsageName>,
+        /// Where the key material comes from: KMS (generated in the HSM) or EXTERNAL (the key
+        /// is PendingImport until import-key-material).
+        #[arg(long, value_enum, default_value_t = OriginName::Kms)]
+        origin: OriginName,
         /// A tag KEY=VALUE (repeatable).
         #[arg(long = "tag", value_name = "KEY=VALUE")]
         tags: Vec<String>,
@@ -171,7 +187,8 @@ enum Command {
         #[arg(long)]
         description: String,
     },
-    /// Encrypt up to 4096 bytes (from a file or stdin).
+    /// Encrypt up to 4096 bytes (from a file or stdin); an RSA key takes less (e.g. 318 bytes
+    /// with RSA_3072 and RSAES_OAEP_SHA_256).
     Encrypt {
         #[command(flatten)]
         key: KeyArg,
@@ -180,6 +197,10 @@ enum Command {
         plaintext_file: Option<String>,
         #[command(flatten)]
         context: ContextArg,
+        /// SYMMETRIC_DEFAULT for symmetric keys; RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256 (no
+        /// --context) for RSA ENCRYPT_DECRYPT keys.
+        #[arg(long, value_enum, default_value_t = EncryptionAlgorithmName::SymmetricDefault)]
+        encryption_algorithm: EncryptionAlgorithmName,
         /// Write the raw blob here instead of printing it in base64.
         #[arg(long, value_name = "FILE")]
         out: Option<String>,
@@ -188,11 +209,16 @@ enum Command {
     Decrypt {
         #[command(flatten)]
         blob: BlobArg,
-        /// The key the blob must be under (optional: the blob names its key).
-        #[arg(long)]
+        /// The key the blob must be under (optional: the blob names its key; required with
+        /// RSAES_OAEP_*, whose ciphertexts do not).
+        #[arg(long, visible_alias = "key")]
         key_id: Option<String>,
         #[command(flatten)]
         context: ContextArg,
+        /// SYMMETRIC_DEFAULT for the service's blobs; RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256
+        /// for RSA ciphertexts (needs --key-id, takes no --context).
+        #[arg(long, value_enum, default_value_t = EncryptionAlgorithmName::SymmetricDefault)]
+        encryption_algorithm: EncryptionAlgorithmName,
         /// Write the plaintext here.
         #[arg(long, value_name = "FILE")]
         out: Option<String>,
@@ -304,6 +330,25 @@ enum Command {
         #[arg(long)]
         key_id: Option<String>,
     },
+    /// The public key of an RSA or ECC key: PEM (SubjectPublicKeyInfo) by default.
+    GetPublicKey(sign::GetPublicKeyArgs),
+    /// Sign a message or digest with a SIGN_VERIFY key; the private key works in the HSM.
+    Sign(sign::SignArgs),
+    /// Verify a signature: prints "valid", or fails with KMSInvalidSignatureException.
+    Verify(sign::VerifyArgs),
+    /// The HMAC of a message under a GENERATE_VERIFY_MAC key, computed in the HSM.
+    GenerateMac(sign::GenerateMacArgs),
+    /// Check an HMAC: prints "valid", or fails with KMSInvalidMacException.
+    VerifyMac(sign::VerifyMacArgs),
+    /// Write a wrapping public key and an import token for an EXTERNAL key, to wrap key
+    /// material yourself (e.g. with OpenSSL) for import-key-material.
+    GetParametersForImport(import::ParametersArgs),
+    /// Import key material into an EXTERNAL key: kmsctl wraps it locally (or takes it
+    /// wrapped) and the HSM unwraps it into the key, which becomes Enabled.
+    ImportKeyMaterial(import::ImportArgs),
+    /// Destroy an EXTERNAL key's material; the key becomes PendingImport until the same
+    /// material is imported again.
+    DeleteImportedKeyMaterial(KeyArg),
     /// Random bytes from the HSM; raw to stdout or --out.
     GenerateRandom {
         /// 1..1024.
@@ -318,7 +363,7 @@ enum Command {
 #[derive(Args)]
 struct KeyArg {
     /// Key UUID or alias/<name>.
-    #[arg(long)]
+    #[arg(long, visible_alias = "key")]
     key_id: String,
 }
 
@@ -422,6 +467,9 @@ async fn main() -> ExitCode {
                 ),
                 _ => eprintln!("kmsctl: {e:#}"),
             }
+            if let Some(hint) = e.downcast_ref::<Hint>() {
+                eprintln!("kmsctl: hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -463,21 +511,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CreateKey {
             description,
+            key_spec,
+            key_usage,
+            origin,
             tags,
             policy_file,
             bypass_policy_lockout_safety_check,
         } => {
-            let tags = parse_pairs("--tag", &tags)?;
-            let tags: Vec<(&str, &str)> =
-                tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let tags = parse_pairs("--tag", &tags)?
+                .into_iter()
+                .map(|(tag_key, tag_value)| pb::Tag { tag_key, tag_value })
+                .collect();
             let policy = policy_file.as_deref().map(read_text).transpose()?;
             let metadata = client
-                .create_key_with_policy(
-                    &description,
-                    &tags,
-                    policy.as_deref().unwrap_or(""),
+                .create_key_with(pb::CreateKeyRequest {
+                    description,
+                    key_usage: key_usage
+                        .map_or(pb::KeyUsage::Unspecified, Into::into)
+                        .into(),
+                    key_spec: pb::KeySpec::from(key_spec).into(),
+                    origin: pb::OriginType::from(origin).into(),
+                    tags,
+                    policy: policy.unwrap_or_default(),
                     bypass_policy_lockout_safety_check,
-                )
+                })
                 .await?;
             print_metadata(format, &metadata);
         }
@@ -630,11 +687,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             plaintext_file,
             context,
+            encryption_algorithm,
             out,
         } => {
             let plaintext = zeroize::Zeroizing::new(read_input(plaintext_file.as_deref())?);
             let context = parse_context(&context.pairs)?;
-            let response = client.encrypt(&key.key_id, &plaintext, &context).await?;
+            let response = match encryption_algorithm.rsa() {
+                None => client.encrypt(&key.key_id, &plaintext, &context).await?,
+                Some(algorithm) => {
+                    no_context_for_rsa(&context, algorithm)?;
+                    client
+                        .encrypt_rsa(&key.key_id, &plaintext, algorithm)
+                        .await?
+                }
+            };
             let algorithm = output::algorithm_name(response.encryption_algorithm());
             emit_blob(
                 format,
@@ -650,11 +716,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             blob,
             key_id,
             context,
+            encryption_algorithm,
             out,
         } => {
             let blob = blob.read()?;
             let context = parse_context(&context.pairs)?;
-            let decrypted = client.decrypt(&blob, &context, key_id.as_deref()).await?;
+            let decrypted = match encryption_algorithm.rsa() {
+                None => client.decrypt(&blob, &context, key_id.as_deref()).await?,
+                Some(algorithm) => {
+                    no_context_for_rsa(&context, algorithm)?;
+                    let Some(key_id) = key_id else {
+                        bail!(
+                            "{} needs --key-id: an RSA ciphertext does not name its key",
+                            output::algorithm_name(algorithm)
+                        );
+                    };
+                    client.decrypt_rsa(&key_id, &blob, algorithm).await?
+                }
+            };
             let algorithm = output::algorithm_name(decrypted.encryption_algorithm);
             emit_secret(
                 format,
@@ -774,6 +853,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ListAliases { key_id } => {
             print_aliases(format, &client.list_all_aliases(key_id.as_deref()).await?);
         }
+        Command::GetPublicKey(args) => sign::get_public_key(&mut client, format, &args).await?,
+        Command::Sign(args) => sign::sign(&mut client, format, &args).await?,
+        Command::Verify(args) => sign::verify(&mut client, format, &args).await?,
+        Command::GenerateMac(args) => sign::generate_mac(&mut client, format, &args).await?,
+        Command::VerifyMac(args) => sign::verify_mac(&mut client, format, &args).await?,
+        Command::GetParametersForImport(args) => {
+            import::get_parameters(&mut client, format, &args).await?;
+        }
+        Command::ImportKeyMaterial(args) => import::import(&mut client, format, &args).await?,
+        Command::DeleteImportedKeyMaterial(key) => {
+            client.delete_imported_key_material(&key.key_id).await?;
+            print_metadata(format, &client.describe_key(&key.key_id).await?);
+        }
         Command::GenerateRandom {
             number_of_bytes,
             out,
@@ -796,24 +888,48 @@ fn unreachable_offline() -> anyhow::Result<()> {
     bail!("internal error: an offline command reached the connected path")
 }
 
+/// An RSA ciphertext carries no encryption context: refuse one rather than drop it.
+fn no_context_for_rsa(context: &Context, algorithm: pb::EncryptionAlgorithm) -> anyhow::Result<()> {
+    if context.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "{} takes no --context: RSA ciphertexts carry no encryption context",
+            output::algorithm_name(algorithm)
+        )
+    }
+}
+
 /// A blob: raw to `out`, else base64 on stdout; JSON adds `fields`.
 fn emit_blob(
     format: Format,
     blob: &[u8],
     out: Option<&str>,
+    fields: serde_json::Value,
+) -> anyhow::Result<()> {
+    emit_bytes(format, "ciphertext_blob", blob, out, fields)
+}
+
+/// Bytes that are not secret (a blob, a signature, a MAC): raw to `out`, else base64 on
+/// stdout; JSON adds `fields`, and the bytes in base64 as `name` when there is no `out`.
+fn emit_bytes(
+    format: Format,
+    name: &str,
+    bytes: &[u8],
+    out: Option<&str>,
     mut fields: serde_json::Value,
 ) -> anyhow::Result<()> {
     if let Some(path) = out {
-        write_output(path, blob)?;
+        write_output(path, bytes)?;
     }
     match format {
         Format::Json => {
             if out.is_none() {
-                fields["ciphertext_blob"] = json!(b64(blob));
+                fields[name] = json!(b64(bytes));
             }
             println!("{fields}");
         }
-        Format::Text if out.is_none() => println!("{}", b64(blob)),
+        Format::Text if out.is_none() => println!("{}", b64(bytes)),
         Format::Text => {}
     }
     Ok(())

@@ -22,6 +22,26 @@ pub fn algorithm_name(algorithm: pb::EncryptionAlgorithm) -> &'static str {
     strip(algorithm.as_str_name(), "ENCRYPTION_ALGORITHM_")
 }
 
+/// AWS name of a signing algorithm, e.g. `ECDSA_SHA_256`.
+pub fn signing_algorithm_name(algorithm: pb::SigningAlgorithm) -> &'static str {
+    strip(algorithm.as_str_name(), "SIGNING_ALGORITHM_")
+}
+
+/// AWS name of a MAC algorithm, e.g. `HMAC_SHA_256`.
+pub fn mac_algorithm_name(algorithm: pb::MacAlgorithm) -> &'static str {
+    strip(algorithm.as_str_name(), "MAC_ALGORITHM_")
+}
+
+/// AWS name of a key spec, e.g. `RSA_2048`.
+pub fn key_spec_name(spec: pb::KeySpec) -> &'static str {
+    strip(spec.as_str_name(), "KEY_SPEC_")
+}
+
+/// AWS name of a key usage, e.g. `SIGN_VERIFY`.
+pub fn key_usage_name(usage: pb::KeyUsage) -> &'static str {
+    strip(usage.as_str_name(), "KEY_USAGE_")
+}
+
 /// AWS name of a key state, e.g. `PendingDeletion`.
 pub fn state_name(state: pb::KeyState) -> &'static str {
     match state {
@@ -68,13 +88,20 @@ pub fn metadata_json(m: &pb::KeyMetadata) -> Value {
         "creation_date": rfc3339(m.creation_date.as_ref()),
         "enabled": m.enabled,
         "description": m.description,
-        "key_usage": strip(m.key_usage().as_str_name(), "KEY_USAGE_"),
+        "key_usage": key_usage_name(m.key_usage()),
         "key_state": state_name(m.key_state()),
         "deletion_date": rfc3339(m.deletion_date.as_ref()),
         "pending_deletion_window_in_days": m.pending_deletion_window_in_days,
-        "key_spec": strip(m.key_spec().as_str_name(), "KEY_SPEC_"),
+        "key_spec": key_spec_name(m.key_spec()),
         "origin": strip(m.origin().as_str_name(), "ORIGIN_TYPE_"),
         "encryption_algorithms": m.encryption_algorithms().map(algorithm_name).collect::<Vec<_>>(),
+        "signing_algorithms": m.signing_algorithms().map(signing_algorithm_name).collect::<Vec<_>>(),
+        "mac_algorithms": m.mac_algorithms().map(mac_algorithm_name).collect::<Vec<_>>(),
+        "expiration_model": match m.expiration_model() {
+            pb::ExpirationModel::Unspecified => None,
+            model => Some(strip(model.as_str_name(), "EXPIRATION_MODEL_")),
+        },
+        "valid_to": rfc3339(m.valid_to.as_ref()),
         "current_key_version": m.current_key_version,
         "key_rotation_enabled": m.key_rotation_enabled,
         "rotation_period_in_days": m.rotation_period_in_days,
@@ -96,6 +123,8 @@ pub fn print_metadata(format: Format, m: &pb::KeyMetadata) {
                 ("KeySpec", "key_spec"),
                 ("KeyUsage", "key_usage"),
                 ("Origin", "origin"),
+                ("ExpirationModel", "expiration_model"),
+                ("ValidTo", "valid_to"),
                 ("CurrentVersion", "current_key_version"),
                 ("Rotation", "key_rotation_enabled"),
                 ("RotationPeriod", "rotation_period_in_days"),
@@ -109,8 +138,21 @@ pub fn print_metadata(format: Format, m: &pb::KeyMetadata) {
                     other => println!("{label:<16}{other}"),
                 }
             }
-            let algorithms: Vec<&str> = m.encryption_algorithms().map(algorithm_name).collect();
-            println!("{:<16}{}", "Algorithms", algorithms.join(", "));
+            // Each usage has its own list; the other two are empty.
+            let lists = [
+                ("EncryptionAlgs", "encryption_algorithms"),
+                ("SigningAlgs", "signing_algorithms"),
+                ("MacAlgs", "mac_algorithms"),
+            ];
+            for (label, field) in lists {
+                let names: Vec<&str> = value[field]
+                    .as_array()
+                    .map(|list| list.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if !names.is_empty() {
+                    println!("{label:<16}{}", names.join(", "));
+                }
+            }
         }
     }
 }
