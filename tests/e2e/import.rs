@@ -232,6 +232,29 @@ async fn imported_hmac_material_gives_the_macs_python_computes() {
     let kmsd = env.start();
     let mut c = kmsd.client().await;
     let key = external_key(&mut c, pb::KeySpec::Hmac384).await;
+    // Too short for HMAC-SHA-384, wrapped by another client than kmsctl: the HSM's refusal to
+    // MAC with it is a ValidationException, and the key stays without material.
+    let (token, wrapped) = wrap(&mut c, &key, &[0x42u8; 40]).await;
+    let message = expect_error(
+        c.import_key_material(import_request(&key, token, wrapped))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert!(message.contains("48 to 128"), "{message}");
+    assert_eq!(
+        c.describe_key(&key).await.unwrap().key_state(),
+        pb::KeyState::PendingImport
+    );
+    let symmetric = external_key(&mut c, pb::KeySpec::SymmetricDefault).await;
+    let (token, wrapped) = wrap(&mut c, &symmetric, &[1u8; 16]).await;
+    expect_error(
+        c.import_key_material(import_request(&symmetric, token, wrapped))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+
     let material = [0x42u8; 48];
     let (token, wrapped) = wrap(&mut c, &key, &material).await;
     c.import_key_material(import_request(&key, token, wrapped))

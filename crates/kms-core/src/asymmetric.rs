@@ -210,7 +210,10 @@ pub fn message_digest(
         MessageType::Raw => {
             if message.is_empty() || message.len() > MAX_RAW_MESSAGE_LEN {
                 return Err(KmsError::validation(format!(
-                    "Message must be 1 to {MAX_RAW_MESSAGE_LEN} bytes long with MessageType RAW"
+                    "message must be 1 to {MAX_RAW_MESSAGE_LEN} bytes with message_type RAW, got \
+                     {}; for a longer message, send its {} digest with message_type DIGEST",
+                    message.len(),
+                    hash.name()
                 )));
             }
             Ok(hash.digest(message))
@@ -218,9 +221,12 @@ pub fn message_digest(
         MessageType::Digest => {
             if message.len() != hash.output_len() {
                 return Err(KmsError::validation(format!(
-                    "Message must be a {}-byte digest for {} with MessageType DIGEST",
+                    "message must be a {}-byte {} digest with message_type DIGEST for {}, got {} \
+                     bytes",
                     hash.output_len(),
-                    alg.as_str()
+                    hash.name(),
+                    alg.as_str(),
+                    message.len()
                 )));
             }
             Ok(message.to_vec())

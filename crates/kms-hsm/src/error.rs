@@ -116,8 +116,8 @@ pub(crate) fn classify(operation: &'static str, error: CkError) -> HsmError {
     }
 }
 
-/// Whether the module refused the data of a decryption or unwrap: a ciphertext or wrapped key
-/// that does not decrypt, or has the wrong length.
+/// Whether the module refused the data of a decryption or unwrap (a ciphertext or wrapped key
+/// that does not decrypt, or has the wrong length), or a key too short for a mechanism.
 pub(crate) fn is_bad_input(error: &CkError) -> bool {
     matches!(
         error,
@@ -127,7 +127,8 @@ pub(crate) fn is_bad_input(error: &CkError) -> bool {
                 | RvError::WrappedKeyInvalid
                 | RvError::WrappedKeyLenRange
                 | RvError::DataInvalid
-                | RvError::DataLenRange,
+                | RvError::DataLenRange
+                | RvError::KeySizeRange,
             _
         )
     )

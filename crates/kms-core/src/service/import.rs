@@ -19,7 +19,8 @@ use crate::error::KmsError;
 use crate::hsm::{HsmError, KeyVersionRef, SignMechanism, WrappingKeyRef};
 use crate::ids::{KeyId, KeyRef};
 use crate::key::{
-    ExpirationModel, ImportParameters, KeyMaterial, KeyRecord, KeyState, Origin, WrappingAlgorithm,
+    ExpirationModel, ImportParameters, KeyMaterial, KeyRecord, KeyState, MacAlgorithm, Origin,
+    WrappingAlgorithm,
 };
 use crate::policy::Action;
 
@@ -242,9 +243,34 @@ impl Kms {
                 lengths.end()
             )));
         }
-        let check = self
+        // HSMs refuse an HMAC key shorter than the hash's output (CKR_KEY_SIZE_RANGE): one
+        // HMAC with the mechanism the key will use proves the lower bound even where the
+        // length is not reported. Its value is discarded.
+        let mechanism = match material {
+            KeyMaterial::HmacSecret(mac) => SignMechanism::Hmac(mac),
+            _ => SignMechanism::Hmac(MacAlgorithm::HmacSha256),
+        };
+        let too_short = || {
+            KmsError::validation(format!(
+                "key material for a {} key must be {} to {} bytes; this is shorter",
+                record.spec.as_str(),
+                lengths.start(),
+                lengths.end()
+            ))
+        };
+        match self.hsm.sign(version, mechanism, MATERIAL_CHECK_INPUT) {
+            Ok(_) => {}
+            Err(HsmError::Rejected { .. }) => return Err(too_short()),
+            Err(error) => return Err(error.into()),
+        }
+        let check = match self
             .hsm
-            .sign(version, SignMechanism::MaterialCheck, MATERIAL_CHECK_INPUT)?;
+            .sign(version, SignMechanism::MaterialCheck, MATERIAL_CHECK_INPUT)
+        {
+            Ok(check) => check,
+            Err(HsmError::Rejected { .. }) => return Err(too_short()),
+            Err(error) => return Err(error.into()),
+        };
         match &import.material_check {
             Some(expected) if !bool::from(expected.as_slice().ct_eq(&check)) => {
                 Err(KmsError::IncorrectKeyMaterial(format!(
