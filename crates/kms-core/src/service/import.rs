@@ -66,8 +66,7 @@ impl Kms {
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut record = self.authorized(caller, key, Action::GetParametersForImport, None)?;
-        check_external(&record)?;
+        let mut record = self.external(caller, key, Action::GetParametersForImport)?;
         if record.state == KeyState::PendingDeletion {
             return Err(invalid_state(&record, "given key material"));
         }
@@ -132,8 +131,7 @@ impl Kms {
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut record = self.authorized(caller, key, Action::ImportKeyMaterial, None)?;
-        check_external(&record)?;
+        let mut record = self.external(caller, key, Action::ImportKeyMaterial)?;
         if record.state != KeyState::PendingImport {
             return Err(KmsError::InvalidState(format!(
                 "key {} is {}: it already has key material (call DeleteImportedKeyMaterial \
@@ -298,8 +296,7 @@ impl Kms {
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut record = self.authorized(caller, key, Action::DeleteImportedKeyMaterial, None)?;
-        check_external(&record)?;
+        let mut record = self.external(caller, key, Action::DeleteImportedKeyMaterial)?;
         if record.state == KeyState::PendingDeletion {
             return Err(invalid_state(&record, "changed"));
         }
@@ -375,6 +372,23 @@ impl Kms {
         Ok(expired)
     }
 
+    /// The record of a key of origin EXTERNAL that `action` is allowed on.
+    fn external(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        action: Action,
+    ) -> Result<KeyRecord, KmsError> {
+        let record = self.authorized(caller, key, action, None)?;
+        if record.origin == Origin::External {
+            return Ok(record);
+        }
+        Err(KmsError::UnsupportedOperation(format!(
+            "key {} was not created with origin EXTERNAL; its material was generated in the HSM",
+            record.id
+        )))
+    }
+
     fn destroy_wrapping_key_logged(&self, wrapping: WrappingKeyRef) {
         if let Err(error) = self.hsm.destroy_wrapping_key(wrapping) {
             warn!(key_id = %wrapping.key_id, serial = wrapping.serial, error = %error,
@@ -388,17 +402,6 @@ impl Kms {
                 "could not destroy refused key material; startup reconciliation will");
         }
     }
-}
-
-/// Fails unless the key was created with origin EXTERNAL.
-fn check_external(record: &KeyRecord) -> Result<(), KmsError> {
-    if record.origin == Origin::External {
-        return Ok(());
-    }
-    Err(KmsError::UnsupportedOperation(format!(
-        "key {} was not created with origin EXTERNAL; its material was generated in the HSM",
-        record.id
-    )))
 }
 
 #[cfg(test)]
