@@ -216,30 +216,36 @@ impl HsmKeyStore {
         result.ok_or(HsmError::ObjectNotFound(key))
     }
 
-    /// Generates a key pair whose private half is on the token and whose public half is a
-    /// session object; reads the public key and destroys the public object.
+    /// Generates a key pair (P-256 when `ec`, else RSA) whose private half is on the token and
+    /// whose public half is a session object; reads the public key, destroys the public
+    /// object, and returns the private half's handle and the public key as a DER
+    /// SubjectPublicKeyInfo.
     fn generate_pair(
         &self,
-        key: KeyVersionRef,
-        mechanism: &Mechanism,
+        label: &str,
+        ec: bool,
         public: &[Attribute],
         private: &[Attribute],
-    ) -> Result<(ObjectHandle, Vec<Attribute>), HsmError> {
-        let wanted = if matches!(mechanism, Mechanism::EccKeyPairGen) {
-            vec![AttributeType::EcPoint]
+    ) -> Result<(ObjectHandle, Vec<u8>), HsmError> {
+        let (mechanism, wanted) = if ec {
+            (Mechanism::EccKeyPairGen, vec![AttributeType::EcPoint])
         } else {
-            vec![AttributeType::Modulus, AttributeType::PublicExponent]
+            (
+                Mechanism::RsaPkcsKeyPairGen,
+                vec![AttributeType::Modulus, AttributeType::PublicExponent],
+            )
         };
         // Not idempotent: a retry after a lost session could make a second pair. A failure
         // leaves at most an orphan, which startup reconciliation destroys.
-        self.with_session("generate key pair", false, |s| {
+        let (handle, attributes) = self.with_session("generate key pair", false, |s| {
             let (public_handle, private_handle) =
-                s.generate_key_pair(mechanism, public, private)?;
+                s.generate_key_pair(&mechanism, public, private)?;
             let attributes = s.get_attributes(public_handle, &wanted);
             s.destroy_object(public_handle)?;
-            debug!(key_id = %key.key_id, version = key.version, "generated HSM key pair");
             Ok((private_handle, attributes?))
-        })
+        })?;
+        debug!(label, "generated HSM key pair");
+        Ok((handle, public_key_der(ec, attributes)?))
     }
 }
 
@@ -251,7 +257,7 @@ pub fn master_secret_template(id: &ObjectId, label: String) -> Vec<Attribute> {
     templates::secret_template(id.to_bytes(), label, Some(32))
 }
 
-fn public_key_der(material: KeyMaterial, attributes: Vec<Attribute>) -> Result<Vec<u8>, HsmError> {
+fn public_key_der(ec: bool, attributes: Vec<Attribute>) -> Result<Vec<u8>, HsmError> {
     let mut modulus = None;
     let mut exponent = None;
     let mut point = None;
@@ -263,8 +269,8 @@ fn public_key_der(material: KeyMaterial, attributes: Vec<Attribute>) -> Result<V
             _ => {}
         }
     }
-    let der = match (material, modulus, exponent, point) {
-        (KeyMaterial::EcP256Sign, _, _, Some(point)) => asymmetric::p256_spki_der(&point),
+    let der = match (ec, modulus, exponent, point) {
+        (true, _, _, Some(point)) => asymmetric::p256_spki_der(&point),
         (_, Some(modulus), Some(exponent), _) => asymmetric::rsa_spki_der(&modulus, &exponent),
         _ => {
             return Err(HsmError::Failed {
@@ -319,22 +325,21 @@ impl KeyStore for HsmKeyStore {
                 } else {
                     PrivateUse::Decrypt
                 };
-                let (handle, attributes) = self.generate_pair(
-                    key,
-                    &Mechanism::RsaPkcsKeyPairGen,
-                    &templates::rsa_public_template(bytes.clone(), label.clone(), bits),
-                    &templates::private_template(KeyType::RSA, bytes, label, use_),
-                )?;
-                (handle, Some(public_key_der(material, attributes)?))
+                let public = templates::rsa_public_template(bytes.clone(), label.clone(), bits);
+                let private = templates::private_template(KeyType::RSA, bytes, label.clone(), use_);
+                let (handle, public_key) = self.generate_pair(&label, false, &public, &private)?;
+                (handle, Some(public_key))
             }
             KeyMaterial::EcP256Sign => {
-                let (handle, attributes) = self.generate_pair(
-                    key,
-                    &Mechanism::EccKeyPairGen,
-                    &templates::ec_public_template(bytes.clone(), label.clone()),
-                    &templates::private_template(KeyType::EC, bytes, label, PrivateUse::Sign),
-                )?;
-                (handle, Some(public_key_der(material, attributes)?))
+                let public = templates::ec_public_template(bytes.clone(), label.clone());
+                let private = templates::private_template(
+                    KeyType::EC,
+                    bytes,
+                    label.clone(),
+                    PrivateUse::Sign,
+                );
+                let (handle, public_key) = self.generate_pair(&label, true, &public, &private)?;
+                (handle, Some(public_key))
             }
         };
         self.handles
@@ -420,40 +425,31 @@ impl KeyStore for HsmKeyStore {
         let id = object_id::wrapping_id(self.namespace, key);
         let label = object_id::wrapping_label(key);
         let oaep = templates::oaep(algorithm.hash());
-        let probe_template = templates::secret_template(id.clone(), label.clone(), None);
-        let result = self.with_session("generate wrapping key", false, |s| {
-            let (public, private) = s.generate_key_pair(
-                &Mechanism::RsaPkcsKeyPairGen,
-                &templates::rsa_public_template(id.clone(), label.clone(), bits),
-                &templates::private_template(
-                    KeyType::RSA,
-                    id.clone(),
-                    label.clone(),
-                    PrivateUse::Unwrap,
-                ),
-            )?;
-            let attributes = s.get_attributes(
-                public,
-                &[AttributeType::Modulus, AttributeType::PublicExponent],
-            );
-            s.destroy_object(public)?;
-            // Can the module unwrap with this algorithm? An all-zero block is never a valid
-            // ciphertext, so a module that supports the parameters refuses the data instead.
-            let zero = vec![0u8; bits as usize / 8];
-            let supported = match s.unwrap_key(&oaep, private, &zero, &probe_template) {
-                Ok(object) => {
-                    s.destroy_object(object)?;
-                    true
-                }
-                Err(e) => !is_unsupported_parameter(&e),
-            };
-            if !supported {
-                s.destroy_object(private)?;
+        let (private, public_key) = self.generate_pair(
+            &label,
+            false,
+            &templates::rsa_public_template(id.clone(), label.clone(), bits),
+            &templates::private_template(
+                KeyType::RSA,
+                id.clone(),
+                label.clone(),
+                PrivateUse::Unwrap,
+            ),
+        )?;
+        // Can the module unwrap with this algorithm? An all-zero block is never a valid
+        // ciphertext, so a module that supports the parameters refuses the data instead.
+        let probe_template = templates::secret_template(id, label, None);
+        let zero = vec![0u8; bits as usize / 8];
+        let supported = self.with_session("probe unwrapping", true, |s| {
+            match s.unwrap_key(&oaep, private, &zero, &probe_template) {
+                Ok(object) => s.destroy_object(object).map(|()| true),
+                Err(e) => Ok(!is_unsupported_parameter(&e)),
             }
-            Ok((supported, attributes?))
-        })?;
-        let (supported, attributes) = result;
-        if !supported {
+        });
+        if !matches!(supported, Ok(true)) {
+            self.destroy_wrapping_key(key)?;
+        }
+        if !supported? {
             return Err(HsmError::Unsupported {
                 operation: "unwrapping imported key material",
                 detail: format!(
@@ -462,7 +458,7 @@ impl KeyStore for HsmKeyStore {
                 ),
             });
         }
-        public_key_der(KeyMaterial::RsaDecrypt { bits }, attributes)
+        Ok(public_key)
     }
 
     fn unwrap_key_version(

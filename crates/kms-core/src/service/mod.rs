@@ -773,23 +773,25 @@ impl Kms {
             key_id: record.id,
             version: 1,
         };
-        let created = self.hsm.create_key_version(first, record.material());
-        if let Err(error) = created {
-            // The HSM may have made the object before failing (a lost session). Destroy it,
-            // then drop the record; if either step fails, the `Creating` record stays and
-            // startup reconciliation finishes the job.
-            let cleanup = self
-                .hsm
-                .destroy_key_version(first)
-                .map_err(KmsError::from)
-                .and_then(|()| self.store.delete_key(record.id).map_err(KmsError::from));
-            if let Err(cleanup) = cleanup {
-                warn!(key_id = %record.id, error = %cleanup,
-                    "a failed key creation is left for startup reconciliation");
+        let public_key = match self.hsm.create_key_version(first, record.material()) {
+            Ok(public_key) => public_key,
+            Err(error) => {
+                // The HSM may have made the object before failing (a lost session). Destroy it,
+                // then drop the record; if either step fails, the `Creating` record stays and
+                // startup reconciliation finishes the job.
+                let cleanup = self
+                    .hsm
+                    .destroy_key_version(first)
+                    .map_err(KmsError::from)
+                    .and_then(|()| self.store.delete_key(record.id).map_err(KmsError::from));
+                if let Err(cleanup) = cleanup {
+                    warn!(key_id = %record.id, error = %cleanup,
+                        "a failed key creation is left for startup reconciliation");
+                }
+                return Err(error.into());
             }
-            return Err(error.into());
-        }
-        if let (Ok(public_key), Some(first)) = (created, record.versions.first_mut()) {
+        };
+        if let Some(first) = record.versions.first_mut() {
             first.public_key = public_key;
         }
         record.state = KeyState::Enabled;
