@@ -158,9 +158,14 @@ impl KmsClient {
             builder = builder.tls_config(config).map_err(error)?;
         }
         let channel = builder.connect().await.map_err(error)?;
-        Ok(KmsClient {
+        Ok(Self::from_channel(channel))
+    }
+
+    /// A client on an open channel (which other clients, e.g. grpc.health.v1, may share).
+    pub fn from_channel(channel: Channel) -> Self {
+        KmsClient {
             inner: KeyManagementServiceClient::new(channel),
-        })
+        }
     }
 
     /// The generated client, for requests this wrapper does not shape.

@@ -15,7 +15,7 @@ mod object_id;
 mod pool;
 mod templates;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -59,6 +59,8 @@ pub struct HsmKeyStore {
     pool: SessionPool,
     namespace: [u8; 16],
     handles: Mutex<HashMap<KeyVersionRef, ObjectHandle>>,
+    /// Calls made to the HSM, by operation (each a session's worth of PKCS#11 calls).
+    calls: Mutex<BTreeMap<&'static str, u64>>,
     token_label: String,
 }
 
@@ -93,6 +95,7 @@ impl HsmKeyStore {
             pool,
             namespace,
             handles: Mutex::new(HashMap::new()),
+            calls: Mutex::new(BTreeMap::new()),
             token_label: config.token_label,
         })
     }
@@ -100,6 +103,27 @@ impl HsmKeyStore {
     /// The label of the token in use.
     pub fn token_label(&self) -> &str {
         &self.token_label
+    }
+
+    /// How many calls each operation made to the HSM since the store opened (a retry after a
+    /// lost session counts again), by operation name: `hmac` (SYMMETRIC_DEFAULT derivations),
+    /// `sign`, `RSA decrypt`, `random`, `generate key`, and so on.
+    pub fn call_counts(&self) -> Vec<(&'static str, u64)> {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(operation, count)| (*operation, *count))
+            .collect()
+    }
+
+    fn count_call(&self, operation: &'static str) {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(operation)
+            .or_default() += 1;
     }
 
     fn object_id(&self, key: KeyVersionRef) -> ObjectId {
@@ -115,6 +139,7 @@ impl HsmKeyStore {
         f: impl Fn(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
         let session = self.pool.get().map_err(error::from_get)?;
+        self.count_call(operation);
         match f(&session) {
             Ok(value) => Ok(value),
             Err(e) if error::is_session_lost(&e) => {
@@ -129,6 +154,7 @@ impl HsmKeyStore {
                     return Err(error::classify(operation, e));
                 }
                 let session = self.pool.get().map_err(error::from_get)?;
+                self.count_call(operation);
                 f(&session).map_err(|e| {
                     if error::is_session_lost(&e) {
                         session.discard();

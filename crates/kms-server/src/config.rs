@@ -72,6 +72,9 @@ pub struct Args {
     /// The audit log [default: DATA_DIR/audit.log].
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The TOML file, as written. Unknown fields are refused, and so is a PIN in clear.
@@ -92,6 +95,7 @@ pub struct RawConfig {
     administrators: Option<Vec<String>>,
     server_policy_file: Option<PathBuf>,
     audit_log: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The `[tls]` table.
@@ -148,6 +152,8 @@ pub struct Config {
     pub server_policy: Option<KeyPolicy>,
     /// The audit log file.
     pub audit_log: PathBuf,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A configuration that cannot be used, with what to fix.
@@ -281,6 +287,7 @@ impl Config {
             transport,
             administrators,
             server_policy,
+            metrics_listen: args.metrics_listen.or(raw.metrics_listen),
         })
     }
 

@@ -6,7 +6,7 @@
 //! core did: kmsd never answers a call it could not audit.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use kms_core::audit::{AuditEvent, AuditKey, AuditLog, Outcome};
 use kms_core::policy::KeyPolicy;
@@ -23,6 +23,7 @@ use tracing::error;
 
 use crate::auth::Authenticator;
 use crate::convert;
+use crate::metrics::Metrics;
 use crate::status::{ErrorChain, to_status};
 
 /// The metadata key of the request id, read from requests and set on every answer.
@@ -34,12 +35,25 @@ pub struct KmsGrpc {
     kms: Arc<Kms>,
     auth: Arc<Authenticator>,
     audit: Arc<AuditLog>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl KmsGrpc {
     /// The service on `kms`, authenticating with `auth` and auditing to `audit`.
     pub fn new(kms: Arc<Kms>, auth: Arc<Authenticator>, audit: Arc<AuditLog>) -> Self {
-        KmsGrpc { kms, auth, audit }
+        KmsGrpc {
+            kms,
+            auth,
+            audit,
+            metrics: None,
+        }
+    }
+
+    /// Counts every request, its outcome and its latency in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The tonic server of this service, with kmsd's message size limits.
@@ -62,6 +76,7 @@ impl KmsGrpc {
         Req: Send + 'static,
         Resp: Send + 'static,
     {
+        let started = Instant::now();
         let time_ms = now_ms();
         let request_id = request_id(request.metadata());
         let peer = request.remote_addr().map(|a| a.to_string());
@@ -106,11 +121,7 @@ impl KmsGrpc {
                 .collect(),
             encryption_context: note.encryption_context,
             destination_encryption_context: note.destination_encryption_context,
-            outcome: match &result {
-                Ok(_) => Outcome::Success,
-                Err(KmsError::AccessDenied(_) | KmsError::Unauthenticated(_)) => Outcome::Denied,
-                Err(_) => Outcome::Failed,
-            },
+            outcome: outcome(&result),
             error: result.as_ref().err().map(|e| e.reason().to_owned()),
             policy_statement: note.policy_statement,
         };
@@ -128,6 +139,14 @@ impl KmsGrpc {
         };
         let id = MetadataValue::try_from(request_id.as_str()).ok();
         let answer = audited.and(result);
+        if let Some(metrics) = &self.metrics {
+            let outcome = match outcome(&answer) {
+                Outcome::Success => "success",
+                Outcome::Denied => "denied",
+                Outcome::Failed => "failed",
+            };
+            metrics.record(operation, outcome, started.elapsed());
+        }
         match answer {
             Ok(resp) => {
                 let mut response = Response::new(resp);
@@ -799,6 +818,15 @@ impl KeyManagementService for KmsGrpc {
             Ok(pb::DeleteImportedKeyMaterialResponse {})
         })
         .await
+    }
+}
+
+/// The audit outcome of a result.
+fn outcome<T>(result: &Result<T, KmsError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(KmsError::AccessDenied(_) | KmsError::Unauthenticated(_)) => Outcome::Denied,
+        Err(_) => Outcome::Failed,
     }
 }
 

@@ -14,9 +14,11 @@ use kms_core::audit::AuditLog;
 use kms_core::service::Authorization;
 use kms_core::{Kms, MetadataStore, SystemClock};
 use kms_hsm::{HsmAuditSigner, HsmConfig, HsmKeyStore};
+use kms_proto::v1::key_management_service_server::KeyManagementServiceServer;
 use kms_server::auth::{self, Authenticator};
 use kms_server::config::{Args, Config, Transport};
 use kms_server::grpc::KmsGrpc;
+use kms_server::metrics::{self, Metrics};
 use kms_store::RocksStore;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -95,6 +97,10 @@ fn run(config: &Config) -> anyhow::Result<()> {
     if administrators.is_empty() && config.server_policy.is_none() {
         warn!("no administrators and no server policy: nobody can create keys");
     }
+    let metrics = {
+        let hsm = Arc::clone(&hsm);
+        Arc::new(Metrics::new(Arc::new(move || hsm.call_counts())))
+    };
     let kms = Arc::new(
         Kms::new(store.clone(), hsm, Arc::new(SystemClock))
             .with_max_keys(config.max_keys)
@@ -116,6 +122,33 @@ fn run(config: &Config) -> anyhow::Result<()> {
         );
     }
 
+    run_due_work(&kms)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.spawn(scheduler(Arc::clone(&kms)));
+    if let Some(address) = config.metrics_listen {
+        let listener = runtime
+            .block_on(TcpListener::bind(address))
+            .with_context(|| format!("cannot serve metrics on {address}"))?;
+        runtime.spawn(metrics::serve(listener, Arc::clone(&metrics)));
+    }
+    runtime.block_on(serve(config, kms, Arc::clone(&audit), metrics))?;
+    drop(runtime);
+    if let Ok(audit) = Arc::try_unwrap(audit) {
+        audit.close().context("closing the audit log")?;
+    } else {
+        warn!("the audit log is still in use at shutdown; every record is already synced");
+    }
+    store.flush()?;
+    info!("kmsd stopped");
+    Ok(())
+}
+
+/// Runs the deletions, expiries and rotations that fell due while kmsd was down.
+fn run_due_work(kms: &Kms) -> anyhow::Result<()> {
     let deleted = kms
         .run_due_deletions()
         .context("running due key deletions")?;
@@ -143,32 +176,36 @@ fn run(config: &Config) -> anyhow::Result<()> {
             "ran the key rotations that fell due while kmsd was down"
         );
     }
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.spawn(scheduler(Arc::clone(&kms)));
-    runtime.block_on(serve(config, kms, Arc::clone(&audit)))?;
-    drop(runtime);
-    if let Ok(audit) = Arc::try_unwrap(audit) {
-        audit.close().context("closing the audit log")?;
-    } else {
-        warn!("the audit log is still in use at shutdown; every record is already synced");
-    }
-    store.flush()?;
-    info!("kmsd stopped");
     Ok(())
 }
 
-async fn serve(config: &Config, kms: Arc<Kms>, audit: Arc<AuditLog>) -> anyhow::Result<()> {
+async fn serve(
+    config: &Config,
+    kms: Arc<Kms>,
+    audit: Arc<AuditLog>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
+    // grpc.health.v1: SERVING from now, NOT_SERVING as soon as shutdown starts.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<KeyManagementServiceServer<KmsGrpc>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
+        health
+            .set_not_serving::<KeyManagementServiceServer<KmsGrpc>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         let _ = stop_tx.send(true);
     });
     match &config.transport {
@@ -178,8 +215,11 @@ async fn serve(config: &Config, kms: Arc<Kms>, audit: Arc<AuditLog>) -> anyhow::
                 "DEVELOPMENT MODE: no TLS and no authentication; every caller is the \
                  administrator `dev`. Never use --dev for real keys."
             );
-            let service = KmsGrpc::new(kms, Arc::new(Authenticator::Dev), audit).into_server();
+            let service = KmsGrpc::new(kms, Arc::new(Authenticator::Dev), audit)
+                .with_metrics(metrics)
+                .into_server();
             let server = tonic::transport::Server::builder()
+                .add_service(health_service)
                 .add_service(service)
                 .serve_with_incoming_shutdown(TcpIncoming::from(listener), stopped(stop.clone()));
             drain_bounded(server, stop).await
@@ -187,8 +227,11 @@ async fn serve(config: &Config, kms: Arc<Kms>, audit: Arc<AuditLog>) -> anyhow::
         Transport::Tls(files) => {
             let (acceptor, authenticator) = auth::mtls(files).context("cannot set up TLS")?;
             info!(address = %local, token = %config.token_label, "kmsd listening with mutual TLS");
-            let service = KmsGrpc::new(kms, Arc::new(authenticator), audit).into_server();
+            let service = KmsGrpc::new(kms, Arc::new(authenticator), audit)
+                .with_metrics(metrics)
+                .into_server();
             let server = tonic::transport::Server::builder()
+                .add_service(health_service)
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     auth::tls_incoming(listener, acceptor),

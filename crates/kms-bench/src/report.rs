@@ -1,0 +1,148 @@
+//! Latency samples, percentiles, and the table kms-bench prints.
+
+use std::time::Duration;
+
+/// The latencies (microseconds) of the successful calls of a run, and its error count.
+#[derive(Default)]
+pub struct Sample {
+    latencies_us: Vec<u64>,
+    errors: u64,
+}
+
+impl Sample {
+    /// Records one call.
+    pub fn record(&mut self, elapsed: Duration, ok: bool) {
+        if ok {
+            self.latencies_us
+                .push(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+        } else {
+            self.errors += 1;
+        }
+    }
+
+    /// Adds another worker's calls.
+    pub fn merge(&mut self, other: Sample) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+    }
+
+    /// Successful and failed calls.
+    pub fn total(&self) -> u64 {
+        self.latencies_us.len() as u64 + self.errors
+    }
+
+    /// A sample of `ops` operations without latencies (the HSM limit counts only).
+    pub fn count_only(ops: u64, errors: u64) -> Self {
+        Sample {
+            latencies_us: Vec::new(),
+            errors,
+        }
+        .with_count(ops)
+    }
+
+    fn with_count(mut self, ops: u64) -> Self {
+        self.latencies_us = vec![0; usize::try_from(ops).unwrap_or(usize::MAX)];
+        self
+    }
+}
+
+/// One line of the report.
+#[derive(serde::Serialize)]
+pub struct Row {
+    pub op: String,
+    pub concurrency: usize,
+    pub ops_per_sec: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub errors: u64,
+    pub hsm_calls_per_op: Option<f64>,
+}
+
+impl Row {
+    /// The row of `sample`, measured over `seconds`.
+    pub fn new(
+        op: &str,
+        concurrency: usize,
+        seconds: u64,
+        mut sample: Sample,
+        hsm_calls_per_op: Option<f64>,
+    ) -> Self {
+        sample.latencies_us.sort_unstable();
+        let timed = sample.latencies_us.last().is_some_and(|l| *l > 0);
+        let percentile = |permille: usize| {
+            let n = sample.latencies_us.len();
+            (timed && n > 0).then(|| {
+                // Nearest rank.
+                let rank = (permille * n).div_ceil(1000).clamp(1, n);
+                sample.latencies_us[rank - 1] as f64 / 1000.0
+            })
+        };
+        Row {
+            op: op.to_owned(),
+            concurrency,
+            ops_per_sec: sample.latencies_us.len() as f64 / seconds.max(1) as f64,
+            p50_ms: percentile(500),
+            p99_ms: percentile(990),
+            p999_ms: percentile(999),
+            errors: sample.errors,
+            hsm_calls_per_op,
+        }
+    }
+}
+
+fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
+}
+
+/// Prints one concurrency's rows, with each operation's throughput as a share of the empty
+/// RPC's (the transport limit) and of the raw HSM's.
+pub fn print(rows: &[Row]) {
+    let of = |name: &str| rows.iter().find(|r| r.op == name).map(|r| r.ops_per_sec);
+    let (empty, hsm) = (of("Empty"), of("HsmLimit"));
+    let share = |row: &Row, limit: Option<f64>| {
+        limit.filter(|l| *l > 0.0).map_or_else(
+            || "-".to_owned(),
+            |l| format!("{:.0}%", 100.0 * row.ops_per_sec / l),
+        )
+    };
+    println!(
+        "{:<16} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>9}",
+        "op", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "vs empty", "vs HSM", "HSM/op"
+    );
+    for row in rows {
+        println!(
+            "{:<16} {:>10.0} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>9}",
+            row.op,
+            row.ops_per_sec,
+            ms(row.p50_ms),
+            ms(row.p99_ms),
+            ms(row.p999_ms),
+            row.errors,
+            share(row, empty),
+            share(row, hsm),
+            row.hsm_calls_per_op
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut sample = Sample::default();
+        for us in 1..=1000 {
+            sample.record(Duration::from_micros(us), true);
+        }
+        sample.record(Duration::from_micros(5), false);
+        let row = Row::new("x", 1, 10, sample, None);
+        assert_eq!(row.p50_ms, Some(0.5));
+        assert_eq!(row.p99_ms, Some(0.99));
+        assert_eq!(row.p999_ms, Some(0.999));
+        assert_eq!(row.errors, 1);
+        assert!((row.ops_per_sec - 100.0).abs() < 1e-9);
+    }
+}
