@@ -10,6 +10,7 @@ mod aliases;
 mod api;
 mod asymmetric;
 mod auth;
+mod bench;
 mod cli;
 mod cli_keys;
 mod custody;

@@ -30,7 +30,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::report::{Row, Sample};
+use crate::report::{HsmCalls, Row, Sample};
 
 /// What one request does.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum, serde::Serialize)]
@@ -134,10 +134,11 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             let before = hsm_calls(args.metrics.as_deref()).await?;
             let sample = run_op(&args, &fixture, op, concurrency).await?;
             let after = hsm_calls(args.metrics.as_deref()).await?;
-            let hsm_per_op = match (before, after) {
-                (Some(b), Some(a)) if sample.total() > 0 => {
-                    Some((a - b) as f64 / sample.total() as f64)
-                }
+            let calls = match (before, after) {
+                (Some(b), Some(a)) => Some(HsmCalls {
+                    derivations: a.derivations - b.derivations,
+                    audit_signatures: a.audit_signatures - b.audit_signatures,
+                }),
                 _ => None,
             };
             batch.push(Row::new(
@@ -145,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 concurrency,
                 args.seconds,
                 sample,
-                hsm_per_op,
+                calls,
             ));
         }
         if let Some(hsm) = &hsm {
@@ -209,16 +210,20 @@ async fn fixture(args: &Args) -> anyhow::Result<Fixture> {
     })
 }
 
-/// The sum of kmsd's `kms_hsm_calls_total`, when `--metrics` is given.
-async fn hsm_calls(url: Option<&str>) -> anyhow::Result<Option<u64>> {
+/// kmsd's HSM call counters, when `--metrics` is given.
+async fn hsm_calls(url: Option<&str>) -> anyhow::Result<Option<HsmCalls>> {
     let Some(url) = url else { return Ok(None) };
     let text = reqwest::get(url).await?.error_for_status()?.text().await?;
-    Ok(Some(
+    let counter = |operation: &str| {
+        let prefix = format!("kms_hsm_calls_total{{operation=\"{operation}\"}} ");
         text.lines()
-            .filter(|l| l.starts_with("kms_hsm_calls_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum(),
-    ))
+            .find_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(Some(HsmCalls {
+        derivations: counter("hmac"),
+        audit_signatures: counter("sign audit checkpoint"),
+    }))
 }
 
 /// Runs `op` with `concurrency` workers, each on its own connection.
@@ -308,10 +313,13 @@ impl Window {
         (now < self.end).then_some(now)
     }
 
-    /// Records a call that started at `t0`, unless it started during the warm-up.
+    /// Records a call that started at `t0`; one that started during the warm-up is only
+    /// counted.
     fn record(&self, sample: &mut Sample, t0: Instant, ok: bool) {
         if t0 >= self.warm {
             sample.record(t0.elapsed(), ok);
+        } else {
+            sample.record_warmup();
         }
     }
 }

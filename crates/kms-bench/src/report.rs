@@ -7,6 +7,8 @@ use std::time::Duration;
 pub struct Sample {
     latencies_us: Vec<u64>,
     errors: u64,
+    /// Calls made during the warm-up (not timed, but seen by kmsd's counters).
+    warmup_calls: u64,
 }
 
 impl Sample {
@@ -20,15 +22,21 @@ impl Sample {
         }
     }
 
+    /// Counts a call made during the warm-up.
+    pub fn record_warmup(&mut self) {
+        self.warmup_calls += 1;
+    }
+
     /// Adds another worker's calls.
     pub fn merge(&mut self, other: Sample) {
         self.latencies_us.extend(other.latencies_us);
         self.errors += other.errors;
+        self.warmup_calls += other.warmup_calls;
     }
 
-    /// Successful and failed calls.
+    /// Every call kmsd saw, warm-up included.
     pub fn total(&self) -> u64 {
-        self.latencies_us.len() as u64 + self.errors
+        self.latencies_us.len() as u64 + self.errors + self.warmup_calls
     }
 
     /// A sample of `ops` operations without latencies (the HSM limit counts only).
@@ -36,6 +44,7 @@ impl Sample {
         Sample {
             latencies_us: Vec::new(),
             errors,
+            warmup_calls: 0,
         }
         .with_count(ops)
     }
@@ -56,7 +65,10 @@ pub struct Row {
     pub p99_ms: Option<f64>,
     pub p999_ms: Option<f64>,
     pub errors: u64,
-    pub hsm_calls_per_op: Option<f64>,
+    /// SYMMETRIC_DEFAULT derivations (C_Sign HMAC) per call, from kmsd's counter.
+    pub derivations_per_op: Option<f64>,
+    /// Audit checkpoint signatures per call (one per group commit of the audit log).
+    pub audit_signatures_per_op: Option<f64>,
 }
 
 impl Row {
@@ -66,8 +78,9 @@ impl Row {
         concurrency: usize,
         seconds: u64,
         mut sample: Sample,
-        hsm_calls_per_op: Option<f64>,
+        hsm_calls: Option<HsmCalls>,
     ) -> Self {
+        let sample_total = sample.total().max(1);
         sample.latencies_us.sort_unstable();
         let timed = sample.latencies_us.last().is_some_and(|l| *l > 0);
         let percentile = |permille: usize| {
@@ -86,9 +99,24 @@ impl Row {
             p99_ms: percentile(990),
             p999_ms: percentile(999),
             errors: sample.errors,
-            hsm_calls_per_op,
+            derivations_per_op: hsm_calls.map(|c| c.derivations as f64 / sample_total as f64),
+            audit_signatures_per_op: hsm_calls
+                .map(|c| c.audit_signatures as f64 / sample_total as f64),
         }
     }
+}
+
+/// kmsd's HSM calls during a run.
+#[derive(Clone, Copy)]
+pub struct HsmCalls {
+    /// `hmac` calls: SYMMETRIC_DEFAULT derivations.
+    pub derivations: u64,
+    /// `sign audit checkpoint` calls.
+    pub audit_signatures: u64,
+}
+
+fn per_op(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -107,12 +135,21 @@ pub fn print(rows: &[Row]) {
         )
     };
     println!(
-        "{:<16} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>9}",
-        "op", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "vs empty", "vs HSM", "HSM/op"
+        "{:<16} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>7} {:>8}",
+        "op",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "vs empty",
+        "vs HSM",
+        "HMAC/op",
+        "audit/op"
     );
     for row in rows {
         println!(
-            "{:<16} {:>10.0} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>9}",
+            "{:<16} {:>10.0} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>7} {:>8}",
             row.op,
             row.ops_per_sec,
             ms(row.p50_ms),
@@ -121,8 +158,8 @@ pub fn print(rows: &[Row]) {
             row.errors,
             share(row, empty),
             share(row, hsm),
-            row.hsm_calls_per_op
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            per_op(row.derivations_per_op),
+            per_op(row.audit_signatures_per_op),
         );
     }
 }

@@ -1,0 +1,126 @@
+//! kms-bench against a real kmsd: it runs, reports no errors, and kmsd's own counters show
+//! one HSM derivation per Encrypt, Decrypt and GenerateDataKey. Also the metrics endpoint
+//! and the health service the bench relies on.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kms_e2e::{TOKEN_LABEL, TestEnv, bin, module};
+
+#[test]
+fn the_bench_shows_one_hsm_derivation_per_operation_and_the_limits() {
+    let env = TestEnv::new();
+    let mut args = env.kmsd_args();
+    args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let kmsd = env.start_with(&args, &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        if let Some(url) = kmsd.log().lines().find_map(|l| {
+            l.split("metrics at ")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        }) {
+            break url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics line:\n{}",
+            kmsd.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let json = env.path().join("bench.json");
+    let out = Command::new(bin("kms-bench"))
+        .args([
+            "--endpoint",
+            &kmsd.endpoint,
+            "--concurrency",
+            "1,4",
+            "--seconds",
+            "1",
+        ])
+        .args([
+            "--warmup",
+            "0",
+            "--metrics",
+            &metrics,
+            "--token-label",
+            TOKEN_LABEL,
+        ])
+        .arg("--pkcs11-module")
+        .arg(module())
+        .arg("--pin-file")
+        .arg(env.pin_file())
+        .arg("--json")
+        .arg(&json)
+        .env("SOFTHSM2_CONF", env.softhsm_conf())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let row = |op: &str, concurrency: u64| {
+        rows.iter()
+            .find(|r| r["op"] == op && r["concurrency"] == concurrency)
+            .unwrap_or_else(|| panic!("no {op} at {concurrency} in {rows:?}"))
+    };
+    for concurrency in [1, 4] {
+        for (op, derivations) in [
+            ("Empty", 0.0),
+            ("Encrypt", 1.0),
+            ("Decrypt", 1.0),
+            ("GenerateDataKey", 1.0),
+            ("ReEncrypt", 2.0),
+        ] {
+            let r = row(op, concurrency);
+            assert_eq!(r["errors"], 0, "{r}");
+            assert!(r["ops_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+            assert_eq!(
+                r["derivations_per_op"].as_f64(),
+                Some(derivations),
+                "HSM derivations per {op}: {r}"
+            );
+        }
+        assert!(
+            row("HsmLimit", concurrency)["ops_per_sec"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        // Audit checkpoints: at most one signature per request, fewer when batched.
+        let audit = row("Encrypt", concurrency)["audit_signatures_per_op"]
+            .as_f64()
+            .unwrap();
+        assert!(audit > 0.0 && audit <= 1.0, "{audit}");
+    }
+
+    // The metrics endpoint counted the requests, with latency histograms.
+    let body = curl(&metrics);
+    let encrypts = body
+        .lines()
+        .find_map(|l| l.strip_prefix("kms_requests_total{rpc=\"Encrypt\",outcome=\"success\"} "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(encrypts > 0);
+    assert!(body.contains("kms_request_duration_seconds_bucket{rpc=\"Decrypt\",le=\"+Inf\"}"));
+    assert!(body.contains("kms_hsm_calls_total{operation=\"hmac\"}"));
+    assert!(
+        !body.contains("key_id"),
+        "metrics name RPCs and operations, never keys"
+    );
+}
+
+fn curl(url: &str) -> String {
+    let out = Command::new("curl").args(["-sf", url]).output().unwrap();
+    assert!(out.status.success(), "curl {url}");
+    String::from_utf8(out.stdout).unwrap()
+}
