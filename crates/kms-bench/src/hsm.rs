@@ -2,30 +2,34 @@
 //! from this process, with no service in between.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::UserType;
+use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
 use crate::report::Sample;
 
-/// A logged-in module and a session HMAC key of its own (gone when the process ends).
+/// A logged-in module and an HMAC key of its own on the token, like kmsd's master secrets
+/// (a token object: SoftHSM2 checks its file on every use, as it does for kmsd's keys).
+/// Destroyed on drop.
 pub struct Limit {
     pkcs11: Pkcs11,
     slot: Slot,
     key: ObjectHandle,
+    /// Keeps the login, and destroys the key at the end.
+    owner: Mutex<Session>,
 }
 
 impl Limit {
-    /// Opens the module, logs in to the token labelled `label`, and makes a 256-bit session
-    /// secret that only signs, like kmsd's master secrets.
+    /// Opens the module, logs in to the token labelled `label`, and makes a 256-bit secret
+    /// that only signs, with kmsd's custody attributes.
     pub fn open(module: &Path, label: &str, pin_file: &Path) -> anyhow::Result<Self> {
         let pin = Zeroizing::new(
             std::fs::read_to_string(pin_file)
@@ -52,15 +56,29 @@ impl Limit {
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::KeyType(KeyType::GENERIC_SECRET),
                 Attribute::ValueLen(32.into()),
-                Attribute::Token(false),
+                Attribute::Token(true),
+                Attribute::Private(true),
                 Attribute::Sensitive(true),
                 Attribute::Extractable(false),
                 Attribute::Sign(true),
+                Attribute::Label(b"kms-bench/hsm-limit".to_vec()),
             ],
         )?;
-        // Session objects live as long as a session of this application: keep this one open.
-        std::mem::forget(session);
-        Ok(Limit { pkcs11, slot, key })
+        Ok(Limit {
+            pkcs11,
+            slot,
+            key,
+            owner: Mutex::new(session),
+        })
+    }
+}
+
+impl Drop for Limit {
+    fn drop(&mut self) {
+        let session = self.owner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = session.destroy_object(self.key) {
+            eprintln!("kms-bench: could not destroy its HSM key kms-bench/hsm-limit: {e}");
+        }
     }
 }
 

@@ -5,9 +5,9 @@
 //! CKA_ID: `"kmsa"` || instance id (16 bytes); CKA_LABEL: `kms/audit/<instance id in hex>`.
 //! The `kmsa` prefix keeps the pair out of the key versions that reconciliation lists.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use cryptoki::error::Error as CkError;
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -26,6 +26,9 @@ pub struct HsmAuditSigner {
     hsm: Arc<HsmKeyStore>,
     id: Vec<u8>,
     public_key: p256::PublicKey,
+    /// The private key's handle, found once: searching the token for every checkpoint costs
+    /// a scan of all its objects.
+    handle: Mutex<Option<ObjectHandle>>,
 }
 
 impl HsmAuditSigner {
@@ -70,6 +73,7 @@ impl HsmAuditSigner {
             hsm,
             id,
             public_key,
+            handle: Mutex::new(None),
         })
     }
 }
@@ -78,7 +82,19 @@ impl CheckpointSigner for HsmAuditSigner {
     fn sign(&self, message: &[u8]) -> Result<[u8; 64], HsmError> {
         let digest = Sha256::digest(message);
         let signature = self.hsm.with_session("sign audit checkpoint", true, |s| {
-            match find(s, &self.id, ObjectClass::PRIVATE_KEY)? {
+            let cached = *self.handle.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(key) = cached {
+                match s.sign(&Mechanism::Ecdsa, key, &digest) {
+                    Err(CkError::Pkcs11(
+                        RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
+                        _,
+                    )) => {} // stale: search again below
+                    other => return other.map(Some),
+                }
+            }
+            let found = find(s, &self.id, ObjectClass::PRIVATE_KEY)?;
+            *self.handle.lock().unwrap_or_else(PoisonError::into_inner) = found;
+            match found {
                 Some(key) => s.sign(&Mechanism::Ecdsa, key, &digest).map(Some),
                 None => Ok(None),
             }
