@@ -17,6 +17,7 @@
 
 mod hsm;
 mod report;
+mod rss;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,6 +95,13 @@ struct Args {
     /// Also write every row as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// First create this many keys (with 8 clients), so the runs use one key among many.
+    #[arg(long, default_value_t = 0)]
+    populate: usize,
+    /// Sample this process's resident memory (kmsd's pid) every second of every run, and
+    /// print its first, highest and last value.
+    #[arg(long)]
+    rss_pid: Option<u32>,
 }
 
 /// What every worker needs: the keys and a blob to decrypt.
@@ -114,6 +122,10 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
 }
 
 async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    if args.populate > 0 {
+        populate(&args.endpoint, args.populate).await?;
+    }
+    let rss = args.rss_pid.map(rss::Sampler::start);
     let fixture = Arc::new(fixture(&args).await?);
     let hsm = match (&args.pkcs11_module, &args.token_label, &args.pin_file) {
         (Some(module), Some(label), Some(pin)) => Some(Arc::new(
@@ -167,6 +179,9 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         failed |= batch.iter().any(|r| r.errors > 0);
         rows.extend(batch);
     }
+    if let Some(rss) = rss {
+        rss.report();
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -208,6 +223,41 @@ async fn fixture(args: &Args) -> anyhow::Result<Fixture> {
         blob,
         context,
     })
+}
+
+/// Creates `count` keys with 8 clients, printing progress.
+async fn populate(endpoint: &str, count: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let mut client = KmsClient::from_channel(channel(endpoint).await?);
+        let next = Arc::clone(&next);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= count {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                client.create_key(&format!("kms-bench filler {n}")).await?;
+                if (n + 1).is_multiple_of(10_000) {
+                    println!(
+                        "populate: {} keys, {:.0} s",
+                        n + 1,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    println!(
+        "populate: created {count} keys in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// kmsd's HSM call counters, when `--metrics` is given.
