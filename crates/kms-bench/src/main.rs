@@ -300,11 +300,7 @@ async fn run_op(
             sample
         }));
     }
-    let mut sample = Sample::default();
-    for worker in workers {
-        sample.merge(worker.await?);
-    }
-    Ok(sample)
+    gather(workers).await
 }
 
 async fn one_call(
@@ -340,6 +336,15 @@ async fn one_call(
             .await
             .is_ok(),
     }
+}
+
+/// Waits for every worker and merges their samples.
+async fn gather(workers: Vec<tokio::task::JoinHandle<Sample>>) -> anyhow::Result<Sample> {
+    let mut sample = Sample::default();
+    for worker in workers {
+        sample.merge(worker.await?);
+    }
+    Ok(sample)
 }
 
 /// A run's time: `warmup` seconds unrecorded, then `seconds` recorded.
@@ -421,9 +426,5 @@ async fn openbao(address: &str, args: &Args, concurrency: usize) -> anyhow::Resu
             sample
         }));
     }
-    let mut sample = Sample::default();
-    for worker in workers {
-        sample.merge(worker.await?);
-    }
-    Ok(sample)
+    gather(workers).await
 }
