@@ -140,12 +140,7 @@ impl KmsGrpc {
         let id = MetadataValue::try_from(request_id.as_str()).ok();
         let answer = audited.and(result);
         if let Some(metrics) = &self.metrics {
-            let outcome = match outcome(&answer) {
-                Outcome::Success => "success",
-                Outcome::Denied => "denied",
-                Outcome::Failed => "failed",
-            };
-            metrics.record(operation, outcome, started.elapsed());
+            metrics.record(operation, outcome(&answer).as_str(), started.elapsed());
         }
         match answer {
             Ok(resp) => {
