@@ -1,9 +1,10 @@
 //! Crashes, restarts and refusals to start.
 
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kms_e2e::{TOKEN_LABEL, TestEnv, module};
+use kms_e2e::{TOKEN_LABEL, TestEnv, bin, module};
 
 use crate::ctx;
 
@@ -224,4 +225,56 @@ fn kmsd_refuses_to_start_with_a_clear_message() {
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("--token-label"), "{log}");
     let _ = module();
+}
+
+#[test]
+fn check_config_says_whether_kmsd_could_start_and_touches_nothing() {
+    let env = TestEnv::new();
+    let args = env.kmsd_args();
+    let check = |args: &[String]| {
+        Command::new(bin("kmsd"))
+            .args(args)
+            .arg("--check-config")
+            .env("SOFTHSM2_CONF", env.softhsm_conf())
+            .env_remove("KMS_HSM_PIN")
+            .output()
+            .unwrap()
+    };
+    let ok = check(&args);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("the configuration is valid"), "{stdout}");
+    assert!(stdout.contains(TOKEN_LABEL), "{stdout}");
+    assert!(
+        !stdout.contains(&env.pin()),
+        "never prints the PIN: {stdout}"
+    );
+    assert!(
+        !env.data_dir().exists(),
+        "--check-config must not create the data dir"
+    );
+
+    for (bad, expected) in [
+        (
+            replace(&args, "--token-label", "wrong-token"),
+            "no token labelled",
+        ),
+        (
+            replace(&args, "--pin-file", "/nope/pin"),
+            "cannot read PIN file",
+        ),
+        (
+            replace(&args, "--pkcs11-module", "/nope/libpkcs11.so"),
+            "cannot load the PKCS#11 module",
+        ),
+    ] {
+        let out = check(&bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
 }

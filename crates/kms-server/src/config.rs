@@ -75,6 +75,10 @@ pub struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: none].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Check the configuration (flags, config file, PIN, token, TLS files) and exit: 0 when
+    /// kmsd could start with it, 2 with the reason when not. Opens nothing for writing.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// The TOML file, as written. Unknown fields are refused, and so is a PIN in clear.

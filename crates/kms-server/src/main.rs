@@ -35,13 +35,24 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 const HSM_SESSION_WAIT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    let config = match Config::load(Args::parse()) {
+    let args = Args::parse();
+    let check_only = args.check_config;
+    let config = match Config::load(args) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("kmsd: {e}");
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        return match check_config(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kmsd: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
@@ -60,6 +71,62 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--check-config`: everything kmsd checks before it serves, short of opening the store and
+/// the audit log: the PIN, the module, the token and the login, the TLS files, the data dir's
+/// place. Prints what kmsd would use.
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    let pin = config.read_pin()?;
+    let hsm = HsmKeyStore::open(
+        HsmConfig {
+            module: config.pkcs11_module.clone(),
+            token_label: config.token_label.clone(),
+            pin,
+            max_sessions: 1,
+            session_wait: HSM_SESSION_WAIT,
+        },
+        [0; 16],
+    )?;
+    drop(hsm);
+    if let Transport::Tls(files) = &config.transport {
+        auth::mtls(files).context("cannot set up TLS")?;
+    }
+    let data_dir = &config.data_dir;
+    if data_dir.exists() && !data_dir.is_dir() {
+        anyhow::bail!("the data dir {} is not a directory", data_dir.display());
+    }
+    let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if !data_dir.exists() && parent.is_some_and(|p| !p.is_dir()) {
+        anyhow::bail!(
+            "the data dir {} cannot be created: its parent is not a directory",
+            data_dir.display()
+        );
+    }
+    println!("kmsd: the configuration is valid");
+    println!("  listen          {}", config.listen);
+    println!("  data dir        {}", data_dir.display());
+    println!(
+        "  HSM             token {:?} in {} (PIN read, login works)",
+        config.token_label,
+        config.pkcs11_module.display()
+    );
+    println!(
+        "  transport       {}",
+        match config.transport {
+            Transport::Dev => "--dev: no TLS, every caller is the administrator `dev`",
+            Transport::Tls(_) => "mutual TLS",
+        }
+    );
+    println!(
+        "  administrators  {}",
+        config.effective_administrators().join(", ")
+    );
+    println!("  audit log       {}", config.audit_log.display());
+    if let Some(metrics) = config.metrics_listen {
+        println!("  metrics         http://{metrics}/metrics");
+    }
+    Ok(())
 }
 
 fn run(config: &Config) -> anyhow::Result<()> {
