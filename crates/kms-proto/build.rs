@@ -22,7 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Relative to this package, so that checkouts sharing one target dir (CI clones) each
     // watch their own copy of the proto.
     println!("cargo:rerun-if-changed=../../proto/kms/v1/kms.proto");
+    let descriptors =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("kms_descriptor.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
         .build_client(true)
         .build_server(true)
         // Messages that carry plaintext get a redacting Debug impl (src/lib.rs) instead.

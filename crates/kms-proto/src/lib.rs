@@ -14,6 +14,9 @@ pub mod v1 {
 
 use std::fmt;
 
+/// The encoded `FileDescriptorSet` of `kms.v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kms_descriptor");
+
 /// Shows a secret field as its length only.
 struct Redacted(usize);
 

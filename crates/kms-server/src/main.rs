@@ -264,6 +264,12 @@ async fn serve(
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    // gRPC server reflection (v1), so grpcurl-style tools can list and call the API.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kms_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -287,6 +293,7 @@ async fn serve(
                 .into_server();
             let server = tonic::transport::Server::builder()
                 .add_service(health_service)
+                .add_service(reflection)
                 .add_service(service)
                 // Without TCP_NODELAY, a 4 KiB answer waits ~40 ms for the client's delayed ACK.
                 .serve_with_incoming_shutdown(
@@ -303,6 +310,7 @@ async fn serve(
                 .into_server();
             let server = tonic::transport::Server::builder()
                 .add_service(health_service)
+                .add_service(reflection)
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     auth::tls_incoming(listener, acceptor),
