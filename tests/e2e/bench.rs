@@ -175,3 +175,53 @@ async fn health_and_reflection_answer_as_grpc_tools_expect() {
         assert!(names.contains(&expected), "{names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_turns_not_serving_when_the_hsm_goes_away() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let env = TestEnv::new();
+    let kmsd = env.start();
+    let mut c = kmsd.client().await;
+    let key = c.create_key("through an outage").await.unwrap().key_id;
+    let channel = tonic::transport::Endpoint::from_shared(kmsd.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut wait_for = async |wanted: ServingStatus| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: "kms.v1.KeyManagementService".to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status();
+            if status == wanted {
+                return;
+            }
+            assert!(Instant::now() < deadline, "health stayed {status:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    wait_for(ServingStatus::Serving).await;
+
+    // The HSM goes away: SoftHSM2's token directory is moved.
+    let tokens = env.path().join("hsm/tokens");
+    std::fs::rename(&tokens, env.path().join("tokens-away")).unwrap();
+    wait_for(ServingStatus::NotServing).await;
+    // Calls that need it fail with a status, and kmsd keeps answering.
+    let failed = c
+        .encrypt(&key, b"during the outage", &crate::ctx(&[]))
+        .await;
+    assert!(failed.is_err(), "Encrypt worked without the HSM");
+    let failed = c.encrypt(&key, b"again", &crate::ctx(&[])).await;
+    assert!(failed.is_err(), "Encrypt worked without the HSM");
+    wait_for(ServingStatus::NotServing).await;
+}

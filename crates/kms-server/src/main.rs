@@ -28,6 +28,9 @@ use tracing_subscriber::EnvFilter;
 /// How often kmsd looks for keys whose deletion or automatic rotation is due.
 const SCHEDULER_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often the health service checks that the HSM answers.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How long in-flight requests get to finish after SIGTERM.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -148,11 +151,12 @@ fn run(config: &Config) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "opened the HSM token and the metadata store"
     );
-    let signer =
-        HsmAuditSigner::open(Arc::clone(&hsm)).context("cannot open the audit signing key")?;
+    let signer = Arc::new(
+        HsmAuditSigner::open(Arc::clone(&hsm)).context("cannot open the audit signing key")?,
+    );
     let public_key_file = write_audit_public_key(config, &signer)?;
     let audit = Arc::new(
-        AuditLog::open(&config.audit_log, store.instance_id(), Arc::new(signer))
+        AuditLog::open(&config.audit_log, store.instance_id(), signer.clone())
             .with_context(|| format!("cannot open the audit log {}", config.audit_log.display()))?,
     );
     info!(
@@ -202,7 +206,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot serve metrics on {address}"))?;
         runtime.spawn(metrics::serve(listener, Arc::clone(&metrics)));
     }
-    runtime.block_on(serve(config, kms, Arc::clone(&audit), metrics))?;
+    runtime.block_on(serve(config, kms, Arc::clone(&audit), metrics, signer))?;
     drop(runtime);
     if let Ok(audit) = Arc::try_unwrap(audit) {
         audit.close().context("closing the audit log")?;
@@ -251,6 +255,7 @@ async fn serve(
     kms: Arc<Kms>,
     audit: Arc<AuditLog>,
     metrics: Arc<Metrics>,
+    signer: Arc<HsmAuditSigner>,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
@@ -271,6 +276,7 @@ async fn serve(
         .build_v1()
         .context("cannot build the reflection service")?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(watch_hsm(health.clone(), signer, stop.clone()));
     tokio::spawn(async move {
         shutdown_signal().await;
         health
@@ -317,6 +323,50 @@ async fn serve(
                     stopped(stop.clone()),
                 );
             drain_bounded(server, stop).await
+        }
+    }
+}
+
+/// Every [`HEALTH_INTERVAL`], signs a probe with the audit key (an HSM operation on a token
+/// object, as every request makes) and sets the health service NOT_SERVING while it fails,
+/// SERVING again when it works. Stops at shutdown, which sets NOT_SERVING itself.
+async fn watch_hsm(
+    health: tonic_health::server::HealthReporter,
+    signer: Arc<HsmAuditSigner>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use kms_core::audit::CheckpointSigner as _;
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        let signer = Arc::clone(&signer);
+        // Not a checkpoint: checkpoint messages start with their own domain label.
+        let answers = tokio::task::spawn_blocking(move || signer.sign(b"kms health probe").is_ok())
+            .await
+            .unwrap_or(false);
+        if answers == serving || *stop.borrow() {
+            continue;
+        }
+        serving = answers;
+        if answers {
+            info!("the HSM answers again: health is SERVING");
+            health
+                .set_serving::<KeyManagementServiceServer<KmsGrpc>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+        } else {
+            warn!("the HSM does not answer: health is NOT_SERVING until it does");
+            health
+                .set_not_serving::<KeyManagementServiceServer<KmsGrpc>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
         }
     }
 }

@@ -296,9 +296,10 @@ pub enum AuditError {
     /// A record could not be encoded as JSON.
     #[error("encoding an audit record failed")]
     Encode(#[source] serde_json::Error),
-    /// The log failed earlier (the source says how) and accepts no more events: the service
-    /// must not answer RPCs it cannot audit.
-    #[error("the audit log failed and accepts no more events")]
+    /// The record was not committed (the source says why): the service must not answer an RPC
+    /// it cannot audit. After a signing failure only that batch fails; after a failed write or
+    /// sync, every later record fails too.
+    #[error("the audit record could not be committed")]
     Failed(#[source] Arc<AuditError>),
     /// The writer thread is gone (a completion callback panicked).
     #[error("the audit writer has stopped")]

@@ -215,7 +215,10 @@ struct Writer {
 }
 
 impl Writer {
-    /// Commits batches until every sender is gone, or fails every event after an error.
+    /// Commits batches until every sender is gone. A batch that cannot be encoded or signed
+    /// (the HSM failed) wrote nothing: its events fail and later batches are tried again, so
+    /// kmsd recovers when the HSM does. A failed write or sync leaves the file in an unknown
+    /// state: then every event fails, now and later.
     fn run(
         &mut self,
         file: &mut File,
@@ -227,29 +230,37 @@ impl Writer {
             batch.push(first);
             batch.extend(receiver.try_iter().take(MAX_BATCH - 1));
             let events: Vec<&AuditEvent> = batch.iter().map(|job| &job.event).collect();
-            let result = encode_batch(self.tail, &events, &self.log_id, self.signer.as_ref())
-                .and_then(|(bytes, tail)| {
-                    write_durably(file, &bytes, &self.path)?;
-                    Ok(tail)
-                });
-            match result {
-                Ok(tail) => {
-                    let first_seq = self.tail.seq;
-                    self.tail = tail;
-                    for (seq, job) in (first_seq + 1..).zip(batch.drain(..)) {
-                        (job.done)(Ok(seq));
-                    }
-                }
+            let (bytes, tail) = match encode_batch(
+                self.tail,
+                &events,
+                &self.log_id,
+                self.signer.as_ref(),
+            ) {
+                Ok(encoded) => encoded,
                 Err(error) => {
-                    tracing::error!(error = %error, "the audit log failed; refusing every further event");
+                    tracing::error!(error = %error,
+                            "an audit batch could not be signed; its calls fail, later ones are tried again");
                     let cause = Arc::new(error);
-                    // Only this thread sets it, once.
-                    let _ = failure.set(Arc::clone(&cause));
-                    for job in batch.drain(..).chain(receiver.iter()) {
+                    for job in batch.drain(..) {
                         (job.done)(Err(AuditError::Failed(Arc::clone(&cause))));
                     }
-                    return;
+                    continue;
                 }
+            };
+            if let Err(error) = write_durably(file, &bytes, &self.path) {
+                tracing::error!(error = %error, "the audit log failed; refusing every further event");
+                let cause = Arc::new(error);
+                // Only this thread sets it, once.
+                let _ = failure.set(Arc::clone(&cause));
+                for job in batch.drain(..).chain(receiver.iter()) {
+                    (job.done)(Err(AuditError::Failed(Arc::clone(&cause))));
+                }
+                return;
+            }
+            let first_seq = self.tail.seq;
+            self.tail = tail;
+            for (seq, job) in (first_seq + 1..).zip(batch.drain(..)) {
+                (job.done)(Ok(seq));
             }
         }
     }
@@ -741,7 +752,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn audit_fails_closed_after_a_signer_failure() {
+    fn audit_fails_the_calls_of_a_signer_failure_and_recovers_with_the_signer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let signer = Arc::new(SoftCheckpointSigner::new());
@@ -753,20 +764,20 @@ pub(crate) mod tests {
             panic!("{error}")
         };
         assert!(matches!(**cause, AuditError::Sign(_)), "{cause}");
-        // Later events fail at once, even when the signer works again.
-        signer.set_failing(false);
-        assert!(matches!(log.append(event(2)), Err(AuditError::Failed(_))));
         let (sender, receiver) = mpsc::channel();
-        log.submit(event(3), Box::new(move |r| sender.send(r).unwrap()));
+        log.submit(event(2), Box::new(move |r| sender.send(r).unwrap()));
         assert!(matches!(
             receiver.recv().unwrap(),
             Err(AuditError::Failed(_))
         ));
-        assert!(matches!(log.close(), Err(AuditError::Failed(_))));
+        // The signer works again: so does the log, right after the last committed record.
+        signer.set_failing(false);
+        assert_eq!(log.append(event(3)).unwrap(), 3);
+        log.close().unwrap();
 
-        // Nothing unacknowledged was written: the log still verifies.
+        // Nothing unacknowledged was written: the log verifies, with the two committed records.
         let report = verify(&std::fs::read(&path).unwrap(), &signer.public_key()).unwrap();
-        assert_eq!((report.records, report.checkpoints), (1, 1));
+        assert_eq!((report.records, report.checkpoints), (2, 2));
     }
 
     #[test]
