@@ -78,10 +78,16 @@ impl HsmAuditSigner {
     }
 }
 
-impl CheckpointSigner for HsmAuditSigner {
-    fn sign(&self, message: &[u8]) -> Result<[u8; 64], HsmError> {
+impl HsmAuditSigner {
+    /// Whether the HSM signs with the audit key now: the health service's probe, counted
+    /// apart from checkpoint signatures (`health probe` in the HSM call metrics).
+    pub fn probe(&self) -> bool {
+        self.sign_as("health probe", b"kms health probe").is_ok()
+    }
+
+    fn sign_as(&self, operation: &'static str, message: &[u8]) -> Result<[u8; 64], HsmError> {
         let digest = Sha256::digest(message);
-        let signature = self.hsm.with_session("sign audit checkpoint", true, |s| {
+        let signature = self.hsm.with_session(operation, true, |s| {
             let cached = *self.handle.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(key) = cached {
                 match s.sign(&Mechanism::Ecdsa, key, &digest) {
@@ -100,17 +106,23 @@ impl CheckpointSigner for HsmAuditSigner {
             }
         })?;
         let signature = signature.ok_or_else(|| HsmError::Failed {
-            operation: "sign audit checkpoint",
+            operation,
             source: "the audit signing key is gone from the HSM".into(),
         })?;
         let signature =
             p256::ecdsa::Signature::from_slice(&signature).map_err(|e| HsmError::Failed {
-                operation: "sign audit checkpoint",
+                operation,
                 source: Box::new(e),
             })?;
         // The HSM may return either of the two valid `s`; verifiers want the low one.
         let signature = signature.normalize_s().unwrap_or(signature);
         Ok(signature.to_bytes().into())
+    }
+}
+
+impl CheckpointSigner for HsmAuditSigner {
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], HsmError> {
+        self.sign_as("sign audit checkpoint", message)
     }
 
     fn public_key(&self) -> p256::PublicKey {

@@ -335,7 +335,6 @@ async fn watch_hsm(
     signer: Arc<HsmAuditSigner>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    use kms_core::audit::CheckpointSigner as _;
     let mut serving = true;
     loop {
         tokio::select! {
@@ -343,8 +342,7 @@ async fn watch_hsm(
             _ = stop.changed() => return,
         }
         let signer = Arc::clone(&signer);
-        // Not a checkpoint: checkpoint messages start with their own domain label.
-        let answers = tokio::task::spawn_blocking(move || signer.sign(b"kms health probe").is_ok())
+        let answers = tokio::task::spawn_blocking(move || signer.probe())
             .await
             .unwrap_or(false);
         if answers == serving || *stop.borrow() {
