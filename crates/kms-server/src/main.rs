@@ -22,6 +22,7 @@ use kms_server::metrics::{self, Metrics};
 use kms_store::RocksStore;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -263,12 +264,7 @@ async fn serve(
     let local = listener.local_addr()?;
     // grpc.health.v1: SERVING from now, NOT_SERVING as soon as shutdown starts.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<KeyManagementServiceServer<KmsGrpc>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    set_health(&health, ServingStatus::Serving).await;
     // gRPC server reflection (v1), so grpcurl-style tools can list and call the API.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kms_proto::FILE_DESCRIPTOR_SET)
@@ -279,12 +275,7 @@ async fn serve(
     tokio::spawn(watch_hsm(health.clone(), signer, stop.clone()));
     tokio::spawn(async move {
         shutdown_signal().await;
-        health
-            .set_not_serving::<KeyManagementServiceServer<KmsGrpc>>()
-            .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        set_health(&health, ServingStatus::NotServing).await;
         let _ = stop_tx.send(true);
     });
     match &config.transport {
@@ -351,22 +342,21 @@ async fn watch_hsm(
         serving = answers;
         if answers {
             info!("the HSM answers again: health is SERVING");
-            health
-                .set_serving::<KeyManagementServiceServer<KmsGrpc>>()
-                .await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
+            set_health(&health, ServingStatus::Serving).await;
         } else {
             warn!("the HSM does not answer: health is NOT_SERVING until it does");
-            health
-                .set_not_serving::<KeyManagementServiceServer<KmsGrpc>>()
-                .await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            set_health(&health, ServingStatus::NotServing).await;
         }
     }
+}
+
+/// Sets the health of the server (`""`) and of the KMS service.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    use tonic::server::NamedService as _;
+    health
+        .set_service_status(KeyManagementServiceServer::<KmsGrpc>::NAME, status)
+        .await;
+    health.set_service_status("", status).await;
 }
 
 /// Resolves once the shutdown signal came.
