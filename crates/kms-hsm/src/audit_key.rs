@@ -17,9 +17,7 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::HsmKeyStore;
-
-/// DER of the OID of NIST P-256 (prime256v1), the CKA_EC_PARAMS of the pair.
-const P256_OID_DER: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+use crate::templates::{self, PrivateUse};
 
 /// Signs audit checkpoints with the instance's HSM-held key.
 pub struct HsmAuditSigner {
@@ -46,8 +44,13 @@ impl HsmAuditSigner {
             let handle = hsm.with_session("generate audit key", false, |s| {
                 s.generate_key_pair(
                     &Mechanism::EccKeyPairGen,
-                    &public_template(&id, &label),
-                    &private_template(&id, &label),
+                    &templates::ec_public_template(id.clone(), label.clone(), true),
+                    &templates::private_template(
+                        KeyType::EC,
+                        id.clone(),
+                        label.clone(),
+                        PrivateUse::Sign,
+                    ),
                 )
                 .map(|(public, _)| public)
             })?;
@@ -133,47 +136,6 @@ impl CheckpointSigner for HsmAuditSigner {
 fn find(session: &Session, id: &[u8], class: ObjectClass) -> Result<Option<ObjectHandle>, CkError> {
     let template = [Attribute::Class(class), Attribute::Id(id.to_vec())];
     Ok(session.find_objects(&template)?.into_iter().next())
-}
-
-/// The private half: on the token, private, sensitive, never extractable, sign only.
-fn private_template(id: &[u8], label: &str) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::KeyType(KeyType::EC),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Modifiable(false),
-        Attribute::Copyable(false),
-        Attribute::Destroyable(true),
-        Attribute::Sign(true),
-        Attribute::SignRecover(false),
-        Attribute::Decrypt(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-        Attribute::Id(id.to_vec()),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ]
-}
-
-/// The public half: verify only.
-fn public_template(id: &[u8], label: &str) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::KeyType(KeyType::EC),
-        Attribute::EcParams(P256_OID_DER.to_vec()),
-        Attribute::Token(true),
-        Attribute::Private(false),
-        Attribute::Modifiable(false),
-        Attribute::Verify(true),
-        Attribute::VerifyRecover(false),
-        Attribute::Encrypt(false),
-        Attribute::Wrap(false),
-        Attribute::Derive(false),
-        Attribute::Id(id.to_vec()),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ]
 }
 
 /// The uncompressed P-256 point in CKA_EC_POINT: a DER OCTET STRING around it (PKCS#11

@@ -357,7 +357,7 @@ impl KeyStore for HsmKeyStore {
                 (handle, Some(public_key))
             }
             KeyMaterial::EcP256Sign => {
-                let public = templates::ec_public_template(bytes.clone(), label.clone());
+                let public = templates::ec_public_template(bytes.clone(), label.clone(), false);
                 let private = templates::private_template(
                     KeyType::EC,
                     bytes,

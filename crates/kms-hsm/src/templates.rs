@@ -106,13 +106,14 @@ pub(crate) fn rsa_public_template(id: Vec<u8>, label: String, bits: u32) -> Vec<
     ]
 }
 
-/// The public half of a P-256 pair, a session object.
-pub(crate) fn ec_public_template(id: Vec<u8>, label: String) -> Vec<Attribute> {
+/// The public half of a P-256 pair: verify only; a session object unless `on_token` (the
+/// audit key's, which verifiers read back).
+pub(crate) fn ec_public_template(id: Vec<u8>, label: String, on_token: bool) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::KeyType(KeyType::EC),
         Attribute::EcParams(P256_OID_DER.to_vec()),
-        Attribute::Token(false),
+        Attribute::Token(on_token),
         Attribute::Private(false),
         Attribute::Verify(true),
         Attribute::VerifyRecover(false),
