@@ -9,6 +9,8 @@ pub struct Sample {
     errors: u64,
     /// Calls made during the warm-up (not timed, but seen by kmsd's counters).
     warmup_calls: u64,
+    /// Successful calls counted without a latency (the HSM limit).
+    untimed: u64,
 }
 
 impl Sample {
@@ -32,26 +34,22 @@ impl Sample {
         self.latencies_us.extend(other.latencies_us);
         self.errors += other.errors;
         self.warmup_calls += other.warmup_calls;
+        self.untimed += other.untimed;
     }
 
     /// Every call kmsd saw, warm-up included.
     pub fn total(&self) -> u64 {
-        self.latencies_us.len() as u64 + self.errors + self.warmup_calls
+        self.latencies_us.len() as u64 + self.untimed + self.errors + self.warmup_calls
     }
 
-    /// A sample of `ops` operations without latencies (the HSM limit counts only).
+    /// A sample of `ops` successful and `errors` failed operations, without latencies (the
+    /// HSM limit counts only).
     pub fn count_only(ops: u64, errors: u64) -> Self {
         Sample {
-            latencies_us: Vec::new(),
             errors,
-            warmup_calls: 0,
+            untimed: ops,
+            ..Sample::default()
         }
-        .with_count(ops)
-    }
-
-    fn with_count(mut self, ops: u64) -> Self {
-        self.latencies_us = vec![0; usize::try_from(ops).unwrap_or(usize::MAX)];
-        self
     }
 }
 
@@ -82,10 +80,9 @@ impl Row {
     ) -> Self {
         let sample_total = sample.total().max(1);
         sample.latencies_us.sort_unstable();
-        let timed = sample.latencies_us.last().is_some_and(|l| *l > 0);
         let percentile = |permille: usize| {
             let n = sample.latencies_us.len();
-            (timed && n > 0).then(|| {
+            (n > 0).then(|| {
                 // Nearest rank.
                 let rank = (permille * n).div_ceil(1000).clamp(1, n);
                 sample.latencies_us[rank - 1] as f64 / 1000.0
@@ -94,7 +91,8 @@ impl Row {
         Row {
             op: op.to_owned(),
             concurrency,
-            ops_per_sec: sample.latencies_us.len() as f64 / seconds.max(1) as f64,
+            ops_per_sec: (sample.latencies_us.len() as u64 + sample.untimed) as f64
+                / seconds.max(1) as f64,
             p50_ms: percentile(500),
             p99_ms: percentile(990),
             p999_ms: percentile(999),
@@ -181,5 +179,13 @@ mod tests {
         assert_eq!(row.p999_ms, Some(0.999));
         assert_eq!(row.errors, 1);
         assert!((row.ops_per_sec - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn count_only_samples_have_a_rate_but_no_percentiles() {
+        let row = Row::new("HsmLimit", 4, 10, Sample::count_only(1_000, 2), None);
+        assert!((row.ops_per_sec - 100.0).abs() < 1e-9);
+        assert_eq!((row.p50_ms, row.p99_ms, row.p999_ms), (None, None, None));
+        assert_eq!(row.errors, 2);
     }
 }
