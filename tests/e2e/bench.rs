@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kms_e2e::{TOKEN_LABEL, TestEnv, bin, module};
+use kms_e2e::{Kmsd, TOKEN_LABEL, TestEnv, bin, module};
 
 #[test]
 fn the_bench_shows_one_hsm_derivation_per_operation_and_the_limits() {
@@ -13,24 +13,7 @@ fn the_bench_shows_one_hsm_derivation_per_operation_and_the_limits() {
     let mut args = env.kmsd_args();
     args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
     let kmsd = env.start_with(&args, &[]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let metrics = loop {
-        if let Some(url) = kmsd.log().lines().find_map(|l| {
-            l.split("metrics at ")
-                .nth(1)?
-                .split_whitespace()
-                .next()
-                .map(str::to_owned)
-        }) {
-            break url;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no metrics line:\n{}",
-            kmsd.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let metrics = metrics_url(&kmsd);
 
     let json = env.path().join("bench.json");
     let out = Command::new(bin("kms-bench"))
@@ -119,6 +102,37 @@ fn the_bench_shows_one_hsm_derivation_per_operation_and_the_limits() {
     );
 }
 
+/// The metrics URL kmsd logged (started with `--metrics-listen 127.0.0.1:0`).
+fn metrics_url(kmsd: &Kmsd) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(url) = kmsd.log().lines().find_map(|l| {
+            l.split("metrics at ")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        }) {
+            return url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics line:\n{}",
+            kmsd.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The HTTP status of a GET of `url`.
+fn http_status(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn curl(url: &str) -> String {
     let out = Command::new("curl").args(["-sf", url]).output().unwrap();
     assert!(out.status.success(), "curl {url}");
@@ -177,15 +191,23 @@ async fn health_and_reflection_answer_as_grpc_tools_expect() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn health_turns_not_serving_when_the_hsm_goes_away() {
+async fn health_follows_the_hsm_away_and_back_without_a_restart() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
     let env = TestEnv::new();
-    let kmsd = env.start();
+    let mut args = env.kmsd_args();
+    args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+    let kmsd = env.start_with(&args, &[]).unwrap();
+    let readyz = metrics_url(&kmsd).replace("/metrics", "/readyz");
     let mut c = kmsd.client().await;
     let key = c.create_key("through an outage").await.unwrap().key_id;
+    let before = c
+        .encrypt(&key, b"sealed before the outage", &crate::ctx(&[]))
+        .await
+        .unwrap()
+        .ciphertext_blob;
     let channel = tonic::transport::Endpoint::from_shared(kmsd.endpoint.clone())
         .unwrap()
         .connect()
@@ -211,17 +233,53 @@ async fn health_turns_not_serving_when_the_hsm_goes_away() {
         }
     };
     wait_for(ServingStatus::Serving).await;
+    assert_eq!(http_status(&readyz), "200");
 
     // The HSM goes away: SoftHSM2's token directory is moved.
     let tokens = env.path().join("hsm/tokens");
-    std::fs::rename(&tokens, env.path().join("tokens-away")).unwrap();
+    let away = env.path().join("tokens-away");
+    std::fs::rename(&tokens, &away).unwrap();
     wait_for(ServingStatus::NotServing).await;
-    // Calls that need it fail with a status, and kmsd keeps answering.
-    let failed = c
-        .encrypt(&key, b"during the outage", &crate::ctx(&[]))
-        .await;
-    assert!(failed.is_err(), "Encrypt worked without the HSM");
-    let failed = c.encrypt(&key, b"again", &crate::ctx(&[])).await;
-    assert!(failed.is_err(), "Encrypt worked without the HSM");
+    assert_eq!(http_status(&readyz), "503");
+    // Calls that need it fail with UNAVAILABLE, and kmsd keeps answering.
+    crate::expect_error(
+        c.encrypt(&key, b"during the outage", &crate::ctx(&[]))
+            .await,
+        tonic::Code::Unavailable,
+        "KeyUnavailableException",
+    );
     wait_for(ServingStatus::NotServing).await;
+
+    // The HSM comes back: kmsd reconnects by itself, and old blobs decrypt.
+    std::fs::rename(&away, &tokens).unwrap();
+    wait_for(ServingStatus::Serving).await;
+    assert_eq!(http_status(&readyz), "200");
+    let plaintext = c
+        .decrypt(&before, &crate::ctx(&[]), None)
+        .await
+        .unwrap()
+        .plaintext;
+    assert_eq!(plaintext.as_slice(), b"sealed before the outage");
+    c.encrypt(&key, b"after the outage", &crate::ctx(&[]))
+        .await
+        .unwrap();
+    assert!(
+        kmsd.log().contains("reconnected to the HSM"),
+        "{}",
+        kmsd.log()
+    );
+}
+
+#[test]
+fn shutdown_closes_the_hsm_sessions_and_finalizes_pkcs11() {
+    let env = TestEnv::new();
+    let mut kmsd = env.start();
+    assert!(kmsd.terminate(), "kmsd did not exit cleanly");
+    let log = kmsd.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("closed the HSM sessions and finalized PKCS#11"))
+        .unwrap_or_else(|| panic!("no closing line:\n{log}"));
+    assert!(line.contains("finalized=true"), "{line}");
+    assert!(!line.contains("sessions=0"), "{line}");
 }

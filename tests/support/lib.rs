@@ -30,13 +30,20 @@ fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Path of a binary of the workspace, next to the test binary's `deps/` dir.
+/// Path of a binary of the workspace: in `KMS_E2E_BIN_DIR` when set (to test installed
+/// binaries, or a copy that another checkout's build cannot overwrite), else next to the test
+/// binary's `deps/` dir.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()));
+    let dir = std::env::var_os("KMS_E2E_BIN_DIR").map_or_else(
+        || {
+            exe.parent()
+                .and_then(Path::parent)
+                .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
+                .to_path_buf()
+        },
+        PathBuf::from,
+    );
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -58,6 +58,13 @@ pub enum KmsError {
     /// A configured limit was reached.
     #[error("{0}")]
     LimitExceeded(String),
+    /// The caller sent more requests than the server admits (its rate limit, or the server's
+    /// limit of concurrent requests); retry with backoff.
+    #[error("{0}")]
+    Throttling(String),
+    /// The request did not finish within the server's request timeout. It may still complete.
+    #[error("{0}")]
+    TimedOut(String),
     /// The HSM cannot be reached.
     #[error("the HSM is unavailable; retry later")]
     KeyUnavailable(#[source] HsmError),
@@ -89,8 +96,9 @@ impl KmsError {
             KmsError::AlreadyExists(_) => "AlreadyExistsException",
             KmsError::AccessDenied(_) | KmsError::Unauthenticated(_) => "AccessDeniedException",
             KmsError::LimitExceeded(_) => "LimitExceededException",
+            KmsError::Throttling(_) => "ThrottlingException",
             KmsError::KeyUnavailable(_) => "KeyUnavailableException",
-            KmsError::DependencyTimeout(_) => "DependencyTimeoutException",
+            KmsError::DependencyTimeout(_) | KmsError::TimedOut(_) => "DependencyTimeoutException",
             KmsError::Internal(_) => "KMSInternalException",
         }
     }

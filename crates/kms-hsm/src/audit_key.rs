@@ -26,7 +26,9 @@ pub struct HsmAuditSigner {
     public_key: p256::PublicKey,
     /// The private key's handle, found once: searching the token for every checkpoint costs
     /// a scan of all its objects.
-    handle: Mutex<Option<ObjectHandle>>,
+    /// with the HSM store's generation it was found in: a handle of an older generation may
+    /// name another object now.
+    handle: Mutex<Option<(u64, ObjectHandle)>>,
 }
 
 impl HsmAuditSigner {
@@ -84,15 +86,17 @@ impl HsmAuditSigner {
 impl HsmAuditSigner {
     /// Whether the HSM signs with the audit key now: the health service's probe, counted
     /// apart from checkpoint signatures (`health probe` in the HSM call metrics).
-    pub fn probe(&self) -> bool {
-        self.sign_as("health probe", b"kms health probe").is_ok()
+    pub fn probe(&self) -> Result<(), HsmError> {
+        self.sign_as("health probe", b"kms health probe")
+            .map(|_| ())
     }
 
     fn sign_as(&self, operation: &'static str, message: &[u8]) -> Result<[u8; 64], HsmError> {
         let digest = Sha256::digest(message);
         let signature = self.hsm.with_session(operation, true, |s| {
+            let generation = self.hsm.generation();
             let cached = *self.handle.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(key) = cached {
+            if let Some((_, key)) = cached.filter(|(g, _)| *g == generation) {
                 match s.sign(&Mechanism::Ecdsa, key, &digest) {
                     Err(CkError::Pkcs11(
                         RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
@@ -102,7 +106,8 @@ impl HsmAuditSigner {
                 }
             }
             let found = find(s, &self.id, ObjectClass::PRIVATE_KEY)?;
-            *self.handle.lock().unwrap_or_else(PoisonError::into_inner) = found;
+            *self.handle.lock().unwrap_or_else(PoisonError::into_inner) =
+                found.map(|key| (generation, key));
             match found {
                 Some(key) => s.sign(&Mechanism::Ecdsa, key, &digest).map(Some),
                 None => Ok(None),

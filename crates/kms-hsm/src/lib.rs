@@ -15,10 +15,11 @@ mod object_id;
 mod pool;
 mod templates;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -54,76 +55,155 @@ pub struct HsmConfig {
     pub session_wait: Duration,
 }
 
+/// Told of every call made to the HSM: the operation's name, how long the call took (not
+/// counting the wait for a session), and whether it succeeded.
+pub type CallObserver = Arc<dyn Fn(&'static str, Duration, bool) + Send + Sync>;
+
+/// The session pool's use, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionStats {
+    /// Sessions open.
+    pub open: usize,
+    /// Sessions lent to a call now.
+    pub in_use: usize,
+    /// The most sessions the pool opens.
+    pub max: usize,
+    /// Whether kmsd is connected to the module at all.
+    pub connected: bool,
+}
+
+/// What closing the HSM connection did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// Sessions closed.
+    pub sessions: usize,
+    /// Whether C_Finalize succeeded (false when already disconnected or when it failed).
+    pub finalized: bool,
+}
+
 /// The HSM-backed [`KeyStore`].
 pub struct HsmKeyStore {
-    pool: SessionPool,
+    config: HsmConfig,
+    /// The connection: the module, initialised, and its session pool. `None` after
+    /// [`HsmKeyStore::close`] or a failed [`HsmKeyStore::reconnect`]. Every call holds the read
+    /// lock while it runs, so a reconnection waits for calls in flight and no session of the
+    /// old connection outlives C_Finalize.
+    connection: RwLock<Option<SessionPool>>,
     namespace: [u8; 16],
     handles: Mutex<HashMap<KeyVersionRef, ObjectHandle>>,
-    /// Calls made to the HSM, by operation (each a session's worth of PKCS#11 calls).
-    calls: Mutex<BTreeMap<&'static str, u64>>,
-    token_label: String,
+    /// Changes whenever cached object handles may have gone stale (a lost session, a new
+    /// connection): a handle cached under another generation must be searched again.
+    generation: AtomicU64,
+    observer: Option<CallObserver>,
 }
 
 impl HsmKeyStore {
     /// Loads the module, finds the token and logs in. `namespace` is the store's instance id:
     /// only HSM objects carrying it are ever listed or destroyed.
     pub fn open(config: HsmConfig, namespace: [u8; 16]) -> Result<Self, OpenError> {
-        let pkcs11 = Pkcs11::new(&config.module).map_err(|source| OpenError::Module {
-            path: config.module.clone(),
-            source,
-        })?;
-        match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(source) => return Err(OpenError::Initialize(source)),
-        }
-        let slot = find_token(&pkcs11, &config.token_label)?;
-        let pin = AuthPin::from(config.pin.as_str());
-        let pool = SessionPool::new(
-            pkcs11,
-            slot,
-            pin,
-            config.max_sessions.max(1),
-            config.session_wait,
-        );
-        // Open and log in one session now, so a wrong PIN stops the start.
-        match pool.get() {
-            Ok(first) => drop(first),
-            Err(pool::GetError::Open(e)) => return Err(OpenError::Login(e)),
-            Err(pool::GetError::Timeout) => return Err(OpenError::Timeout),
-        }
+        let pool = connect(&config, false)?;
         Ok(HsmKeyStore {
-            pool,
+            config,
+            connection: RwLock::new(Some(pool)),
             namespace,
             handles: Mutex::new(HashMap::new()),
-            calls: Mutex::new(BTreeMap::new()),
-            token_label: config.token_label,
+            generation: AtomicU64::new(0),
+            observer: None,
         })
+    }
+
+    /// Tells `observer` of every HSM call from now on.
+    #[must_use]
+    pub fn with_observer(mut self, observer: CallObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The label of the token in use.
     pub fn token_label(&self) -> &str {
-        &self.token_label
+        &self.config.token_label
     }
 
-    /// How many calls each operation made to the HSM since the store opened (a retry after a
-    /// lost session counts again), by operation name: `hmac` (SYMMETRIC_DEFAULT derivations),
-    /// `sign`, `RSA decrypt`, `random`, `generate key`, and so on.
-    pub fn call_counts(&self) -> Vec<(&'static str, u64)> {
-        self.calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(operation, count)| (*operation, *count))
-            .collect()
+    /// The session pool's use now.
+    pub fn session_stats(&self) -> SessionStats {
+        match self.connection.try_read() {
+            Ok(connection) => connection
+                .as_ref()
+                .map_or(SessionStats::default(), SessionPool::stats),
+            // A reconnection is under way: nothing is usable until it ends.
+            Err(_) => SessionStats::default(),
+        }
     }
 
-    fn count_call(&self, operation: &'static str) {
-        *self
-            .calls
+    /// Drops the connection (closing every session and finalising the module) and makes a new
+    /// one: the way back after the HSM was lost, since some modules (SoftHSM2 among them)
+    /// never see a token again in the process that lost it. Waits for the calls in flight.
+    /// On failure kmsd stays disconnected: calls fail with KeyUnavailableException until a
+    /// later reconnection works.
+    pub fn reconnect(&self) -> Result<(), OpenError> {
+        let mut connection = self
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = connection.take() {
+            let closed = old.close();
+            debug!(
+                sessions = closed.sessions,
+                finalized = closed.finalized,
+                "closed the old HSM connection"
+            );
+        }
+        self.forget_all();
+        *connection = Some(connect(&self.config, true)?);
+        Ok(())
+    }
+
+    /// Closes every session, logs out and finalises the module (C_Finalize): kmsd's last
+    /// HSM act at shutdown. Later calls fail with KeyUnavailableException.
+    pub fn close(&self) -> Closed {
+        let mut connection = self
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.forget_all();
+        connection.take().map_or(
+            Closed {
+                sessions: 0,
+                finalized: false,
+            },
+            SessionPool::close,
+        )
+    }
+
+    /// Runs one call on a session, timing it for the observer. Operations are named for
+    /// metrics: `hmac` (SYMMETRIC_DEFAULT derivations), `sign`, `RSA decrypt`, `random`,
+    /// `generate key`, and so on; a retry after a lost session counts again.
+    fn observed<T>(
+        &self,
+        operation: &'static str,
+        session: &Session,
+        f: &impl Fn(&Session) -> Result<T, CkError>,
+    ) -> Result<T, CkError> {
+        let started = Instant::now();
+        let result = f(session);
+        if let Some(observer) = &self.observer {
+            observer(operation, started.elapsed(), result.is_ok());
+        }
+        result
+    }
+
+    /// Forgets every cached object handle.
+    fn forget_all(&self) {
+        self.handles
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(operation)
-            .or_default() += 1;
+            .clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The generation of cached handles: see the field.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     fn object_id(&self, key: KeyVersionRef) -> ObjectId {
@@ -138,24 +218,28 @@ impl HsmKeyStore {
         idempotent: bool,
         f: impl Fn(&Session) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
-        let session = self.pool.get().map_err(error::from_get)?;
-        self.count_call(operation);
-        match f(&session) {
+        let connection = self
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(pool) = connection.as_ref() else {
+            return Err(HsmError::Unavailable(
+                "kmsd is not connected to the HSM; it reconnects when the HSM answers again".into(),
+            ));
+        };
+        let session = pool.get().map_err(error::from_get)?;
+        match self.observed(operation, &session, &f) {
             Ok(value) => Ok(value),
             Err(e) if error::is_session_lost(&e) => {
                 warn!(operation, error = %e, "HSM session lost; reopening");
                 session.discard();
-                self.pool.close_idle();
-                self.handles
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clear();
+                pool.close_idle();
+                self.forget_all();
                 if !idempotent {
                     return Err(error::classify(operation, e));
                 }
-                let session = self.pool.get().map_err(error::from_get)?;
-                self.count_call(operation);
-                f(&session).map_err(|e| {
+                let session = pool.get().map_err(error::from_get)?;
+                self.observed(operation, &session, &f).map_err(|e| {
                     if error::is_session_lost(&e) {
                         session.discard();
                     }
@@ -615,6 +699,55 @@ impl KeyStore for HsmKeyStore {
             }
             Ok(found)
         })
+    }
+}
+
+/// Loads and initialises the module, finds the token, and logs in one session (so that a
+/// wrong PIN shows at once). When `finalize_on_failure`, a failure after C_Initialize
+/// finalises the module again, so that the next try starts afresh; at start kmsd does not,
+/// since it exits anyway, and C_Finalize would end every other user of the module in the
+/// process.
+fn connect(config: &HsmConfig, finalize_on_failure: bool) -> Result<SessionPool, OpenError> {
+    let pkcs11 = Pkcs11::new(&config.module).map_err(|source| OpenError::Module {
+        path: config.module.clone(),
+        source,
+    })?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(source) => return Err(OpenError::Initialize(source)),
+    }
+    let slot = match find_token(&pkcs11, &config.token_label) {
+        Ok(slot) => slot,
+        Err(e) => {
+            if finalize_on_failure {
+                let _ = pkcs11.finalize();
+            }
+            return Err(e);
+        }
+    };
+    let pool = SessionPool::new(
+        pkcs11,
+        slot,
+        AuthPin::from(config.pin.as_str()),
+        config.max_sessions.max(1),
+        config.session_wait,
+    );
+    let first = match pool.get() {
+        Ok(first) => {
+            drop(first);
+            Ok(())
+        }
+        Err(pool::GetError::Open(e)) => Err(OpenError::Login(e)),
+        Err(pool::GetError::Timeout) => Err(OpenError::Timeout),
+    };
+    match first {
+        Ok(()) => Ok(pool),
+        Err(e) => {
+            if finalize_on_failure {
+                pool.close();
+            }
+            Err(e)
+        }
     }
 }
 

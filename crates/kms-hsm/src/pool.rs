@@ -117,6 +117,37 @@ impl SessionPool {
         self.returned.notify_all();
     }
 
+    /// The pool's use now.
+    pub(crate) fn stats(&self) -> crate::SessionStats {
+        let state = self.lock();
+        crate::SessionStats {
+            open: state.open,
+            in_use: state.open - state.idle.len(),
+            max: self.max,
+            connected: true,
+        }
+    }
+
+    /// Logs out, closes every session and finalises the module. The caller makes sure no
+    /// session is lent (the pool is borrowed by every lent session, so owning it proves it).
+    pub(crate) fn close(self) -> crate::Closed {
+        let idle = std::mem::take(&mut self.lock().idle);
+        let sessions = idle.len();
+        if let Some(first) = idle.first() {
+            // Login state belongs to the application, not the session: one logout ends it.
+            let _ = first.logout();
+        }
+        for session in idle {
+            // A dead session fails to close; C_Finalize below closes what is left.
+            let _ = session.close();
+        }
+        let finalized = self.pkcs11.finalize().is_ok();
+        crate::Closed {
+            sessions,
+            finalized,
+        }
+    }
+
     fn open_session(&self) -> Result<Session, CkError> {
         let session = self.pkcs11.open_rw_session(self.slot)?;
         // Login state is shared by every session of the application: the second and later

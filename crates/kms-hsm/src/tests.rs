@@ -377,10 +377,26 @@ fn a_call_that_finds_every_session_busy_times_out() {
     one.max_sessions = 1;
     one.session_wait = std::time::Duration::from_millis(200);
     let store = ok(HsmKeyStore::open(one, NAMESPACE));
-    let held = store.pool.get().map_err(|e| format!("{e:?}"));
-    assert!(held.is_ok());
+    let connection = store
+        .connection
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let held = connection
+        .as_ref()
+        .map(|pool| pool.get().map_err(|e| format!("{e:?}")));
+    assert!(matches!(held, Some(Ok(_))));
+    assert_eq!(
+        store.session_stats(),
+        crate::SessionStats {
+            open: 1,
+            in_use: 1,
+            max: 1,
+            connected: true
+        }
+    );
     assert!(matches!(store.random_bytes(4), Err(HsmError::Timeout)));
     drop(held);
+    drop(connection);
     assert_eq!(ok(store.random_bytes(4)).len(), 4);
 }
 

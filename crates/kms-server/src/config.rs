@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use kms_core::policy::KeyPolicy;
@@ -10,6 +11,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::auth::{DEV_PRINCIPAL, TlsFiles};
+use crate::limits::{Limits, Rate};
 
 /// The environment variable that may hold the HSM user PIN.
 pub const PIN_ENV: &str = "KMS_HSM_PIN";
@@ -46,6 +48,26 @@ pub struct Args {
     /// Log filter, e.g. info or kms_core=debug [default: info; RUST_LOG also works].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Log lines as `text` or `json` (one object a line) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// How long a request may run before it fails with DependencyTimeoutException, e.g. 30s
+    /// or 500ms [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// How long in-flight requests get to finish after SIGTERM [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// The most requests running at once; more get ThrottlingException [default: 512].
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Requests a second each caller may make; more get ThrottlingException. 0 turns the
+    /// limit off [default: 5000].
+    #[arg(long, value_name = "N")]
+    pub rate_limit_per_principal: Option<u32>,
+    /// Requests a caller may make at once after a quiet spell [default: twice the rate].
+    #[arg(long, value_name = "N")]
+    pub rate_limit_burst: Option<u32>,
     /// TOML configuration file; flags override its settings.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -93,6 +115,12 @@ pub struct RawConfig {
     hsm_max_sessions: Option<usize>,
     max_keys: Option<usize>,
     log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    request_timeout: Option<String>,
+    drain_timeout: Option<String>,
+    max_concurrent_requests: Option<usize>,
+    rate_limit_per_principal: Option<u32>,
+    rate_limit_burst: Option<u32>,
     #[serde(default)]
     dev: bool,
     tls: Option<RawTls>,
@@ -102,6 +130,20 @@ pub struct RawConfig {
     metrics_listen: Option<SocketAddr>,
 }
 
+impl RawConfig {
+    /// Reads and parses the TOML file at `path`.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+}
+
 /// The `[tls]` table.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +151,17 @@ struct RawTls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
 }
 
 /// How callers are authenticated.
@@ -148,6 +201,12 @@ pub struct Config {
     pub max_keys: usize,
     /// The log filter.
     pub log_level: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// Admission limits and the request timeout.
+    pub limits: Limits,
+    /// How long in-flight requests get after SIGTERM.
+    pub drain_timeout: Duration,
     /// TLS, or `--dev`.
     pub transport: Transport,
     /// Principals with full access to new keys and to the server-level actions.
@@ -194,16 +253,7 @@ impl Config {
     /// Merges the flags over the config file (if any) and validates the result.
     pub fn load(args: Args) -> Result<Self, ConfigError> {
         let raw = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str::<RawConfig>(&text).map_err(|e| ConfigError::Parse {
-                    path: path.clone(),
-                    message: e.message().to_owned(),
-                })?
-            }
+            Some(path) => RawConfig::read(path)?,
             None => RawConfig::default(),
         };
         let hsm_max_sessions = args.hsm_max_sessions.or(raw.hsm_max_sessions).unwrap_or(8);
@@ -243,20 +293,11 @@ impl Config {
             ),
         ];
         let transport = transport(args.dev || raw.dev, tls, listen)?;
-        let administrators = if args.administrators.is_empty() {
+        let administrators = administrators(if args.administrators.is_empty() {
             raw.administrators.unwrap_or_default()
         } else {
             args.administrators
-        };
-        if let Some(bad) = administrators
-            .iter()
-            .find(|p| p.is_empty() || p.len() > 1024 || p.contains('*'))
-        {
-            return Err(ConfigError::Invalid(format!(
-                "administrator {bad:?} is not a principal: give a certificate's URI SAN or CN, \
-                 1 to 1024 characters, without wildcards"
-            )));
-        }
+        })?;
         let server_policy = args
             .server_policy_file
             .or(raw.server_policy_file)
@@ -266,6 +307,18 @@ impl Config {
             .data_dir
             .or(raw.data_dir)
             .ok_or(ConfigError::Missing("data-dir", "data_dir"))?;
+        let drain_timeout = duration_setting(
+            "drain-timeout",
+            args.drain_timeout.or(raw.drain_timeout),
+            Duration::from_secs(10),
+        )?;
+        let limits = limits(
+            args.request_timeout.or(raw.request_timeout),
+            args.max_concurrent_requests.or(raw.max_concurrent_requests),
+            args.rate_limit_per_principal
+                .or(raw.rate_limit_per_principal),
+            args.rate_limit_burst.or(raw.rate_limit_burst),
+        )?;
         Ok(Config {
             listen,
             audit_log: args
@@ -288,6 +341,9 @@ impl Config {
                 .log_level
                 .or(raw.log_level)
                 .unwrap_or_else(|| "info".into()),
+            log_format: args.log_format.or(raw.log_format).unwrap_or_default(),
+            limits,
+            drain_timeout,
             transport,
             administrators,
             server_policy,
@@ -356,6 +412,93 @@ fn transport(
         key: key.map_err(missing)?,
         client_ca: client_ca.map_err(missing)?,
     }))
+}
+
+/// The administrators, each checked to be a possible principal.
+fn administrators(administrators: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if let Some(bad) = administrators
+        .iter()
+        .find(|p| p.is_empty() || p.len() > 1024 || p.contains('*'))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "administrator {bad:?} is not a principal: give a certificate's URI SAN or CN, \
+             1 to 1024 characters, without wildcards"
+        )));
+    }
+    Ok(administrators)
+}
+
+/// The admission limits: defaults, and the checks of each.
+fn limits(
+    request_timeout: Option<String>,
+    max_concurrent: Option<usize>,
+    per_second: Option<u32>,
+    burst: Option<u32>,
+) -> Result<Limits, ConfigError> {
+    let request_timeout =
+        duration_setting("request-timeout", request_timeout, Duration::from_secs(30))?;
+    let max_concurrent = max_concurrent.unwrap_or(512);
+    if !(1..=65_536).contains(&max_concurrent) {
+        return Err(ConfigError::Invalid(format!(
+            "max-concurrent-requests must be 1 to 65536, got {max_concurrent}"
+        )));
+    }
+    let per_second = per_second.unwrap_or(5000);
+    let per_caller = match (per_second, burst) {
+        (0, Some(_)) => {
+            return Err(ConfigError::Invalid(
+                "rate-limit-burst needs a rate: rate-limit-per-principal is 0 (off)".into(),
+            ));
+        }
+        (0, None) => None,
+        (_, Some(0)) => {
+            return Err(ConfigError::Invalid(
+                "rate-limit-burst must be at least 1".into(),
+            ));
+        }
+        (per_second, burst) => Some(Rate {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.unwrap_or(per_second.saturating_mul(2))),
+        }),
+    };
+    Ok(Limits {
+        max_concurrent,
+        per_caller,
+        request_timeout,
+    })
+}
+
+/// A duration setting: `<number><unit>` with unit `ms`, `s`, `m` or `h`; more than zero and
+/// at most a day.
+fn duration_setting(
+    name: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    parse_duration(&text)
+        .filter(|d| !d.is_zero() && *d <= Duration::from_secs(24 * 3600))
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{name} must be a duration such as 500ms, 30s, 5m or 1h (more than zero, at \
+                 most 24h), got {text:?}"
+            ))
+        })
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => number.checked_mul(60).map(Duration::from_secs),
+        "h" => number.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
 }
 
 fn read_server_policy(path: &Path) -> Result<KeyPolicy, ConfigError> {
@@ -503,6 +646,74 @@ mod tests {
             error.map(|e| e.to_string()),
             Some("data-dir is required (flag --data-dir, or `data_dir` in the config file)".into())
         );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_bad_values() {
+        let base = [
+            "--dev",
+            "--data-dir",
+            "/d",
+            "--pkcs11-module",
+            "/m.so",
+            "--token-label",
+            "t",
+        ];
+        let load = |extra: &[&str]| {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            Config::load(args(&argv)).map_err(|e| e.to_string())
+        };
+        let defaults = load(&[]).map(|c| (c.limits, c.drain_timeout, c.log_format));
+        assert_eq!(
+            defaults,
+            Ok((
+                Limits {
+                    max_concurrent: 512,
+                    per_caller: Some(Rate {
+                        per_second: 5000.0,
+                        burst: 10_000.0
+                    }),
+                    request_timeout: Duration::from_secs(30),
+                },
+                Duration::from_secs(10),
+                LogFormat::Text
+            ))
+        );
+        let set = load(&[
+            "--request-timeout",
+            "250ms",
+            "--drain-timeout",
+            "2m",
+            "--rate-limit-per-principal",
+            "0",
+            "--log-format",
+            "json",
+        ])
+        .map(|c| (c.limits, c.drain_timeout, c.log_format));
+        assert_eq!(
+            set,
+            Ok((
+                Limits {
+                    max_concurrent: 512,
+                    per_caller: None,
+                    request_timeout: Duration::from_millis(250),
+                },
+                Duration::from_secs(120),
+                LogFormat::Json
+            ))
+        );
+        for bad in [
+            ["--request-timeout", "30"].as_slice(),
+            &["--request-timeout", "0s"],
+            &["--drain-timeout", "2d"],
+            &["--drain-timeout", "1.5s"],
+            &["--max-concurrent-requests", "0"],
+            &["--rate-limit-burst", "0"],
+            &["--rate-limit-per-principal", "0", "--rate-limit-burst", "5"],
+        ] {
+            assert!(load(bad).is_err(), "{bad:?} is accepted");
+        }
     }
 
     #[test]

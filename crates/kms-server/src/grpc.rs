@@ -19,10 +19,11 @@ use kms_proto::v1::key_management_service_server::{
 };
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
-use tracing::error;
+use tracing::{Instrument as _, debug, error};
 
 use crate::auth::Authenticator;
 use crate::convert;
+use crate::limits::{Admission, Admitted, Limits};
 use crate::metrics::Metrics;
 use crate::status::{ErrorChain, to_status};
 
@@ -36,6 +37,7 @@ pub struct KmsGrpc {
     auth: Arc<Authenticator>,
     audit: Arc<AuditLog>,
     metrics: Option<Arc<Metrics>>,
+    admission: Arc<Admission>,
 }
 
 impl KmsGrpc {
@@ -46,7 +48,20 @@ impl KmsGrpc {
             auth,
             audit,
             metrics: None,
+            admission: Arc::new(Admission::new(Limits {
+                max_concurrent: 512,
+                per_caller: None,
+                request_timeout: std::time::Duration::from_secs(30),
+            })),
         }
+    }
+
+    /// Admits requests within `admission`'s limits and times them out after its request
+    /// timeout.
+    #[must_use]
+    pub fn with_admission(mut self, admission: Arc<Admission>) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// Counts every request, its outcome and its latency in `metrics`.
@@ -63,9 +78,13 @@ impl KmsGrpc {
             .max_encoding_message_size(crate::MAX_MESSAGE_BYTES)
     }
 
-    /// Runs one RPC named `operation`: authenticates the caller, runs `body` (conversion and
-    /// the core) on a blocking thread (HSM and store calls must not block the async workers),
-    /// audits the outcome durably, and answers with the request id.
+    /// Runs one RPC named `operation`: authenticates the caller, admits the request (or
+    /// refuses it with ThrottlingException, unaudited: it did nothing), then runs the rest in
+    /// a task of its own, so that a caller who hangs up or a timeout never stops a request
+    /// halfway or leaves it unaudited: `body` (conversion and the core) on a blocking thread,
+    /// as HSM and store calls must not block the async workers, then the durable audit
+    /// record. The caller gets the answer, with its request id, or DependencyTimeoutException
+    /// once the request timeout has passed.
     async fn call<Req, Resp>(
         &self,
         operation: &'static str,
@@ -77,20 +96,106 @@ impl KmsGrpc {
         Resp: Send + 'static,
     {
         let started = Instant::now();
-        let time_ms = now_ms();
         let request_id = request_id(request.metadata());
-        let peer = request.remote_addr().map(|a| a.to_string());
+        let span = tracing::info_span!("request", request_id = %request_id, rpc = operation);
+        let peer = request.remote_addr();
         let peer_certs = request.peer_certs();
-        let (result, principal, note) = match self
+        let caller = self
             .auth
-            .authenticate(peer_certs.as_deref().map(Vec::as_slice))
-        {
+            .authenticate(peer_certs.as_deref().map(Vec::as_slice));
+        // Unauthenticated callers share a bucket per address.
+        let admitted = match &caller {
+            Ok(caller) => self.admission.admit(caller.principal()),
+            Err(_) => self
+                .admission
+                .admit(&peer.map_or_else(String::new, |a| a.ip().to_string())),
+        };
+        let answer = match admitted {
+            Err(throttled) => {
+                debug!(parent: &span, reason = throttled.reason(), "throttled");
+                if let Some(metrics) = &self.metrics {
+                    metrics.record(operation, "throttled", started.elapsed());
+                }
+                return Err(with_request_id(to_status(&throttled), &request_id));
+            }
+            Ok(admitted) => {
+                let run = Run {
+                    kms: Arc::clone(&self.kms),
+                    audit: Arc::clone(&self.audit),
+                    operation,
+                    request_id: request_id.clone(),
+                    peer: peer.map(|a| a.to_string()),
+                };
+                let task = tokio::spawn(
+                    run.execute(caller, request.into_inner(), body, admitted)
+                        .instrument(span.clone()),
+                );
+                let timeout = self.admission.limits().request_timeout;
+                match tokio::time::timeout(timeout, task).await {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(e)) => Err(KmsError::Internal(Box::new(e))),
+                    Err(_) => Err(KmsError::TimedOut(format!(
+                        "the request did not finish within the server's request timeout of \
+                         {timeout:?}; it may still complete, and its audit record says how"
+                    ))),
+                }
+            }
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.record(operation, outcome(&answer).as_str(), started.elapsed());
+        }
+        match answer {
+            Ok(resp) => {
+                let mut response = Response::new(resp);
+                if let Ok(id) = MetadataValue::try_from(request_id.as_str()) {
+                    response.metadata_mut().insert(REQUEST_ID_HEADER, id);
+                }
+                Ok(response)
+            }
+            Err(e) => {
+                let _entered = span.enter();
+                if matches!(e, KmsError::Internal(_)) {
+                    error!(error = %ErrorChain(&e), "request failed");
+                }
+                Err(with_request_id(to_status(&e), &request_id))
+            }
+        }
+    }
+}
+
+/// What an admitted request's task needs.
+struct Run {
+    kms: Arc<Kms>,
+    audit: Arc<AuditLog>,
+    operation: &'static str,
+    request_id: String,
+    peer: Option<String>,
+}
+
+impl Run {
+    /// Runs `body` for an authenticated caller on a blocking thread, audits the outcome (also
+    /// of a failed authentication) and waits until the record is durable. A request whose
+    /// record cannot be written fails, whatever the core did.
+    async fn execute<Req, Resp>(
+        self,
+        caller: Result<Caller, KmsError>,
+        req: Req,
+        body: impl FnOnce(&Kms, &Caller, Req) -> Result<Resp, KmsError> + Send + 'static,
+        admitted: Admitted,
+    ) -> Result<Resp, KmsError>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        let time_ms = now_ms();
+        let (result, principal, note) = match caller {
             Err(e) => (Err(e), None, kms_core::CallNote::default()),
             Ok(caller) => {
                 let principal = caller.principal().to_owned();
-                let kms = Arc::clone(&self.kms);
-                let req = request.into_inner();
+                let kms = self.kms;
+                let span = tracing::Span::current();
                 let ran = tokio::task::spawn_blocking(move || {
+                    let _entered = span.enter();
                     let result = body(&kms, &caller, req);
                     (result, caller.take_note())
                 })
@@ -105,12 +210,15 @@ impl KmsGrpc {
                 }
             }
         };
+        // The request no longer runs in the core; waiting for the audit record does not count
+        // against the limit, since the log's group commit batches every waiting record.
+        drop(admitted);
         let event = AuditEvent {
             time_ms,
-            request_id: request_id.clone(),
+            request_id: self.request_id,
             principal,
-            peer,
-            operation: operation.to_owned(),
+            peer: self.peer,
+            operation: self.operation.to_owned(),
             keys: note
                 .keys
                 .iter()
@@ -134,34 +242,18 @@ impl KmsGrpc {
         );
         let audited = match rx.await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(KmsError::Internal(Box::new(e))),
+            Ok(Err(e)) => Err(KmsError::from(e)),
             Err(e) => Err(KmsError::Internal(Box::new(e))),
         };
-        let id = MetadataValue::try_from(request_id.as_str()).ok();
-        let answer = audited.and(result);
-        if let Some(metrics) = &self.metrics {
-            metrics.record(operation, outcome(&answer).as_str(), started.elapsed());
-        }
-        match answer {
-            Ok(resp) => {
-                let mut response = Response::new(resp);
-                if let Some(id) = id {
-                    response.metadata_mut().insert(REQUEST_ID_HEADER, id);
-                }
-                Ok(response)
-            }
-            Err(e) => {
-                if matches!(e, KmsError::Internal(_)) {
-                    error!(operation, request_id, error = %ErrorChain(&e), "request failed");
-                }
-                let mut status = to_status(&e);
-                if let Some(id) = id {
-                    status.metadata_mut().insert(REQUEST_ID_HEADER, id);
-                }
-                Err(status)
-            }
-        }
+        audited.and(result)
     }
+}
+
+fn with_request_id(mut status: Status, request_id: &str) -> Status {
+    if let Ok(id) = MetadataValue::try_from(request_id) {
+        status.metadata_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    status
 }
 
 /// The caller's `x-request-id` when it is a sane token, else a new UUID.
@@ -1127,5 +1219,85 @@ mod tests {
         assert_eq!(encrypt.encryption_context.as_ref().unwrap()["tenant"], "a");
         assert_eq!(events[2].outcome, kms_core::audit::Outcome::Failed);
         assert_eq!(events[2].error.as_deref(), Some("ValidationException"));
+    }
+
+    /// The audited operations in the log of `dir`, waiting up to 5 s for `wanted` of them.
+    async fn audited(dir: &tempfile::TempDir, wanted: usize) -> Vec<kms_core::audit::AuditEvent> {
+        for _ in 0..100 {
+            let bytes = std::fs::read(dir.path().join("audit.log")).unwrap();
+            let events: Vec<_> = kms_core::audit::read_events(&bytes)
+                .map(|e| e.unwrap().1.event)
+                .collect();
+            if events.len() >= wanted {
+                return events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {wanted} audit records");
+    }
+
+    fn limited(svc: KmsGrpc, max_concurrent: usize, timeout_ms: u64) -> KmsGrpc {
+        svc.with_admission(Arc::new(Admission::new(Limits {
+            max_concurrent,
+            per_caller: None,
+            request_timeout: std::time::Duration::from_millis(timeout_ms),
+        })))
+    }
+
+    fn slow(_: &Kms, _: &Caller, (): ()) -> Result<(), KmsError> {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_timeout_fails_unavailable_and_is_audited_when_it_ends() {
+        let (svc, dir) = service_with_log();
+        let svc = limited(svc, 8, 50);
+        let status = svc.call("Slow", Request::new(()), slow).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(reason(&status), "DependencyTimeoutException");
+        assert!(status.metadata().get(REQUEST_ID_HEADER).is_some());
+        // The work went on and its record tells how it ended.
+        let events = audited(&dir, 1).await;
+        assert_eq!(events[0].operation, "Slow");
+        assert_eq!(events[0].outcome, kms_core::audit::Outcome::Success);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_hangs_up_mid_request_is_still_audited() {
+        let (svc, dir) = service_with_log();
+        let call = svc.call("Slow", Request::new(()), slow);
+        // The caller goes away (tonic drops the handler's future) while the work runs.
+        let gone = tokio::time::timeout(std::time::Duration::from_millis(50), call).await;
+        assert!(gone.is_err());
+        let events = audited(&dir, 1).await;
+        assert_eq!(events[0].operation, "Slow");
+        assert_eq!(events[0].outcome, kms_core::audit::Outcome::Success);
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_concurrency_limit_are_throttled_unaudited() {
+        let (svc, dir) = service_with_log();
+        let svc = limited(svc, 1, 5_000);
+        let running = tokio::spawn({
+            let svc = svc.clone();
+            async move { svc.call("Slow", Request::new(()), slow).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let status = svc
+            .create_key(Request::new(pb::CreateKeyRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(reason(&status), "ThrottlingException");
+        assert!(running.await.unwrap().is_ok());
+        // Once the slow call is done, the next one runs.
+        new_key(&svc).await;
+        let ops: Vec<_> = audited(&dir, 2)
+            .await
+            .into_iter()
+            .map(|e| e.operation)
+            .collect();
+        assert_eq!(ops, ["Slow", "CreateKey"], "the refused call did nothing");
     }
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 mod convert;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 pub mod status;
 

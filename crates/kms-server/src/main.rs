@@ -6,6 +6,7 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,13 +17,16 @@ use kms_core::{Kms, MetadataStore, SystemClock};
 use kms_hsm::{HsmAuditSigner, HsmConfig, HsmKeyStore};
 use kms_proto::v1::key_management_service_server::KeyManagementServiceServer;
 use kms_server::auth::{self, Authenticator};
-use kms_server::config::{Args, Config, Transport};
+use kms_server::config::{Args, Config, LogFormat, Transport};
 use kms_server::grpc::KmsGrpc;
-use kms_server::metrics::{self, Metrics};
+use kms_server::limits::Admission;
+use kms_server::metrics::{self, Gauge, Metrics};
 use kms_store::RocksStore;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -32,8 +36,8 @@ const SCHEDULER_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the health service checks that the HSM answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How long in-flight requests get to finish after SIGTERM.
-const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// How often the `kms_keys` gauge counts the keys again (it reads every record).
+const KEY_COUNT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How long a request waits for a free HSM session before DependencyTimeoutException.
 const HSM_SESSION_WAIT: Duration = Duration::from_secs(10);
@@ -62,11 +66,19 @@ fn main() -> ExitCode {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&config.log_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object a line; a request's lines carry its span: {"request_id", "rpc"}.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -136,16 +148,20 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
 fn run(config: &Config) -> anyhow::Result<()> {
     let store = Arc::new(RocksStore::open(&config.data_dir)?);
     let pin = config.read_pin()?;
-    let hsm = Arc::new(HsmKeyStore::open(
-        HsmConfig {
-            module: config.pkcs11_module.clone(),
-            token_label: config.token_label.clone(),
-            pin,
-            max_sessions: config.hsm_max_sessions,
-            session_wait: HSM_SESSION_WAIT,
-        },
-        store.instance_id(),
-    )?);
+    let metrics = Arc::new(Metrics::new());
+    let hsm = Arc::new(
+        HsmKeyStore::open(
+            HsmConfig {
+                module: config.pkcs11_module.clone(),
+                token_label: config.token_label.clone(),
+                pin,
+                max_sessions: config.hsm_max_sessions,
+                session_wait: HSM_SESSION_WAIT,
+            },
+            store.instance_id(),
+        )?
+        .with_observer(metrics.hsm_observer()),
+    );
     info!(
         token = hsm.token_label(),
         module = %config.pkcs11_module.display(),
@@ -169,18 +185,147 @@ fn run(config: &Config) -> anyhow::Result<()> {
     if administrators.is_empty() && config.server_policy.is_none() {
         warn!("no administrators and no server policy: nobody can create keys");
     }
-    let metrics = {
-        let hsm = Arc::clone(&hsm);
-        Arc::new(Metrics::new(Arc::new(move || hsm.call_counts())))
-    };
     let kms = Arc::new(
-        Kms::new(store.clone(), hsm, Arc::new(SystemClock))
+        Kms::new(store.clone(), hsm.clone(), Arc::new(SystemClock))
             .with_max_keys(config.max_keys)
             .with_authorization(Authorization {
                 administrators,
                 server_policy: config.server_policy.clone(),
             }),
     );
+    run_due_work(&kms)?;
+
+    let admission = Arc::new(Admission::new(config.limits));
+    add_gauges(&metrics, &hsm, &kms, &admission);
+    let parts = Parts {
+        kms,
+        audit: Arc::clone(&audit),
+        metrics,
+        admission,
+        health: Health::new(),
+        checks: Checks {
+            hsm: Arc::clone(&hsm),
+            signer,
+            store: Arc::clone(&store),
+            audit: Arc::clone(&audit),
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.spawn(scheduler(Arc::clone(&parts.kms)));
+    if let Some(address) = config.metrics_listen {
+        let listener = runtime
+            .block_on(TcpListener::bind(address))
+            .with_context(|| format!("cannot serve metrics on {address}"))?;
+        runtime.spawn(metrics::serve(
+            listener,
+            Arc::clone(&parts.metrics),
+            Arc::clone(&parts.health.ready),
+        ));
+    }
+    runtime.block_on(serve(config, parts))?;
+    // Waits for blocking work still running (a request past its timeout, scheduled work).
+    drop(runtime);
+    if let Ok(audit) = Arc::try_unwrap(audit) {
+        audit.close().context("closing the audit log")?;
+    } else {
+        warn!("the audit log is still in use at shutdown; every record is already synced");
+    }
+    store.flush()?;
+    let closed = hsm.close();
+    info!(
+        sessions = closed.sessions,
+        finalized = closed.finalized,
+        "closed the HSM sessions and finalized PKCS#11"
+    );
+    info!("kmsd stopped");
+    Ok(())
+}
+
+/// The keys by state, and when they were counted.
+type KeyCounts = (std::time::Instant, Vec<(&'static str, usize)>);
+
+/// Gauges read at every scrape: the HSM session pool, requests in flight, keys by state.
+fn add_gauges(
+    metrics: &Metrics,
+    hsm: &Arc<HsmKeyStore>,
+    kms: &Arc<Kms>,
+    admission: &Arc<Admission>,
+) {
+    let hsm = Arc::clone(hsm);
+    metrics.add_gauges(Box::new(move || {
+        let sessions = hsm.session_stats();
+        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let value = |n: usize| n as f64;
+        vec![
+            Gauge {
+                name: "kms_hsm_connected",
+                help: "1 while kmsd is connected to the PKCS#11 module, else 0.",
+                samples: vec![(None, f64::from(u8::from(sessions.connected)))],
+            },
+            Gauge {
+                name: "kms_hsm_sessions",
+                help: "HSM sessions of the pool: open, and lent to a call now.",
+                samples: vec![
+                    (Some(("state", "open")), value(sessions.open)),
+                    (Some(("state", "in_use")), value(sessions.in_use)),
+                ],
+            },
+            Gauge {
+                name: "kms_hsm_sessions_max",
+                help: "The most HSM sessions the pool opens (--hsm-max-sessions).",
+                samples: vec![(None, value(sessions.max))],
+            },
+        ]
+    }));
+    let admission = Arc::clone(admission);
+    metrics.add_gauges(Box::new(move || {
+        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let running = admission.running() as f64;
+        vec![Gauge {
+            name: "kms_requests_in_flight",
+            help: "Requests running now (--max-concurrent-requests is the limit).",
+            samples: vec![(None, running)],
+        }]
+    }));
+    let kms = Arc::clone(kms);
+    let cache: std::sync::Mutex<Option<KeyCounts>> = std::sync::Mutex::new(None);
+    metrics.add_gauges(Box::new(move || {
+        let mut cache = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < KEY_COUNT_INTERVAL);
+        if !fresh {
+            match kms.count_keys_by_state() {
+                Ok(counts) => {
+                    *cache = Some((std::time::Instant::now(), counts.into_iter().collect()));
+                }
+                Err(e) => warn!(error = %e, "cannot count the keys for the metrics"),
+            }
+        }
+        let Some((_, counts)) = cache.as_ref() else {
+            return Vec::new();
+        };
+        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let samples = counts
+            .iter()
+            .map(|(state, count)| (Some(("state", *state)), *count as f64))
+            .collect();
+        vec![Gauge {
+            name: "kms_keys",
+            help: "Keys by state, counted at most every 30 s (Deleted keys are tombstones).",
+            samples,
+        }]
+    }));
+}
+
+/// Reconciles the store with the HSM, then runs the deletions, expiries and rotations that
+/// fell due while kmsd was down.
+fn run_due_work(kms: &Kms) -> anyhow::Result<()> {
     let report = kms.reconcile().context("startup reconciliation failed")?;
     if report.abandoned_keys > 0
         || !report.unreferenced_objects.is_empty()
@@ -193,34 +338,6 @@ fn run(config: &Config) -> anyhow::Result<()> {
             "reconciled the store with the HSM"
         );
     }
-
-    run_due_work(&kms)?;
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.spawn(scheduler(Arc::clone(&kms)));
-    if let Some(address) = config.metrics_listen {
-        let listener = runtime
-            .block_on(TcpListener::bind(address))
-            .with_context(|| format!("cannot serve metrics on {address}"))?;
-        runtime.spawn(metrics::serve(listener, Arc::clone(&metrics)));
-    }
-    runtime.block_on(serve(config, kms, Arc::clone(&audit), metrics, signer))?;
-    drop(runtime);
-    if let Ok(audit) = Arc::try_unwrap(audit) {
-        audit.close().context("closing the audit log")?;
-    } else {
-        warn!("the audit log is still in use at shutdown; every record is already synced");
-    }
-    store.flush()?;
-    info!("kmsd stopped");
-    Ok(())
-}
-
-/// Runs the deletions, expiries and rotations that fell due while kmsd was down.
-fn run_due_work(kms: &Kms) -> anyhow::Result<()> {
     let deleted = kms
         .run_due_deletions()
         .context("running due key deletions")?;
@@ -251,20 +368,31 @@ fn run_due_work(kms: &Kms) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(
-    config: &Config,
+/// What the server runs on.
+struct Parts {
     kms: Arc<Kms>,
     audit: Arc<AuditLog>,
     metrics: Arc<Metrics>,
-    signer: Arc<HsmAuditSigner>,
-) -> anyhow::Result<()> {
+    admission: Arc<Admission>,
+    health: Health,
+    checks: Checks,
+}
+
+async fn serve(config: &Config, parts: Parts) -> anyhow::Result<()> {
+    let Parts {
+        kms,
+        audit,
+        metrics,
+        admission,
+        health,
+        checks,
+    } = parts;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     // grpc.health.v1: SERVING from now, NOT_SERVING as soon as shutdown starts.
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::Serving).await;
+    health.set(ServingStatus::Serving).await;
     // gRPC server reflection (v1), so grpcurl-style tools can list and call the API.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kms_proto::FILE_DESCRIPTOR_SET)
@@ -272,12 +400,35 @@ async fn serve(
         .build_v1()
         .context("cannot build the reflection service")?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(watch_hsm(health.clone(), signer, stop.clone()));
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        set_health(&health, ServingStatus::NotServing).await;
-        let _ = stop_tx.send(true);
-    });
+    tokio::spawn(watch_health(health.clone(), checks, stop.clone()));
+    {
+        let health = health.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            health.set(ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let drain = config.drain_timeout;
+    let limits = admission.limits();
+    info!(
+        max_concurrent_requests = limits.max_concurrent,
+        rate_limit_per_principal = limits.per_caller.map_or(0.0, |r| r.per_second),
+        request_timeout = ?limits.request_timeout,
+        "request limits"
+    );
+    let service = |auth: Authenticator| {
+        KmsGrpc::new(kms, Arc::new(auth), audit)
+            .with_metrics(metrics)
+            .with_admission(admission)
+            .into_server()
+    };
+    let router = |service| {
+        tonic::transport::Server::builder()
+            .add_service(health.service())
+            .add_service(reflection)
+            .add_service(service)
+    };
     match &config.transport {
         Transport::Dev => {
             info!(address = %local, token = %config.token_label, "kmsd listening");
@@ -285,99 +436,149 @@ async fn serve(
                 "DEVELOPMENT MODE: no TLS and no authentication; every caller is the \
                  administrator `dev`. Never use --dev for real keys."
             );
-            let service = KmsGrpc::new(kms, Arc::new(Authenticator::Dev), audit)
-                .with_metrics(metrics)
-                .into_server();
-            let server = tonic::transport::Server::builder()
-                .add_service(health_service)
-                .add_service(reflection)
-                .add_service(service)
+            let server = router(service(Authenticator::Dev))
                 // Without TCP_NODELAY, a 4 KiB answer waits ~40 ms for the client's delayed ACK.
                 .serve_with_incoming_shutdown(
                     TcpIncoming::from(listener).with_nodelay(Some(true)),
                     stopped(stop.clone()),
                 );
-            drain_bounded(server, stop).await
+            drain_bounded(server, stop, drain).await
         }
         Transport::Tls(files) => {
             let (acceptor, authenticator) = auth::mtls(files).context("cannot set up TLS")?;
             info!(address = %local, token = %config.token_label, "kmsd listening with mutual TLS");
-            let service = KmsGrpc::new(kms, Arc::new(authenticator), audit)
-                .with_metrics(metrics)
-                .into_server();
-            let server = tonic::transport::Server::builder()
-                .add_service(health_service)
-                .add_service(reflection)
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    auth::tls_incoming(listener, acceptor),
-                    stopped(stop.clone()),
-                );
-            drain_bounded(server, stop).await
+            let server = router(service(authenticator)).serve_with_incoming_shutdown(
+                auth::tls_incoming(listener, acceptor),
+                stopped(stop.clone()),
+            );
+            drain_bounded(server, stop, drain).await
         }
     }
 }
 
-/// Every [`HEALTH_INTERVAL`], signs a probe with the audit key (an HSM operation on a token
-/// object, as every request makes) and sets the health service NOT_SERVING while it fails,
-/// SERVING again when it works. Stops at shutdown, which sets NOT_SERVING itself.
-async fn watch_hsm(
-    health: tonic_health::server::HealthReporter,
+/// The health of the server (`""`) and of the KMS service, for grpc.health.v1 and `/readyz`.
+#[derive(Clone)]
+struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    fn new() -> Self {
+        Health {
+            reporter: tonic_health::server::HealthReporter::new(),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The grpc.health.v1 service answering from this health.
+    fn service(&self) -> HealthServer<HealthService> {
+        HealthServer::new(HealthService::from_health_reporter(self.reporter.clone()))
+    }
+
+    async fn set(&self, status: ServingStatus) {
+        use tonic::server::NamedService as _;
+        self.ready
+            .store(status == ServingStatus::Serving, Ordering::SeqCst);
+        self.reporter
+            .set_service_status(KeyManagementServiceServer::<KmsGrpc>::NAME, status)
+            .await;
+        self.reporter.set_service_status("", status).await;
+    }
+}
+
+/// What must work for kmsd to serve.
+struct Checks {
+    hsm: Arc<HsmKeyStore>,
     signer: Arc<HsmAuditSigner>,
+    store: Arc<RocksStore>,
+    audit: Arc<AuditLog>,
+}
+
+impl Checks {
+    /// Whether the HSM signs with the audit key (an HSM operation on a token object, as every
+    /// request makes), the store takes a synced write, and the audit log has not failed;
+    /// else what fails. When the HSM fails, reconnects to it first (some modules, SoftHSM2
+    /// among them, never see a lost token again without C_Finalize and C_Initialize).
+    fn run(&self) -> Result<(), String> {
+        match self.signer.probe() {
+            // Every session busy for the whole wait: overloaded, not lost.
+            Ok(()) | Err(kms_core::HsmError::Timeout) => {}
+            Err(first) => {
+                if let Err(e) = self.hsm.reconnect() {
+                    return Err(format!(
+                        "the HSM fails ({first}) and reconnecting failed: {e}"
+                    ));
+                }
+                self.signer
+                    .probe()
+                    .map_err(|e| format!("the HSM fails after reconnecting: {e}"))?;
+                info!("reconnected to the HSM");
+            }
+        }
+        self.store
+            .check_writable()
+            .map_err(|e| format!("the metadata store takes no writes: {e}"))?;
+        if self.audit.is_failed() {
+            return Err("the audit log failed; restart kmsd".into());
+        }
+        Ok(())
+    }
+}
+
+/// Every [`HEALTH_INTERVAL`], runs the [`Checks`] and sets the health NOT_SERVING while they
+/// fail, SERVING again when they pass. Stops at shutdown, which sets NOT_SERVING itself.
+async fn watch_health(
+    health: Health,
+    checks: Checks,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let checks = Arc::new(checks);
     let mut serving = true;
     loop {
         tokio::select! {
             () = tokio::time::sleep(HEALTH_INTERVAL) => {}
             _ = stop.changed() => return,
         }
-        let signer = Arc::clone(&signer);
-        let answers = tokio::task::spawn_blocking(move || signer.probe())
+        let run = Arc::clone(&checks);
+        let result = tokio::task::spawn_blocking(move || run.run())
             .await
-            .unwrap_or(false);
-        if answers == serving || *stop.borrow() {
+            .unwrap_or_else(|e| Err(format!("the health check panicked: {e}")));
+        if result.is_ok() == serving || *stop.borrow() {
             continue;
         }
-        serving = answers;
-        if answers {
-            info!("the HSM answers again: health is SERVING");
-            set_health(&health, ServingStatus::Serving).await;
-        } else {
-            warn!("the HSM does not answer: health is NOT_SERVING until it does");
-            set_health(&health, ServingStatus::NotServing).await;
+        serving = result.is_ok();
+        match result {
+            Ok(()) => {
+                info!("kmsd works again: health is SERVING");
+                health.set(ServingStatus::Serving).await;
+            }
+            Err(problem) => {
+                warn!(problem, "health is NOT_SERVING until this is fixed");
+                health.set(ServingStatus::NotServing).await;
+            }
         }
     }
 }
-
-/// Sets the health of the server (`""`) and of the KMS service.
-async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
-    use tonic::server::NamedService as _;
-    health
-        .set_service_status(KeyManagementServiceServer::<KmsGrpc>::NAME, status)
-        .await;
-    health.set_service_status("", status).await;
-}
-
 /// Resolves once the shutdown signal came.
 async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// Runs `server` until it has drained after the shutdown signal, or until
-/// [`DRAIN_LIMIT`] after the signal, when clients keep idle connections open.
+/// Runs `server` until it has drained after the shutdown signal, or until `limit` after the
+/// signal, when clients keep idle connections open.
 async fn drain_bounded(
     server: impl Future<Output = Result<(), tonic::transport::Error>>,
     stop: tokio::sync::watch::Receiver<bool>,
+    limit: Duration,
 ) -> anyhow::Result<()> {
     tokio::select! {
         result = server => result.context("the gRPC server failed"),
         () = async {
             stopped(stop).await;
-            tokio::time::sleep(DRAIN_LIMIT).await;
+            tokio::time::sleep(limit).await;
         } => {
-            warn!("connections still open {} s after the shutdown signal; stopping anyway",
-                DRAIN_LIMIT.as_secs());
+            warn!(drain_timeout = ?limit, "connections still open after the drain timeout; stopping anyway");
             Ok(())
         }
     }

@@ -28,8 +28,10 @@ pub fn to_status(error: &KmsError) -> Status {
         KmsError::AlreadyExists(_) => Code::AlreadyExists,
         KmsError::AccessDenied(_) => Code::PermissionDenied,
         KmsError::Unauthenticated(_) => Code::Unauthenticated,
-        KmsError::LimitExceeded(_) => Code::ResourceExhausted,
-        KmsError::KeyUnavailable(_) | KmsError::DependencyTimeout(_) => Code::Unavailable,
+        KmsError::LimitExceeded(_) | KmsError::Throttling(_) => Code::ResourceExhausted,
+        KmsError::KeyUnavailable(_) | KmsError::DependencyTimeout(_) | KmsError::TimedOut(_) => {
+            Code::Unavailable
+        }
         KmsError::Internal(_) => Code::Internal,
     };
     if matches!(
@@ -170,6 +172,16 @@ mod tests {
                 KmsError::LimitExceeded("x".into()),
                 Code::ResourceExhausted,
                 "LimitExceededException",
+            ),
+            (
+                KmsError::Throttling("x".into()),
+                Code::ResourceExhausted,
+                "ThrottlingException",
+            ),
+            (
+                KmsError::TimedOut("x".into()),
+                Code::Unavailable,
+                "DependencyTimeoutException",
             ),
             (
                 KmsError::KeyUnavailable(HsmError::Unavailable("gone".into())),

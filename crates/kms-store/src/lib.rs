@@ -17,6 +17,7 @@ use rocksdb::{DB, Direction, IteratorMode, Options, WriteOptions};
 const INSTANCE_ID: &[u8] = b"meta/instance_id";
 const KEY_PREFIX: &[u8] = b"key/";
 const ALIAS_PREFIX: &[u8] = b"als/";
+const HEALTH_MARK: &[u8] = b"meta/health";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,14 @@ impl RocksStore {
             id
         };
         Ok(RocksStore { db, instance_id })
+    }
+
+    /// Writes and syncs a marker record: whether the store takes writes now (the health
+    /// check's question; a full or read-only disk fails it).
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        self.db
+            .put_opt(HEALTH_MARK, [], &synced())
+            .map_err(|e| StoreError::new("write the health mark", e))
     }
 
     /// Flushes memtables to SST files (for a clean shutdown; the WAL already made every write

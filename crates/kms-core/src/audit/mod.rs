@@ -306,9 +306,47 @@ pub enum AuditError {
     Closed,
 }
 
+impl From<AuditError> for crate::KmsError {
+    /// The error of a call whose record was not committed: KeyUnavailableException or
+    /// DependencyTimeoutException (UNAVAILABLE, so clients retry) when the HSM could not sign
+    /// the checkpoint because it is unreachable or busy, KMSInternalException otherwise.
+    fn from(error: AuditError) -> Self {
+        let signer = match &error {
+            AuditError::Failed(cause) => match cause.as_ref() {
+                AuditError::Sign(hsm) => Some(hsm),
+                _ => None,
+            },
+            AuditError::Sign(hsm) => Some(hsm),
+            _ => None,
+        };
+        match signer {
+            Some(HsmError::Unavailable(_)) => {
+                crate::KmsError::KeyUnavailable(HsmError::Unavailable(Box::new(error)))
+            }
+            Some(HsmError::Timeout) => crate::KmsError::DependencyTimeout(HsmError::Timeout),
+            _ => crate::KmsError::Internal(Box::new(error)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_signer_makes_the_call_unavailable_not_internal() {
+        let failed = |hsm: HsmError| AuditError::Failed(Arc::new(AuditError::Sign(hsm)));
+        let reason = |e: AuditError| crate::KmsError::from(e).reason();
+        assert_eq!(
+            reason(failed(HsmError::Unavailable("gone".into()))),
+            "KeyUnavailableException"
+        );
+        assert_eq!(
+            reason(failed(HsmError::Timeout)),
+            "DependencyTimeoutException"
+        );
+        assert_eq!(reason(AuditError::Closed), "KMSInternalException");
+    }
 
     #[test]
     fn audit_checkpoint_message_layout() {

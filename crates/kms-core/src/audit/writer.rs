@@ -125,6 +125,12 @@ impl AuditLog {
         &self.path
     }
 
+    /// Whether the log has failed for good (a write or sync failed): every later event is
+    /// refused until kmsd restarts.
+    pub fn is_failed(&self) -> bool {
+        self.failure.get().is_some()
+    }
+
     /// Queues the event. `done` runs on the writer thread once the event is durable and covered
     /// by a signed checkpoint (`Ok(seq)`), or with the error that stopped it. If the log has
     /// already failed, `done` runs at once, on the caller's thread, with [`AuditError::Failed`].

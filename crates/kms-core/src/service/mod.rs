@@ -579,6 +579,17 @@ impl Kms {
         })
     }
 
+    /// How many keys are in each state (deleted keys, kept as tombstones, included), for
+    /// metrics. Reads every record: call it seldom.
+    pub fn count_keys_by_state(&self) -> Result<BTreeMap<&'static str, usize>, KmsError> {
+        let mut counts = BTreeMap::new();
+        self.for_each_key(|record| {
+            *counts.entry(record.state.as_str()).or_default() += 1;
+            Ok(())
+        })?;
+        Ok(counts)
+    }
+
     /// Deletes every key whose deletion date has passed, and returns how many: its aliases
     /// go, every HSM object of every version is destroyed, and the record becomes a
     /// tombstone. Each step is idempotent, so a crash anywhere is finished by the next run.
