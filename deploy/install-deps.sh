@@ -3,13 +3,14 @@
 # SoftHSM2, OpenSC's pkcs11-tool, libfaketime and OpenSSL (the tests check signatures and
 # key wrapping with it); libclang for the RocksDB bindings; a C++ compiler; protoc with the
 # well-known .proto files; Python's cryptography, grpcio and protobuf (the test vectors and
-# the interop client; python3-venv for deploy/bench.sh's OpenBao); and Rust >= 1.88 with rustfmt and clippy (through rustup when there is
-# no Rust at all).
+# the interop client; python3-venv for deploy/bench.sh's OpenBao and deploy/check.sh's linters);
+# systemd for deploy/check.sh's systemd-analyze; and Rust >= 1.88 with rustfmt and clippy
+# (through rustup when there is no Rust at all).
 set -euo pipefail
 min_rust=1.88
 packages=(softhsm2 opensc libfaketime openssl libclang-dev clang build-essential protobuf-compiler libprotobuf-dev
           pkg-config python3 python3-cryptography python3-grpcio python3-protobuf python3-venv curl
-          ca-certificates)
+          ca-certificates systemd)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
