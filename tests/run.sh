@@ -22,6 +22,8 @@ mkdir -p "$scratch/tokens"
 sed "s|@TOKENDIR@|$scratch/tokens|" hsm-config/softhsm2.conf.template > "$scratch/softhsm2.conf"
 export SOFTHSM2_CONF="$scratch/softhsm2.conf"
 
+echo "== deploy/check.sh (systemd unit, Kubernetes manifests, Dockerfile, example configs)"
+deploy/check.sh
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"

@@ -17,6 +17,7 @@ mod custody;
 mod durability;
 mod import;
 mod interop;
+mod production;
 mod rotation;
 mod tags;
 

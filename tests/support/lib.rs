@@ -221,11 +221,16 @@ impl TestEnv {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = kmsd.log();
+            // A text line (`address=127.0.0.1:5 `) or a JSON one (`"address":"127.0.0.1:5"`).
             if let Some(address) = log
                 .lines()
                 .find(|l| l.contains("kmsd listening"))
-                .and_then(|l| l.split("address=").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|l| {
+                    l.split("address=")
+                        .nth(1)
+                        .or_else(|| l.split("\"address\":\"").nth(1))
+                })
+                .and_then(|rest| rest.split([' ', '"']).next())
             {
                 let scheme = if log.contains("mutual TLS") {
                     "https"

@@ -648,6 +648,36 @@ mod tests {
         );
     }
 
+    /// Every TOML file under `dir`, recursively.
+    fn toml_files(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                toml_files(&path, found);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                found.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_configurations_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files = Vec::new();
+        toml_files(&root.join("deploy"), &mut files);
+        toml_files(&root.join("hsm-config/examples"), &mut files);
+        assert!(files.len() >= 5, "{files:?}");
+        for file in files {
+            let config = Config::load(args(&["--config", &file.to_string_lossy()]));
+            let config = config.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert!(
+                matches!(config.transport, Transport::Tls(_)),
+                "{}: production examples use mutual TLS",
+                file.display()
+            );
+        }
+    }
+
     #[test]
     fn limits_have_defaults_and_refuse_bad_values() {
         let base = [

@@ -1244,6 +1244,7 @@ mod tests {
         })))
     }
 
+    #[allow(clippy::unnecessary_wraps, reason = "the shape of an RPC body")]
     fn slow(_: &Kms, _: &Caller, (): ()) -> Result<(), KmsError> {
         std::thread::sleep(std::time::Duration::from_millis(300));
         Ok(())

@@ -146,9 +146,26 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
 }
 
 fn run(config: &Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::new();
+    // From the start, so that /livez answers (and /readyz says 503) while kmsd opens the HSM,
+    // reconciles and runs due work, however long that takes.
+    if let Some(address) = config.metrics_listen {
+        let listener = runtime
+            .block_on(TcpListener::bind(address))
+            .with_context(|| format!("cannot serve metrics on {address}"))?;
+        runtime.spawn(metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&health.ready),
+        ));
+    }
     let store = Arc::new(RocksStore::open(&config.data_dir)?);
     let pin = config.read_pin()?;
-    let metrics = Arc::new(Metrics::new());
     let hsm = Arc::new(
         HsmKeyStore::open(
             HsmConfig {
@@ -202,7 +219,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         audit: Arc::clone(&audit),
         metrics,
         admission,
-        health: Health::new(),
+        health,
         checks: Checks {
             hsm: Arc::clone(&hsm),
             signer,
@@ -210,21 +227,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
             audit: Arc::clone(&audit),
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.spawn(scheduler(Arc::clone(&parts.kms)));
-    if let Some(address) = config.metrics_listen {
-        let listener = runtime
-            .block_on(TcpListener::bind(address))
-            .with_context(|| format!("cannot serve metrics on {address}"))?;
-        runtime.spawn(metrics::serve(
-            listener,
-            Arc::clone(&parts.metrics),
-            Arc::clone(&parts.health.ready),
-        ));
-    }
     runtime.block_on(serve(config, parts))?;
     // Waits for blocking work still running (a request past its timeout, scheduled work).
     drop(runtime);
