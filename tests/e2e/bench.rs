@@ -13,24 +13,7 @@ fn the_bench_shows_one_hsm_derivation_per_operation_and_the_limits() {
     let mut args = env.kmsd_args();
     args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
     let kmsd = env.start_with(&args, &[]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let metrics = loop {
-        if let Some(url) = kmsd.log().lines().find_map(|l| {
-            l.split("metrics at ")
-                .nth(1)?
-                .split_whitespace()
-                .next()
-                .map(str::to_owned)
-        }) {
-            break url;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no metrics line:\n{}",
-            kmsd.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let metrics = kmsd.metrics_url();
 
     let json = env.path().join("bench.json");
     let out = Command::new(bin("kms-bench"))
@@ -103,26 +86,32 @@ fn the_bench_shows_one_hsm_derivation_per_operation_and_the_limits() {
         assert!(audit > 0.0 && audit <= 1.0, "{audit}");
     }
 
-    // The metrics endpoint counted the requests, with latency histograms.
-    let body = curl(&metrics);
-    let encrypts = body
-        .lines()
-        .find_map(|l| l.strip_prefix("kms_requests_total{rpc=\"Encrypt\",outcome=\"success\"} "))
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("{body}"));
-    assert!(encrypts > 0);
-    assert!(body.contains("kms_request_duration_seconds_bucket{rpc=\"Decrypt\",le=\"+Inf\"}"));
-    assert!(body.contains("kms_hsm_calls_total{operation=\"hmac\"}"));
+    // The metrics endpoint counted the requests, with latency histograms; the exposition
+    // parses as Prometheus text.
+    let exposition = crate::metrics::scrape(&metrics);
+    let encrypts = exposition
+        .value(
+            "kms_requests_total",
+            &[("rpc", "Encrypt"), ("outcome", "success")],
+        )
+        .unwrap_or(0.0);
+    assert!(encrypts > 0.0, "no Encrypt counted");
     assert!(
-        !body.contains("key_id"),
+        exposition
+            .histogram("kms_request_duration_seconds", &[("rpc", "Decrypt")])
+            .is_some(),
+        "no Decrypt latency histogram"
+    );
+    assert!(
+        exposition
+            .value("kms_hsm_calls_total", &[("operation", "hmac")])
+            .is_some_and(|n| n > 0.0),
+        "no HSM derivation counted"
+    );
+    assert!(
+        exposition.labels().all(|(name, _)| name != "key_id"),
         "metrics name RPCs and operations, never keys"
     );
-}
-
-fn curl(url: &str) -> String {
-    let out = Command::new("curl").args(["-sf", url]).output().unwrap();
-    assert!(out.status.success(), "curl {url}");
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

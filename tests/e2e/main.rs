@@ -17,6 +17,7 @@ mod custody;
 mod durability;
 mod import;
 mod interop;
+mod metrics;
 mod rotation;
 mod tags;
 
