@@ -19,6 +19,7 @@ mod import;
 mod interop;
 mod metrics;
 mod rotation;
+mod shutdown;
 mod tags;
 
 use kms_client::ClientError;
