@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kms_e2e::{Kmsd, TOKEN_LABEL, TestEnv, bin, module};
+use kms_e2e::{TOKEN_LABEL, TestEnv, bin, module};
 
 #[test]
 fn the_bench_shows_one_hsm_derivation_per_operation_and_the_limits() {
@@ -13,7 +13,7 @@ fn the_bench_shows_one_hsm_derivation_per_operation_and_the_limits() {
     let mut args = env.kmsd_args();
     args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
     let kmsd = env.start_with(&args, &[]).unwrap();
-    let metrics = metrics_url(&kmsd);
+    let metrics = kmsd.metrics_url();
 
     let json = env.path().join("bench.json");
     let out = Command::new(bin("kms-bench"))
@@ -86,42 +86,32 @@ fn the_bench_shows_one_hsm_derivation_per_operation_and_the_limits() {
         assert!(audit > 0.0 && audit <= 1.0, "{audit}");
     }
 
-    // The metrics endpoint counted the requests, with latency histograms.
-    let body = curl(&metrics);
-    let encrypts = body
-        .lines()
-        .find_map(|l| l.strip_prefix("kms_requests_total{rpc=\"Encrypt\",outcome=\"success\"} "))
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("{body}"));
-    assert!(encrypts > 0);
-    assert!(body.contains("kms_request_duration_seconds_bucket{rpc=\"Decrypt\",le=\"+Inf\"}"));
-    assert!(body.contains("kms_hsm_calls_total{operation=\"hmac\"}"));
+    // The metrics endpoint counted the requests, with latency histograms; the exposition
+    // parses as Prometheus text.
+    let exposition = crate::metrics::scrape(&metrics);
+    let encrypts = exposition
+        .value(
+            "kms_requests_total",
+            &[("rpc", "Encrypt"), ("outcome", "success")],
+        )
+        .unwrap_or(0.0);
+    assert!(encrypts > 0.0, "no Encrypt counted");
     assert!(
-        !body.contains("key_id"),
+        exposition
+            .histogram("kms_request_duration_seconds", &[("rpc", "Decrypt")])
+            .is_some(),
+        "no Decrypt latency histogram"
+    );
+    assert!(
+        exposition
+            .value("kms_hsm_calls_total", &[("operation", "hmac")])
+            .is_some_and(|n| n > 0.0),
+        "no HSM derivation counted"
+    );
+    assert!(
+        exposition.labels().all(|(name, _)| name != "key_id"),
         "metrics name RPCs and operations, never keys"
     );
-}
-
-/// The metrics URL kmsd logged (started with `--metrics-listen 127.0.0.1:0`).
-fn metrics_url(kmsd: &Kmsd) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(url) = kmsd.log().lines().find_map(|l| {
-            l.split("metrics at ")
-                .nth(1)?
-                .split_whitespace()
-                .next()
-                .map(str::to_owned)
-        }) {
-            return url;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no metrics line:\n{}",
-            kmsd.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The HTTP status of a GET of `url`.
@@ -130,12 +120,6 @@ fn http_status(url: &str) -> String {
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url])
         .output()
         .unwrap();
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn curl(url: &str) -> String {
-    let out = Command::new("curl").args(["-sf", url]).output().unwrap();
-    assert!(out.status.success(), "curl {url}");
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -200,7 +184,7 @@ async fn health_follows_the_hsm_away_and_back_without_a_restart() {
     let mut args = env.kmsd_args();
     args.extend(["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()]);
     let kmsd = env.start_with(&args, &[]).unwrap();
-    let readyz = metrics_url(&kmsd).replace("/metrics", "/readyz");
+    let readyz = kmsd.metrics_url().replace("/metrics", "/readyz");
     let mut c = kmsd.client().await;
     let key = c.create_key("through an outage").await.unwrap().key_id;
     let before = c

@@ -17,8 +17,10 @@ mod custody;
 mod durability;
 mod import;
 mod interop;
+mod metrics;
 mod production;
 mod rotation;
+mod shutdown;
 mod tags;
 
 use kms_client::ClientError;

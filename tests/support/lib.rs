@@ -14,7 +14,7 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kms_client::{ClientTls, KmsClient};
@@ -399,10 +399,53 @@ impl Kmsd {
 
     /// SIGTERM, then waits for the exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
+        self.sigterm();
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+
+    /// Sends SIGTERM and returns at once, while kmsd drains; see [`Kmsd::wait_exit`].
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -TERM failed");
-        self.child.wait().is_ok_and(|s| s.success())
+    }
+
+    /// Waits up to `limit` for kmsd to exit: its exit status, or `None` if it still runs.
+    /// Blocks the thread (in an async test, call it inside `block_in_place`).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => return None,
+                Err(e) => panic!("wait for kmsd: {e}"),
+            }
+        }
+    }
+
+    /// The URL of the metrics endpoint (kmsd started with `--metrics-listen`), from its log.
+    pub fn metrics_url(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(url) = self.log().lines().find_map(|l| {
+                l.split("metrics at ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            }) {
+                return url;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metrics line in kmsd's log (was it started with --metrics-listen?):\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Runs kmsctl against this kmsd with `args` and `stdin`.
