@@ -522,6 +522,23 @@ fn read_pin_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
 mod tests {
     use super::*;
 
+    /// The required settings, without `--dev`.
+    const REQUIRED: [&str; 6] = [
+        "--data-dir",
+        "/d",
+        "--pkcs11-module",
+        "/m.so",
+        "--token-label",
+        "t",
+    ];
+
+    /// Loads `base` then `extra` as flags; the error as text.
+    fn load(base: &[&str], extra: &[&str]) -> Result<Config, String> {
+        let mut argv = base.to_vec();
+        argv.extend_from_slice(extra);
+        Config::load(args(&argv)).map_err(|e| e.to_string())
+    }
+
     fn args(extra: &[&str]) -> Args {
         let mut argv = vec!["kmsd"];
         argv.extend_from_slice(extra);
@@ -561,41 +578,19 @@ mod tests {
 
     #[test]
     fn dev_serves_only_loopback_addresses() {
-        let base = [
-            "--dev",
-            "--data-dir",
-            "/d",
-            "--pkcs11-module",
-            "/m.so",
-            "--token-label",
-            "t",
-        ];
         for (address, ok) in [
             ("127.0.0.1:1", true),
             ("[::1]:1", true),
             ("0.0.0.0:1", false),
         ] {
-            let mut argv = base.to_vec();
-            argv.extend(["--listen", address]);
-            assert_eq!(Config::load(args(&argv)).is_ok(), ok, "{address}");
+            let loaded = load(&REQUIRED, &["--dev", "--listen", address]);
+            assert_eq!(loaded.is_ok(), ok, "{address}");
         }
     }
 
     #[test]
     fn without_dev_tls_is_required_and_complete() {
-        let base = [
-            "--data-dir",
-            "/d",
-            "--pkcs11-module",
-            "/m.so",
-            "--token-label",
-            "t",
-        ];
-        let load = |extra: &[&str]| {
-            let mut argv = base.to_vec();
-            argv.extend_from_slice(extra);
-            Config::load(args(&argv)).map_err(|e| e.to_string())
-        };
+        let load = |extra: &[&str]| load(&REQUIRED, extra);
         assert!(load(&[]).is_err_and(|e| e.contains("needs mutual TLS")));
         assert!(
             load(&["--tls-cert", "c", "--tls-key", "k"])
@@ -680,19 +675,10 @@ mod tests {
 
     #[test]
     fn limits_have_defaults_and_refuse_bad_values() {
-        let base = [
-            "--dev",
-            "--data-dir",
-            "/d",
-            "--pkcs11-module",
-            "/m.so",
-            "--token-label",
-            "t",
-        ];
         let load = |extra: &[&str]| {
-            let mut argv = base.to_vec();
+            let mut argv = vec!["--dev"];
             argv.extend_from_slice(extra);
-            Config::load(args(&argv)).map_err(|e| e.to_string())
+            load(&REQUIRED, &argv)
         };
         let defaults = load(&[]).map(|c| (c.limits, c.drain_timeout, c.log_format));
         assert_eq!(
