@@ -435,15 +435,18 @@ fn limits(
     per_second: Option<u32>,
     burst: Option<u32>,
 ) -> Result<Limits, ConfigError> {
-    let request_timeout =
-        duration_setting("request-timeout", request_timeout, Duration::from_secs(30))?;
-    let max_concurrent = max_concurrent.unwrap_or(512);
+    let request_timeout = duration_setting(
+        "request-timeout",
+        request_timeout,
+        Limits::DEFAULT_REQUEST_TIMEOUT,
+    )?;
+    let max_concurrent = max_concurrent.unwrap_or(Limits::DEFAULT_MAX_CONCURRENT);
     if !(1..=65_536).contains(&max_concurrent) {
         return Err(ConfigError::Invalid(format!(
             "max-concurrent-requests must be 1 to 65536, got {max_concurrent}"
         )));
     }
-    let per_second = per_second.unwrap_or(5000);
+    let per_second = per_second.unwrap_or(Limits::DEFAULT_PER_CALLER);
     let per_caller = match (per_second, burst) {
         (0, Some(_)) => {
             return Err(ConfigError::Invalid(
@@ -680,6 +683,7 @@ mod tests {
             argv.extend_from_slice(extra);
             load(&REQUIRED, &argv)
         };
+        assert_eq!(load(&[]).map(|c| c.limits), Ok(Limits::default()));
         let defaults = load(&[]).map(|c| (c.limits, c.drain_timeout, c.log_format));
         assert_eq!(
             defaults,

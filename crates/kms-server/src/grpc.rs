@@ -48,11 +48,7 @@ impl KmsGrpc {
             auth,
             audit,
             metrics: None,
-            admission: Arc::new(Admission::new(Limits {
-                max_concurrent: 512,
-                per_caller: None,
-                request_timeout: std::time::Duration::from_secs(30),
-            })),
+            admission: Arc::new(Admission::new(Limits::default())),
         }
     }
 

@@ -30,6 +30,31 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
+impl Limits {
+    /// The default most requests running at once.
+    pub const DEFAULT_MAX_CONCURRENT: usize = 512;
+    /// The default requests a second per caller (its burst is twice that).
+    pub const DEFAULT_PER_CALLER: u32 = 5000;
+    /// The default request timeout.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
+impl Default for Limits {
+    /// kmsd's defaults: 512 requests at once, 5000 a second per caller in bursts of 10000,
+    /// and a 30 s timeout.
+    fn default() -> Self {
+        let per_second = f64::from(Limits::DEFAULT_PER_CALLER);
+        Limits {
+            max_concurrent: Limits::DEFAULT_MAX_CONCURRENT,
+            per_caller: Some(Rate {
+                per_second,
+                burst: 2.0 * per_second,
+            }),
+            request_timeout: Limits::DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
 /// Buckets are swept when there are more than this many: a caller whose bucket has refilled
 /// is forgotten, since a full bucket is what a new caller gets anyway.
 const SWEEP_ABOVE: usize = 4096;

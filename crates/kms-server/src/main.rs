@@ -265,6 +265,12 @@ fn run(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A count as a gauge's value.
+#[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+fn count(n: usize) -> f64 {
+    n as f64
+}
+
 /// The keys by state, and when they were counted.
 type KeyCounts = (std::time::Instant, Vec<(&'static str, usize)>);
 
@@ -278,8 +284,6 @@ fn add_gauges(
     let hsm = Arc::clone(hsm);
     metrics.add_gauges(Box::new(move || {
         let sessions = hsm.session_stats();
-        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-        let value = |n: usize| n as f64;
         vec![
             Gauge {
                 name: "kms_hsm_connected",
@@ -290,21 +294,20 @@ fn add_gauges(
                 name: "kms_hsm_sessions",
                 help: "HSM sessions of the pool: open, and lent to a call now.",
                 samples: vec![
-                    (Some(("state", "open")), value(sessions.open)),
-                    (Some(("state", "in_use")), value(sessions.in_use)),
+                    (Some(("state", "open")), count(sessions.open)),
+                    (Some(("state", "in_use")), count(sessions.in_use)),
                 ],
             },
             Gauge {
                 name: "kms_hsm_sessions_max",
                 help: "The most HSM sessions the pool opens (--hsm-max-sessions).",
-                samples: vec![(None, value(sessions.max))],
+                samples: vec![(None, count(sessions.max))],
             },
         ]
     }));
     let admission = Arc::clone(admission);
     metrics.add_gauges(Box::new(move || {
-        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-        let running = admission.running() as f64;
+        let running = count(admission.running());
         vec![Gauge {
             name: "kms_requests_in_flight",
             help: "Requests running now (--max-concurrent-requests is the limit).",
@@ -331,10 +334,9 @@ fn add_gauges(
         let Some((_, counts)) = cache.as_ref() else {
             return Vec::new();
         };
-        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
         let samples = counts
             .iter()
-            .map(|(state, count)| (Some(("state", *state)), *count as f64))
+            .map(|(state, n)| (Some(("state", *state)), count(*n)))
             .collect();
         vec![Gauge {
             name: "kms_keys",
