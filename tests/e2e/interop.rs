@@ -16,7 +16,7 @@ fn a_python_client_generated_from_the_proto_gets_the_documented_codes() {
     } else {
         "python3"
     };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/python_client.py");
+    let script = kms_e2e::tests_dir().join("interop/python_client.py");
     let out = Command::new(python)
         .arg(&script)
         .arg(&kmsd.endpoint)

@@ -58,7 +58,7 @@ fn python_ops(args: &[&str]) -> Option<String> {
     } else {
         "python3"
     };
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/public_key_ops.py");
+    let script = kms_e2e::tests_dir().join("interop/public_key_ops.py");
     let out = std::process::Command::new(python)
         .arg(&script)
         .args(args)

@@ -23,8 +23,16 @@ use tempfile::TempDir;
 /// The token label every test environment uses.
 pub const TOKEN_LABEL: &str = "kms-e2e";
 
+/// The `tests/` dir of the checkout under test. Read at run time (`cargo test` sets
+/// `CARGO_MANIFEST_DIR`): checkouts that share a target dir share test binaries too, and a
+/// path compiled in could be another checkout's, or one deleted since.
+pub fn tests_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    tests_dir()
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()

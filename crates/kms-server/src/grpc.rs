@@ -19,7 +19,7 @@ use kms_proto::v1::key_management_service_server::{
 };
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
-use tracing::{Instrument as _, debug, error};
+use tracing::{debug, error};
 
 use crate::auth::Authenticator;
 use crate::convert;
@@ -75,12 +75,12 @@ impl KmsGrpc {
     }
 
     /// Runs one RPC named `operation`: authenticates the caller, admits the request (or
-    /// refuses it with ThrottlingException, unaudited: it did nothing), then runs the rest in
-    /// a task of its own, so that a caller who hangs up or a timeout never stops a request
-    /// halfway or leaves it unaudited: `body` (conversion and the core) on a blocking thread,
-    /// as HSM and store calls must not block the async workers, then the durable audit
-    /// record. The caller gets the answer, with its request id, or DependencyTimeoutException
-    /// once the request timeout has passed.
+    /// refuses it with ThrottlingException, unaudited: it did nothing), then runs the rest on
+    /// one blocking thread, as HSM, store and audit log calls must not block the async workers:
+    /// `body` (conversion and the core), then the audit record's commit. A blocking task runs
+    /// to its end, so a caller who hangs up or a timeout never stops a request halfway or
+    /// leaves it unaudited. The caller gets the answer, with its request id, once the record is
+    /// durable, or DependencyTimeoutException once the request timeout has passed.
     async fn call<Req, Resp>(
         &self,
         operation: &'static str,
@@ -122,14 +122,21 @@ impl KmsGrpc {
                     request_id: request_id.clone(),
                     peer: peer.map(|a| a.to_string()),
                 };
-                let task = tokio::spawn(
-                    run.execute(caller, request.into_inner(), body, admitted)
-                        .instrument(span.clone()),
-                );
+                let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+                let run_span = span.clone();
+                let req = request.into_inner();
+                // A blocking task runs to its end even when nobody awaits it any more.
+                drop(tokio::task::spawn_blocking(move || {
+                    let _entered = run_span.enter();
+                    run.execute(caller, req, body, admitted, answer_tx);
+                }));
                 let timeout = self.admission.limits().request_timeout;
-                match tokio::time::timeout(timeout, task).await {
+                match tokio::time::timeout(timeout, answer_rx).await {
                     Ok(Ok(answer)) => answer,
-                    Ok(Err(e)) => Err(KmsError::Internal(Box::new(e))),
+                    Ok(Err(_)) => Err(KmsError::Internal(
+                        "the request's task stopped without an answer (kmsd is shutting down)"
+                            .into(),
+                    )),
                     Err(_) => Err(KmsError::TimedOut(format!(
                         "the request did not finish within the server's request timeout of \
                          {timeout:?}; it may still complete, and its audit record says how"
@@ -169,41 +176,35 @@ struct Run {
 }
 
 impl Run {
-    /// Runs `body` for an authenticated caller on a blocking thread, audits the outcome (also
-    /// of a failed authentication) and waits until the record is durable. A request whose
-    /// record cannot be written fails, whatever the core did.
-    async fn execute<Req, Resp>(
+    /// Runs on a blocking thread: `body` for an authenticated caller, then the audit record of
+    /// the outcome (also of a failed authentication). Sends the answer once the record is
+    /// durable, from whichever thread committed it (this one, when no commit was running). A
+    /// request whose record cannot be written fails, whatever the core did.
+    fn execute<Req, Resp>(
         self,
         caller: Result<Caller, KmsError>,
         req: Req,
-        body: impl FnOnce(&Kms, &Caller, Req) -> Result<Resp, KmsError> + Send + 'static,
+        body: impl FnOnce(&Kms, &Caller, Req) -> Result<Resp, KmsError>,
         admitted: Admitted,
-    ) -> Result<Resp, KmsError>
-    where
-        Req: Send + 'static,
+        answer: tokio::sync::oneshot::Sender<Result<Resp, KmsError>>,
+    ) where
         Resp: Send + 'static,
     {
         let time_ms = now_ms();
         let (result, principal, note) = match caller {
             Err(e) => (Err(e), None, kms_core::CallNote::default()),
             Ok(caller) => {
-                let principal = caller.principal().to_owned();
-                let kms = self.kms;
-                let span = tracing::Span::current();
-                let ran = tokio::task::spawn_blocking(move || {
-                    let _entered = span.enter();
-                    let result = body(&kms, &caller, req);
-                    (result, caller.take_note())
-                })
-                .await;
-                match ran {
-                    Ok((result, note)) => (result, Some(principal), note),
-                    Err(e) => (
-                        Err(KmsError::Internal(Box::new(e))),
-                        Some(principal),
-                        kms_core::CallNote::default(),
-                    ),
-                }
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    body(&self.kms, &caller, req)
+                }));
+                let result = ran.unwrap_or_else(|_| {
+                    Err(KmsError::Internal("the request's handler panicked".into()))
+                });
+                (
+                    result,
+                    Some(caller.principal().to_owned()),
+                    caller.take_note(),
+                )
             }
         };
         // The request no longer runs in the core; waiting for the audit record does not count
@@ -229,19 +230,14 @@ impl Run {
             error: result.as_ref().err().map(|e| e.reason().to_owned()),
             policy_statement: note.policy_statement,
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
         self.audit.submit(
             event,
             Box::new(move |durable| {
-                let _ = tx.send(durable);
+                let audited = durable.map(|_| ()).map_err(KmsError::from);
+                // The caller may have hung up or timed out: nobody is left to tell.
+                let _ = answer.send(audited.and(result));
             }),
         );
-        let audited = match rx.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(KmsError::from(e)),
-            Err(e) => Err(KmsError::Internal(Box::new(e))),
-        };
-        audited.and(result)
     }
 }
 

@@ -80,8 +80,9 @@
 //!
 //! # Writing
 //!
-//! The writer commits in groups: it takes every event queued, appends them and one checkpoint
-//! signed over the new head in a single write, fsyncs, and only then acknowledges the events. So
+//! The log commits in groups, led by a submitting thread (there is no writer thread): the
+//! leader takes every event queued, appends them and one checkpoint signed over the new head in
+//! a single write, fsyncs, and only then acknowledges the events. So
 //! every acknowledged event is followed by a signed checkpoint, and a valid log ends with a
 //! checkpoint. A crash can leave a torn last line (never acknowledged); opening the log cuts it
 //! off, and if the last complete line is then an event, signs a checkpoint over it at once.
@@ -301,7 +302,8 @@ pub enum AuditError {
     /// sync, every later record fails too.
     #[error("the audit record could not be committed")]
     Failed(#[source] Arc<AuditError>),
-    /// The writer thread is gone (a completion callback panicked).
+    /// The commit that held the record stopped before reporting on it (a completion
+    /// callback panicked).
     #[error("the audit writer has stopped")]
     Closed,
 }

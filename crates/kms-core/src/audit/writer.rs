@@ -1,12 +1,12 @@
-//! [`AuditLog`]: opens the file, recovers its tail, and runs the group-commit writer thread.
+//! [`AuditLog`]: opens the file, recovers its tail, and appends in group commits.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
@@ -29,16 +29,29 @@ struct Job {
     done: Done,
 }
 
-/// An open audit log: a file and the writer thread that appends to it.
+/// The events waiting for a commit, and whether a thread is committing.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    leading: bool,
+}
+
+/// An open audit log: a file, appended to in group commits by the threads that submit events.
 ///
-/// Share it (`Arc<AuditLog>`) among request handlers; [`AuditLog::submit`] never blocks on I/O.
-/// Once a write, sync or signature fails, the log is failed: every event queued or submitted
-/// afterwards gets [`AuditError::Failed`], so the service fails closed.
+/// Share it (`Arc<AuditLog>`) among request handlers. There is no writer thread: the first
+/// thread to submit while no commit is running leads. It commits every queued event in one
+/// batch, then keeps committing what was queued meanwhile until the queue is empty; events
+/// submitted during a commit join the next batch, and their threads return at once. So a lone
+/// caller pays no thread hand-off, and concurrent callers share one write, sync and signature.
+///
+/// Once a write or sync fails, the log is failed: every event queued or submitted afterwards
+/// gets [`AuditError::Failed`], so the service fails closed.
 pub struct AuditLog {
     path: PathBuf,
-    sender: Option<Sender<Job>>,
-    writer: Option<JoinHandle<()>>,
-    failure: Arc<OnceLock<Arc<AuditError>>>,
+    queue: Mutex<Queue>,
+    /// Locked only by the leading thread.
+    writer: Mutex<Writer>,
+    failure: OnceLock<Arc<AuditError>>,
 }
 
 impl fmt::Debug for AuditLog {
@@ -51,8 +64,7 @@ impl fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating if absent, mode 0600 on unix) the log at `path` and starts its writer
-    /// thread.
+    /// Opens (creating if absent, mode 0600 on unix) the log at `path`.
     ///
     /// Recovers the tail: a last line without '\n' was torn by a crash and never acknowledged;
     /// it is truncated, with a warning. The last complete line gives the next seq and prev
@@ -79,7 +91,7 @@ impl AuditLog {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let existed = path.exists();
-        let mut file = options.open(path).map_err(io_error("opening"))?;
+        let file = options.open(path).map_err(io_error("opening"))?;
         if !existed {
             sync_parent_dir(path).map_err(io_error("syncing the directory of"))?;
         }
@@ -95,28 +107,17 @@ impl AuditLog {
             Recovery::Io(what, source) => io_error(what)(source),
             Recovery::Audit(e) => e,
         })?;
-
-        let (sender, receiver) = mpsc::channel();
-        let failure = Arc::new(OnceLock::new());
-        let thread_failure = Arc::clone(&failure);
-        let thread_path = path.to_owned();
-        let writer = std::thread::Builder::new()
-            .name("kms-audit".to_owned())
-            .spawn(move || {
-                let mut state = Writer {
-                    path: thread_path,
-                    tail,
-                    log_id,
-                    signer,
-                };
-                state.run(&mut file, &receiver, &thread_failure);
-            })
-            .map_err(io_error("starting the writer thread of"))?;
         Ok(AuditLog {
             path: path.to_owned(),
-            sender: Some(sender),
-            writer: Some(writer),
-            failure,
+            queue: Mutex::new(Queue::default()),
+            writer: Mutex::new(Writer {
+                path: path.to_owned(),
+                file,
+                tail,
+                log_id,
+                signer,
+            }),
+            failure: OnceLock::new(),
         })
     }
 
@@ -131,23 +132,26 @@ impl AuditLog {
         self.failure.get().is_some()
     }
 
-    /// Queues the event. `done` runs on the writer thread once the event is durable and covered
-    /// by a signed checkpoint (`Ok(seq)`), or with the error that stopped it. If the log has
-    /// already failed, `done` runs at once, on the caller's thread, with [`AuditError::Failed`].
-    /// Never blocks on I/O; `done` should not block either (it holds up the next batch).
+    /// Queues the event and returns, unless no commit is running: then this thread commits it,
+    /// and whatever others queue meanwhile, before returning. `done` runs on the committing
+    /// thread once the event is durable and covered by a signed checkpoint (`Ok(seq)`), or with
+    /// the error that stopped it; if the log has already failed, at once, with
+    /// [`AuditError::Failed`]. So call it where blocking on a write and a sync is fine (not on
+    /// an async worker), and keep `done` short: it holds up the next batch.
     pub fn submit(&self, event: AuditEvent, done: Box<dyn FnOnce(Result<u64, AuditError>) + Send>) {
         if let Some(cause) = self.failure.get() {
             done(Err(AuditError::Failed(Arc::clone(cause))));
             return;
         }
-        let Some(sender) = &self.sender else {
-            done(Err(AuditError::Closed));
-            return;
-        };
-        if let Err(mpsc::SendError(job)) = sender.send(Job { event, done }) {
-            // The writer thread is gone: it only returns early when a callback panicked.
-            (job.done)(Err(self.stopped_error()));
+        {
+            let mut queue = self.lock_queue();
+            queue.jobs.push_back(Job { event, done });
+            if queue.leading {
+                return;
+            }
+            queue.leading = true;
         }
+        self.lead();
     }
 
     /// Submits the event and waits until it is durable: the blocking form of
@@ -166,28 +170,36 @@ impl AuditLog {
             .unwrap_or_else(|_| Err(self.stopped_error()))
     }
 
-    /// Stops the writer once the events queued so far are durable. Returns the failure that
-    /// stopped the log, if one did.
-    pub fn close(mut self) -> Result<(), AuditError> {
-        self.shut_down()
+    /// Closes the log. Every event submitted so far is already durable (a submit returns only
+    /// once its event is committed or queued behind a running commit, and nobody can close the
+    /// log while another thread uses it). Returns the failure that stopped the log, if one did.
+    pub fn close(self) -> Result<(), AuditError> {
+        match self.failure.get() {
+            Some(cause) => Err(AuditError::Failed(Arc::clone(cause))),
+            None => Ok(()),
+        }
     }
 
-    fn shut_down(&mut self) -> Result<(), AuditError> {
-        // Dropping the sender lets the writer drain the queue and return.
-        self.sender = None;
-        let joined = match self.writer.take() {
-            // Dropped by a completion callback on the writer thread itself: it cannot wait for
-            // itself, and returns once the callback does.
-            Some(writer) if writer.thread().id() == std::thread::current().id() => None,
-            writer => writer.map(JoinHandle::join),
-        };
-        if let Some(cause) = self.failure.get() {
-            return Err(AuditError::Failed(Arc::clone(cause)));
+    /// Commits batches until the queue is empty, then steps down.
+    fn lead(&self) {
+        let _step_down = StepDown(&self.queue);
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let batch: Vec<Job> = {
+                let mut queue = self.lock_queue();
+                if queue.jobs.is_empty() {
+                    queue.leading = false;
+                    return;
+                }
+                let n = queue.jobs.len().min(MAX_BATCH);
+                queue.jobs.drain(..n).collect()
+            };
+            writer.commit(batch, &self.failure);
         }
-        match joined {
-            Some(Err(_)) => Err(AuditError::Closed),
-            _ => Ok(()),
-        }
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn stopped_error(&self) -> AuditError {
@@ -197,11 +209,19 @@ impl AuditLog {
     }
 }
 
-impl Drop for AuditLog {
-    /// Stops the writer as [`AuditLog::close`] does; a failure was already reported to the
-    /// events it concerned.
+/// Hands leadership back if a completion callback panics in the middle of a commit, so the
+/// next submitter leads and the queue does not stall. (A normal step-down happens under the
+/// queue's lock, once the queue is empty.)
+struct StepDown<'a>(&'a Mutex<Queue>);
+
+impl Drop for StepDown<'_> {
     fn drop(&mut self) {
-        let _ = self.shut_down();
+        if std::thread::panicking() {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .leading = false;
+        }
     }
 }
 
@@ -212,62 +232,54 @@ struct Tail {
     prev: [u8; 32],
 }
 
-/// The writer thread's state.
+/// The file and the chain's end: what a commit changes.
 struct Writer {
     path: PathBuf,
+    file: File,
     tail: Tail,
     log_id: [u8; 16],
     signer: Arc<dyn CheckpointSigner>,
 }
 
 impl Writer {
-    /// Commits batches until every sender is gone. A batch that cannot be encoded or signed
-    /// (the HSM failed) wrote nothing: its events fail and later batches are tried again, so
-    /// kmsd recovers when the HSM does. A failed write or sync leaves the file in an unknown
-    /// state: then every event fails, now and later.
-    fn run(
-        &mut self,
-        file: &mut File,
-        receiver: &Receiver<Job>,
-        failure: &OnceLock<Arc<AuditError>>,
-    ) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Ok(first) = receiver.recv() {
-            batch.push(first);
-            batch.extend(receiver.try_iter().take(MAX_BATCH - 1));
-            let events: Vec<&AuditEvent> = batch.iter().map(|job| &job.event).collect();
-            let (bytes, tail) = match encode_batch(
-                self.tail,
-                &events,
-                &self.log_id,
-                self.signer.as_ref(),
-            ) {
-                Ok(encoded) => encoded,
-                Err(error) => {
-                    tracing::error!(error = %error,
-                            "an audit batch could not be signed; its calls fail, later ones are tried again");
-                    let cause = Arc::new(error);
-                    for job in batch.drain(..) {
-                        (job.done)(Err(AuditError::Failed(Arc::clone(&cause))));
-                    }
-                    continue;
-                }
-            };
-            if let Err(error) = write_durably(file, &bytes, &self.path) {
-                tracing::error!(error = %error, "the audit log failed; refusing every further event");
+    /// Commits one batch and runs its callbacks. A batch that cannot be encoded or signed (the
+    /// HSM failed) writes nothing: its events fail and later batches are tried again, so kmsd
+    /// recovers when the HSM does. A failed write or sync leaves the file in an unknown state:
+    /// then `failure` is set and every event fails, now and later.
+    fn commit(&mut self, batch: Vec<Job>, failure: &OnceLock<Arc<AuditError>>) {
+        if let Some(cause) = failure.get() {
+            for job in batch {
+                (job.done)(Err(AuditError::Failed(Arc::clone(cause))));
+            }
+            return;
+        }
+        let events: Vec<&AuditEvent> = batch.iter().map(|job| &job.event).collect();
+        let encoded = encode_batch(self.tail, &events, &self.log_id, self.signer.as_ref());
+        let (bytes, tail) = match encoded {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                tracing::error!(error = %error,
+                    "an audit batch could not be signed; its calls fail, later ones are tried again");
                 let cause = Arc::new(error);
-                // Only this thread sets it, once.
-                let _ = failure.set(Arc::clone(&cause));
-                for job in batch.drain(..).chain(receiver.iter()) {
+                for job in batch {
                     (job.done)(Err(AuditError::Failed(Arc::clone(&cause))));
                 }
                 return;
             }
-            let first_seq = self.tail.seq;
-            self.tail = tail;
-            for (seq, job) in (first_seq + 1..).zip(batch.drain(..)) {
-                (job.done)(Ok(seq));
+        };
+        if let Err(error) = write_durably(&mut self.file, &bytes, &self.path) {
+            tracing::error!(error = %error, "the audit log failed; refusing every further event");
+            // Only the leader sets it, so this is the first and only time.
+            let cause = Arc::clone(failure.get_or_init(|| Arc::new(error)));
+            for job in batch {
+                (job.done)(Err(AuditError::Failed(Arc::clone(&cause))));
             }
+            return;
+        }
+        let first_seq = self.tail.seq;
+        self.tail = tail;
+        for (seq, job) in (first_seq + 1..).zip(batch) {
+            (job.done)(Ok(seq));
         }
     }
 }
@@ -643,6 +655,48 @@ pub(crate) mod tests {
         assert_eq!(report.records, 50);
         assert!(report.checkpoints >= 1 && report.checkpoints <= 50);
         assert_eq!(report.last_seq, 50 + report.checkpoints);
+    }
+
+    #[test]
+    fn audit_a_lone_submit_commits_on_the_callers_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let signer = Arc::new(SoftCheckpointSigner::new());
+        let log = open(&path, &signer);
+        let done_on = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&done_on);
+        log.submit(
+            event(0),
+            Box::new(move |r| {
+                *slot.lock().unwrap() = Some((r.unwrap(), std::thread::current().id()));
+            }),
+        );
+        // No hand-off to another thread: when submit returns, the record is on disk.
+        assert_eq!(
+            *done_on.lock().unwrap(),
+            Some((1, std::thread::current().id()))
+        );
+        let report = verify(&std::fs::read(&path).unwrap(), &signer.public_key()).unwrap();
+        assert_eq!((report.records, report.checkpoints), (1, 1));
+    }
+
+    #[test]
+    fn audit_a_panicking_callback_does_not_stall_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let signer = Arc::new(SoftCheckpointSigner::new());
+        let log = Arc::new(open(&path, &signer));
+        let panicking = Arc::clone(&log);
+        let joined = std::thread::spawn(move || {
+            panicking.submit(event(0), Box::new(|_| panic!("a callback panicked")));
+        })
+        .join();
+        assert!(joined.is_err());
+        // The leader stepped down: the next submitter leads, after the committed record.
+        let (sender, receiver) = mpsc::channel();
+        log.submit(event(1), Box::new(move |r| sender.send(r).unwrap()));
+        let seq = receiver.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(seq.unwrap().unwrap(), 3);
     }
 
     #[test]
