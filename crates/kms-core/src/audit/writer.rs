@@ -248,9 +248,7 @@ impl Writer {
     /// then `failure` is set and every event fails, now and later.
     fn commit(&mut self, batch: Vec<Job>, failure: &OnceLock<Arc<AuditError>>) {
         if let Some(cause) = failure.get() {
-            for job in batch {
-                (job.done)(Err(AuditError::Failed(Arc::clone(cause))));
-            }
+            fail(batch, cause);
             return;
         }
         let events: Vec<&AuditEvent> = batch.iter().map(|job| &job.event).collect();
@@ -260,20 +258,14 @@ impl Writer {
             Err(error) => {
                 tracing::error!(error = %error,
                     "an audit batch could not be signed; its calls fail, later ones are tried again");
-                let cause = Arc::new(error);
-                for job in batch {
-                    (job.done)(Err(AuditError::Failed(Arc::clone(&cause))));
-                }
+                fail(batch, &Arc::new(error));
                 return;
             }
         };
         if let Err(error) = write_durably(&mut self.file, &bytes, &self.path) {
             tracing::error!(error = %error, "the audit log failed; refusing every further event");
             // Only the leader sets it, so this is the first and only time.
-            let cause = Arc::clone(failure.get_or_init(|| Arc::new(error)));
-            for job in batch {
-                (job.done)(Err(AuditError::Failed(Arc::clone(&cause))));
-            }
+            fail(batch, failure.get_or_init(|| Arc::new(error)));
             return;
         }
         let first_seq = self.tail.seq;
@@ -281,6 +273,13 @@ impl Writer {
         for (seq, job) in (first_seq + 1..).zip(batch) {
             (job.done)(Ok(seq));
         }
+    }
+}
+
+/// Tells every event of `batch` that it was not committed, because of `cause`.
+fn fail(batch: Vec<Job>, cause: &Arc<AuditError>) {
+    for job in batch {
+        (job.done)(Err(AuditError::Failed(Arc::clone(cause))));
     }
 }
 
