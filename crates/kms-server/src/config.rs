@@ -133,10 +133,7 @@ pub struct RawConfig {
 impl RawConfig {
     /// Reads and parses the TOML file at `path`.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_text(path)?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.message().to_owned(),
@@ -504,11 +501,16 @@ fn parse_duration(text: &str) -> Option<Duration> {
     }
 }
 
-fn read_server_policy(path: &Path) -> Result<KeyPolicy, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// The text of a configuration file (the TOML file, the server policy).
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    })
+}
+
+fn read_server_policy(path: &Path) -> Result<KeyPolicy, ConfigError> {
+    let text = read_text(path)?;
     KeyPolicy::parse_server(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
         message: e.to_string(),
