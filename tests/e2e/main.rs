@@ -15,6 +15,7 @@ mod cli;
 mod cli_keys;
 mod custody;
 mod durability;
+mod hardening;
 mod import;
 mod interop;
 mod metrics;
@@ -22,6 +23,7 @@ mod production;
 mod rotation;
 mod shutdown;
 mod tags;
+mod tls;
 
 use kms_client::ClientError;
 use tonic::Code;

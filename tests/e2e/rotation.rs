@@ -264,7 +264,9 @@ async fn a_key_scheduled_for_deletion_is_gone_after_its_date() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_deletions_leaves_nothing_behind_after_restart() {
     let env = TestEnv::new();
-    let kmsd = env.start();
+    let kmsd = env
+        .start_with(&env.bulk_key_args(), &[])
+        .unwrap_or_else(|log| panic!("kmsd did not start:\n{log}"));
     let mut c = kmsd.client().await;
     let kept = c.create_key("kept").await.unwrap().key_id;
     let mut doomed = Vec::new();

@@ -158,7 +158,9 @@ async fn work(
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_loses_no_acknowledged_request() {
     let env = TestEnv::new();
-    let mut kmsd = env.start();
+    let mut kmsd = env
+        .start_with(&env.bulk_key_args(), &[])
+        .unwrap_or_else(|log| panic!("kmsd did not start:\n{log}"));
     let key = kmsd
         .client()
         .await

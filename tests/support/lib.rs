@@ -158,6 +158,22 @@ impl TestEnv {
         args
     }
 
+    /// [`TestEnv::kmsd_args`] without the limits on key-generating calls, for tests that
+    /// create keys in bulk.
+    pub fn bulk_key_args(&self) -> Vec<String> {
+        let mut args = self.kmsd_args();
+        args.extend(
+            [
+                "--key-generation-rate-per-principal",
+                "0",
+                "--max-concurrent-key-generations",
+                "64",
+            ]
+            .map(str::to_owned),
+        );
+        args
+    }
+
     /// The flags for kmsd with mutual TLS from `pki`, administrators `admins`.
     pub fn tls_args(&self, pki: &Pki, admins: &[&str]) -> Vec<String> {
         let mut args = self.base_args();
@@ -380,6 +396,11 @@ impl Kmsd {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The gRPC endpoint, e.g. `https://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// A connected client.
     pub async fn client(&self) -> KmsClient {
         KmsClient::connect(&self.endpoint)
@@ -397,6 +418,11 @@ impl Kmsd {
     /// The audit log in `data_dir`, and its public key.
     pub fn audit_files(data_dir: &Path) -> (PathBuf, PathBuf) {
         (data_dir.join("audit.log"), data_dir.join("audit.pub.pem"))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `kill -9`.

@@ -19,10 +19,19 @@ pub enum AuditCommand {
     Verify {
         #[command(flatten)]
         log: LogArg,
-        /// The audit public key (PEM) kmsd wrote at its first start, kept where the log's
-        /// writers cannot change it.
+        /// The audit public key (PEM): a copy made at install and kept off the log's host.
+        /// kmsd rewrites `audit.pub.pem` beside the log at every start, so that file proves
+        /// nothing to a verifier; check the fingerprint printed here against the one you
+        /// pinned.
         #[arg(long, value_name = "FILE")]
         public_key: PathBuf,
+        /// Fail unless the log's checkpoints carry this log id (32 hex digits).
+        #[arg(long, value_name = "HEX")]
+        expect_log_id: Option<String>,
+        /// Fail unless the log reaches this sequence number: the last one you recorded, so a
+        /// log cut back at a batch boundary is caught.
+        #[arg(long, value_name = "SEQ")]
+        min_seq: Option<u64>,
     },
     /// The last records.
     Tail {
@@ -62,17 +71,80 @@ pub struct LogArg {
     path: PathBuf,
 }
 
+/// The SHA-256 of the key's DER SubjectPublicKeyInfo, in hex: what an operator pins.
+fn fingerprint(key: &p256::PublicKey) -> anyhow::Result<String> {
+    use p256::pkcs8::EncodePublicKey as _;
+    use sha2::Digest as _;
+    let der = key
+        .to_public_key_der()
+        .context("cannot encode the public key")?;
+    Ok(hex::encode(sha2::Sha256::digest(der.as_bytes())))
+}
+
+fn parse_log_id(text: &str) -> anyhow::Result<[u8; 16]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .with_context(|| format!("--expect-log-id {text:?} is not 32 hex digits"))
+}
+
+/// Fails, as a verification failure of the last line, when the log is not the expected one
+/// or ends before `min_seq`.
+fn check_expectations(
+    report: &audit::VerifyReport,
+    log_id: Option<[u8; 16]>,
+    min_seq: Option<u64>,
+) -> Result<(), audit::VerifyFailure> {
+    let last_line = usize::try_from(report.last_seq).unwrap_or(usize::MAX);
+    if let Some(expected) = log_id
+        && report.log_id != Some(expected)
+    {
+        return Err(audit::VerifyFailure {
+            line: last_line,
+            message: format!(
+                "the log id is {}, not the expected {}: this is another log",
+                report.log_id.map_or_else(|| "none".to_owned(), hex::encode),
+                hex::encode(expected)
+            ),
+        });
+    }
+    if let Some(min_seq) = min_seq
+        && report.last_seq < min_seq
+    {
+        return Err(audit::VerifyFailure {
+            line: last_line,
+            message: format!(
+                "the log ends at sequence number {}, before the expected {min_seq}: it was cut \
+                 back or replaced",
+                report.last_seq
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Runs an audit subcommand.
 pub fn run(format: Format, command: &AuditCommand) -> anyhow::Result<()> {
     match command {
-        AuditCommand::Verify { log, public_key } => {
+        AuditCommand::Verify {
+            log,
+            public_key,
+            expect_log_id,
+            min_seq,
+        } => {
             let pem = std::fs::read_to_string(public_key)
                 .with_context(|| format!("cannot read {}", public_key.display()))?;
             let key = p256::PublicKey::from_public_key_pem(&pem)
                 .with_context(|| format!("{} is not a P-256 public key", public_key.display()))?;
+            let fingerprint = fingerprint(&key)?;
+            let expected_log_id = expect_log_id.as_deref().map(parse_log_id).transpose()?;
             let bytes = read(&log.path)?;
-            match audit::verify(&bytes, &key) {
+            let verified = audit::verify(&bytes, &key).and_then(|report| {
+                check_expectations(&report, expected_log_id, *min_seq).map(|()| report)
+            });
+            match verified {
                 Ok(report) => {
+                    let log_id = report.log_id.map(hex::encode);
                     match format {
                         Format::Json => println!(
                             "{}",
@@ -81,11 +153,18 @@ pub fn run(format: Format, command: &AuditCommand) -> anyhow::Result<()> {
                                 "records": report.records,
                                 "checkpoints": report.checkpoints,
                                 "last_seq": report.last_seq,
+                                "log_id": log_id,
+                                "public_key_sha256": fingerprint,
                             })
                         ),
                         Format::Text => println!(
-                            "verified: {} records, {} checkpoints, last sequence number {}",
-                            report.records, report.checkpoints, report.last_seq
+                            "verified: {} records, {} checkpoints, last sequence number {}, log \
+                             id {}\npublic key SHA-256 {fingerprint}: check it against the \
+                             fingerprint you pinned at install",
+                            report.records,
+                            report.checkpoints,
+                            report.last_seq,
+                            log_id.as_deref().unwrap_or("none (empty log)")
                         ),
                     }
                     Ok(())

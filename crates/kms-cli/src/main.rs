@@ -163,6 +163,10 @@ enum Command {
         /// Validity of new certificates, in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Revoke the client certificate NAME.pem: writes crl.pem (what it revoked before and
+        /// NAME), for kmsd's --tls-client-crl (repeatable).
+        #[arg(long = "revoke", value_name = "NAME")]
+        revoke: Vec<String>,
     },
     /// Show a key's metadata.
     DescribeKey(KeyArg),
@@ -486,6 +490,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server_names,
             clients,
             days,
+            revoke,
         } => {
             let clients = parse_pairs("--client", &clients)?;
             let written = pki::run(&pki::Request {
@@ -493,6 +498,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 server_names: &server_names,
                 clients: &clients,
                 days,
+                revoke: &revoke,
             })?;
             for path in written {
                 println!("wrote {}", path.display());

@@ -2,7 +2,8 @@
 //!
 //! Makes (once) a CA, a server certificate for localhost, and client certificates whose
 //! principal is a URI SAN (when it has `://`, e.g. `spiffe://kms.local/app`) or else the
-//! subject CN. Not for production: the CA key sits unencrypted in the directory.
+//! subject CN; and, with `--revoke`, a CRL (`crl.pem`) for kmsd's `--tls-client-crl`. Not
+//! for production: the CA key sits unencrypted in the directory.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -10,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
 
 const CA_CN: &str = "kms dev CA";
@@ -27,6 +29,8 @@ pub struct Request<'a> {
     pub clients: &'a [(String, String)],
     /// Validity of new certificates, in days.
     pub days: u32,
+    /// Client certificates (by file name) to add to the CRL.
+    pub revoke: &'a [String],
 }
 
 /// Makes what is missing or asked for; returns the files written.
@@ -105,7 +109,75 @@ pub fn run(request: &Request<'_>) -> anyhow::Result<Vec<PathBuf>> {
             &mut written,
         )?;
     }
+    if !request.revoke.is_empty() {
+        revoke(dir, request.revoke, &issuer, request.days, &mut written)?;
+    }
     Ok(written)
+}
+
+/// Writes `crl.pem`: what it revoked before, and the client certificates `names`.
+fn revoke(
+    dir: &Path,
+    names: &[String],
+    issuer: &Issuer<'_, KeyPair>,
+    days: u32,
+    written: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    let crl_file = dir.join("crl.pem");
+    let mut serials: Vec<Vec<u8>> = Vec::new();
+    if crl_file.exists() {
+        for der in pem_blocks(&crl_file)? {
+            let (_, crl) = x509_parser::parse_x509_crl(&der)
+                .map_err(|e| anyhow::anyhow!("{} is not a CRL: {e}", crl_file.display()))?;
+            serials.extend(
+                crl.iter_revoked_certificates()
+                    .map(|r| r.raw_serial().to_vec()),
+            );
+        }
+    }
+    for name in names {
+        let file = dir.join(format!("{name}.pem"));
+        let der = pem_blocks(&file)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("{} holds no certificate", file.display()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| anyhow::anyhow!("{} is not a certificate: {e}", file.display()))?;
+        let serial = cert.raw_serial().to_vec();
+        if !serials.contains(&serial) {
+            serials.push(serial);
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let params = CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(5),
+        next_update: now + time::Duration::days(i64::from(days.max(1))),
+        crl_number: SerialNumber::from(now.unix_timestamp().unsigned_abs().to_be_bytes().to_vec()),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .into_iter()
+            .map(|serial| RevokedCertParams {
+                serial_number: SerialNumber::from(serial),
+                revocation_time: now - time::Duration::minutes(1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(issuer)?;
+    write(&crl_file, &crl.pem()?, false, written)
+}
+
+/// The DER contents of every PEM block of `path`.
+fn pem_blocks(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let text = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    x509_parser::pem::Pem::iter_from_buffer(&text)
+        .map(|pem| {
+            pem.map(|p| p.contents)
+                .map_err(|e| anyhow::anyhow!("{} is not PEM: {e}", path.display()))
+        })
+        .collect()
 }
 
 fn ca_params(days: u32) -> anyhow::Result<CertificateParams> {

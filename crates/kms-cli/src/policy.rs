@@ -42,6 +42,13 @@ pub struct SimulateArgs {
     /// The caller came without mutual TLS (kms:SecureTransport false).
     #[arg(long)]
     pub insecure_transport: bool,
+    /// The caller is one of kmsd's administrators (matches the principal "#administrators").
+    #[arg(long)]
+    pub administrator: bool,
+    /// The alias the request names (kms:AliasName), for CreateAlias, UpdateAlias and
+    /// DeleteAlias.
+    #[arg(long, value_name = "ALIAS")]
+    pub alias_name: Option<String>,
 }
 
 /// Prints the decision of `policy` for the request `args` describes.
@@ -64,6 +71,8 @@ pub fn simulate(format: Format, policy: &str, args: &SimulateArgs) -> anyhow::Re
         action,
         encryption_context: context.as_ref(),
         secure_transport: !args.insecure_transport,
+        administrator: args.administrator,
+        alias_name: args.alias_name.as_deref(),
     });
     match format {
         Format::Json => println!(

@@ -119,10 +119,13 @@ pub trait KeyStore: Send + Sync {
         material: KeyMaterial,
     ) -> Result<Option<Vec<u8>>, HsmError>;
 
-    /// Signs (or MACs) `data` with the key version's private or secret key.
+    /// Signs (or MACs) `data` with the key version's private or secret key of `material`'s
+    /// kind: the kind is part of the object's identity in the HSM, so a key version's object
+    /// of another kind is never used ([`HsmError::ObjectNotFound`]).
     fn sign(
         &self,
         key: KeyVersionRef,
+        material: KeyMaterial,
         mechanism: SignMechanism,
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError>;
@@ -166,6 +169,7 @@ pub trait KeyStore: Send + Sync {
     fn list_wrapping_keys(&self) -> Result<Vec<WrappingKeyRef>, HsmError>;
 
     /// HMAC-SHA256 of `input` under the key version's master secret, computed by the HSM.
+    /// Only a master secret serves: an HMAC key of the same key version is not found.
     fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError>;
 
     /// `len` random bytes from the HSM's generator.

@@ -22,6 +22,7 @@ pub mod context;
 pub mod error;
 pub mod hsm;
 pub mod ids;
+pub mod kdf;
 pub mod key;
 pub mod policy;
 pub mod secret;

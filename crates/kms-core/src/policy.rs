@@ -20,12 +20,13 @@
 //!   - `Sid` (optional): its name, non-empty and unique within the policy;
 //!   - `Effect`: `"Allow"` or `"Deny"`;
 //!   - `Principal`: `"*"` (anyone), a principal name, an array of names, or `{"KMS": ...}`
-//!     holding one of those. Names are compared exactly, and have 1 to 1024 characters;
+//!     holding one of those. Names are compared exactly, and have 1 to 1024 characters. The
+//!     name `"#administrators"` ([`ADMINISTRATORS`]) stands for the administrators kmsd is
+//!     configured with *now*: default policies name them so, so that removing an
+//!     administrator from the configuration takes their rights on every key;
 //!   - `Action`: a pattern or a non-empty array of patterns such as `"kms:Decrypt"`,
 //!     `"kms:GenerateDataKey*"` or `"kms:*"`. In a pattern `*` matches any characters and `?`
-//!     one; case does not matter. Each pattern must match at least one action (in the
-//!     server-level policy, at least one action that involves no key: kms:CreateKey,
-//!     kms:ListKeys, kms:ListAliases, kms:GenerateRandom);
+//!     one; case does not matter. Each pattern must match at least one action;
 //!   - `Resource` (optional): `"*"`, the key the policy is attached to;
 //!   - `Condition` (optional): `{ "<operator>": { "<condition key>": <value or [values]> } }`.
 //! - Any other field is an error, and so is a field given twice.
@@ -35,6 +36,8 @@
 //! and `?`), and `Bool` (values `true`, `false`, `"true"` or `"false"`). Any of them may end in
 //! `IfExists`. Condition keys (their names are case-insensitive):
 //!
+//! - `kms:AliasName`: the alias a CreateAlias, UpdateAlias or DeleteAlias names (e.g.
+//!   `alias/tenant-a/payments`); absent in every other request;
 //! - `kms:CallerPrincipal`: the caller's principal name;
 //! - `kms:EncryptionContext:<key>`: the value of `<key>` (case-sensitive) in the request's
 //!   encryption context; absent when the request carries no context or no such key;
@@ -48,6 +51,12 @@
 //! A statement applies to a request when its principal, one of its action patterns and its
 //! condition all match. If an applying statement denies, the request is denied (explicitly);
 //! otherwise, if one allows, it is allowed; otherwise it is denied (implicitly).
+//!
+//! The server-level policy of the configuration is in the same language. Its Deny statements
+//! bind every action, on every key, administrators included; its Allow statements grant the
+//! actions that concern no key ([`Action::is_server_level`]) and the alias-name half of
+//! CreateAlias, UpdateAlias and DeleteAlias (which also need the key policy's Allow on the
+//! key).
 
 use std::fmt;
 
@@ -138,10 +147,6 @@ impl ActionSet {
         ActionSet(self.0 | other.0)
     }
 
-    fn intersection(self, other: ActionSet) -> ActionSet {
-        ActionSet(self.0 & other.0)
-    }
-
     fn matching(filter: impl Fn(Action) -> bool) -> ActionSet {
         let bits = Action::ALL
             .iter()
@@ -151,30 +156,8 @@ impl ActionSet {
     }
 }
 
-/// The kind of policy being parsed: which actions its patterns must reach.
-#[derive(Clone, Copy)]
-enum PolicyKind {
-    Key,
-    Server,
-}
-
-impl PolicyKind {
-    fn actions(self) -> ActionSet {
-        match self {
-            PolicyKind::Key => ActionSet::matching(|_| true),
-            PolicyKind::Server => ActionSet::matching(Action::is_server_level),
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            PolicyKind::Key => "KMS action",
-            PolicyKind::Server => {
-                "server-level KMS action (kms:CreateKey, kms:ListKeys, kms:ListAliases, kms:GenerateRandom)"
-            }
-        }
-    }
-}
+/// The principal name that stands for the configured administrators.
+pub const ADMINISTRATORS: &str = "#administrators";
 
 /// A parsed, validated key policy (or the server-level policy), with its text exactly as given.
 #[derive(Clone)]
@@ -237,6 +220,7 @@ enum ConditionKey {
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 enum StringKey {
+    AliasName,
     CallerPrincipal,
     EncryptionContext(String),
 }
@@ -266,6 +250,11 @@ pub struct AccessRequest<'a> {
     pub encryption_context: Option<&'a EncryptionContext>,
     /// Whether the caller authenticated with mutual TLS.
     pub secure_transport: bool,
+    /// Whether the caller is one of the configured administrators (matches the principal
+    /// [`ADMINISTRATORS`]).
+    pub administrator: bool,
+    /// The alias a CreateAlias, UpdateAlias or DeleteAlias names (kms:AliasName).
+    pub alias_name: Option<&'a str>,
 }
 
 /// The outcome of evaluating a policy.
@@ -332,23 +321,23 @@ impl KeyPolicy {
 
     /// Parses a key policy: its action patterns may match any [`Action`].
     pub fn parse(text: &str) -> Result<KeyPolicy, KmsError> {
-        parse_policy(text, PolicyKind::Key)
+        parse_policy(text)
     }
 
-    /// Parses the server-level policy of the configuration: each action pattern must match at
-    /// least one server-level action ([`Action::is_server_level`]); patterns that also match
-    /// key actions are fine, and the parsed policy keeps everything they match.
+    /// Parses the server-level policy of the configuration. Its patterns may match any action:
+    /// see the module's documentation for what its Allows and Denies do.
     pub fn parse_server(text: &str) -> Result<KeyPolicy, KmsError> {
-        parse_policy(text, PolicyKind::Server)
+        parse_policy(text)
     }
 
     /// The policy of a new key: one statement, Sid "KeyCreatorAndAdministrators", allowing
-    /// `kms:*` to the creator and to each administrator (in order, without repeats).
+    /// `kms:*` to the creator and to the administrators, named symbolically
+    /// ([`ADMINISTRATORS`]) so that the configuration in force decides who they are.
     ///
-    /// The names are expected to be valid principals (1 to [`Self::MAX_PRINCIPAL_CHARS`]
-    /// characters), as authenticated callers and the validated configuration provide; the
-    /// text of a policy made from invalid names would not parse back.
-    pub fn default_for(creator: &str, administrators: &[String]) -> KeyPolicy {
+    /// The creator is expected to be a valid principal (1 to [`Self::MAX_PRINCIPAL_CHARS`]
+    /// characters), as authenticated callers are; the text of a policy made from an invalid
+    /// name would not parse back.
+    pub fn default_for(creator: &str) -> KeyPolicy {
         // The same text `serde_json::to_string_pretty` gives, written out so that it cannot fail.
         const HEAD: &str = r#"{
   "Version": "2012-10-17",
@@ -364,10 +353,8 @@ impl KeyPolicy {
   ]
 }"#;
         let mut names = vec![creator.to_owned()];
-        for admin in administrators {
-            if !names.contains(admin) {
-                names.push(admin.clone());
-            }
+        if creator != ADMINISTRATORS {
+            names.push(ADMINISTRATORS.to_owned());
         }
         let mut text = HEAD.to_owned();
         for (i, name) in names.iter().enumerate() {
@@ -379,7 +366,7 @@ impl KeyPolicy {
             sid: Some("KeyCreatorAndAdministrators".to_owned()),
             effect: Effect::Allow,
             principals: Principals::from_names(names),
-            actions: PolicyKind::Key.actions(),
+            actions: ActionSet::matching(|_| true),
             conditions: Vec::new(),
         };
         KeyPolicy {
@@ -447,7 +434,15 @@ impl Statement {
         self.actions.contains(request.action)
             && match &self.principals {
                 Principals::Anyone => true,
-                Principals::Named(names) => names.iter().any(|n| n == request.principal),
+                // The symbol stands for the administrators only, never for a caller that
+                // happens to bear its name.
+                Principals::Named(names) => names.iter().any(|n| {
+                    if n == ADMINISTRATORS {
+                        request.administrator
+                    } else {
+                        n == request.principal
+                    }
+                }),
             }
             && self.conditions.iter().all(|c| c.holds(request))
     }
@@ -472,6 +467,7 @@ impl Condition {
                 values,
             } => {
                 let actual = match key {
+                    StringKey::AliasName => request.alias_name,
                     StringKey::CallerPrincipal => Some(request.principal),
                     StringKey::EncryptionContext(key) => {
                         request.encryption_context.and_then(|c| c.get(key))
@@ -693,7 +689,7 @@ impl At<'_> {
     }
 }
 
-fn parse_policy(text: &str, kind: PolicyKind) -> Result<KeyPolicy, KmsError> {
+fn parse_policy(text: &str) -> Result<KeyPolicy, KmsError> {
     if text.len() > KeyPolicy::MAX_LEN {
         return Err(policy_error(format_args!(
             "is {} bytes long; at most {} are allowed",
@@ -743,7 +739,7 @@ fn parse_policy(text: &str, kind: PolicyKind) -> Result<KeyPolicy, KmsError> {
     }
     let mut statements: Vec<Statement> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let statement = parse_statement(i + 1, item, kind)?;
+        let statement = parse_statement(i + 1, item)?;
         if let Some(sid) = &statement.sid
             && let Some(first) = statements.iter().position(|s| s.sid.as_ref() == Some(sid))
         {
@@ -764,7 +760,7 @@ fn parse_policy(text: &str, kind: PolicyKind) -> Result<KeyPolicy, KmsError> {
     })
 }
 
-fn parse_statement(index: usize, item: &Json, kind: PolicyKind) -> Result<Statement, KmsError> {
+fn parse_statement(index: usize, item: &Json) -> Result<Statement, KmsError> {
     let Json::Object(fields) = item else {
         let at = At { index, sid: None };
         return Err(at.error(format_args!("must be an object, not {item}")));
@@ -783,7 +779,7 @@ fn parse_statement(index: usize, item: &Json, kind: PolicyKind) -> Result<Statem
             "Sid" => {}
             "Effect" => effect = Some(parse_effect(at, value)?),
             "Principal" => principals = Some(parse_principal(at, value)?),
-            "Action" => actions = Some(parse_actions(at, value, kind)?),
+            "Action" => actions = Some(parse_actions(at, value)?),
             "Resource" => match value {
                 Json::String(r) if r == "*" => {}
                 other => return Err(at.error(format_args!("Resource must be \"*\", not {other}"))),
@@ -857,7 +853,7 @@ fn strings(value: &Json) -> Result<Vec<&str>, &Json> {
     }
 }
 
-fn parse_actions(at: At<'_>, value: &Json, kind: PolicyKind) -> Result<ActionSet, KmsError> {
+fn parse_actions(at: At<'_>, value: &Json) -> Result<ActionSet, KmsError> {
     let patterns = strings(value).map_err(|found| {
         at.error(format_args!(
             "Action must be a pattern or an array of patterns, not {found}"
@@ -869,11 +865,8 @@ fn parse_actions(at: At<'_>, value: &Json, kind: PolicyKind) -> Result<ActionSet
     let mut actions = ActionSet::default();
     for pattern in patterns {
         let matched = ActionSet::matching(|a| glob_match(pattern, a.name(), true));
-        if matched.intersection(kind.actions()).is_empty() {
-            return Err(at.error(format_args!(
-                "Action {pattern:?} matches no {}",
-                kind.describe()
-            )));
+        if matched.is_empty() {
+            return Err(at.error(format_args!("Action {pattern:?} matches no KMS action")));
         }
         actions = actions.union(matched);
     }
@@ -937,6 +930,9 @@ fn parse_operator(name: &str) -> Option<(Operator, bool)> {
 
 fn parse_condition_key(name: &str) -> Result<ConditionKey, &'static str> {
     const CONTEXT_PREFIX: &str = "kms:EncryptionContext:";
+    if name.eq_ignore_ascii_case("kms:AliasName") {
+        return Ok(ConditionKey::String(StringKey::AliasName));
+    }
     if name.eq_ignore_ascii_case("kms:CallerPrincipal") {
         return Ok(ConditionKey::String(StringKey::CallerPrincipal));
     }
@@ -955,7 +951,7 @@ fn parse_condition_key(name: &str) -> Result<ConditionKey, &'static str> {
             }
         }
         _ => Err(
-            "is unknown (known keys: kms:CallerPrincipal, kms:EncryptionContext:<key>, kms:SecureTransport)",
+            "is unknown (known keys: kms:AliasName, kms:CallerPrincipal, kms:EncryptionContext:<key>, kms:SecureTransport)",
         ),
     }
 }
@@ -1055,6 +1051,8 @@ mod tests {
             action,
             encryption_context: context,
             secure_transport: true,
+            administrator: false,
+            alias_name: None,
         }
     }
 
@@ -1102,27 +1100,32 @@ mod tests {
 
     #[test]
     fn default_policy_allows_creator_and_administrators_only() {
-        let admins = [
-            "admin-1".to_owned(),
-            "creator".to_owned(),
-            "admin-1".to_owned(),
-        ];
-        let p = KeyPolicy::default_for("creator", &admins);
-        for principal in ["creator", "admin-1"] {
-            for action in Action::ALL {
-                let decision = p.evaluate(&request(principal, *action, None));
-                assert!(decision.is_allowed(), "{principal} {action}");
-            }
+        let p = KeyPolicy::default_for("creator");
+        for action in Action::ALL {
+            let decision = p.evaluate(&request("creator", *action, None));
+            assert!(decision.is_allowed(), "creator {action}");
+            // Whoever is an administrator now: the name alone is not enough.
+            let admin = AccessRequest {
+                administrator: true,
+                ..request("admin-1", *action, None)
+            };
+            assert!(p.evaluate(&admin).is_allowed(), "administrator {action}");
         }
-        let decision = p.evaluate(&request("someone-else", Action::Decrypt, None));
-        assert_eq!(decision, Decision::ImplicitDeny);
+        let decision = p.evaluate(&request("admin-1", Action::Decrypt, None));
+        assert_eq!(decision, Decision::ImplicitDeny, "a former administrator");
+        let decision = p.evaluate(&request(ADMINISTRATORS, Action::Decrypt, None));
+        assert_eq!(
+            decision,
+            Decision::ImplicitDeny,
+            "a caller named like the symbol"
+        );
 
         let expected = serde_json::json!({
             "Version": "2012-10-17",
             "Statement": [{
                 "Sid": "KeyCreatorAndAdministrators",
                 "Effect": "Allow",
-                "Principal": ["creator", "admin-1"],
+                "Principal": ["creator", "#administrators"],
                 "Action": "kms:*",
             }],
         });
@@ -1138,7 +1141,7 @@ mod tests {
     #[test]
     fn default_policy_text_escapes_like_serde_json() {
         let odd = "a\"b\\c\nd\u{1}e\u{7f}é";
-        let p = KeyPolicy::default_for(odd, &[]);
+        let p = KeyPolicy::default_for(odd);
         let mut expected = String::new();
         push_json_string(&mut expected, odd);
         assert_eq!(expected, serde_json::to_string(odd).unwrap());
@@ -1378,7 +1381,7 @@ mod tests {
         ),
         (
             r#"{"StringEquals": {"aws:SourceIp": "x"}}"#,
-            r#"Condition "StringEquals": key "aws:SourceIp" is unknown (known keys: kms:CallerPrincipal, kms:EncryptionContext:<key>, kms:SecureTransport)"#,
+            r#"Condition "StringEquals": key "aws:SourceIp" is unknown (known keys: kms:AliasName, kms:CallerPrincipal, kms:EncryptionContext:<key>, kms:SecureTransport)"#,
         ),
         (
             r#"{"Bool": {"kms:CallerPrincipal": "true"}}"#,
@@ -1469,26 +1472,34 @@ mod tests {
     }
 
     #[test]
-    fn server_policy_needs_a_server_level_action() {
+    fn a_server_policy_may_name_any_action() {
         let text = |action: &str| {
             format!(
-                r#"{{"Statement": {{"Effect": "Allow", "Principal": "*", "Action": "{action}"}}}}"#
+                r#"{{"Statement": {{"Effect": "Deny", "Principal": "*", "Action": "{action}"}}}}"#
             )
         };
-        for action in ["kms:CreateKey", "kms:*", "kms:List*"] {
+        for action in ["kms:CreateKey", "kms:*", "kms:List*", "kms:Decrypt"] {
             assert!(KeyPolicy::parse_server(&text(action)).is_ok(), "{action}");
         }
-        let Err(KmsError::Validation(message)) = KeyPolicy::parse_server(&text("kms:Encrypt"))
-        else {
-            panic!("kms:Encrypt accepted in the server policy");
+        assert!(KeyPolicy::parse_server(&text("kms:Decrpyt")).is_err());
+    }
+
+    #[test]
+    fn alias_name_conditions_match_only_alias_requests() {
+        let p = policy(
+            r#"{"Statement": {"Effect": "Allow", "Principal": "tenant-a", "Action": "kms:CreateAlias",
+                "Condition": {"StringLike": {"kms:AliasName": "alias/tenant-a/*"}}}}"#,
+        );
+        let create = |alias_name| AccessRequest {
+            alias_name,
+            ..request("tenant-a", Action::CreateAlias, None)
         };
         assert!(
-            message.starts_with(
-                r#"policy: Statement[1]: Action "kms:Encrypt" matches no server-level KMS action"#
-            ),
-            "{message}"
+            p.evaluate(&create(Some("alias/tenant-a/payments")))
+                .is_allowed()
         );
-        assert!(KeyPolicy::parse(&text("kms:Encrypt")).is_ok());
+        assert!(!p.evaluate(&create(Some("alias/payments"))).is_allowed());
+        assert!(!p.evaluate(&create(None)).is_allowed());
     }
 
     #[test]
@@ -1497,7 +1508,7 @@ mod tests {
         struct Record {
             policy: KeyPolicy,
         }
-        let original = KeyPolicy::default_for("creator", &["admin".to_owned()]);
+        let original = KeyPolicy::default_for("creator");
         let json = serde_json::to_string(&Record {
             policy: original.clone(),
         })

@@ -2,6 +2,7 @@
 //! implements.
 
 use crate::alias::AliasRecord;
+use crate::audit::SealPin;
 use crate::ids::{AliasName, KeyId};
 use crate::key::KeyRecord;
 
@@ -61,4 +62,12 @@ pub trait MetadataStore: Send + Sync {
         after: Option<&AliasName>,
         limit: usize,
     ) -> Result<Vec<AliasRecord>, StoreError>;
+
+    /// The last sealed checkpoint of the audit log `log_id`, if one was pinned.
+    fn audit_pin(&self, log_id: [u8; 16]) -> Result<Option<SealPin>, StoreError>;
+
+    /// Pins the last sealed checkpoint of the audit log `log_id`. Called after the log is
+    /// synced, so it need not be synced itself: a pin lost in a power loss only lags the log,
+    /// which stays safe (a pin ahead of the log is what open refuses).
+    fn put_audit_pin(&self, log_id: [u8; 16], pin: SealPin) -> Result<(), StoreError>;
 }

@@ -14,8 +14,6 @@
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
-use hkdf::Hkdf;
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -23,6 +21,7 @@ use crate::blob::{COMMITMENT_LEN, HEADER_LEN, Header, NONCE_LEN, ParsedBlob, TAG
 use crate::context::EncryptionContext;
 use crate::error::KmsError;
 use crate::hsm::{KeyVersionRef, MessageKey};
+use crate::kdf;
 
 /// The label the HSM's HMAC input starts with; the nonce follows it.
 pub const DERIVATION_LABEL: &[u8] = b"kms.v1 SYMMETRIC_DEFAULT message key\0";
@@ -53,12 +52,9 @@ struct DerivedKeys {
 }
 
 fn derive(k_msg: &MessageKey) -> Result<DerivedKeys, KmsError> {
-    let hkdf = Hkdf::<Sha256>::new(None, k_msg.expose_secret());
-    let mut aes_key = Zeroizing::new([0u8; 32]);
-    let mut commitment = [0u8; COMMITMENT_LEN];
-    hkdf.expand(AES_KEY_INFO, aes_key.as_mut_slice())
-        .and_then(|()| hkdf.expand(COMMITMENT_INFO, &mut commitment))
-        .map_err(|e| KmsError::Internal(format!("HKDF: {e}").into()))?;
+    // Every intermediate (the PRK above all) is wiped: see crate::kdf.
+    let aes_key = kdf::hkdf_sha256_32(k_msg.expose_secret(), AES_KEY_INFO);
+    let commitment = *kdf::hkdf_sha256_32(k_msg.expose_secret(), COMMITMENT_INFO);
     let cipher = Aes256Gcm::new_from_slice(aes_key.as_slice())
         .map_err(|e| KmsError::Internal(format!("AES key: {e}").into()))?;
     Ok(DerivedKeys { cipher, commitment })
@@ -85,7 +81,9 @@ pub fn seal(
         commitment: derived.commitment,
     }
     .to_bytes();
-    let mut blob = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+    // Holds the plaintext until it is encrypted in place: wiped if encryption fails. Sized
+    // for the tag, so it never reallocates and leaves a copy behind.
+    let mut blob = Zeroizing::new(Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN));
     blob.extend_from_slice(&header);
     blob.extend_from_slice(plaintext);
     let tag = derived
@@ -97,7 +95,7 @@ pub fn seal(
         )
         .map_err(|_| KmsError::Internal("AES-GCM encryption failed".into()))?;
     blob.extend_from_slice(&tag);
-    Ok(blob)
+    Ok(std::mem::take(&mut *blob))
 }
 
 /// Decrypts a parsed blob with the `k_msg` of its header's key version and nonce.

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::alias::AliasRecord;
 use crate::asymmetric::HashAlg;
-use crate::audit::CheckpointSigner;
+use crate::audit::{CheckpointSigner, SealPin};
 use crate::clock::Clock;
 use crate::hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey, SignMechanism, WrappingKeyRef};
 use crate::ids::{AliasName, KeyId};
@@ -25,11 +25,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Key records and aliases in maps.
+/// Key records, aliases and audit pins in maps.
 #[derive(Default)]
 pub struct MemoryStore {
     keys: Mutex<BTreeMap<KeyId, KeyRecord>>,
     aliases: Mutex<BTreeMap<AliasName, AliasRecord>>,
+    audit_pins: Mutex<HashMap<[u8; 16], SealPin>>,
 }
 
 impl MetadataStore for MemoryStore {
@@ -80,11 +81,19 @@ impl MetadataStore for MemoryStore {
             .cloned()
             .collect())
     }
+    fn audit_pin(&self, log_id: [u8; 16]) -> Result<Option<SealPin>, StoreError> {
+        Ok(lock(&self.audit_pins).get(&log_id).copied())
+    }
+    fn put_audit_pin(&self, log_id: [u8; 16], pin: SealPin) -> Result<(), StoreError> {
+        lock(&self.audit_pins).insert(log_id, pin);
+        Ok(())
+    }
 }
 
-/// A key the software HSM holds.
+/// A key the software HSM holds. A secret knows its kind (master secret or HMAC key), as
+/// the HSM's object identity does: a lookup for one kind never finds the other.
 enum SoftKey {
-    Secret(Zeroizing<Vec<u8>>),
+    Secret(KeyMaterial, Zeroizing<Vec<u8>>),
     EcP256(SigningKey),
 }
 
@@ -105,7 +114,10 @@ pub struct SoftKeyStore {
 impl SoftKeyStore {
     /// Sets the master secret of a key version (for known-answer tests).
     pub fn insert_secret(&self, key: KeyVersionRef, secret: [u8; 32]) {
-        lock(&self.keys).insert(key, SoftKey::Secret(Zeroizing::new(secret.to_vec())));
+        lock(&self.keys).insert(
+            key,
+            SoftKey::Secret(KeyMaterial::MasterSecret, Zeroizing::new(secret.to_vec())),
+        );
     }
 
     /// How many derivations have run.
@@ -126,13 +138,17 @@ impl SoftKeyStore {
     fn hmac(
         &self,
         key: KeyVersionRef,
+        material: KeyMaterial,
         mac: MacAlgorithm,
         input: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
         let keys = lock(&self.keys);
-        let Some(SoftKey::Secret(secret)) = keys.get(&key) else {
+        let Some(SoftKey::Secret(kind, secret)) = keys.get(&key) else {
             return Err(HsmError::ObjectNotFound(key));
         };
+        if *kind != material {
+            return Err(HsmError::ObjectNotFound(key));
+        }
         match mac {
             MacAlgorithm::HmacSha256 => hmac_with::<Hmac<Sha256>>(secret, input),
             MacAlgorithm::HmacSha384 => hmac_with::<Hmac<sha2::Sha384>>(secret, input),
@@ -183,7 +199,7 @@ impl KeyStore for SoftKeyStore {
                 let len = material.secret_len().unwrap_or(32);
                 let mut secret = Zeroizing::new(vec![0u8; len]);
                 getrandom::fill(secret.as_mut_slice()).map_err(fail)?;
-                (SoftKey::Secret(secret), None)
+                (SoftKey::Secret(material, secret), None)
             }
             KeyMaterial::EcP256Sign => {
                 let mut seed = Zeroizing::new([0u8; 32]);
@@ -212,7 +228,12 @@ impl KeyStore for SoftKeyStore {
 
     fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError> {
         self.derivations.fetch_add(1, Ordering::SeqCst);
-        let mac = Zeroizing::new(self.hmac(key, MacAlgorithm::HmacSha256, input)?);
+        let mac = Zeroizing::new(self.hmac(
+            key,
+            KeyMaterial::MasterSecret,
+            MacAlgorithm::HmacSha256,
+            input,
+        )?);
         let bytes: [u8; 32] = mac.as_slice().try_into().map_err(|_| HsmError::Failed {
             operation: "hmac",
             source: "not 32 bytes".into(),
@@ -223,16 +244,20 @@ impl KeyStore for SoftKeyStore {
     fn sign(
         &self,
         key: KeyVersionRef,
+        material: KeyMaterial,
         mechanism: SignMechanism,
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
         match mechanism {
-            SignMechanism::Hmac(mac) => self.hmac(key, mac, data),
+            SignMechanism::Hmac(mac) => self.hmac(key, material, mac, data),
             SignMechanism::MaterialCheck => {
                 let keys = lock(&self.keys);
-                let Some(SoftKey::Secret(secret)) = keys.get(&key) else {
+                let Some(SoftKey::Secret(kind, secret)) = keys.get(&key) else {
                     return Err(HsmError::ObjectNotFound(key));
                 };
+                if *kind != material {
+                    return Err(HsmError::ObjectNotFound(key));
+                }
                 hmac_with::<Hmac<sha1::Sha1>>(secret, data)
             }
             SignMechanism::Ecdsa => {
@@ -274,7 +299,7 @@ impl KeyStore for SoftKeyStore {
     fn unwrap_key_version(
         &self,
         key: KeyVersionRef,
-        _material: KeyMaterial,
+        material: KeyMaterial,
         wrapping: WrappingKeyRef,
         _algorithm: WrappingAlgorithm,
         wrapped: &[u8],
@@ -290,7 +315,10 @@ impl KeyStore for SoftKeyStore {
                 operation: "unwrap key",
             });
         }
-        lock(&self.keys).insert(key, SoftKey::Secret(Zeroizing::new(wrapped.to_vec())));
+        lock(&self.keys).insert(
+            key,
+            SoftKey::Secret(material, Zeroizing::new(wrapped.to_vec())),
+        );
         Ok(Some(wrapped.len()))
     }
 

@@ -52,6 +52,7 @@ impl HsmAuditSigner {
                         id.clone(),
                         label.clone(),
                         PrivateUse::Sign,
+                        vec![cryptoki::mechanism::MechanismType::ECDSA],
                     ),
                 )
                 .map(|(public, _)| public)

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 
 pub use audit_key::HsmAuditSigner;
 pub use error::OpenError;
-pub use object_id::ObjectId;
+pub use object_id::{ObjectId, ObjectKind};
 use pool::SessionPool;
 use templates::PrivateUse;
 
@@ -90,7 +90,7 @@ pub struct HsmKeyStore {
     /// old connection outlives C_Finalize.
     connection: RwLock<Option<SessionPool>>,
     namespace: [u8; 16],
-    handles: Mutex<HashMap<KeyVersionRef, ObjectHandle>>,
+    handles: Mutex<HashMap<(KeyVersionRef, ObjectKind), ObjectHandle>>,
     /// Changes whenever cached object handles may have gone stale (a lost session, a new
     /// connection): a handle cached under another generation must be searched again.
     generation: AtomicU64,
@@ -206,8 +206,8 @@ impl HsmKeyStore {
         self.generation.load(Ordering::SeqCst)
     }
 
-    fn object_id(&self, key: KeyVersionRef) -> ObjectId {
-        ObjectId::new(self.namespace, key)
+    fn object_id(&self, key: KeyVersionRef, kind: ObjectKind) -> ObjectId {
+        ObjectId::new(self.namespace, key, kind)
     }
 
     /// Runs `f` on a pooled session; when the session or token is gone, drops the session and,
@@ -250,63 +250,80 @@ impl HsmKeyStore {
         }
     }
 
+    /// The key version's object of `kind`: found by its CKA_ID and class, which name the
+    /// kind, or else by the legacy CKA_ID of objects made before kinds were named.
     fn find(
         &self,
         session: &Session,
         key: KeyVersionRef,
-        class: ObjectClass,
+        kind: ObjectKind,
     ) -> Result<Option<ObjectHandle>, CkError> {
-        let template = [
-            Attribute::Class(class),
-            Attribute::Id(self.object_id(key).to_bytes()),
-        ];
-        Ok(session.find_objects(&template)?.into_iter().next())
+        let class = if kind.is_private_key() {
+            ObjectClass::PRIVATE_KEY
+        } else {
+            ObjectClass::SECRET_KEY
+        };
+        for id in [
+            self.object_id(key, kind),
+            ObjectId::legacy(self.namespace, key),
+        ] {
+            let template = [Attribute::Class(class), Attribute::Id(id.to_bytes())];
+            if let Some(handle) = session.find_objects(&template)?.into_iter().next() {
+                return Ok(Some(handle));
+            }
+        }
+        Ok(None)
     }
 
-    /// The handle of the key version's object, from the cache or a search.
+    /// The handle of the key version's object of `kind`, from the cache or a search.
     fn handle(
         &self,
         session: &Session,
         key: KeyVersionRef,
-        class: ObjectClass,
+        kind: ObjectKind,
     ) -> Result<Option<ObjectHandle>, CkError> {
         let cached = self
             .handles
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(&(key, kind))
             .copied();
         if cached.is_some() {
             return Ok(cached);
         }
-        let found = self.find(session, key, class)?;
+        let found = self.find(session, key, kind)?;
         if let Some(handle) = found {
-            self.handles
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key, handle);
+            self.remember(key, kind, handle);
         }
         Ok(found)
     }
 
+    fn remember(&self, key: KeyVersionRef, kind: ObjectKind, handle: ObjectHandle) {
+        self.handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((key, kind), handle);
+    }
+
+    /// Forgets the cached handles of every object of the key version.
     fn forget(&self, key: KeyVersionRef) {
         self.handles
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
+            .retain(|(cached, _), _| *cached != key);
     }
 
-    /// Runs `f` with the handle of the key version's `class` object; a stale cached handle is
-    /// searched again once. [`HsmError::ObjectNotFound`] when there is no object.
+    /// Runs `f` with the handle of the key version's object of `kind`; a stale cached handle
+    /// is searched again once. [`HsmError::ObjectNotFound`] when there is no such object.
     fn with_key<T>(
         &self,
         operation: &'static str,
         key: KeyVersionRef,
-        class: ObjectClass,
+        kind: ObjectKind,
         f: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
         let result = self.with_session(operation, true, |s| {
-            let Some(handle) = self.handle(s, key, class)? else {
+            let Some(handle) = self.handle(s, key, kind)? else {
                 return Ok(None);
             };
             match f(s, handle) {
@@ -315,7 +332,7 @@ impl HsmKeyStore {
                     _,
                 )) => {
                     self.forget(key);
-                    match self.find(s, key, class)? {
+                    match self.find(s, key, kind)? {
                         Some(handle) => f(s, handle).map(Some),
                         None => Ok(None),
                     }
@@ -361,10 +378,15 @@ impl HsmKeyStore {
 
 /// The custody template of DESIGN §3 for a key version's master secret: a 256-bit generic
 /// secret, on the token, private, sensitive, never extractable, not modifiable or copyable,
-/// usable only to compute HMACs (CKA_SIGN). Every attribute is set explicitly, since
-/// SoftHSM2's defaults are unsafe.
+/// usable only to compute HMAC-SHA-256 (CKA_SIGN, CKA_ALLOWED_MECHANISMS). Every attribute
+/// is set explicitly, since SoftHSM2's defaults are unsafe.
 pub fn master_secret_template(id: &ObjectId, label: String) -> Vec<Attribute> {
-    templates::secret_template(id.to_bytes(), label, Some(32))
+    templates::secret_template(
+        id.to_bytes(),
+        label,
+        Some(32),
+        templates::allowed_mechanisms(ObjectKind::MasterSecret, false),
+    )
 }
 
 fn public_key_der(ec: bool, attributes: Vec<Attribute>) -> Result<Vec<u8>, HsmError> {
@@ -418,11 +440,14 @@ impl KeyStore for HsmKeyStore {
         key: KeyVersionRef,
         material: KeyMaterial,
     ) -> Result<Option<Vec<u8>>, HsmError> {
-        let id = self.object_id(key);
+        let kind = ObjectKind::of(material);
+        let id = self.object_id(key, kind);
         let (bytes, label) = (id.to_bytes(), id.label());
+        let allowed = templates::allowed_mechanisms(kind, false);
         let (handle, public_key) = match material {
             KeyMaterial::MasterSecret | KeyMaterial::HmacSecret(_) => {
-                let template = templates::secret_template(bytes, label, material.secret_len());
+                let template =
+                    templates::secret_template(bytes, label, material.secret_len(), allowed);
                 // Not idempotent: see generate_pair.
                 let handle = self.with_session("generate key", false, |s| {
                     s.generate_key(&Mechanism::GenericSecretKeyGen, &template)
@@ -436,7 +461,8 @@ impl KeyStore for HsmKeyStore {
                     PrivateUse::Decrypt
                 };
                 let public = templates::rsa_public_template(bytes.clone(), label.clone(), bits);
-                let private = templates::private_template(KeyType::RSA, bytes, label.clone(), use_);
+                let private =
+                    templates::private_template(KeyType::RSA, bytes, label.clone(), use_, allowed);
                 let (handle, public_key) = self.generate_pair(&label, false, &public, &private)?;
                 (handle, Some(public_key))
             }
@@ -447,23 +473,24 @@ impl KeyStore for HsmKeyStore {
                     bytes,
                     label.clone(),
                     PrivateUse::Sign,
+                    allowed,
                 );
                 let (handle, public_key) = self.generate_pair(&label, true, &public, &private)?;
                 (handle, Some(public_key))
             }
         };
-        self.handles
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, handle);
+        self.remember(key, kind, handle);
         debug!(key_id = %key.key_id, version = key.version, "generated HSM key");
         Ok(public_key)
     }
 
     fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError> {
-        let mac = Zeroizing::new(self.with_key("hmac", key, ObjectClass::SECRET_KEY, |s, h| {
-            s.sign(&Mechanism::Sha256Hmac, h, input)
-        })?);
+        let mac = Zeroizing::new(self.with_key(
+            "hmac",
+            key,
+            ObjectKind::MasterSecret,
+            |s, h| s.sign(&Mechanism::Sha256Hmac, h, input),
+        )?);
         let bytes: [u8; 32] = mac.as_slice().try_into().map_err(|_| HsmError::Failed {
             operation: "hmac",
             source: format!("the HSM returned {} bytes, not 32", mac.len()).into(),
@@ -474,19 +501,14 @@ impl KeyStore for HsmKeyStore {
     fn sign(
         &self,
         key: KeyVersionRef,
+        material: KeyMaterial,
         mechanism: SignMechanism,
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
-        let class = if matches!(
-            mechanism,
-            SignMechanism::Hmac(_) | SignMechanism::MaterialCheck
-        ) {
-            ObjectClass::SECRET_KEY
-        } else {
-            ObjectClass::PRIVATE_KEY
-        };
         let mechanism = templates::sign_mechanism(mechanism);
-        self.with_key("sign", key, class, |s, h| s.sign(&mechanism, h, data))
+        self.with_key("sign", key, ObjectKind::of(material), |s, h| {
+            s.sign(&mechanism, h, data)
+        })
     }
 
     fn rsa_decrypt(
@@ -496,7 +518,7 @@ impl KeyStore for HsmKeyStore {
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let oaep = templates::oaep(hash);
-        let decrypted = self.with_key("RSA decrypt", key, ObjectClass::PRIVATE_KEY, |s, h| {
+        let decrypted = self.with_key("RSA decrypt", key, ObjectKind::RsaDecrypt, |s, h| {
             match s.decrypt(&oaep, h, ciphertext) {
                 Ok(plaintext) => Ok(Ok(Zeroizing::new(plaintext))),
                 // The module lacks OAEP with this hash (SoftHSM2 2.6 has SHA-1 only): the HSM
@@ -544,11 +566,17 @@ impl KeyStore for HsmKeyStore {
                 id.clone(),
                 label.clone(),
                 PrivateUse::Unwrap,
+                vec![MechanismType::RSA_PKCS_OAEP],
             ),
         )?;
         // Can the module unwrap with this algorithm? An all-zero block is never a valid
         // ciphertext, so a module that supports the parameters refuses the data instead.
-        let probe_template = templates::secret_template(id, label, None);
+        let probe_template = templates::secret_template(
+            id,
+            label,
+            None,
+            templates::allowed_mechanisms(ObjectKind::MasterSecret, true),
+        );
         let zero = vec![0u8; bits as usize / 8];
         let supported = self.with_session("probe unwrapping", true, |s| {
             match s.unwrap_key(&oaep, private, &zero, &probe_template) {
@@ -587,8 +615,14 @@ impl KeyStore for HsmKeyStore {
         }
         // Material that expired but is not destroyed yet has the same CKA_ID: remove it.
         self.destroy_key_version(key)?;
-        let id = self.object_id(key);
-        let template = templates::secret_template(id.to_bytes(), id.label(), None);
+        let kind = ObjectKind::of(material);
+        let id = self.object_id(key, kind);
+        let template = templates::secret_template(
+            id.to_bytes(),
+            id.label(),
+            None,
+            templates::allowed_mechanisms(kind, true),
+        );
         let wrapping_id = object_id::wrapping_id(self.namespace, wrapping);
         let oaep = templates::oaep(algorithm.hash());
         let (handle, length) = self
@@ -626,10 +660,7 @@ impl KeyStore for HsmKeyStore {
                 operation: "unwrap key",
                 source: "the wrapping key is gone from the HSM".into(),
             })?;
-        self.handles
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, handle);
+        self.remember(key, kind, handle);
         // SoftHSM2 leaves CKA_VALUE_LEN at 0 on unwrapped keys: then the length is unknown.
         Ok(length
             .and_then(|l| usize::try_from(l).ok())
@@ -674,9 +705,17 @@ impl KeyStore for HsmKeyStore {
 
     fn destroy_key_version(&self, key: KeyVersionRef) -> Result<(), HsmError> {
         self.forget(key);
+        let ids: Vec<Vec<u8>> = ObjectKind::ALL
+            .into_iter()
+            .map(|kind| self.object_id(key, kind))
+            .chain([ObjectId::legacy(self.namespace, key)])
+            .map(|id| id.to_bytes())
+            .collect();
         self.with_session("destroy key", true, |s| {
-            for handle in s.find_objects(&[Attribute::Id(self.object_id(key).to_bytes())])? {
-                s.destroy_object(handle)?;
+            for id in &ids {
+                for handle in s.find_objects(&[Attribute::Id(id.clone())])? {
+                    s.destroy_object(handle)?;
+                }
             }
             Ok(())
         })

@@ -13,6 +13,8 @@ use kms_core::asymmetric::HashAlg;
 use kms_core::hsm::SignMechanism;
 use kms_core::key::MacAlgorithm;
 
+use crate::object_id::ObjectKind;
+
 /// DER of the OID of NIST P-256 (prime256v1), the CKA_EC_PARAMS of P-256 pairs.
 pub(crate) const P256_OID_DER: [u8; 10] =
     [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -28,9 +30,33 @@ pub(crate) enum PrivateUse {
     Unwrap,
 }
 
-/// A generic secret that only computes HMACs (CKA_SIGN). `len` is given when generating and
-/// left out when unwrapping (the material decides it).
-pub(crate) fn secret_template(id: Vec<u8>, label: String, len: Option<usize>) -> Vec<Attribute> {
+/// The mechanisms an object of `kind` may be used with (CKA_ALLOWED_MECHANISMS), so that the
+/// HSM, where it honours the attribute, refuses any other use. `imported` secrets also allow
+/// HMAC-SHA-1, the material check of an import ([`SignMechanism::MaterialCheck`]).
+pub(crate) fn allowed_mechanisms(kind: ObjectKind, imported: bool) -> Vec<MechanismType> {
+    let mut allowed = match kind {
+        ObjectKind::MasterSecret | ObjectKind::HmacSha256 => vec![MechanismType::SHA256_HMAC],
+        ObjectKind::HmacSha384 => vec![MechanismType::SHA384_HMAC],
+        ObjectKind::HmacSha512 => vec![MechanismType::SHA512_HMAC],
+        // OAEP, and raw RSA for the hashes the module's OAEP lacks (decoded in software).
+        ObjectKind::RsaDecrypt => vec![MechanismType::RSA_PKCS_OAEP, MechanismType::RSA_X_509],
+        ObjectKind::RsaSign => vec![MechanismType::RSA_PKCS_PSS, MechanismType::RSA_PKCS],
+        ObjectKind::EcP256Sign => vec![MechanismType::ECDSA],
+    };
+    if imported && !kind.is_private_key() {
+        allowed.push(MechanismType::SHA1_HMAC);
+    }
+    allowed
+}
+
+/// A generic secret that only computes HMACs (CKA_SIGN), with the mechanisms `allowed`.
+/// `len` is given when generating and left out when unwrapping (the material decides it).
+pub(crate) fn secret_template(
+    id: Vec<u8>,
+    label: String,
+    len: Option<usize>,
+    allowed: Vec<MechanismType>,
+) -> Vec<Attribute> {
     let mut template = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -52,6 +78,7 @@ pub(crate) fn secret_template(id: Vec<u8>, label: String, len: Option<usize>) ->
         Attribute::Wrap(false),
         Attribute::Unwrap(false),
         Attribute::Derive(false),
+        Attribute::AllowedMechanisms(allowed),
         Attribute::Id(id),
         Attribute::Label(label.into_bytes()),
         // Last: SoftHSM2 refuses every attribute of an unwrap template that follows it.
@@ -60,12 +87,13 @@ pub(crate) fn secret_template(id: Vec<u8>, label: String, len: Option<usize>) ->
     template
 }
 
-/// The private half of a key pair: one use only.
+/// The private half of a key pair: one use only, with the mechanisms `allowed`.
 pub(crate) fn private_template(
     key_type: KeyType,
     id: Vec<u8>,
     label: String,
     use_: PrivateUse,
+    allowed: Vec<MechanismType>,
 ) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -82,6 +110,7 @@ pub(crate) fn private_template(
         Attribute::Decrypt(use_ == PrivateUse::Decrypt),
         Attribute::Unwrap(use_ == PrivateUse::Unwrap),
         Attribute::Derive(false),
+        Attribute::AllowedMechanisms(allowed),
         Attribute::Id(id),
         Attribute::Label(label.into_bytes()),
     ]

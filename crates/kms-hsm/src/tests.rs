@@ -18,7 +18,7 @@ use kms_core::key::KeyMaterial;
 use kms_core::{HsmError, KeyId, KeyStore, KeyVersionRef};
 use zeroize::Zeroizing;
 
-use super::{HsmConfig, HsmKeyStore, ObjectId, OpenError};
+use super::{HsmConfig, HsmKeyStore, ObjectId, ObjectKind, OpenError};
 
 const PIN: &str = "user-pin-1234";
 const SO_PIN: &str = "so-pin-5678";
@@ -134,7 +134,7 @@ fn master_secrets_are_sensitive_and_never_leave_the_hsm() {
     ok(store.create_key_version(key, KeyMaterial::MasterSecret));
 
     let session = inspector(slot);
-    let id = ObjectId::new(NAMESPACE, key).to_bytes();
+    let id = ObjectId::new(NAMESPACE, key, ObjectKind::MasterSecret).to_bytes();
     let handles = ok(session.find_objects(&[Attribute::Id(id)]));
     assert_eq!(handles.len(), 1, "one HSM object per key version");
     let handle = handles[0];
@@ -214,7 +214,7 @@ fn the_hsm_derivation_matches_the_published_vectors() {
     let _ = session.login(UserType::User, Some(&AuthPin::from(PIN)));
     for v in vectors {
         let key = version(ok(v.key_id.parse::<KeyId>()), v.key_version);
-        let id = ObjectId::new(NAMESPACE, key);
+        let id = ObjectId::new(NAMESPACE, key, ObjectKind::MasterSecret);
         // Test only: a master secret with a known value, imported with the custody template.
         let mut template = super::master_secret_template(&id, id.label());
         template.retain(|a| !matches!(a, Attribute::ValueLen(_)));
@@ -352,7 +352,11 @@ fn wrong_pin_label_or_module_are_refused_with_a_clear_message() {
 
 #[test]
 fn the_master_secret_template_never_combines_wrap_with_decrypt() {
-    let id = ObjectId::new(NAMESPACE, version(KeyId::random(), 1));
+    let id = ObjectId::new(
+        NAMESPACE,
+        version(KeyId::random(), 1),
+        ObjectKind::MasterSecret,
+    );
     let template = super::master_secret_template(&id, id.label());
     let has = |a: &Attribute| template.contains(a);
     assert!(has(&Attribute::Sensitive(true)) && has(&Attribute::Extractable(false)));
@@ -469,7 +473,7 @@ fn key_pairs_and_hmac_keys_keep_custody_and_sign_verifiably() {
     assert_eq!(
         custody(
             &session,
-            ObjectId::new(NAMESPACE, rsa).to_bytes(),
+            ObjectId::new(NAMESPACE, rsa, ObjectKind::RsaSign).to_bytes(),
             ObjectClass::PRIVATE_KEY
         ),
         expected_custody(true, false, false)
@@ -480,16 +484,16 @@ fn key_pairs_and_hmac_keys_keep_custody_and_sign_verifiably() {
             MessageType::Raw,
             message,
         ));
-        let signature = match algorithm {
+        let (mechanism, data) = match algorithm {
             SigningAlgorithm::RsassaPkcs1V15Sha256
             | SigningAlgorithm::RsassaPkcs1V15Sha384
-            | SigningAlgorithm::RsassaPkcs1V15Sha512 => ok(store.sign(
-                rsa,
+            | SigningAlgorithm::RsassaPkcs1V15Sha512 => (
                 SignMechanism::RsaPkcs1,
-                &asymmetric::pkcs1_digest_info(algorithm.hash(), &digest),
-            )),
-            _ => ok(store.sign(rsa, SignMechanism::RsaPss(algorithm.hash()), &digest)),
+                asymmetric::pkcs1_digest_info(algorithm.hash(), &digest),
+            ),
+            _ => (SignMechanism::RsaPss(algorithm.hash()), digest.clone()),
         };
+        let signature = ok(store.sign(rsa, KeyMaterial::RsaSign { bits: 2048 }, mechanism, &data));
         assert!(
             ok(asymmetric::verify(&spki, algorithm, &digest, &signature)),
             "{algorithm:?}"
@@ -510,7 +514,7 @@ fn key_pairs_and_hmac_keys_keep_custody_and_sign_verifiably() {
     assert_eq!(
         custody(
             &session,
-            ObjectId::new(NAMESPACE, ec).to_bytes(),
+            ObjectId::new(NAMESPACE, ec, ObjectKind::EcP256Sign).to_bytes(),
             ObjectClass::PRIVATE_KEY
         ),
         expected_custody(true, false, false)
@@ -518,6 +522,7 @@ fn key_pairs_and_hmac_keys_keep_custody_and_sign_verifiably() {
     let digest = HashAlg::Sha256.digest(message);
     let der = ok(asymmetric::ecdsa_raw_to_der(&ok(store.sign(
         ec,
+        KeyMaterial::EcP256Sign,
         SignMechanism::Ecdsa,
         &digest,
     ))));
@@ -529,25 +534,22 @@ fn key_pairs_and_hmac_keys_keep_custody_and_sign_verifiably() {
     )));
 
     let hmac = version(KeyId::random(), 1);
-    assert!(
-        ok(store.create_key_version(hmac, KeyMaterial::HmacSecret(MacAlgorithm::HmacSha384)))
-            .is_none()
-    );
+    let hmac384 = KeyMaterial::HmacSecret(MacAlgorithm::HmacSha384);
+    assert!(ok(store.create_key_version(hmac, hmac384)).is_none());
     assert_eq!(
         custody(
             &session,
-            ObjectId::new(NAMESPACE, hmac).to_bytes(),
+            ObjectId::new(NAMESPACE, hmac, ObjectKind::HmacSha384).to_bytes(),
             ObjectClass::SECRET_KEY
         ),
         expected_custody(true, false, false)
     );
-    let mac = ok(store.sign(hmac, SignMechanism::Hmac(MacAlgorithm::HmacSha384), message));
-    assert_eq!(mac.len(), 48);
-    assert_eq!(
-        mac,
-        ok(store.sign(hmac, SignMechanism::Hmac(MacAlgorithm::HmacSha384), message)),
-        "an HMAC is deterministic"
-    );
+    let mac = || {
+        let mechanism = SignMechanism::Hmac(MacAlgorithm::HmacSha384);
+        ok(store.sign(hmac, hmac384, mechanism, message))
+    };
+    assert_eq!(mac().len(), 48);
+    assert_eq!(mac(), mac(), "an HMAC is deterministic");
 
     let mut listed = ok(store.list_key_versions());
     listed.sort();
@@ -567,7 +569,7 @@ fn rsa_keys_decrypt_oaep_with_sha1_and_sha256_in_the_hsm() {
     assert_eq!(
         custody(
             &inspector(slot),
-            ObjectId::new(NAMESPACE, key).to_bytes(),
+            ObjectId::new(NAMESPACE, key, ObjectKind::RsaDecrypt).to_bytes(),
             ObjectClass::PRIVATE_KEY
         ),
         expected_custody(false, true, false)
@@ -650,7 +652,7 @@ fn imported_material_is_unwrapped_in_the_hsm_with_custody() {
     assert_eq!(
         custody(
             &session,
-            ObjectId::new(NAMESPACE, key).to_bytes(),
+            ObjectId::new(NAMESPACE, key, ObjectKind::MasterSecret).to_bytes(),
             ObjectClass::SECRET_KEY
         ),
         expected_custody(true, false, false)
@@ -684,4 +686,89 @@ fn imported_material_is_unwrapped_in_the_hsm_with_custody() {
         }
         Err(e) => panic!("{e}"),
     }
+}
+
+/// Finding 1 of the security review: a master secret and an HMAC key had the same template
+/// and were found by CKA_ID alone, so an HMAC key could stand in for a master secret. The kind
+/// is now part of the CKA_ID, and CKA_ALLOWED_MECHANISMS limits each object to its own MAC.
+#[test]
+fn a_key_versions_material_kind_is_part_of_its_identity_in_the_hsm() {
+    use cryptoki::mechanism::MechanismType;
+    use kms_core::hsm::SignMechanism;
+    use kms_core::key::MacAlgorithm;
+
+    let (store, slot) = open_store();
+    let hmac_material = KeyMaterial::HmacSecret(MacAlgorithm::HmacSha256);
+    let hmac = version(KeyId::random(), 1);
+    ok(store.create_key_version(hmac, hmac_material));
+    let input = b"the derivation input of a forged blob";
+    assert!(matches!(
+        store.derive_message_key(hmac, input),
+        Err(HsmError::ObjectNotFound(_))
+    ));
+    ok(store.sign(
+        hmac,
+        hmac_material,
+        SignMechanism::Hmac(MacAlgorithm::HmacSha256),
+        input,
+    ));
+
+    let master = version(KeyId::random(), 1);
+    ok(store.create_key_version(master, KeyMaterial::MasterSecret));
+    assert!(matches!(
+        store.sign(
+            master,
+            hmac_material,
+            SignMechanism::Hmac(MacAlgorithm::HmacSha256),
+            input
+        ),
+        Err(HsmError::ObjectNotFound(_))
+    ));
+    ok(store.derive_message_key(master, input));
+
+    // The HSM itself refuses any mechanism but the object's own.
+    let session = inspector(slot);
+    let id = ObjectId::new(NAMESPACE, master, ObjectKind::MasterSecret).to_bytes();
+    let handle = ok(session.find_objects(&[Attribute::Id(id)]))[0];
+    assert_eq!(
+        ok(session.get_attributes(handle, &[AttributeType::AllowedMechanisms])),
+        vec![Attribute::AllowedMechanisms(vec![
+            MechanismType::SHA256_HMAC
+        ])]
+    );
+    let refused = session.sign(&Mechanism::Sha1Hmac, handle, input);
+    assert!(
+        matches!(
+            refused,
+            Err(CkError::Pkcs11(
+                RvError::MechanismInvalid | RvError::KeyFunctionNotPermitted,
+                _
+            ))
+        ),
+        "{refused:?}"
+    );
+
+    // Destruction finds every kind.
+    ok(store.destroy_key_version(hmac));
+    ok(store.destroy_key_version(master));
+    assert!(ok(store.list_key_versions()).is_empty());
+}
+
+/// Objects made before kinds were named ("kms1" CKA_IDs) are still found, so the blobs of
+/// old keys keep decrypting, and destroyed with the key.
+#[test]
+fn legacy_objects_without_a_kind_still_serve_and_are_destroyed() {
+    let (store, slot) = open_store();
+    let key = version(KeyId::random(), 1);
+    let id = ObjectId::legacy(NAMESPACE, key);
+    let session = ok(admin().open_rw_session(slot));
+    let _ = session.login(UserType::User, Some(&AuthPin::from(PIN)));
+    let mut template = super::master_secret_template(&id, id.label());
+    template.retain(|a| !matches!(a, Attribute::ValueLen(_)));
+    template.push(Attribute::Value(vec![7; 32]));
+    ok(session.create_object(&template));
+    ok(store.derive_message_key(key, b"input"));
+    assert_eq!(ok(store.list_key_versions()), vec![key]);
+    ok(store.destroy_key_version(key));
+    assert!(ok(store.list_key_versions()).is_empty());
 }

@@ -1,44 +1,42 @@
 //! Who is calling: mutual TLS, or `--dev`.
 //!
-//! With TLS, the handshake asks every client for a certificate but does not judge it; each
-//! request does. That way a missing, untrusted or expired certificate gets a gRPC
-//! UNAUTHENTICATED status with the reason, and an audit record, instead of a bare handshake
-//! failure. The handshake still checks that the client holds the certificate's private key.
-//! The chain is checked against the client CA by rustls' WebPKI verifier, and the result of a
-//! good certificate is cached until it expires.
+//! With TLS, the handshake requires a client certificate the client CA issued, valid now and
+//! not revoked (rustls' WebPKI verifier, with the CRL file when one is configured). A client
+//! without one never reaches gRPC: its connection fails, which costs kmsd a metric and a
+//! rate-limited log line, never an audit record or a disk write. Each request checks the
+//! certificate again with the verifier in force (cached per certificate until it expires or
+//! the CRLs change), so a certificate revoked or expired during a long connection stops
+//! working at once.
 //!
-//! The principal is the certificate's first URI SAN (for example `spiffe://…`), else its
-//! subject CN.
+//! The principal is the certificate's first URI SAN (for example `spiffe://…`). A certificate
+//! without one is refused, unless `allow_cn_principals` is set: then its subject CN serves,
+//! typed as `CN=<name>` so that no CN can pass for a URI principal. A certificate whose
+//! subject alternative names cannot be parsed is refused.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::SystemTime;
 
 use kms_core::{Caller, KmsError};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
-use tracing::debug;
+use tracing::info;
 
 /// The principal of every caller of a `--dev` server.
 pub const DEV_PRINCIPAL: &str = "dev";
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The most verified certificates remembered; the cache starts over beyond.
 const CACHE_LIMIT: usize = 10_000;
 
-/// The PEM files of mutual TLS.
+/// The PEM files and settings of mutual TLS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The server's certificate chain.
@@ -47,6 +45,11 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// The CA (one or more certificates) that issues client certificates.
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM, one or more) of the client CA, reloaded when the
+    /// file changes and on SIGHUP.
+    pub client_crl: Option<PathBuf>,
+    /// Accept certificates without a URI SAN, with the principal `CN=<subject CN>`.
+    pub allow_cn_principals: bool,
 }
 
 /// Why TLS could not be set up.
@@ -92,9 +95,116 @@ impl Authenticator {
     }
 }
 
-/// Checks client certificates against the client CA, per request.
+/// The client certificates kmsd trusts now: the client CA, less what the CRL file revokes.
+/// Rebuilt when the CRL file changes; every verification uses the latest.
+pub struct ClientTrust {
+    roots: Arc<RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    crl: Option<PathBuf>,
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// Changes at every reload: verifications cached under another generation are redone.
+    generation: AtomicU64,
+    /// The CRL file's modification time when it was last read.
+    crl_modified: Mutex<Option<SystemTime>>,
+}
+
+impl ClientTrust {
+    fn new(
+        roots: RootCertStore,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+        crl: Option<PathBuf>,
+    ) -> Result<Self, TlsSetupError> {
+        let roots = Arc::new(roots);
+        let modified = crl.as_deref().and_then(modified);
+        let verifier = build_verifier(&roots, &provider, crl.as_deref())?;
+        Ok(ClientTrust {
+            roots,
+            provider,
+            crl,
+            current: RwLock::new(verifier),
+            generation: AtomicU64::new(0),
+            crl_modified: Mutex::new(modified),
+        })
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Reads the CRL file again and puts its revocations in force. On failure (a file being
+    /// rewritten, a bad CRL) the revocations in force stay, and the error says why.
+    pub fn reload(&self) -> Result<(), TlsSetupError> {
+        let Some(crl) = &self.crl else {
+            return Ok(());
+        };
+        let modified = modified(crl);
+        let verifier = build_verifier(&self.roots, &self.provider, Some(crl))?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = verifier;
+        *self
+            .crl_modified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = modified;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        info!(crl = %crl.display(), "client certificate revocation list loaded");
+        Ok(())
+    }
+
+    /// Reloads when the CRL file's modification time changed since it was read.
+    pub fn reload_if_changed(&self) -> Result<(), TlsSetupError> {
+        let Some(crl) = &self.crl else {
+            return Ok(());
+        };
+        let last = *self
+            .crl_modified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if modified(crl) == last {
+            return Ok(());
+        }
+        self.reload()
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The WebPKI verifier of client certificates issued by `roots`, checking revocation of the
+/// end-entity certificate against the CRLs in `crl` when given: a certificate whose status
+/// the CRLs do not cover is refused, so a CRL file must cover the client CA.
+fn build_verifier(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    crl: Option<&Path>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), Arc::clone(provider));
+    if let Some(path) = crl {
+        let error = |message: String| TlsSetupError::File {
+            what: "client CRL",
+            path: path.to_owned(),
+            message,
+        };
+        let crls = CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|e| error(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| error(e.to_string()))?;
+        if crls.is_empty() {
+            return Err(error("holds no PEM X509 CRL".into()));
+        }
+        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+    }
+    builder.build().map_err(TlsSetupError::Verifier)
+}
+
+/// Checks client certificates against the client trust in force, per request.
 pub struct MtlsAuthenticator {
-    verifier: Arc<dyn ClientCertVerifier>,
+    trust: Arc<ClientTrust>,
+    allow_cn_principals: bool,
     /// SHA-256 of a verified end-entity certificate → its principal and validity.
     verified: Mutex<HashMap<[u8; 32], Verified>>,
 }
@@ -104,6 +214,8 @@ struct Verified {
     principal: Arc<str>,
     not_before: i64,
     not_after: i64,
+    /// The trust generation it was verified under.
+    generation: u64,
 }
 
 impl MtlsAuthenticator {
@@ -119,6 +231,7 @@ impl MtlsAuthenticator {
         let now = UnixTime::now();
         let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         let digest: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        let generation = self.trust.generation();
         let cached = self
             .verified
             .lock()
@@ -126,14 +239,16 @@ impl MtlsAuthenticator {
             .get(&digest)
             .cloned();
         if let Some(v) = cached
+            && v.generation == generation
             && (v.not_before..=v.not_after).contains(&now_secs)
         {
             return Ok(Caller::new(&*v.principal, true));
         }
-        self.verifier
+        self.trust
+            .current()
             .verify_client_cert(end_entity, intermediates, now)
             .map_err(|e| KmsError::Unauthenticated(refusal(&e)))?;
-        let verified = identity(end_entity)?;
+        let verified = identity(end_entity, self.allow_cn_principals, generation)?;
         let principal = Arc::clone(&verified.principal);
         let mut cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= CACHE_LIMIT {
@@ -167,30 +282,42 @@ fn refusal(error: &rustls::Error) -> String {
     format!("the client certificate {why}")
 }
 
-/// The principal and validity of a certificate the verifier accepted.
-fn identity(der: &CertificateDer<'_>) -> Result<Verified, KmsError> {
+/// The principal and validity of a certificate the verifier accepted: its first URI SAN,
+/// which must be a URI (`scheme:...`); or, when `allow_cn` and it has no URI SAN,
+/// `CN=<subject CN>`, which no URI can equal ('=' cannot appear in a URI scheme).
+fn identity(
+    der: &CertificateDer<'_>,
+    allow_cn: bool,
+    generation: u64,
+) -> Result<Verified, KmsError> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let bad = |what: &str| KmsError::Unauthenticated(format!("the client certificate {what}"));
     let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|_| bad("cannot be parsed"))?;
-    let uri = cert
+    let san = cert
         .subject_alternative_name()
-        .ok()
-        .flatten()
-        .and_then(|san| {
-            san.value.general_names.iter().find_map(|name| match name {
-                GeneralName::URI(uri) => Some((*uri).to_owned()),
-                _ => None,
-            })
-        });
+        .map_err(|_| bad("has subject alternative names that cannot be parsed"))?;
+    let uri = san.and_then(|san| {
+        san.value.general_names.iter().find_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+    });
     let principal = match uri {
-        Some(uri) => uri,
-        None => cert
+        Some(uri) if is_uri(uri) => uri.to_owned(),
+        Some(_) => return Err(bad("has a URI SAN that is not a URI (scheme:...)")),
+        None if allow_cn => cert
             .subject()
             .iter_common_name()
             .next()
             .and_then(|cn| cn.as_str().ok())
-            .map(str::to_owned)
+            .map(|cn| format!("CN={cn}"))
             .ok_or_else(|| bad("has neither a URI SAN nor a subject CN"))?,
+        None => {
+            return Err(bad(
+                "has no URI SAN: kmsd takes principals from URI SANs (allow_cn_principals \
+                 accepts the subject CN)",
+            ));
+        }
     };
     if principal.is_empty() || principal.len() > 1024 {
         return Err(bad("names an empty or overlong principal"));
@@ -200,37 +327,59 @@ fn identity(der: &CertificateDer<'_>) -> Result<Verified, KmsError> {
         principal: principal.into(),
         not_before: validity.not_before.timestamp(),
         not_after: validity.not_after.timestamp(),
+        generation,
     })
 }
 
-/// The handshake half of client authentication: asks for a certificate and checks the
-/// client's signature with it, and leaves judging the certificate to each request.
-#[derive(Debug)]
-struct DeferredClientAuth {
-    inner: Arc<dyn ClientCertVerifier>,
+/// Whether `text` starts with a URI scheme and ':' (RFC 3986: a letter, then letters,
+/// digits, '+', '-' or '.').
+fn is_uri(text: &str) -> bool {
+    let Some((scheme, _)) = text.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
-impl ClientCertVerifier for DeferredClientAuth {
+/// The handshake's verifier: the client trust in force, and a certificate is required.
+#[derive(Debug)]
+struct HandshakeVerifier {
+    trust: Arc<ClientTrust>,
+    /// The client CA's subjects, hinted to clients (the CA does not change on reload).
+    hints: Vec<DistinguishedName>,
+}
+
+impl std::fmt::Debug for ClientTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTrust")
+            .field("crl", &self.crl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for HandshakeVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        true
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &self.hints
     }
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        // Judged per request by `MtlsAuthenticator`, so that refusals are gRPC statuses.
-        Ok(ClientCertVerified::assertion())
+        self.trust
+            .current()
+            .verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -239,7 +388,9 @@ impl ClientCertVerifier for DeferredClientAuth {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.trust
+            .current()
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -248,16 +399,21 @@ impl ClientCertVerifier for DeferredClientAuth {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.trust
+            .current()
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.trust.current().supported_verify_schemes()
     }
 }
 
-/// The TLS acceptor and the authenticator of a mutual-TLS server.
-pub fn mtls(files: &TlsFiles) -> Result<(TlsAcceptor, Authenticator), TlsSetupError> {
+/// The TLS acceptor, the authenticator and the client trust (to reload) of a mutual-TLS
+/// server.
+pub fn mtls(
+    files: &TlsFiles,
+) -> Result<(TlsAcceptor, Authenticator, Arc<ClientTrust>), TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs("server certificate", &files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsSetupError::File {
@@ -273,24 +429,34 @@ pub fn mtls(files: &TlsFiles) -> Result<(TlsAcceptor, Authenticator), TlsSetupEr
             message: e.to_string(),
         })?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(TlsSetupError::Verifier)?;
+    let trust = Arc::new(ClientTrust::new(
+        roots,
+        Arc::clone(&provider),
+        files.client_crl.clone(),
+    )?);
+    let hints = trust.current().root_hint_subjects().to_vec();
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsSetupError::Rustls)?
-        .with_client_cert_verifier(Arc::new(DeferredClientAuth {
-            inner: Arc::clone(&verifier),
+        .with_client_cert_verifier(Arc::new(HandshakeVerifier {
+            trust: Arc::clone(&trust),
+            hints,
         }))
         .with_single_cert(certs, key)
         .map_err(TlsSetupError::Rustls)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed handshake skips the client certificate check, so a
+    // certificate revoked since would get through it.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok((
         TlsAcceptor::from(Arc::new(config)),
         Authenticator::Mtls(MtlsAuthenticator {
-            verifier,
+            trust: Arc::clone(&trust),
+            allow_cn_principals: files.allow_cn_principals,
             verified: Mutex::new(HashMap::new()),
         }),
+        trust,
     ))
 }
 
@@ -311,41 +477,4 @@ fn read_certs(
         return Err(error("holds no PEM certificate".into()));
     }
     Ok(certs)
-}
-
-/// The connections of a TLS listener, each past its handshake. Handshakes run concurrently,
-/// so a slow or silent client holds up no one; failed ones are logged at debug level.
-pub fn tls_incoming(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(128);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = tx.closed() => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }

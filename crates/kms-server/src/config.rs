@@ -11,6 +11,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::auth::{DEV_PRINCIPAL, TlsFiles};
+use crate::connections::ConnectionLimits;
 use crate::limits::{Limits, Rate};
 
 /// The environment variable that may hold the HSM user PIN.
@@ -68,6 +69,15 @@ pub struct Args {
     /// Requests a caller may make at once after a quiet spell [default: twice the rate].
     #[arg(long, value_name = "N")]
     pub rate_limit_burst: Option<u32>,
+    /// CreateKey, RotateKeyOnDemand and GetParametersForImport calls a second each caller may
+    /// make (they make the HSM generate key material), in bursts of four times that. 0 turns
+    /// the limit off [default: 5].
+    #[arg(long, value_name = "N")]
+    pub key_generation_rate_per_principal: Option<u32>,
+    /// The most CreateKey, RotateKeyOnDemand and GetParametersForImport calls running at once,
+    /// all callers together [default: 4].
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_key_generations: Option<usize>,
     /// TOML configuration file; flags override its settings.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -83,6 +93,23 @@ pub struct Args {
     /// The CA certificate(s) (PEM) that issue client certificates.
     #[arg(long, value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of the client CA: revoked client certificates are
+    /// refused. Reloaded when the file changes and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_crl: Option<PathBuf>,
+    /// Accept client certificates without a URI SAN; their principal is `CN=<subject CN>`.
+    /// Off by default: only URI SANs name principals.
+    #[arg(long)]
+    pub allow_cn_principals: bool,
+    /// The most client connections open at once, TLS handshakes included [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Close a client connection after this long without a request, e.g. 5m [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// The most connections open at once with one client certificate [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
     /// A principal with full access to new keys and to the server-level actions; repeat for
     /// more. Replaces the config file's list.
     #[arg(long = "administrator", value_name = "PRINCIPAL")]
@@ -121,6 +148,11 @@ pub struct RawConfig {
     max_concurrent_requests: Option<usize>,
     rate_limit_per_principal: Option<u32>,
     rate_limit_burst: Option<u32>,
+    key_generation_rate_per_principal: Option<u32>,
+    max_concurrent_key_generations: Option<usize>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
+    max_connections_per_client: Option<usize>,
     #[serde(default)]
     dev: bool,
     tls: Option<RawTls>,
@@ -148,6 +180,9 @@ struct RawTls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
+    client_crl: Option<PathBuf>,
+    #[serde(default)]
+    allow_cn_principals: bool,
 }
 
 /// How log lines are written.
@@ -202,6 +237,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Admission limits and the request timeout.
     pub limits: Limits,
+    /// The connection limit and idle timeout (with TLS).
+    pub connections: ConnectionLimits,
     /// How long in-flight requests get after SIGTERM.
     pub drain_timeout: Duration,
     /// TLS, or `--dev`.
@@ -253,28 +290,9 @@ impl Config {
             Some(path) => RawConfig::read(path)?,
             None => RawConfig::default(),
         };
-        let hsm_max_sessions = args.hsm_max_sessions.or(raw.hsm_max_sessions).unwrap_or(8);
-        if !(1..=256).contains(&hsm_max_sessions) {
-            return Err(ConfigError::Invalid(format!(
-                "hsm-max-sessions must be 1 to 256, got {hsm_max_sessions}"
-            )));
-        }
-        let max_keys = args
-            .max_keys
-            .or(raw.max_keys)
-            .unwrap_or(kms_core::Kms::DEFAULT_MAX_KEYS);
-        if max_keys == 0 {
-            return Err(ConfigError::Invalid("max-keys must be at least 1".into()));
-        }
-        let token_label = args
-            .token_label
-            .or(raw.token_label)
-            .ok_or(ConfigError::Missing("token-label", "token_label"))?;
-        if token_label.is_empty() || token_label.len() > 32 {
-            return Err(ConfigError::Invalid(
-                "token-label must have 1 to 32 characters".into(),
-            ));
-        }
+        let hsm_max_sessions = hsm_max_sessions(args.hsm_max_sessions.or(raw.hsm_max_sessions))?;
+        let max_keys = max_keys(args.max_keys.or(raw.max_keys))?;
+        let token_label = token_label(args.token_label.or(raw.token_label))?;
         let listen = args
             .listen
             .or(raw.listen)
@@ -289,7 +307,17 @@ impl Config {
                 args.tls_client_ca.or(raw_tls.client_ca),
             ),
         ];
-        let transport = transport(args.dev || raw.dev, tls, listen)?;
+        let transport = client_checks(
+            transport(args.dev || raw.dev, tls, listen)?,
+            args.tls_client_crl.or(raw_tls.client_crl),
+            args.allow_cn_principals || raw_tls.allow_cn_principals,
+        )?;
+        let connections = connection_limits(
+            args.max_connections.or(raw.max_connections),
+            args.idle_timeout.or(raw.idle_timeout),
+            args.max_connections_per_client
+                .or(raw.max_connections_per_client),
+        )?;
         let administrators = administrators(if args.administrators.is_empty() {
             raw.administrators.unwrap_or_default()
         } else {
@@ -315,6 +343,10 @@ impl Config {
             args.rate_limit_per_principal
                 .or(raw.rate_limit_per_principal),
             args.rate_limit_burst.or(raw.rate_limit_burst),
+            args.key_generation_rate_per_principal
+                .or(raw.key_generation_rate_per_principal),
+            args.max_concurrent_key_generations
+                .or(raw.max_concurrent_key_generations),
         )?;
         Ok(Config {
             listen,
@@ -340,6 +372,7 @@ impl Config {
                 .unwrap_or_else(|| "info".into()),
             log_format: args.log_format.or(raw.log_format).unwrap_or_default(),
             limits,
+            connections,
             drain_timeout,
             transport,
             administrators,
@@ -408,7 +441,88 @@ fn transport(
         cert: cert.map_err(missing)?,
         key: key.map_err(missing)?,
         client_ca: client_ca.map_err(missing)?,
+        client_crl: None,
+        allow_cn_principals: false,
     }))
+}
+
+/// Sets how TLS checks clients: the CRL file and whether CN principals are accepted. Both are
+/// TLS settings, refused with `--dev`.
+fn client_checks(
+    transport: Transport,
+    client_crl: Option<PathBuf>,
+    allow_cn_principals: bool,
+) -> Result<Transport, ConfigError> {
+    match transport {
+        Transport::Tls(files) => Ok(Transport::Tls(TlsFiles {
+            client_crl,
+            allow_cn_principals,
+            ..files
+        })),
+        Transport::Dev if client_crl.is_some() || allow_cn_principals => Err(ConfigError::Invalid(
+            "--dev runs without TLS: remove --dev or the TLS settings".into(),
+        )),
+        Transport::Dev => Ok(Transport::Dev),
+    }
+}
+
+/// The HSM session pool's size: 1 to 256, 8 by default.
+fn hsm_max_sessions(sessions: Option<usize>) -> Result<usize, ConfigError> {
+    match sessions.unwrap_or(8) {
+        n @ 1..=256 => Ok(n),
+        n => Err(ConfigError::Invalid(format!(
+            "hsm-max-sessions must be 1 to 256, got {n}"
+        ))),
+    }
+}
+
+/// The token label: required, 1 to 32 characters (PKCS#11's limit).
+fn token_label(label: Option<String>) -> Result<String, ConfigError> {
+    let label = label.ok_or(ConfigError::Missing("token-label", "token_label"))?;
+    if label.is_empty() || label.len() > 32 {
+        return Err(ConfigError::Invalid(
+            "token-label must have 1 to 32 characters".into(),
+        ));
+    }
+    Ok(label)
+}
+
+/// The key limit (which aliases share): at least 1.
+fn max_keys(max_keys: Option<usize>) -> Result<usize, ConfigError> {
+    match max_keys.unwrap_or(kms_core::Kms::DEFAULT_MAX_KEYS) {
+        0 => Err(ConfigError::Invalid("max-keys must be at least 1".into())),
+        n => Ok(n),
+    }
+}
+
+/// The connection limit and idle timeout: defaults, and the checks of each.
+fn connection_limits(
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
+    per_client: Option<usize>,
+) -> Result<ConnectionLimits, ConfigError> {
+    let max_connections = max_connections.unwrap_or(ConnectionLimits::DEFAULT_MAX_CONNECTIONS);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(ConfigError::Invalid(format!(
+            "max-connections must be 1 to 1000000, got {max_connections}"
+        )));
+    }
+    let per_client = per_client.unwrap_or(ConnectionLimits::DEFAULT_MAX_CONNECTIONS_PER_CLIENT);
+    if !(1..=max_connections).contains(&per_client) {
+        return Err(ConfigError::Invalid(format!(
+            "max-connections-per-client must be 1 to max-connections ({max_connections}), got \
+             {per_client}"
+        )));
+    }
+    Ok(ConnectionLimits {
+        max_connections,
+        max_connections_per_client: per_client,
+        idle_timeout: duration_setting(
+            "idle-timeout",
+            idle_timeout,
+            ConnectionLimits::DEFAULT_IDLE_TIMEOUT,
+        )?,
+    })
 }
 
 /// The administrators, each checked to be a possible principal.
@@ -431,6 +545,8 @@ fn limits(
     max_concurrent: Option<usize>,
     per_second: Option<u32>,
     burst: Option<u32>,
+    key_generation: Option<u32>,
+    key_generation_concurrent: Option<usize>,
 ) -> Result<Limits, ConfigError> {
     let request_timeout = duration_setting(
         "request-timeout",
@@ -461,10 +577,24 @@ fn limits(
             burst: f64::from(burst.unwrap_or(per_second.saturating_mul(2))),
         }),
     };
+    let key_generation = key_generation.unwrap_or(Limits::DEFAULT_KEY_GENERATION_PER_CALLER);
+    let key_generation_concurrent =
+        key_generation_concurrent.unwrap_or(Limits::DEFAULT_KEY_GENERATION_CONCURRENT);
+    if !(1..=max_concurrent).contains(&key_generation_concurrent) {
+        return Err(ConfigError::Invalid(format!(
+            "max-concurrent-key-generations must be 1 to max-concurrent-requests \
+             ({max_concurrent}), got {key_generation_concurrent}"
+        )));
+    }
     Ok(Limits {
         max_concurrent,
         per_caller,
         request_timeout,
+        key_generation_per_caller: (key_generation > 0).then(|| Rate {
+            per_second: f64::from(key_generation),
+            burst: f64::from(key_generation.saturating_mul(4)),
+        }),
+        key_generation_concurrent,
     })
 }
 
@@ -700,6 +830,11 @@ mod tests {
                         burst: 10_000.0
                     }),
                     request_timeout: Duration::from_secs(30),
+                    key_generation_per_caller: Some(Rate {
+                        per_second: 5.0,
+                        burst: 20.0
+                    }),
+                    key_generation_concurrent: 4,
                 },
                 Duration::from_secs(10),
                 LogFormat::Text
@@ -712,6 +847,8 @@ mod tests {
             "2m",
             "--rate-limit-per-principal",
             "0",
+            "--key-generation-rate-per-principal",
+            "0",
             "--log-format",
             "json",
         ])
@@ -723,6 +860,8 @@ mod tests {
                     max_concurrent: 512,
                     per_caller: None,
                     request_timeout: Duration::from_millis(250),
+                    key_generation_per_caller: None,
+                    key_generation_concurrent: 4,
                 },
                 Duration::from_secs(120),
                 LogFormat::Json

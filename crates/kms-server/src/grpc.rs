@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use kms_core::audit::{AuditEvent, AuditKey, AuditLog, Outcome};
-use kms_core::policy::KeyPolicy;
 use kms_core::service::{CreateKeyInput, PageLimit, Plaintext, RandomLength};
 use kms_core::tags::NewTags;
 use kms_core::{AliasName, Caller, KeyRef, Kms, KmsError, SecretBytes};
@@ -22,6 +21,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, error};
 
 use crate::auth::Authenticator;
+use crate::connections::Connections;
 use crate::convert;
 use crate::limits::{Admission, Admitted, Limits};
 use crate::metrics::Metrics;
@@ -38,6 +38,7 @@ pub struct KmsGrpc {
     audit: Arc<AuditLog>,
     metrics: Option<Arc<Metrics>>,
     admission: Arc<Admission>,
+    connections: Option<Arc<Connections>>,
 }
 
 impl KmsGrpc {
@@ -49,7 +50,15 @@ impl KmsGrpc {
             audit,
             metrics: None,
             admission: Arc::new(Admission::new(Limits::default())),
+            connections: None,
         }
+    }
+
+    /// Tells `connections` of every request, so that its connection is not idle.
+    #[must_use]
+    pub fn with_connections(mut self, connections: Arc<Connections>) -> Self {
+        self.connections = Some(connections);
+        self
     }
 
     /// Admits requests within `admission`'s limits and times them out after its request
@@ -95,16 +104,20 @@ impl KmsGrpc {
         let request_id = request_id(request.metadata());
         let span = tracing::info_span!("request", request_id = %request_id, rpc = operation);
         let peer = request.remote_addr();
+        if let Some(connections) = &self.connections {
+            connections.touch(peer);
+        }
         let peer_certs = request.peer_certs();
         let caller = self
             .auth
             .authenticate(peer_certs.as_deref().map(Vec::as_slice));
         // Unauthenticated callers share a bucket per address.
         let admitted = match &caller {
-            Ok(caller) => self.admission.admit(caller.principal()),
-            Err(_) => self
-                .admission
-                .admit(&peer.map_or_else(String::new, |a| a.ip().to_string())),
+            Ok(caller) => self.admission.admit(caller.principal(), operation),
+            Err(_) => self.admission.admit(
+                &peer.map_or_else(String::new, |a| a.ip().to_string()),
+                operation,
+            ),
         };
         let answer = match admitted {
             Err(throttled) => {
@@ -296,9 +309,7 @@ impl KeyManagementService for KmsGrpc {
                 spec: convert::key_spec(req.key_spec)?,
                 origin: convert::origin(req.origin)?,
                 tags: new_tags(req.tags)?,
-                policy: (!req.policy.is_empty())
-                    .then(|| KeyPolicy::parse(&req.policy))
-                    .transpose()?,
+                policy: (!req.policy.is_empty()).then_some(req.policy),
                 bypass_policy_lockout_safety_check: req.bypass_policy_lockout_safety_check,
             };
             let record = kms.create_key(caller, input)?;
@@ -753,8 +764,12 @@ impl KeyManagementService for KmsGrpc {
     ) -> Result<Response<pb::PutKeyPolicyResponse>, Status> {
         self.call("PutKeyPolicy", request, |kms, caller, req| {
             let key = KeyRef::parse(&req.key_id, "key_id")?;
-            let policy = KeyPolicy::parse(&req.policy)?;
-            kms.put_key_policy(caller, &key, policy, req.bypass_policy_lockout_safety_check)?;
+            kms.put_key_policy(
+                caller,
+                &key,
+                &req.policy,
+                req.bypass_policy_lockout_safety_check,
+            )?;
             Ok(pb::PutKeyPolicyResponse {})
         })
         .await
@@ -929,6 +944,7 @@ mod tests {
             &dir.path().join("audit.log"),
             [7; 16],
             Arc::new(kms_core::testing::SoftCheckpointSigner::new()),
+            Arc::new(kms_core::testing::MemoryStore::default()),
         )
         .unwrap();
         let svc = KmsGrpc::new(Arc::new(kms), Arc::new(Authenticator::Dev), Arc::new(audit));
@@ -1233,6 +1249,7 @@ mod tests {
             max_concurrent,
             per_caller: None,
             request_timeout: std::time::Duration::from_millis(timeout_ms),
+            ..Limits::default()
         })))
     }
 

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 mod convert;
 pub mod grpc;
 pub mod limits;

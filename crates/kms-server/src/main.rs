@@ -18,9 +18,11 @@ use kms_hsm::{HsmAuditSigner, HsmConfig, HsmKeyStore};
 use kms_proto::v1::key_management_service_server::KeyManagementServiceServer;
 use kms_server::auth::{self, Authenticator};
 use kms_server::config::{Args, Config, LogFormat, Transport};
+use kms_server::connections::Connections;
 use kms_server::grpc::KmsGrpc;
 use kms_server::limits::Admission;
 use kms_server::metrics::{self, Gauge, Metrics};
+use kms_server::status::ErrorChain;
 use kms_store::RocksStore;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -41,6 +43,15 @@ const KEY_COUNT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How long a request waits for a free HSM session before DependencyTimeoutException.
 const HSM_SESSION_WAIT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 PINGs go to a connection that sent nothing for this long...
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// ...and a peer that does not answer one within this is dropped.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often kmsd looks at the client CRL file's modification time.
+const CRL_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -129,9 +140,23 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     );
     println!(
         "  transport       {}",
-        match config.transport {
-            Transport::Dev => "--dev: no TLS, every caller is the administrator `dev`",
-            Transport::Tls(_) => "mutual TLS",
+        match &config.transport {
+            Transport::Dev => "--dev: no TLS, every caller is the administrator `dev`".to_owned(),
+            Transport::Tls(files) => format!(
+                "mutual TLS, client certificate required at the handshake; principals from {}; \
+                 {}; at most {} connections, closed after {:?} without a request",
+                if files.allow_cn_principals {
+                    "URI SANs, else CN=<subject CN>"
+                } else {
+                    "URI SANs only"
+                },
+                files.client_crl.as_ref().map_or_else(
+                    || "no CRL".to_owned(),
+                    |crl| format!("CRL {}", crl.display())
+                ),
+                config.connections.max_connections,
+                config.connections.idle_timeout
+            ),
         }
     );
     println!(
@@ -208,8 +233,13 @@ fn run(config: &Config) -> anyhow::Result<()> {
     );
     let public_key_file = write_audit_public_key(config, &signer)?;
     let audit = Arc::new(
-        AuditLog::open(&config.audit_log, store.instance_id(), signer.clone())
-            .with_context(|| format!("cannot open the audit log {}", config.audit_log.display()))?,
+        AuditLog::open(
+            &config.audit_log,
+            store.instance_id(),
+            signer.clone(),
+            Arc::clone(&store) as Arc<dyn kms_core::MetadataStore>,
+        )
+        .with_context(|| format!("cannot open the audit log {}", config.audit_log.display()))?,
     );
     info!(
         audit_log = %config.audit_log.display(),
@@ -442,12 +472,14 @@ async fn serve(config: &Config, parts: Parts) -> anyhow::Result<()> {
     );
     let service = |auth: Authenticator| {
         KmsGrpc::new(kms, Arc::new(auth), audit)
-            .with_metrics(metrics)
+            .with_metrics(Arc::clone(&metrics))
             .with_admission(admission)
-            .into_server()
     };
     let router = |service| {
         tonic::transport::Server::builder()
+            // Dead peers are found within 80 s; idle ones are closed by `Connections`.
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .add_service(health.service())
             .add_service(reflection)
             .add_service(service)
@@ -459,7 +491,7 @@ async fn serve(config: &Config, parts: Parts) -> anyhow::Result<()> {
                 "DEVELOPMENT MODE: no TLS and no authentication; every caller is the \
                  administrator `dev`. Never use --dev for real keys."
             );
-            let server = router(service(Authenticator::Dev))
+            let server = router(service(Authenticator::Dev).into_server())
                 // Without TCP_NODELAY, a 4 KiB answer waits ~40 ms for the client's delayed ACK.
                 .serve_with_incoming_shutdown(
                     TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -468,12 +500,22 @@ async fn serve(config: &Config, parts: Parts) -> anyhow::Result<()> {
             drain_bounded(server, stop, drain).await
         }
         Transport::Tls(files) => {
-            let (acceptor, authenticator) = auth::mtls(files).context("cannot set up TLS")?;
-            info!(address = %local, token = %config.token_label, "kmsd listening with mutual TLS");
-            let server = router(service(authenticator)).serve_with_incoming_shutdown(
-                auth::tls_incoming(listener, acceptor),
-                stopped(stop.clone()),
-            );
+            let (acceptor, authenticator, trust) =
+                auth::mtls(files).context("cannot set up TLS")?;
+            tokio::spawn(reload_crls(trust, stop.clone()));
+            let connections = Connections::new(config.connections, Some(Arc::clone(&metrics)));
+            add_connection_gauge(&metrics, &connections);
+            info!(address = %local, token = %config.token_label,
+                max_connections = config.connections.max_connections,
+                idle_timeout = ?config.connections.idle_timeout,
+                "kmsd listening with mutual TLS");
+            let incoming = connections.incoming(listener, acceptor);
+            let server = router(
+                service(authenticator)
+                    .with_connections(connections)
+                    .into_server(),
+            )
+            .serve_with_incoming_shutdown(incoming, stopped(stop.clone()));
             drain_bounded(server, stop, drain).await
         }
     }
@@ -647,6 +689,54 @@ async fn scheduler(kms: Arc<Kms>) {
             Err(e) => warn!(error = %e, "scheduled key work panicked"),
         }
     }
+}
+
+/// Puts the client CRL file's revocations in force when it changes (checked every
+/// [`CRL_CHECK_INTERVAL`]) and on SIGHUP, until `stop`. A file that does not load leaves the
+/// revocations in force, with an error in the log.
+async fn reload_crls(trust: Arc<auth::ClientTrust>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; the CRL file is still watched");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(CRL_CHECK_INTERVAL);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async { match &mut hangup { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = stop.changed() => return,
+        };
+        let trust = Arc::clone(&trust);
+        let reloaded = tokio::task::spawn_blocking(move || {
+            if forced {
+                trust.reload()
+            } else {
+                trust.reload_if_changed()
+            }
+        })
+        .await;
+        match reloaded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %ErrorChain(&e),
+                "the client CRL file could not be loaded; the revocations in force stay"),
+            Err(e) => error!(error = %e, "reloading the client CRL file panicked"),
+        }
+    }
+}
+
+/// The gauge of open client connections.
+fn add_connection_gauge(metrics: &Metrics, connections: &Arc<Connections>) {
+    let connections = Arc::clone(connections);
+    metrics.add_gauges(Box::new(move || {
+        vec![Gauge {
+            name: "kms_connections_open",
+            help: "Client connections open, TLS handshakes included.",
+            samples: vec![(None, count(connections.open()))],
+        }]
+    }));
 }
 
 async fn shutdown_signal() {

@@ -84,6 +84,8 @@ struct Counters {
     latency: BTreeMap<&'static str, Histogram>,
     /// HSM calls by operation: latency, and the count of failures.
     hsm: BTreeMap<&'static str, (Histogram, u64)>,
+    /// Connections refused before any request, by reason.
+    refused_connections: BTreeMap<&'static str, u64>,
 }
 
 /// The metrics of one kmsd.
@@ -132,6 +134,13 @@ impl Metrics {
         }
     }
 
+    /// Records a connection refused before any request: a failed or timed-out TLS handshake,
+    /// or the connection limit. `reason` is one of a few fixed words.
+    pub fn record_refused_connection(&self, reason: &'static str) {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        *counters.refused_connections.entry(reason).or_default() += 1;
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -165,6 +174,17 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "kms_hsm_errors_total{{operation=\"{operation}\"}} {errors}"
+                );
+            }
+            out.push_str(
+                "# HELP kms_refused_connections_total Connections refused before any request \
+                 (failed TLS handshakes, the connection limit), by reason.\n",
+            );
+            out.push_str("# TYPE kms_refused_connections_total counter\n");
+            for (reason, count) in &counters.refused_connections {
+                let _ = writeln!(
+                    out,
+                    "kms_refused_connections_total{{reason=\"{reason}\"}} {count}"
                 );
             }
             out.push_str(

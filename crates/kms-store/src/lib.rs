@@ -2,7 +2,8 @@
 //!
 //! Layout (one column family): `meta/instance_id` holds the 16-byte instance id made when the
 //! store is created; `key/<16-byte key id>` holds a key record as JSON; `als/<alias name>`
-//! holds an alias record as JSON. Every write goes
+//! holds an alias record as JSON; `meta/audit_pin/<log id>` pins the audit log's last sealed
+//! checkpoint. Every write but the audit pin's goes
 //! through the WAL with `sync = true`, so an acknowledged change survives a crash or a power
 //! loss. The database's LOCK file keeps a second kmsd off the same data dir.
 //!
@@ -11,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
+use kms_core::audit::SealPin;
 use kms_core::{AliasName, AliasRecord, KeyId, KeyRecord, MetadataStore, StoreError};
 use rocksdb::{DB, Direction, IteratorMode, Options, WriteOptions};
 
@@ -18,6 +20,7 @@ const INSTANCE_ID: &[u8] = b"meta/instance_id";
 const KEY_PREFIX: &[u8] = b"key/";
 const ALIAS_PREFIX: &[u8] = b"als/";
 const HEALTH_MARK: &[u8] = b"meta/health";
+const AUDIT_PIN_PREFIX: &[u8] = b"meta/audit_pin/";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +216,42 @@ impl MetadataStore for RocksStore {
     ) -> Result<Vec<AliasRecord>, StoreError> {
         self.scan(ALIAS_PREFIX, after.map(alias_key).as_deref(), limit)
     }
+
+    fn audit_pin(&self, log_id: [u8; 16]) -> Result<Option<SealPin>, StoreError> {
+        let Some(bytes) = self
+            .db
+            .get(audit_pin_key(log_id))
+            .map_err(|e| StoreError::new("read the audit pin", e))?
+        else {
+            return Ok(None);
+        };
+        let damaged = || StoreError::new("read the audit pin", "the pin is damaged");
+        let (seq, rest) = bytes.split_at_checked(8).ok_or_else(damaged)?;
+        let (hash, end) = rest.split_at_checked(32).ok_or_else(damaged)?;
+        Ok(Some(SealPin {
+            seq: u64::from_be_bytes(seq.try_into().map_err(|_| damaged())?),
+            hash: hash.try_into().map_err(|_| damaged())?,
+            end: u64::from_be_bytes(end.try_into().map_err(|_| damaged())?),
+        }))
+    }
+
+    fn put_audit_pin(&self, log_id: [u8; 16], pin: SealPin) -> Result<(), StoreError> {
+        let mut value = pin.seq.to_be_bytes().to_vec();
+        value.extend_from_slice(&pin.hash);
+        value.extend_from_slice(&pin.end.to_be_bytes());
+        // Not synced: see the trait. The WAL still keeps it across a kmsd crash.
+        self.db
+            .put(audit_pin_key(log_id), value)
+            .map_err(|e| StoreError::new("write the audit pin", e))
+    }
+}
+
+/// `meta/audit_pin/<log id>`: the seq (u64 big-endian), line hash (32 bytes) and end offset
+/// (u64 big-endian) of the last sealed checkpoint of an audit log.
+fn audit_pin_key(log_id: [u8; 16]) -> Vec<u8> {
+    let mut key = AUDIT_PIN_PREFIX.to_vec();
+    key.extend_from_slice(&log_id);
+    key
 }
 
 #[cfg(test)]
@@ -241,7 +280,7 @@ mod tests {
             tags: [("team".to_owned(), "payments".to_owned())].into(),
             rotation: None,
             deletion: None,
-            policy: Some(kms_core::policy::KeyPolicy::default_for("creator", &[])),
+            policy: Some(kms_core::policy::KeyPolicy::default_for("creator")),
             import: None,
         }
     }

@@ -96,6 +96,7 @@
 //! for the caller to compare.
 
 mod line;
+mod recovery;
 mod time;
 mod verify;
 mod writer;
@@ -249,6 +250,19 @@ pub trait CheckpointSigner: Send + Sync {
     fn public_key(&self) -> p256::PublicKey;
 }
 
+/// The last sealed checkpoint of a log: its seq, the SHA-256 of its line, and where the line
+/// ends in the file. kmsd pins it in the metadata store with every seal: at open, a log rolled
+/// back or truncated behind it is refused, and the chain is checked forward from it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SealPin {
+    /// The checkpoint's seq.
+    pub seq: u64,
+    /// The SHA-256 of the checkpoint's line (without its '\n').
+    pub hash: [u8; 32],
+    /// The file offset just past the line's '\n'.
+    pub end: u64,
+}
+
 /// Why the audit log could not be opened or could not record an event.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -288,6 +302,38 @@ pub enum AuditError {
         /// Where the checkpoint starts in the file.
         offset: u64,
     },
+    /// The file has records but no valid checkpoint: nothing in it was ever sealed by this
+    /// service, and kmsd never signs what it did not write.
+    #[error(
+        "the audit log has records but no checkpoint signed by this service; kmsd will not sign \
+         what it did not write: move the file aside (and keep it for investigation)"
+    )]
+    Unsealed,
+    /// The file ends before the last sealed checkpoint the metadata store pins: it was rolled
+    /// back, truncated or replaced.
+    #[error(
+        "the audit log ends at sequence number {log_seq}, but the metadata store pins a sealed \
+         checkpoint at sequence number {pinned_seq}: the log was rolled back, truncated or \
+         replaced; restore it from a backup"
+    )]
+    RolledBack {
+        /// The seq of the file's last line.
+        log_seq: u64,
+        /// The pinned checkpoint's seq.
+        pinned_seq: u64,
+    },
+    /// The line at the pinned seq is not the checkpoint that was sealed there.
+    #[error(
+        "the audit log's line at sequence number {seq} is not the checkpoint the metadata store \
+         pins there: the log was altered or replaced; restore it from a backup"
+    )]
+    PinMismatch {
+        /// The pinned seq.
+        seq: u64,
+    },
+    /// Reading the pinned checkpoint from the metadata store failed.
+    #[error("cannot read the audit log's pinned checkpoint")]
+    Pin(#[source] crate::store::StoreError),
     /// The signer failed.
     #[error("signing an audit checkpoint failed")]
     Sign(#[source] HsmError),

@@ -256,15 +256,20 @@ impl Kms {
                 lengths.end()
             ))
         };
-        match self.hsm.sign(version, mechanism, MATERIAL_CHECK_INPUT) {
+        match self
+            .hsm
+            .sign(version, material, mechanism, MATERIAL_CHECK_INPUT)
+        {
             Ok(_) => {}
             Err(HsmError::Rejected { .. }) => return Err(too_short()),
             Err(error) => return Err(error.into()),
         }
-        let check = match self
-            .hsm
-            .sign(version, SignMechanism::MaterialCheck, MATERIAL_CHECK_INPUT)
-        {
+        let check = match self.hsm.sign(
+            version,
+            material,
+            SignMechanism::MaterialCheck,
+            MATERIAL_CHECK_INPUT,
+        ) {
             Ok(check) => check,
             Err(HsmError::Rejected { .. }) => return Err(too_short()),
             Err(error) => return Err(error.into()),

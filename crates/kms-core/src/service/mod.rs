@@ -127,9 +127,9 @@ pub struct CreateKeyInput {
     pub origin: Origin,
     /// Tags to attach.
     pub tags: NewTags,
-    /// The key policy; `None` gives the default policy (the creator and the administrators
-    /// have full access).
-    pub policy: Option<KeyPolicy>,
+    /// The key policy document (JSON), parsed once the caller may create keys; `None` gives
+    /// the default policy (the creator and the administrators have full access).
+    pub policy: Option<String>,
     /// Accept a policy that would not let the creator call PutKeyPolicy.
     pub bypass_policy_lockout_safety_check: bool,
 }
@@ -255,6 +255,9 @@ pub struct Kms {
     max_keys: usize,
     /// Keys that count against `max_keys`; set by `reconcile`, kept by create and delete.
     key_count: AtomicUsize,
+    /// Aliases, which count against `max_keys` too (alias names are global: each takes a
+    /// place in the store and in every scan of it); kept like `key_count`.
+    alias_count: AtomicUsize,
     /// Who are administrators, and who else may call the server-level actions.
     authorization: Authorization,
 }
@@ -283,6 +286,7 @@ impl Kms {
             write_lock: Mutex::new(()),
             max_keys: Self::DEFAULT_MAX_KEYS,
             key_count: AtomicUsize::new(0),
+            alias_count: AtomicUsize::new(0),
             authorization: Authorization::default(),
         }
     }
@@ -296,6 +300,9 @@ impl Kms {
 
     /// The key limit when none is configured.
     pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+    /// The most RotateKeyOnDemand calls a key takes in its life, as in AWS KMS.
+    pub const MAX_ON_DEMAND_ROTATIONS: usize = 10;
 
     /// Sets the most keys there may be (LimitExceededException beyond).
     #[must_use]
@@ -364,6 +371,12 @@ impl Kms {
             Ok(())
         })?;
         self.key_count.store(count, Ordering::SeqCst);
+        let mut aliases = 0;
+        self.for_each_alias(|_| {
+            aliases += 1;
+            Ok(())
+        })?;
+        self.alias_count.store(aliases, Ordering::SeqCst);
         for wrapping in self.hsm.list_wrapping_keys()? {
             if !wrapping_referenced.contains(&wrapping) {
                 // Import parameters a crash left half-made, or that were used or replaced.
@@ -420,6 +433,18 @@ impl Kms {
         let mut record = self.resolve(key)?;
         record.check_usable()?;
         check_rotatable(&record)?;
+        let on_demand = record
+            .versions
+            .iter()
+            .filter(|v| v.source == VersionSource::OnDemand)
+            .count();
+        if source == VersionSource::OnDemand && on_demand >= Self::MAX_ON_DEMAND_ROTATIONS {
+            return Err(KmsError::LimitExceeded(format!(
+                "key {} has been rotated on demand {on_demand} times, the most a key allows \
+                 (each rotation adds an HSM object); automatic rotation has no such limit",
+                record.id
+            )));
+        }
         let next = record
             .versions
             .iter()
@@ -626,20 +651,41 @@ impl Kms {
         }
     }
 
+    /// Takes a deleted alias off the count (which `reconcile` sets; never below zero).
+    fn uncount_alias(&self) {
+        let _ = self
+            .alias_count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// Runs `f` on every alias, in name order, a page at a time.
+    fn for_each_alias(
+        &self,
+        mut f: impl FnMut(&AliasRecord) -> Result<(), KmsError>,
+    ) -> Result<(), KmsError> {
+        let mut after: Option<AliasName> = None;
+        loop {
+            let page = self.store.list_aliases(after.as_ref(), 500)?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.name.clone());
+            page.iter().try_for_each(&mut f)?;
+        }
+    }
+
     fn delete_now(&self, mut record: KeyRecord) -> Result<(), KmsError> {
         let _guard = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut after: Option<AliasName> = None;
-        loop {
-            let page = self.store.list_aliases(after.as_ref(), 500)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.name.clone());
-            for alias in page.iter().filter(|a| a.key_id == record.id) {
+        self.for_each_alias(|alias| {
+            if alias.key_id == record.id {
                 self.store.delete_alias(&alias.name)?;
+                self.uncount_alias();
             }
-        }
+            Ok(())
+        })?;
         for version in record.version_refs() {
             self.hsm.destroy_key_version(version)?;
         }
@@ -708,6 +754,7 @@ impl Kms {
         input: CreateKeyInput,
     ) -> Result<KeyRecord, KmsError> {
         self.authorize_server(caller, Action::CreateKey)?;
+        let policy = input.policy.as_deref().map(KeyPolicy::parse).transpose()?;
         KeyRecord::validate_description(&input.description)?;
         let usage = input.spec.usage(input.usage)?;
         if input.origin == Origin::External && input.spec.is_asymmetric() {
@@ -717,10 +764,13 @@ impl Kms {
                 input.spec.as_str()
             )));
         }
-        if let Some(policy) = &input.policy
+        if let Some(policy) = &policy
             && !input.bypass_policy_lockout_safety_check
         {
-            check_no_lockout(caller, policy)?;
+            check_no_lockout(
+                &self.access_request(caller, Action::PutKeyPolicy, None, None),
+                policy,
+            )?;
         }
         // Reserve a place under the limit; given back if creation fails.
         self.key_count
@@ -730,7 +780,7 @@ impl Kms {
             .map_err(|_| {
                 KmsError::LimitExceeded(format!("the limit of {} keys is reached", self.max_keys))
             })?;
-        let created = self.create_key_reserved(caller, input, usage);
+        let created = self.create_key_reserved(caller, input, usage, policy);
         if created.is_err() {
             self.key_count.fetch_sub(1, Ordering::SeqCst);
         }
@@ -742,11 +792,10 @@ impl Kms {
         caller: &Caller,
         input: CreateKeyInput,
         usage: KeyUsage,
+        policy: Option<KeyPolicy>,
     ) -> Result<KeyRecord, KmsError> {
         let now = self.clock.now_millis();
-        let policy = input.policy.unwrap_or_else(|| {
-            KeyPolicy::default_for(caller.principal(), &self.authorization.administrators)
-        });
+        let policy = policy.unwrap_or_else(|| KeyPolicy::default_for(caller.principal()));
         let mut record = KeyRecord {
             id: KeyId::random(),
             created_at_ms: now,
@@ -823,20 +872,26 @@ impl Kms {
         key: &KeyRef,
     ) -> Result<(KeyId, KeyPolicy), KmsError> {
         let record = self.authorized(caller, key, Action::GetKeyPolicy, None)?;
-        Ok((record.id, self.policy_of(&record).into_owned()))
+        Ok((record.id, Self::policy_of(&record).into_owned()))
     }
 
-    /// Replaces the key's policy. Refused, unless `bypass_lockout_check`, when the new policy
-    /// would not let the caller call PutKeyPolicy again.
+    /// Replaces the key's policy with the document `policy` (JSON), parsed once the caller
+    /// may call PutKeyPolicy on the key. Refused, unless `bypass_lockout_check`, when the new
+    /// policy would not let the caller call PutKeyPolicy again.
     pub fn put_key_policy(
         &self,
         caller: &Caller,
         key: &KeyRef,
-        policy: KeyPolicy,
+        policy: &str,
         bypass_lockout_check: bool,
     ) -> Result<(), KmsError> {
+        self.authorized(caller, key, Action::PutKeyPolicy, None)?;
+        let policy = KeyPolicy::parse(policy)?;
         if !bypass_lockout_check {
-            check_no_lockout(caller, &policy)?;
+            check_no_lockout(
+                &self.access_request(caller, Action::PutKeyPolicy, None, None),
+                &policy,
+            )?;
         }
         self.update(caller, key, Action::PutKeyPolicy, |record| {
             record.policy = Some(policy);
@@ -931,7 +986,8 @@ impl Kms {
         .map(drop)
     }
 
-    /// Creates an alias pointing at `target` (a key id).
+    /// Creates an alias pointing at `target` (a key id). Needs kms:CreateAlias on the name from
+    /// the server policy (administrators have it) and on the target from its key policy.
     pub fn create_alias(
         &self,
         caller: &Caller,
@@ -939,6 +995,7 @@ impl Kms {
         target: &KeyRef,
     ) -> Result<AliasRecord, KmsError> {
         alias::check_not_reserved(name)?;
+        self.authorize_alias_name(caller, Action::CreateAlias, name)?;
         let _guard = self
             .write_lock
             .lock()
@@ -949,6 +1006,12 @@ impl Kms {
                 "alias {name} already exists"
             )));
         }
+        if self.alias_count.load(Ordering::SeqCst) >= self.max_keys {
+            return Err(KmsError::LimitExceeded(format!(
+                "the limit of {} aliases (the key limit) is reached",
+                self.max_keys
+            )));
+        }
         let now = self.clock.now_millis();
         let record = AliasRecord {
             name: name.clone(),
@@ -957,11 +1020,13 @@ impl Kms {
             updated_at_ms: now,
         };
         self.store.put_alias(&record)?;
+        self.alias_count.fetch_add(1, Ordering::SeqCst);
         info!(alias = %name, key_id = %key_id, "created alias");
         Ok(record)
     }
 
-    /// Points an existing alias at another key. The caller needs kms:UpdateAlias on both.
+    /// Points an existing alias at another key. The caller needs kms:UpdateAlias on the name
+    /// (server policy) and on both keys (their key policies).
     pub fn update_alias(
         &self,
         caller: &Caller,
@@ -969,6 +1034,7 @@ impl Kms {
         target: &KeyRef,
     ) -> Result<AliasRecord, KmsError> {
         alias::check_not_reserved(name)?;
+        self.authorize_alias_name(caller, Action::UpdateAlias, name)?;
         let _guard = self
             .write_lock
             .lock()
@@ -991,9 +1057,11 @@ impl Kms {
         Ok(record)
     }
 
-    /// Deletes an alias; the key is untouched.
+    /// Deletes an alias; the key is untouched. Needs kms:DeleteAlias on the name (server
+    /// policy) and on its key (key policy).
     pub fn delete_alias(&self, caller: &Caller, name: &AliasName) -> Result<(), KmsError> {
         alias::check_not_reserved(name)?;
+        self.authorize_alias_name(caller, Action::DeleteAlias, name)?;
         let _guard = self
             .write_lock
             .lock()
@@ -1008,6 +1076,7 @@ impl Kms {
             None,
         )?;
         self.store.delete_alias(name)?;
+        self.uncount_alias();
         info!(alias = %name, "deleted alias");
         Ok(())
     }
@@ -1227,31 +1296,46 @@ impl Kms {
     ) -> Result<Decrypted, KmsError> {
         let parsed = blob::parse(ciphertext_blob)?;
         let blob_key = parsed.header.key;
-        if let Some(key) = key {
-            let named = self.resolve(key)?;
-            check_encryption_algorithm(&named, EncryptionAlgorithm::SymmetricDefault)?;
-            if named.id != blob_key.key_id {
-                return Err(KmsError::IncorrectKey(format!(
-                    "the ciphertext was not encrypted under key {key}"
-                )));
-            }
-        }
+        // A blob naming no key of this service is as invalid as any other bad blob. Anything
+        // else the caller learns (whether the key was deleted, what the key_id it named is,
+        // the key's spec) waits until the caller may use the blob's key.
         let record = match self
             .store
             .get_key(blob_key.key_id)?
             .map(|r| self.current_view(r))
         {
-            Some(r) if r.state == KeyState::Deleted => {
-                return Err(KmsError::NotFound(format!(
-                    "key {} was deleted; its ciphertexts cannot be decrypted",
-                    r.id
-                )));
-            }
-            Some(r) if r.is_visible() => r,
+            Some(r) if r.is_visible() || r.state == KeyState::Deleted => r,
             _ => return Err(KmsError::InvalidCiphertext),
         };
         caller.note_key(record.id, Some(blob_key.version));
         self.authorize(caller, action, &record, Some(context))?;
+        if record.state == KeyState::Deleted {
+            return Err(KmsError::NotFound(format!(
+                "key {} was deleted; its ciphertexts cannot be decrypted",
+                record.id
+            )));
+        }
+        if let Some(key) = key {
+            let named = match self.resolve(key) {
+                Ok(named) => Some(named.id),
+                Err(KmsError::NotFound(_)) => None,
+                Err(error) => return Err(error),
+            };
+            if named != Some(blob_key.key_id) {
+                return Err(KmsError::IncorrectKey(format!(
+                    "the ciphertext was not encrypted under key {key}"
+                )));
+            }
+        }
+        // Only a SYMMETRIC_DEFAULT key seals blobs. One naming any other key was not made by
+        // this service: with an HMAC key, its MAC of the derivation input would be a message
+        // key, and the blob a forgery.
+        if !record
+            .encryption_algorithms()
+            .contains(&EncryptionAlgorithm::SymmetricDefault)
+        {
+            return Err(KmsError::InvalidCiphertext);
+        }
         record.check_usable()?;
         let version = record
             .version_ref(blob_key.version)
@@ -1490,21 +1574,38 @@ impl Kms {
     }
 
     /// The policy that governs `record`.
-    fn policy_of<'a>(&self, record: &'a KeyRecord) -> Cow<'a, KeyPolicy> {
+    fn policy_of(record: &KeyRecord) -> Cow<'_, KeyPolicy> {
         match &record.policy {
             Some(policy) => Cow::Borrowed(policy),
             // Keys made before key policies existed: the administrators only.
-            None => Cow::Owned(KeyPolicy::default_for(
-                self.authorization
-                    .administrators
-                    .first()
-                    .map_or("", String::as_str),
-                &self.authorization.administrators,
-            )),
+            None => Cow::Owned(KeyPolicy::default_for(crate::policy::ADMINISTRATORS)),
         }
     }
 
-    /// Allows `action` on `record` for `caller` per the key's policy, or AccessDenied.
+    /// What a policy is asked about `caller` doing `action`.
+    fn access_request<'a>(
+        &self,
+        caller: &'a Caller,
+        action: Action,
+        context: Option<&'a EncryptionContext>,
+        alias_name: Option<&'a str>,
+    ) -> AccessRequest<'a> {
+        AccessRequest {
+            principal: caller.principal(),
+            action,
+            encryption_context: context,
+            secure_transport: caller.secure_transport(),
+            administrator: self
+                .authorization
+                .administrators
+                .iter()
+                .any(|a| a == caller.principal()),
+            alias_name,
+        }
+    }
+
+    /// Allows `action` on `record` for `caller` unless the server policy denies it, then per
+    /// the key's policy; or AccessDenied.
     fn authorize(
         &self,
         caller: &Caller,
@@ -1512,12 +1613,18 @@ impl Kms {
         record: &KeyRecord,
         context: Option<&EncryptionContext>,
     ) -> Result<(), KmsError> {
-        let decision = self.policy_of(record).evaluate(&AccessRequest {
-            principal: caller.principal(),
-            action,
-            encryption_context: context,
-            secure_transport: caller.secure_transport(),
-        });
+        let request = self.access_request(caller, action, context, None);
+        if let Some(server_policy) = &self.authorization.server_policy
+            && let Decision::ExplicitDeny(statement) = server_policy.evaluate(&request)
+        {
+            caller.note_statement(format!("server policy {statement}"));
+            return Err(KmsError::AccessDenied(format!(
+                "{} is not allowed {action} on key {}: a statement of the server policy denies it",
+                caller.principal(),
+                record.id
+            )));
+        }
+        let decision = Self::policy_of(record).evaluate(&request);
         if let Some(statement) = decision.statement() {
             caller.note_statement(statement.to_string());
         }
@@ -1539,28 +1646,44 @@ impl Kms {
     /// Allows a server-level action: an explicit Deny of the server policy refuses, then
     /// administrators and the server policy's Allows pass.
     fn authorize_server(&self, caller: &Caller, action: Action) -> Result<(), KmsError> {
-        let decision = self.authorization.server_policy.as_ref().map(|policy| {
-            policy.evaluate(&AccessRequest {
-                principal: caller.principal(),
-                action,
-                encryption_context: None,
-                secure_transport: caller.secure_transport(),
-            })
-        });
+        self.authorize_server_for(caller, action, None)
+    }
+
+    /// Allows the alias-name half of CreateAlias, UpdateAlias or DeleteAlias: alias names are
+    /// global, so who may take or change one is the server policy's to say (with a condition
+    /// on kms:AliasName), not the target key's.
+    fn authorize_alias_name(
+        &self,
+        caller: &Caller,
+        action: Action,
+        name: &AliasName,
+    ) -> Result<(), KmsError> {
+        self.authorize_server_for(caller, action, Some(name.as_str()))
+    }
+
+    fn authorize_server_for(
+        &self,
+        caller: &Caller,
+        action: Action,
+        alias_name: Option<&str>,
+    ) -> Result<(), KmsError> {
+        let request = self.access_request(caller, action, None, alias_name);
+        let decision = self
+            .authorization
+            .server_policy
+            .as_ref()
+            .map(|policy| policy.evaluate(&request));
         if let Some(statement) = decision.as_ref().and_then(Decision::statement) {
             caller.note_statement(format!("server policy {statement}"));
         }
         let explicit_deny = matches!(decision, Some(Decision::ExplicitDeny(_)));
-        let administrator = self
-            .authorization
-            .administrators
-            .iter()
-            .any(|a| a == caller.principal());
-        if !explicit_deny && (administrator || decision.is_some_and(|d| d.is_allowed())) {
+        if !explicit_deny && (request.administrator || decision.is_some_and(|d| d.is_allowed())) {
             return Ok(());
         }
+        let what =
+            alias_name.map_or_else(|| action.to_string(), |name| format!("{action} on {name}"));
         Err(KmsError::AccessDenied(format!(
-            "{} is not allowed {action}: it is not an administrator and the server policy {}",
+            "{} is not allowed {what}: it is not an administrator and the server policy {}",
             caller.principal(),
             if explicit_deny {
                 "denies it"
@@ -1647,20 +1770,15 @@ fn check_rotatable(record: &KeyRecord) -> Result<(), KmsError> {
 }
 
 /// Refuses a policy that would not let `caller` call PutKeyPolicy.
-fn check_no_lockout(caller: &Caller, policy: &KeyPolicy) -> Result<(), KmsError> {
-    let decision = policy.evaluate(&AccessRequest {
-        principal: caller.principal(),
-        action: Action::PutKeyPolicy,
-        encryption_context: None,
-        secure_transport: caller.secure_transport(),
-    });
+fn check_no_lockout(request: &AccessRequest<'_>, policy: &KeyPolicy) -> Result<(), KmsError> {
+    let decision = policy.evaluate(request);
     if decision.is_allowed() {
         return Ok(());
     }
     Err(KmsError::Validation(format!(
         "the policy would not allow you ({}) to call PutKeyPolicy, so you could never change \
          it again; set bypass_policy_lockout_safety_check to apply it anyway",
-        caller.principal()
+        request.principal
     )))
 }
 
@@ -1812,6 +1930,64 @@ mod tests {
             kms.decrypt(&admin(), &blob, &ctx(&[]), None),
             Err(KmsError::InvalidCiphertext)
         ));
+    }
+
+    /// Finding 1 of the security review: an HMAC_256 key's MAC of the derivation input is a
+    /// message key, so a caller allowed GenerateMac could seal a blob naming that key. Decrypt
+    /// and ReEncrypt must refuse it as they refuse any altered blob.
+    #[test]
+    fn a_blob_forged_with_an_hmac_keys_mac_is_refused() {
+        let (kms, _, _) = memory_kms();
+        let hmac = ok(kms.create_key(
+            &admin(),
+            CreateKeyInput {
+                usage: Some(KeyUsage::GenerateVerifyMac),
+                spec: KeySpec::Hmac256,
+                ..plain_input()
+            },
+        ));
+        let target = new_key(&kms);
+        let nonce = ok(symmetric::random_nonce());
+        let mac = ok(kms.generate_mac(
+            &admin(),
+            &KeyRef::Id(hmac.id),
+            &symmetric::derivation_input(&nonce),
+            crate::key::MacAlgorithm::HmacSha256,
+        ))
+        .mac;
+        let k_msg = crate::hsm::MessageKey::new(zeroize::Zeroizing::new(
+            mac.as_slice()
+                .try_into()
+                .unwrap_or_else(|_| panic!("32 bytes")),
+        ));
+        let version = KeyVersionRef {
+            key_id: hmac.id,
+            version: hmac.current_version,
+        };
+        let forged = ok(symmetric::seal(
+            &k_msg,
+            version,
+            nonce,
+            &ctx(&[]),
+            b"forged",
+        ));
+        for named in [None, Some(KeyRef::Id(hmac.id))] {
+            assert!(matches!(
+                kms.decrypt(&admin(), &forged, &ctx(&[]), named.as_ref()),
+                Err(KmsError::InvalidCiphertext)
+            ));
+            assert!(matches!(
+                kms.re_encrypt(
+                    &admin(),
+                    &forged,
+                    &ctx(&[]),
+                    named.as_ref(),
+                    &target,
+                    &ctx(&[])
+                ),
+                Err(KmsError::InvalidCiphertext)
+            ));
+        }
     }
 
     #[test]
@@ -2349,12 +2525,109 @@ mod tests {
             Err(KmsError::LimitExceeded(_))
         ));
         // A restarted service counts the keys in the store.
-        let restarted = Kms::new(store, hsm, clock)
+        let restarted = Kms::new(store.clone(), hsm.clone(), clock.clone())
             .with_authorization(crate::testing::authorization())
             .with_max_keys(3);
         ok(restarted.reconcile());
-        new_key(&restarted);
+        let key = new_key(&restarted);
         assert!(restarted.create_key(&admin(), plain_input()).is_err());
+
+        // Aliases share the limit, counted from the store after a restart too.
+        for name in ["alias/a", "alias/b", "alias/c"] {
+            ok(restarted.create_alias(&admin(), &alias(name), &key));
+        }
+        assert!(matches!(
+            restarted.create_alias(&admin(), &alias("alias/d"), &key),
+            Err(KmsError::LimitExceeded(_))
+        ));
+        ok(restarted.delete_alias(&admin(), &alias("alias/c")));
+        ok(restarted.create_alias(&admin(), &alias("alias/d"), &key));
+        let again = Kms::new(store, hsm, clock)
+            .with_authorization(crate::testing::authorization())
+            .with_max_keys(3);
+        ok(again.reconcile());
+        assert!(matches!(
+            again.create_alias(&admin(), &alias("alias/e"), &key),
+            Err(KmsError::LimitExceeded(_))
+        ));
+    }
+
+    /// Finding 6: a key takes ten on-demand rotations in its life.
+    #[test]
+    fn on_demand_rotations_are_capped() {
+        let (kms, _, _) = memory_kms();
+        let key = new_key(&kms);
+        for _ in 0..Kms::MAX_ON_DEMAND_ROTATIONS {
+            ok(kms.rotate_key_on_demand(&admin(), &key));
+        }
+        assert!(matches!(
+            kms.rotate_key_on_demand(&admin(), &key),
+            Err(KmsError::LimitExceeded(_))
+        ));
+        // Automatic rotation is not capped.
+        ok(kms.rotate_key(&key, VersionSource::Automatic));
+    }
+
+    /// Finding 7: Decrypt tells a caller without the right to the blob's key nothing about
+    /// the key_id it named (an alias that exists or not, that points elsewhere or not).
+    #[test]
+    fn decrypt_authorizes_before_it_reveals_anything() {
+        let (kms, _, _) = memory_kms();
+        let key = new_key(&kms);
+        let other = new_key(&kms);
+        let KeyRef::Id(other_id) = other else {
+            unreachable!()
+        };
+        ok(kms.create_alias(&admin(), &alias("alias/same"), &key));
+        ok(kms.create_alias(&admin(), &alias("alias/other"), &KeyRef::Id(other_id)));
+        let blob = ok(kms.encrypt(&admin(), &key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+        let stranger = Caller::new("stranger", true);
+        for named in ["alias/same", "alias/other", "alias/missing"] {
+            let named = KeyRef::parse(named, "key_id").ok();
+            assert!(
+                denied(kms.decrypt(&stranger, &blob, &ctx(&[]), named.as_ref())),
+                "{named:?}"
+            );
+        }
+        // The caller who may use the key learns that the alias is not the blob's key.
+        for named in ["alias/other", "alias/missing"] {
+            let named = KeyRef::parse(named, "key_id").ok();
+            assert!(matches!(
+                kms.decrypt(&admin(), &blob, &ctx(&[]), named.as_ref()),
+                Err(KmsError::IncorrectKey(_))
+            ));
+        }
+    }
+
+    /// Finding 5: alias names are the server policy's to give, with kms:AliasName.
+    #[test]
+    fn alias_names_need_the_server_policy() {
+        let server_policy = ok(KeyPolicy::parse_server(
+            r#"{"Statement":[
+                {"Effect":"Allow","Principal":"app","Action":"kms:CreateKey"},
+                {"Effect":"Allow","Principal":"app","Action":"kms:CreateAlias",
+                 "Condition":{"StringLike":{"kms:AliasName":"alias/app/*"}}}]}"#,
+        ));
+        let kms = memory_kms().0.with_authorization(Authorization {
+            administrators: vec!["admin".into()],
+            server_policy: Some(server_policy),
+        });
+        let app = Caller::new("app", true);
+        let key = KeyRef::Id(ok(kms.create_key(&app, plain_input())).id);
+        assert!(denied(kms.create_alias(
+            &app,
+            &alias("alias/payments"),
+            &key
+        )));
+        ok(kms.create_alias(&app, &alias("alias/app/payments"), &key));
+        // The key policy still has its say: app cannot name the admin's key.
+        let admins_key = new_key(&kms);
+        assert!(denied(kms.create_alias(
+            &app,
+            &alias("alias/app/theirs"),
+            &admins_key
+        )));
+        ok(kms.create_alias(&admin(), &alias("alias/payments"), &admins_key));
     }
 
     #[allow(clippy::needless_pass_by_value)] // reads best around a call
@@ -2376,12 +2649,29 @@ mod tests {
         // The default policy names only the creator (and administrators).
         assert!(denied(kms.encrypt(&app, &key, &plaintext(b"x"), &empty)));
         assert!(denied(kms.describe_key(&app, &key)));
+        // Authorization comes first: a caller with no right to the key learns nothing of a
+        // policy document's faults, or of the key.
+        assert!(denied(kms.put_key_policy(
+            &app,
+            &key,
+            "not a policy",
+            false
+        )));
+        assert!(denied(kms.create_key(
+            &app,
+            CreateKeyInput {
+                policy: Some("not a policy".into()),
+                ..plain_input()
+            }
+        )));
 
-        let policy = ok(KeyPolicy::parse(
-            r#"{"Statement":[
+        let policy = r#"{"Statement":[
                 {"Effect":"Allow","Principal":"admin","Action":"kms:*"},
                 {"Sid":"App","Effect":"Allow","Principal":"app",
-                 "Action":["kms:Encrypt","kms:ReEncryptFrom"]}]}"#,
+                 "Action":["kms:Encrypt","kms:ReEncryptFrom"]}]}"#;
+        assert!(matches!(
+            kms.put_key_policy(&admin(), &key, "not a policy", false),
+            Err(KmsError::Validation(_))
         ));
         ok(kms.put_key_policy(&admin(), &key, policy, false));
         let _ = app.take_note();
@@ -2398,11 +2688,9 @@ mod tests {
         assert_eq!(app.take_note().keys.len(), 2);
 
         // A policy that locks the caller out needs the bypass.
-        let lockout = ok(KeyPolicy::parse(
-            r#"{"Statement":[{"Effect":"Allow","Principal":"app","Action":"kms:*"}]}"#,
-        ));
+        let lockout = r#"{"Statement":[{"Effect":"Allow","Principal":"app","Action":"kms:*"}]}"#;
         assert!(matches!(
-            kms.put_key_policy(&admin(), &key, lockout.clone(), false),
+            kms.put_key_policy(&admin(), &key, lockout, false),
             Err(KmsError::Validation(_))
         ));
         ok(kms.put_key_policy(&admin(), &key, lockout, true));
@@ -2424,7 +2712,18 @@ mod tests {
         let app = Caller::new("app", true);
         let record = ok(kms.create_key(&app, plain_input()));
         let (_, policy) = ok(kms.get_key_policy(&app, &KeyRef::Id(record.id)));
-        assert!(policy.text().contains("\"app\"") && policy.text().contains("\"admin\""));
+        assert!(policy.text().contains("\"app\"") && policy.text().contains("\"#administrators\""));
+        // The server policy's Deny binds key actions too, administrators included.
+        let server_policy = ok(KeyPolicy::parse_server(
+            r#"{"Statement":{"Effect":"Deny","Principal":"*","Action":"kms:Decrypt"}}"#,
+        ));
+        let strict = memory_kms().0.with_authorization(Authorization {
+            administrators: vec!["admin".into()],
+            server_policy: Some(server_policy),
+        });
+        let key = new_key(&strict);
+        let blob = ok(strict.encrypt(&admin(), &key, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+        assert!(denied(strict.decrypt(&admin(), &blob, &ctx(&[]), None)));
         assert!(denied(kms.list_keys(&app, ok(PageLimit::new(0)), None)));
         assert!(denied(
             kms.generate_random(&admin(), ok(RandomLength::new(8)))

@@ -79,19 +79,24 @@ impl Kms {
         caller.note_key(record.id, Some(version.version));
         let signature = match algorithm {
             SigningAlgorithm::EcdsaSha256 => {
-                let raw = self.hsm.sign(version, SignMechanism::Ecdsa, &digest)?;
+                let raw =
+                    self.hsm
+                        .sign(version, record.material(), SignMechanism::Ecdsa, &digest)?;
                 asymmetric::ecdsa_raw_to_der(&raw)?
             }
             SigningAlgorithm::RsassaPssSha256
             | SigningAlgorithm::RsassaPssSha384
-            | SigningAlgorithm::RsassaPssSha512 => {
-                self.hsm
-                    .sign(version, SignMechanism::RsaPss(algorithm.hash()), &digest)?
-            }
+            | SigningAlgorithm::RsassaPssSha512 => self.hsm.sign(
+                version,
+                record.material(),
+                SignMechanism::RsaPss(algorithm.hash()),
+                &digest,
+            )?,
             SigningAlgorithm::RsassaPkcs1V15Sha256
             | SigningAlgorithm::RsassaPkcs1V15Sha384
             | SigningAlgorithm::RsassaPkcs1V15Sha512 => self.hsm.sign(
                 version,
+                record.material(),
                 SignMechanism::RsaPkcs1,
                 &asymmetric::pkcs1_digest_info(algorithm.hash(), &digest),
             )?,
@@ -195,9 +200,12 @@ impl Kms {
         }
         let version = current_version(record)?;
         caller.note_key(record.id, Some(version.version));
-        Ok(self
-            .hsm
-            .sign(version, SignMechanism::Hmac(algorithm), message)?)
+        Ok(self.hsm.sign(
+            version,
+            record.material(),
+            SignMechanism::Hmac(algorithm),
+            message,
+        )?)
     }
 }
 
