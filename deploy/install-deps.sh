@@ -4,8 +4,9 @@
 # key wrapping with it); libclang for the RocksDB bindings; a C++ compiler; protoc with the
 # well-known .proto files; Python's cryptography, grpcio and protobuf (the test vectors and
 # the interop client; python3-venv for deploy/bench.sh's OpenBao and deploy/check.sh's linters);
-# systemd for deploy/check.sh's systemd-analyze; and Rust >= 1.88 with rustfmt and clippy
-# (through rustup when there is no Rust at all).
+# systemd for deploy/check.sh's systemd-analyze; Rust >= 1.88 with rustfmt and clippy
+# (through rustup when there is no Rust at all); and cargo-afl (AFL++ for Rust, from crates.io)
+# for fuzz/run.sh.
 set -euo pipefail
 min_rust=1.88
 packages=(softhsm2 opensc libfaketime openssl libclang-dev clang build-essential protobuf-compiler libprotobuf-dev
@@ -47,4 +48,11 @@ if command -v rustup >/dev/null; then
     for c in rustfmt clippy; do
         rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
     done
+fi
+
+# cargo-afl: builds AFL++ and its runtime for this Rust when installed.
+afl_version=0.18.2
+if ! cargo afl --version 2>/dev/null | grep -q "$afl_version"; then
+    echo "install-deps: installing cargo-afl $afl_version"
+    cargo install cargo-afl --locked --version "$afl_version" --quiet
 fi

@@ -34,6 +34,14 @@ echo "== cargo test"
 cargo test --workspace --locked 2>&1 | tee "$scratch/test.log"
 echo "== test vectors against the independent Python implementation"
 python3 tests/data/symmetric_default_v1.py
+echo "== constant-time checks (dudect-style; the controls must be caught)"
+cargo build --release --locked -p kms-bench --bin kms-ct
+"$CARGO_TARGET_DIR/release/kms-ct" --samples 200000
+echo "== fuzz targets: format, clippy, and a short run of each (fuzz/run.sh all 3600 for the long run)"
+cargo fmt --manifest-path fuzz/Cargo.toml --check
+CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/kms/fuzz-target} \
+    cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
+fuzz/run.sh smoke "${KMS_FUZZ_SMOKE_SECONDS:-10}"
 
 # One closing line for the whole run.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \

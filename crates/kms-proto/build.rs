@@ -28,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(descriptors)
         .build_client(true)
         .build_server(true)
+        // Messages that do not decode are the caller's fault (INVALID_ARGUMENT).
+        .codec_path("crate::codec::KmsCodec")
         // Messages that carry plaintext get a redacting Debug impl (src/lib.rs) instead.
         .skip_debug(SECRET_MESSAGES.iter().map(|m| format!(".kms.v1.{m}")))
         .compile_protos(&[kms], &[root])?;

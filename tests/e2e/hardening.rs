@@ -249,3 +249,89 @@ async fn a_restart_never_signs_a_forged_tail_and_refuses_a_rolled_back_log() {
     let mut kmsd = env.start();
     assert!(kmsd.terminate());
 }
+
+/// Unmounts the small file system of the full-disk test.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk under the audit log makes kmsd refuse calls (it answers nothing it cannot
+/// audit), and kmsd takes calls again by itself once there is room: no restart, and the log
+/// still verifies. Runs on a 256 KiB tmpfs, so it needs root, as the test command has.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_calls_and_kmsd_recovers_when_space_returns() {
+    let env = TestEnv::new();
+    let dir = env.path().join("audit-fs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs (the tests run as root)");
+    let _mount = Mount(dir.clone());
+    let log = dir.join("audit.log");
+    let mut args = env.kmsd_args();
+    args.extend(["--audit-log".to_owned(), log.to_string_lossy().into_owned()]);
+    let mut kmsd = env
+        .start_with(&args, &[])
+        .unwrap_or_else(|e| panic!("kmsd did not start:\n{e}"));
+    let mut c = kmsd.client().await;
+    let key = c
+        .create_key("audited on a small disk")
+        .await
+        .unwrap()
+        .key_id;
+    c.encrypt(&key, b"before", &ctx(&[])).await.unwrap();
+
+    // Fill the disk.
+    let filler = dir.join("filler");
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        while file.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = file.sync_all();
+    }
+    // The log's last page still has room for a few records; then no more.
+    let mut refused = None;
+    for _ in 0..64 {
+        if let Err(e) = c.encrypt(&key, b"no room", &ctx(&[])).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let message = expect_error(
+        Err::<(), _>(refused.expect("a call is refused once the disk is full")),
+        Code::Internal,
+        "KMSInternalException",
+    );
+    assert!(!message.contains("no room"), "{message}");
+    // Every call is refused while the disk stays full, and none is half-written.
+    expect_error(
+        c.encrypt(&key, b"still no room", &ctx(&[])).await,
+        Code::Internal,
+        "KMSInternalException",
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    c.encrypt(&key, b"after", &ctx(&[])).await.unwrap();
+    drop(c);
+    assert!(kmsd.terminate());
+    let out = kmsctl_offline(&[
+        "audit",
+        "verify",
+        "--log",
+        &log.to_string_lossy(),
+        "--public-key",
+        &log.with_extension("pub.pem").to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -126,3 +126,15 @@ impl From<HsmError> for KmsError {
         }
     }
 }
+
+/// `error` and its sources, `: `-separated, for a log line or a test's message.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

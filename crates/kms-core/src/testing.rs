@@ -21,6 +21,10 @@ use crate::ids::{AliasName, KeyId};
 use crate::key::{KeyMaterial, KeyRecord, MacAlgorithm, WrappingAlgorithm};
 use crate::store::{MetadataStore, StoreError};
 
+pub mod fault_load;
+mod faults;
+pub use faults::{Fault, FaultyKeyStore};
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -95,6 +95,10 @@ pub struct HsmKeyStore {
     /// connection): a handle cached under another generation must be searched again.
     generation: AtomicU64,
     observer: Option<CallObserver>,
+    /// Held (shared) while objects are made and (alone) while token objects are destroyed:
+    /// SoftHSM2 2.6 fails a creation (CKR_TEMPLATE_INCONSISTENT, CKR_GENERAL_ERROR) that runs
+    /// while another session destroys a token object, as the fault-injection test found.
+    object_store: RwLock<()>,
 }
 
 impl HsmKeyStore {
@@ -109,6 +113,7 @@ impl HsmKeyStore {
             handles: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             observer: None,
+            object_store: RwLock::new(()),
         })
     }
 
@@ -190,6 +195,24 @@ impl HsmKeyStore {
             observer(operation, started.elapsed(), result.is_ok());
         }
         result
+    }
+
+    /// Runs `f` while objects may be made, but no token object destroyed.
+    fn creating<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _shared = self
+            .object_store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        f()
+    }
+
+    /// Runs `f` while no object is being made.
+    fn destroying<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _alone = self
+            .object_store
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        f()
     }
 
     /// Forgets every cached object handle.
@@ -364,12 +387,14 @@ impl HsmKeyStore {
         };
         // Not idempotent: a retry after a lost session could make a second pair. A failure
         // leaves at most an orphan, which startup reconciliation destroys.
-        let (handle, attributes) = self.with_session("generate key pair", false, |s| {
-            let (public_handle, private_handle) =
-                s.generate_key_pair(&mechanism, public, private)?;
-            let attributes = s.get_attributes(public_handle, &wanted);
-            s.destroy_object(public_handle)?;
-            Ok((private_handle, attributes?))
+        let (handle, attributes) = self.creating(|| {
+            self.with_session("generate key pair", false, |s| {
+                let (public_handle, private_handle) =
+                    s.generate_key_pair(&mechanism, public, private)?;
+                let attributes = s.get_attributes(public_handle, &wanted);
+                s.destroy_object(public_handle)?;
+                Ok((private_handle, attributes?))
+            })
         })?;
         debug!(label, "generated HSM key pair");
         Ok((handle, public_key_der(ec, attributes)?))
@@ -449,8 +474,10 @@ impl KeyStore for HsmKeyStore {
                 let template =
                     templates::secret_template(bytes, label, material.secret_len(), allowed);
                 // Not idempotent: see generate_pair.
-                let handle = self.with_session("generate key", false, |s| {
-                    s.generate_key(&Mechanism::GenericSecretKeyGen, &template)
+                let handle = self.creating(|| {
+                    self.with_session("generate key", false, |s| {
+                        s.generate_key(&Mechanism::GenericSecretKeyGen, &template)
+                    })
                 })?;
                 (handle, None)
             }
@@ -578,11 +605,13 @@ impl KeyStore for HsmKeyStore {
             templates::allowed_mechanisms(ObjectKind::MasterSecret, true),
         );
         let zero = vec![0u8; bits as usize / 8];
-        let supported = self.with_session("probe unwrapping", true, |s| {
-            match s.unwrap_key(&oaep, private, &zero, &probe_template) {
-                Ok(object) => s.destroy_object(object).map(|()| true),
-                Err(e) => Ok(!is_unsupported_parameter(&e)),
-            }
+        let supported = self.creating(|| {
+            self.with_session("probe unwrapping", true, |s| {
+                match s.unwrap_key(&oaep, private, &zero, &probe_template) {
+                    Ok(object) => s.destroy_object(object).map(|()| true),
+                    Err(e) => Ok(!is_unsupported_parameter(&e)),
+                }
+            })
         });
         if !matches!(supported, Ok(true)) {
             self.destroy_wrapping_key(key)?;
@@ -626,35 +655,37 @@ impl KeyStore for HsmKeyStore {
         let wrapping_id = object_id::wrapping_id(self.namespace, wrapping);
         let oaep = templates::oaep(algorithm.hash());
         let (handle, length) = self
-            .with_session("unwrap key", false, |s| {
-                let unwrapping = s
-                    .find_objects(&[
-                        Attribute::Class(ObjectClass::PRIVATE_KEY),
-                        Attribute::Id(wrapping_id.clone()),
-                    ])?
-                    .into_iter()
-                    .next();
-                let Some(unwrapping) = unwrapping else {
-                    return Ok(Ok(None));
-                };
-                let handle = match s.unwrap_key(&oaep, unwrapping, wrapped, &template) {
-                    Ok(handle) => handle,
-                    // SoftHSM2 reports a bad OAEP padding as CKR_GENERAL_ERROR.
-                    Err(e) if error::is_bad_input(&e) || is_general_error(&e) => {
-                        return Ok(Err(HsmError::Rejected {
-                            operation: "unwrap key",
-                        }));
-                    }
-                    Err(e) => return Err(e),
-                };
-                let length = s
-                    .get_attributes(handle, &[AttributeType::ValueLen])?
-                    .into_iter()
-                    .find_map(|a| match a {
-                        Attribute::ValueLen(len) => Some(u64::from(len)),
-                        _ => None,
-                    });
-                Ok(Ok(Some((handle, length))))
+            .creating(|| {
+                self.with_session("unwrap key", false, |s| {
+                    let unwrapping = s
+                        .find_objects(&[
+                            Attribute::Class(ObjectClass::PRIVATE_KEY),
+                            Attribute::Id(wrapping_id.clone()),
+                        ])?
+                        .into_iter()
+                        .next();
+                    let Some(unwrapping) = unwrapping else {
+                        return Ok(Ok(None));
+                    };
+                    let handle = match s.unwrap_key(&oaep, unwrapping, wrapped, &template) {
+                        Ok(handle) => handle,
+                        // SoftHSM2 reports a bad OAEP padding as CKR_GENERAL_ERROR.
+                        Err(e) if error::is_bad_input(&e) || is_general_error(&e) => {
+                            return Ok(Err(HsmError::Rejected {
+                                operation: "unwrap key",
+                            }));
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let length = s
+                        .get_attributes(handle, &[AttributeType::ValueLen])?
+                        .into_iter()
+                        .find_map(|a| match a {
+                            Attribute::ValueLen(len) => Some(u64::from(len)),
+                            _ => None,
+                        });
+                    Ok(Ok(Some((handle, length))))
+                })
             })??
             .ok_or_else(|| HsmError::Failed {
                 operation: "unwrap key",
@@ -669,11 +700,13 @@ impl KeyStore for HsmKeyStore {
 
     fn destroy_wrapping_key(&self, key: WrappingKeyRef) -> Result<(), HsmError> {
         let id = object_id::wrapping_id(self.namespace, key);
-        self.with_session("destroy wrapping key", true, |s| {
-            for handle in s.find_objects(&[Attribute::Id(id.clone())])? {
-                s.destroy_object(handle)?;
-            }
-            Ok(())
+        self.destroying(|| {
+            self.with_session("destroy wrapping key", true, |s| {
+                for handle in s.find_objects(&[Attribute::Id(id.clone())])? {
+                    s.destroy_object(handle)?;
+                }
+                Ok(())
+            })
         })
     }
 
@@ -711,13 +744,15 @@ impl KeyStore for HsmKeyStore {
             .chain([ObjectId::legacy(self.namespace, key)])
             .map(|id| id.to_bytes())
             .collect();
-        self.with_session("destroy key", true, |s| {
-            for id in &ids {
-                for handle in s.find_objects(&[Attribute::Id(id.clone())])? {
-                    s.destroy_object(handle)?;
+        self.destroying(|| {
+            self.with_session("destroy key", true, |s| {
+                for id in &ids {
+                    for handle in s.find_objects(&[Attribute::Id(id.clone())])? {
+                        s.destroy_object(handle)?;
+                    }
                 }
-            }
-            Ok(())
+                Ok(())
+            })
         })
     }
 

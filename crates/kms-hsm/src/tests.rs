@@ -20,6 +20,8 @@ use zeroize::Zeroizing;
 
 use super::{HsmConfig, HsmKeyStore, ObjectId, ObjectKind, OpenError};
 
+mod faults;
+
 const PIN: &str = "user-pin-1234";
 const SO_PIN: &str = "so-pin-5678";
 const NAMESPACE: [u8; 16] = [0x42; 16];

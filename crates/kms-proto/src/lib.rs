@@ -1,10 +1,15 @@
 //! Generated gRPC code for the `kms.v1` API in `proto/kms/v1`.
 //!
-//! Generated code, plus one hand-written thing: the `Debug` impls of the messages that carry
+//! Generated code, plus two hand-written things: the `Debug` impls of the messages that carry
 //! plaintext or data keys, which print the length of those fields instead of their bytes, so
-//! that no `{:?}` of a request or response can leak a secret. This crate depends on nothing of
-//! the project.
+//! that no `{:?}` of a request or response can leak a secret; and the codec, which answers a
+//! message that does not decode with INVALID_ARGUMENT. This crate depends on nothing of the
+//! project.
 #![forbid(unsafe_code)]
+
+pub mod codec;
+
+pub use codec::ERROR_DOMAIN;
 
 /// Package `kms.v1`.
 pub mod v1 {

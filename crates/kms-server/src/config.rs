@@ -166,10 +166,15 @@ impl RawConfig {
     /// Reads and parses the TOML file at `path`.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = read_text(path)?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.message().to_owned(),
+            message,
         })
+    }
+
+    /// Parses TOML text; `Err` says what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
     }
 }
 

@@ -6,8 +6,7 @@ use kms_core::KmsError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// The `google.rpc.ErrorInfo` domain of every error.
-pub const ERROR_DOMAIN: &str = "kms";
+pub use kms_proto::ERROR_DOMAIN;
 
 /// The status of `error`: its code, its message, and an `ErrorInfo` whose reason is the AWS
 /// exception name. Internal errors are logged with their cause, which the caller never sees.

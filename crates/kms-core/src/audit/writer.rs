@@ -307,13 +307,13 @@ impl Writer {
             // is unknown and the log fails for good.
             match self.cut_back() {
                 Ok(()) => {
-                    tracing::error!(error = %ErrorChainDisplay(&error),
+                    tracing::error!(error = %crate::error::chain(&error),
                         "an audit batch could not be written (is the disk full?); its calls \
                          fail, later ones are tried again");
                     fail(batch, &Arc::new(error));
                 }
                 Err(cut) => {
-                    tracing::error!(error = %ErrorChainDisplay(&error), cut = %cut,
+                    tracing::error!(error = %crate::error::chain(&error), cut = %cut,
                         "the audit log failed and could not be cut back; refusing every \
                          further event until kmsd restarts");
                     // Only the leader sets it, so this is the first and only time.
@@ -329,21 +329,6 @@ impl Writer {
         for (seq, job) in (first_seq + 1..).zip(batch) {
             (job.done)(Ok(seq));
         }
-    }
-}
-
-/// An error with its sources, for a log line.
-struct ErrorChainDisplay<'a>(&'a AuditError);
-
-impl fmt::Display for ErrorChainDisplay<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = std::error::Error::source(self.0);
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
     }
 }
 

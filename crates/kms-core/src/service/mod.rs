@@ -1791,6 +1791,9 @@ fn invalid_state(record: &KeyRecord, verb: &str) -> KmsError {
 }
 
 #[cfg(test)]
+mod faults_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::admin;
