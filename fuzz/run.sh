@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/kms/fuzz-target}
 out=${FUZZ_OUT:-$CARGO_TARGET_DIR/afl}
-targets=(blob context policy audit_log config import rpc)
+targets=(blob context policy audit_log audit_open config import rpc)
 
 # AFL++ on a shared machine: no CPU pinning or frequency checks, no terminal UI, and no
 # complaint about where the kernel sends core dumps.
@@ -39,8 +39,8 @@ run() {
     # The coverage map the target needs, when it is larger than AFL++'s default (the rpc
     # target's is).
     local map_size
-    map_size=$(AFL_DUMP_MAP_SIZE=1 "$CARGO_TARGET_DIR/release/$target")
-    [ "$map_size" -gt 65536 ] || map_size=65536
+    map_size=$(AFL_DUMP_MAP_SIZE=1 "$CARGO_TARGET_DIR/release/$target" < /dev/null || true)
+    [[ "$map_size" =~ ^[0-9]+$ ]] && [ "$map_size" -gt 65536 ] || map_size=65536
     # -t: an input running longer than 2 s is a hang; -V: stop after SECONDS.
     AFL_MAP_SIZE=$map_size cargo afl fuzz -i "corpus/$target" -o "$dir" -t 2000 -V "$seconds" \
         "$CARGO_TARGET_DIR/release/$target" > "$dir/fuzz.log" 2>&1 || {

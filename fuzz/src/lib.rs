@@ -13,10 +13,9 @@ use std::sync::{Arc, OnceLock};
 
 use kms_core::audit::{self, AuditLog, CheckpointSigner};
 use kms_core::hsm::MessageKey;
-use kms_core::key::{ExpirationModel, KeySpec, KeyUsage, Origin, WrappingAlgorithm};
+use kms_core::key::{ExpirationModel, KeySpec, Origin, WrappingAlgorithm};
 use kms_core::policy::{AccessRequest, Action, KeyPolicy};
 use kms_core::service::{Authorization, CreateKeyInput};
-use kms_core::tags::NewTags;
 use kms_core::testing::{MemoryStore, SoftCheckpointSigner, memory_kms};
 use kms_core::{AliasName, Caller, EncryptionContext, KeyRef, Kms, blob, symmetric};
 use zeroize::Zeroizing;
@@ -95,6 +94,39 @@ pub fn audit_log(data: &[u8]) {
     audit::read_events(data).for_each(drop);
 }
 
+/// The key of the `audit_open` target's logs (its seeds are signed with it).
+pub const AUDIT_SEED: &[u8] = b"kms fuzz audit signer";
+
+/// The log id of the `audit_open` target's logs.
+pub const AUDIT_LOG_ID: [u8; 16] = [9; 16];
+
+/// The audit log's recovery at open, on a file someone else may have written: kmsd either
+/// refuses the file or leaves a log that, once it appends a record, verifies with its key.
+pub fn audit_open(data: &[u8]) {
+    static SIGNER: OnceLock<Arc<SoftCheckpointSigner>> = OnceLock::new();
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let signer = SIGNER.get_or_init(|| Arc::new(SoftCheckpointSigner::from_seed(AUDIT_SEED)));
+    let dir = DIR.get_or_init(scratch_dir);
+    let path = dir.path().join("audit.log");
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, data).expect("write the log");
+    let Ok(log) = AuditLog::open(
+        &path,
+        AUDIT_LOG_ID,
+        Arc::clone(signer) as Arc<dyn CheckpointSigner>,
+        Arc::new(MemoryStore::default()),
+    ) else {
+        return;
+    };
+    let event = audit::AuditEvent::new(0, "fuzz", "Decrypt", audit::Outcome::Success);
+    log.append(event).expect("append to the recovered log");
+    log.close().expect("close");
+    let bytes = std::fs::read(&path).expect("read the log");
+    if let Err(failure) = audit::verify(&bytes, &signer.public_key()) {
+        panic!("the recovered log does not verify: {failure}");
+    }
+}
+
 /// kmsd's TOML configuration file.
 pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
@@ -121,13 +153,8 @@ pub fn import(data: &[u8]) {
             .create_key(
                 &admin,
                 CreateKeyInput {
-                    description: String::new(),
-                    usage: Some(KeyUsage::EncryptDecrypt),
-                    spec: KeySpec::SymmetricDefault,
                     origin: Origin::External,
-                    tags: NewTags::default(),
-                    policy: None,
-                    bypass_policy_lockout_safety_check: false,
+                    ..CreateKeyInput::new(KeySpec::SymmetricDefault)
                 },
             )
             .expect("create an EXTERNAL key");
@@ -165,32 +192,13 @@ fn seeded_kms(principal: &str) -> Kms {
         server_policy: None,
     });
     let caller = Caller::new(principal, true);
-    for (alias, spec, usage) in [
-        (
-            "alias/fuzz",
-            KeySpec::SymmetricDefault,
-            KeyUsage::EncryptDecrypt,
-        ),
-        (
-            "alias/fuzz-hmac",
-            KeySpec::Hmac256,
-            KeyUsage::GenerateVerifyMac,
-        ),
-        ("alias/fuzz-ec", KeySpec::EccNistP256, KeyUsage::SignVerify),
+    for (alias, spec) in [
+        ("alias/fuzz", KeySpec::SymmetricDefault),
+        ("alias/fuzz-hmac", KeySpec::Hmac256),
+        ("alias/fuzz-ec", KeySpec::EccNistP256),
     ] {
         let record = kms
-            .create_key(
-                &caller,
-                CreateKeyInput {
-                    description: String::new(),
-                    usage: Some(usage),
-                    spec,
-                    origin: Origin::Kms,
-                    tags: NewTags::default(),
-                    policy: None,
-                    bypass_policy_lockout_safety_check: false,
-                },
-            )
+            .create_key(&caller, CreateKeyInput::new(spec))
             .expect("create a fuzz key");
         let name = AliasName::parse(alias).expect("an alias name");
         kms.create_alias(&caller, &name, &KeyRef::Id(record.id))
@@ -199,16 +207,20 @@ fn seeded_kms(principal: &str) -> Kms {
     kms
 }
 
-/// A fresh audit log in a temporary directory (on /dev/shm when there is one, so that its
-/// syncs cost little).
-fn scratch_audit_log() -> (Arc<AuditLog>, tempfile::TempDir) {
+/// A temporary directory, on /dev/shm when there is one, so that syncs cost little.
+fn scratch_dir() -> tempfile::TempDir {
     let base = std::path::Path::new("/dev/shm");
-    let dir = if base.is_dir() {
+    if base.is_dir() {
         tempfile::tempdir_in(base)
     } else {
         tempfile::tempdir()
     }
-    .expect("a temporary directory");
+    .expect("a temporary directory")
+}
+
+/// A fresh audit log in a [`scratch_dir`].
+fn scratch_audit_log() -> (Arc<AuditLog>, tempfile::TempDir) {
+    let dir = scratch_dir();
     let log = AuditLog::open(
         &dir.path().join("audit.log"),
         [9; 16],

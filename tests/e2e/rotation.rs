@@ -281,9 +281,20 @@ async fn kill_9_during_deletions_leaves_nothing_behind_after_restart() {
     drop(c);
     drop(kmsd);
 
-    // Kill kmsd at different points of its startup deletions, 8 days later.
-    for delay_ms in [30, 120, 250] {
+    // Kill kmsd at different points of its startup deletions, 8 days later: counted from
+    // when it has opened the token, not from its start, so that a slow machine does not kill
+    // it while SoftHSM2 rewrites its token file at login (which kill -9 can leave torn, and
+    // the token unreadable: SoftHSM2's weakness, not what this test is about).
+    for delay_ms in [5, 60, 200] {
         let mut kmsd = env.spawn_shifted("+8d");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !kmsd.log().contains("opened the HSM token") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kmsd did not open the token"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         kmsd.kill9();
     }

@@ -120,7 +120,10 @@ async fn revoked_certificates_are_refused_once_the_crl_names_them() {
         "AccessDeniedException",
     );
 
-    // Revoke app: within the file check's period, its open connection's calls fail.
+    // Revoke app: within the file check's period, its open connection's calls fail. (A
+    // second first, so that the new CRL's number, its time, is higher.)
+    let before = std::fs::read(&crl).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
     revoke(&pki, &["app"]);
     let refused = wait_until_refused(&mut app, &key).await;
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused}");
@@ -132,6 +135,23 @@ async fn revoked_certificates_are_refused_once_the_crl_names_them() {
         assert_eq!(again.describe_key(&key).await.unwrap_err().reason(), None);
     }
     admin.describe_key(&key).await.unwrap();
+
+    // The older CRL, put back (properly signed, but it does not name app), is refused: app
+    // stays revoked.
+    let after = std::fs::read(&crl).unwrap();
+    std::fs::write(&crl, &before).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !kmsd.log().contains("older than") {
+        assert!(
+            Instant::now() < deadline,
+            "the old CRL was not refused:\n{}",
+            kmsd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let still = app.describe_key(&key).await.unwrap_err();
+    assert_eq!(still.code(), Code::Unauthenticated, "{still}");
+    std::fs::write(&crl, &after).unwrap();
 
     // SIGHUP: a CRL written with its old modification time is read at once on the signal.
     let modified = std::fs::metadata(&crl).unwrap().modified().unwrap();
@@ -296,6 +316,77 @@ async fn one_client_cannot_hold_the_connections() {
         ),
         Some(1.0)
     );
+}
+
+/// A CRL past its next update is not trusted for ever: every client is refused (OpenSSL's
+/// rule too) until a fresh CRL is in force.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crl_past_its_next_update_refuses_every_client_until_a_fresh_one() {
+    let env = TestEnv::new();
+    let pki = pki(&env);
+    // A CRL whose next update is the moment it is made.
+    let out = Command::new(bin("kmsctl"))
+        .args(["dev-pki", "--dir"])
+        .arg(&pki.dir)
+        .args(["--days", "0", "--client", "decoy=spiffe://kms.test/decoy"])
+        .args(["--revoke", "decoy"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crl = pki.dir.join("crl.pem");
+    let kmsd = start(&env, &pki, &[ADMIN], &flag("--tls-client-crl", &crl));
+    let refused = match KmsClient::connect_with(
+        kmsd.endpoint(),
+        Some(&pki.client_tls(Some("admin"))),
+    )
+    .await
+    {
+        Ok(mut admin) => admin.create_key("with an expired CRL").await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(
+        refused.reason(),
+        None,
+        "refused at the handshake: {refused}"
+    );
+
+    std::thread::sleep(Duration::from_millis(1100));
+    revoke(&pki, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut admin) =
+            KmsClient::connect_with(kmsd.endpoint(), Some(&pki.client_tls(Some("admin")))).await
+            && admin.create_key("with a fresh CRL").await.is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a fresh CRL was not put in force"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Peers that open TCP connections and never finish a TLS handshake hold handshake places
+/// only: the clients with certificates still get connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_peers_do_not_take_the_connections() {
+    let env = TestEnv::new();
+    let pki = pki(&env);
+    let kmsd = start(&env, &pki, &[ADMIN], &flag("--max-connections", "2"));
+    let address = kmsd.endpoint().trim_start_matches("https://").to_owned();
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let mut admin = kmsd.client_with(&pki.client_tls(Some("admin"))).await;
+    admin.create_key("past the silent peers").await.unwrap();
+    drop(silent);
 }
 
 /// Rewrites the dev PKI's CRL to revoke what it revoked before and `names` (an empty CRL

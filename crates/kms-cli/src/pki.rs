@@ -151,7 +151,7 @@ fn revoke(
     let now = time::OffsetDateTime::now_utc();
     let params = CertificateRevocationListParams {
         this_update: now - time::Duration::minutes(5),
-        next_update: now + time::Duration::days(i64::from(days.max(1))),
+        next_update: now + time::Duration::days(i64::from(days)),
         crl_number: SerialNumber::from(now.unix_timestamp().unsigned_abs().to_be_bytes().to_vec()),
         issuing_distribution_point: None,
         revoked_certs: serials

@@ -67,7 +67,7 @@ pub trait MetadataStore: Send + Sync {
     fn audit_pin(&self, log_id: [u8; 16]) -> Result<Option<SealPin>, StoreError>;
 
     /// Pins the last sealed checkpoint of the audit log `log_id`. Called after the log is
-    /// synced, so it need not be synced itself: a pin lost in a power loss only lags the log,
-    /// which stays safe (a pin ahead of the log is what open refuses).
+    /// synced, so it need not be synced itself: a pin lost in a power loss only lags the log
+    /// (a pin ahead of the log is what open refuses). A failure fails the batch's calls.
     fn put_audit_pin(&self, log_id: [u8; 16], pin: SealPin) -> Result<(), StoreError>;
 }

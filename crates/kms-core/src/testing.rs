@@ -35,6 +35,14 @@ pub struct MemoryStore {
     keys: Mutex<BTreeMap<KeyId, KeyRecord>>,
     aliases: Mutex<BTreeMap<AliasName, AliasRecord>>,
     audit_pins: Mutex<HashMap<[u8; 16], SealPin>>,
+    fail_pins: AtomicBool,
+}
+
+impl MemoryStore {
+    /// Makes the next audit pin writes fail, as a broken disk would.
+    pub fn set_fail_pins(&self, fail: bool) {
+        self.fail_pins.store(fail, Ordering::SeqCst);
+    }
 }
 
 impl MetadataStore for MemoryStore {
@@ -89,6 +97,9 @@ impl MetadataStore for MemoryStore {
         Ok(lock(&self.audit_pins).get(&log_id).copied())
     }
     fn put_audit_pin(&self, log_id: [u8; 16], pin: SealPin) -> Result<(), StoreError> {
+        if self.fail_pins.load(Ordering::SeqCst) {
+            return Err(StoreError::new("write the audit pin", "injected failure"));
+        }
         lock(&self.audit_pins).insert(log_id, pin);
         Ok(())
     }

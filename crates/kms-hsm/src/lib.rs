@@ -605,8 +605,10 @@ impl KeyStore for HsmKeyStore {
             templates::allowed_mechanisms(ObjectKind::MasterSecret, true),
         );
         let zero = vec![0u8; bits as usize / 8];
-        let supported = self.creating(|| {
-            self.with_session("probe unwrapping", true, |s| {
+        // It makes and destroys a token object: alone, like any destruction; and not retried
+        // after a lost session, which could leave a second probe object behind.
+        let supported = self.destroying(|| {
+            self.with_session("probe unwrapping", false, |s| {
                 match s.unwrap_key(&oaep, private, &zero, &probe_template) {
                     Ok(object) => s.destroy_object(object).map(|()| true),
                     Err(e) => Ok(!is_unsupported_parameter(&e)),

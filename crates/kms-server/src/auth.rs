@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use kms_core::{Caller, KmsError};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
@@ -106,6 +106,8 @@ pub struct ClientTrust {
     generation: AtomicU64,
     /// The CRL file's modification time when it was last read.
     crl_modified: Mutex<Option<SystemTime>>,
+    /// The CRL number in force per issuer.
+    crl_numbers: Mutex<HashMap<Vec<u8>, x509_parser::num_bigint::BigUint>>,
 }
 
 impl ClientTrust {
@@ -116,7 +118,8 @@ impl ClientTrust {
     ) -> Result<Self, TlsSetupError> {
         let roots = Arc::new(roots);
         let modified = crl.as_deref().and_then(modified);
-        let verifier = build_verifier(&roots, &provider, crl.as_deref())?;
+        let crls = crl.as_deref().map(crate::crl::read).transpose()?;
+        let verifier = build_verifier(&roots, &provider, crls.as_ref())?;
         Ok(ClientTrust {
             roots,
             provider,
@@ -124,6 +127,7 @@ impl ClientTrust {
             current: RwLock::new(verifier),
             generation: AtomicU64::new(0),
             crl_modified: Mutex::new(modified),
+            crl_numbers: Mutex::new(crls.map(|c| c.numbers).unwrap_or_default()),
         })
     }
 
@@ -136,18 +140,28 @@ impl ClientTrust {
     }
 
     /// Reads the CRL file again and puts its revocations in force. On failure (a file being
-    /// rewritten, a bad CRL) the revocations in force stay, and the error says why.
+    /// rewritten, a bad CRL, a CRL older than the one in force) the revocations in force
+    /// stay, and the error says why.
     pub fn reload(&self) -> Result<(), TlsSetupError> {
         let Some(crl) = &self.crl else {
             return Ok(());
         };
         let modified = modified(crl);
-        let verifier = build_verifier(&self.roots, &self.provider, Some(crl))?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = verifier;
+        // Looked at once, whatever the outcome: a refused file is not read again until it
+        // changes (or SIGHUP).
         *self
             .crl_modified
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = modified;
+        let crls = crate::crl::read(crl)?;
+        let mut numbers = self
+            .crl_numbers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        crate::crl::check_not_older(crl, &numbers, &crls)?;
+        let verifier = build_verifier(&self.roots, &self.provider, Some(&crls))?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = verifier;
+        *numbers = crls.numbers;
         self.generation.fetch_add(1, Ordering::SeqCst);
         info!(crl = %crl.display(), "client certificate revocation list loaded");
         Ok(())
@@ -174,29 +188,22 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 /// The WebPKI verifier of client certificates issued by `roots`, checking revocation of the
-/// end-entity certificate against the CRLs in `crl` when given: a certificate whose status
-/// the CRLs do not cover is refused, so a CRL file must cover the client CA.
+/// end-entity certificate against `crls` when given: a certificate whose status the CRLs do
+/// not cover is refused (a CRL file must cover the client CA), and so is every certificate
+/// once the CRL's next update has passed (a CRL no longer published must not stay in force
+/// for ever, as OpenSSL also holds).
 fn build_verifier(
     roots: &Arc<RootCertStore>,
     provider: &Arc<rustls::crypto::CryptoProvider>,
-    crl: Option<&Path>,
+    crls: Option<&crate::crl::Crls>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), Arc::clone(provider));
-    if let Some(path) = crl {
-        let error = |message: String| TlsSetupError::File {
-            what: "client CRL",
-            path: path.to_owned(),
-            message,
-        };
-        let crls = CertificateRevocationListDer::pem_file_iter(path)
-            .map_err(|e| error(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| error(e.to_string()))?;
-        if crls.is_empty() {
-            return Err(error("holds no PEM X509 CRL".into()));
-        }
-        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+    if let Some(crls) = crls {
+        builder = builder
+            .with_crls(crls.ders.clone())
+            .only_check_end_entity_revocation()
+            .enforce_revocation_expiration();
     }
     builder.build().map_err(TlsSetupError::Verifier)
 }
@@ -271,6 +278,13 @@ fn refusal(error: &rustls::Error) -> String {
             }
             CertificateError::UnknownIssuer => "is not issued by the trusted client CA".to_owned(),
             CertificateError::Revoked => "is revoked".to_owned(),
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => {
+                "cannot be checked: the CRL in force is past its next update".to_owned()
+            }
+            CertificateError::UnknownRevocationStatus => {
+                "cannot be checked: no CRL in force covers its issuer".to_owned()
+            }
             CertificateError::BadSignature => "has a bad signature".to_owned(),
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                 "is not meant for client authentication".to_owned()

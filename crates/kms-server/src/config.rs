@@ -512,7 +512,8 @@ fn connection_limits(
             "max-connections must be 1 to 1000000, got {max_connections}"
         )));
     }
-    let per_client = per_client.unwrap_or(ConnectionLimits::DEFAULT_MAX_CONNECTIONS_PER_CLIENT);
+    let per_client = per_client
+        .unwrap_or(ConnectionLimits::DEFAULT_MAX_CONNECTIONS_PER_CLIENT.min(max_connections));
     if !(1..=max_connections).contains(&per_client) {
         return Err(ConfigError::Invalid(format!(
             "max-connections-per-client must be 1 to max-connections ({max_connections}), got \

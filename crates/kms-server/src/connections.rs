@@ -1,14 +1,15 @@
-//! The connections of a mutual-TLS listener: at most `max_connections` open at once
-//! (handshakes included) and `max_connections_per_client` per client certificate, a deadline
-//! for the handshake and for the first request, and an idle timeout counted from each
-//! connection's last request. A connection refused before any request (the limit, a failed or
+//! The connections of a mutual-TLS listener: at most [`MAX_HANDSHAKES`] TLS handshakes at
+//! once ([`MAX_HANDSHAKES_PER_ADDRESS`] from one address), each within 10 s; then at most
+//! `max_connections` connections open and `max_connections_per_client` per client
+//! certificate, each closed if it makes no request within 30 s, or none for the idle timeout.
+//! So a peer without a certificate holds handshake places only, never a connection's. A connection refused before any request (the limit, a failed or
 //! slow handshake) is a metric and, at most once every [`LOG_EVERY`], a log line: never an
 //! audit record, so unauthenticated peers cannot make kmsd write to disk.
 
 use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +33,12 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most TLS handshakes under way at once.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// The most TLS handshakes under way at once from one IP address.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
 
 /// How long a connection may stay open before its first request.
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,6 +87,9 @@ struct RefusalLog {
 pub struct Connections {
     limits: ConnectionLimits,
     open: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    /// Handshakes under way per peer IP address.
+    handshaking: Mutex<HashMap<IpAddr, usize>>,
     /// Per peer address: the last request, in milliseconds since `epoch`.
     activity: Mutex<HashMap<SocketAddr, Arc<AtomicU64>>>,
     /// Connections open per client certificate (its SHA-256).
@@ -95,6 +105,8 @@ impl Connections {
         Arc::new(Connections {
             limits,
             open: Arc::new(Semaphore::new(limits.max_connections)),
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            handshaking: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
             per_client: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
@@ -103,7 +115,7 @@ impl Connections {
         })
     }
 
-    /// Connections open now, handshakes included.
+    /// Connections open now (past their handshake).
     pub fn open(&self) -> usize {
         self.limits.max_connections - self.open.available_permits()
     }
@@ -148,6 +160,26 @@ impl Connections {
         }
         *open += 1;
         true
+    }
+
+    /// A place among the handshakes under way, for `peer`, unless there are too many (in all,
+    /// or from its address).
+    fn start_handshake(self: &Arc<Self>, peer: SocketAddr) -> Option<Handshake> {
+        let permit = Arc::clone(&self.handshakes).try_acquire_owned().ok()?;
+        let mut handshaking = self
+            .handshaking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let under_way = handshaking.entry(peer.ip()).or_default();
+        if *under_way >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *under_way += 1;
+        Some(Handshake {
+            connections: Arc::clone(self),
+            address: peer.ip(),
+            _permit: permit,
+        })
     }
 
     /// Gives back a place taken by [`Connections::admit_client`].
@@ -207,13 +239,13 @@ impl Connections {
                         continue;
                     }
                 };
-                let Ok(permit) = Arc::clone(&connections.open).try_acquire_owned() else {
+                let Some(handshake) = connections.start_handshake(peer) else {
                     connections.refused(
                         peer,
-                        "connection_limit",
+                        "handshake_limit",
                         &format_args!(
-                            "{} connections are open, the limit",
-                            connections.limits.max_connections
+                            "{MAX_HANDSHAKES} TLS handshakes are under way (or \
+                             {MAX_HANDSHAKES_PER_ADDRESS} from this address), the limit"
                         ),
                     );
                     continue;
@@ -223,8 +255,23 @@ impl Connections {
                 let tx = tx.clone();
                 let connections = Arc::clone(&connections);
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let accepted =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(handshake);
+                    match accepted {
                         Ok(Ok(stream)) => {
+                            let Ok(permit) = Arc::clone(&connections.open).try_acquire_owned()
+                            else {
+                                connections.refused(
+                                    peer,
+                                    "connection_limit",
+                                    &format_args!(
+                                        "{} connections are open, the limit",
+                                        connections.limits.max_connections
+                                    ),
+                                );
+                                return;
+                            };
                             let client = client_of(&stream);
                             if !connections.admit_client(client) {
                                 connections.refused(peer, "client_connection_limit", &format_args!(
@@ -247,6 +294,29 @@ impl Connections {
             }
         });
         ReceiverStream::new(rx)
+    }
+}
+
+/// A place among the handshakes under way; given back when dropped.
+struct Handshake {
+    connections: Arc<Connections>,
+    address: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut handshaking = self
+            .connections
+            .handshaking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(under_way) = handshaking.get_mut(&self.address) {
+            *under_way -= 1;
+            if *under_way == 0 {
+                handshaking.remove(&self.address);
+            }
+        }
     }
 }
 

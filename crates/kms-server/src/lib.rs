@@ -11,6 +11,8 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 mod convert;
+mod crl;
+pub mod framing;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;

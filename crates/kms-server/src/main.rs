@@ -733,7 +733,7 @@ fn add_connection_gauge(metrics: &Metrics, connections: &Arc<Connections>) {
     metrics.add_gauges(Box::new(move || {
         vec![Gauge {
             name: "kms_connections_open",
-            help: "Client connections open, TLS handshakes included.",
+            help: "Client connections open, past their TLS handshake.",
             samples: vec![(None, count(connections.open()))],
         }]
     }));

@@ -60,6 +60,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     log.close()?;
     write("audit_log", "three-batches", &fs::read(&log_path)?)?;
 
+    // Logs signed with the audit_open target's key: whole, and with a torn last batch.
+    let own_path = dir.path().join("own.log");
+    let log = AuditLog::open(
+        &own_path,
+        kms_fuzz::AUDIT_LOG_ID,
+        Arc::new(SoftCheckpointSigner::from_seed(kms_fuzz::AUDIT_SEED)),
+        Arc::new(MemoryStore::default()),
+    )?;
+    for i in 0..3 {
+        let event = AuditEvent::new(
+            1_795_428_000_000,
+            format!("req-{i}"),
+            "Encrypt",
+            Outcome::Success,
+        );
+        log.append(event)?;
+    }
+    log.close()?;
+    let own = fs::read(&own_path)?;
+    write("audit_open", "three-batches", &own)?;
+    write("audit_open", "torn", &own[..own.len() - 40])?;
+    write("audit_open", "empty", b"")?;
+
     for config in toml_files(&root.join("../deploy"))?
         .into_iter()
         .chain(toml_files(&root.join("../hsm-config/examples"))?)

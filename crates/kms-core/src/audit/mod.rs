@@ -331,8 +331,8 @@ pub enum AuditError {
         /// The pinned seq.
         seq: u64,
     },
-    /// Reading the pinned checkpoint from the metadata store failed.
-    #[error("cannot read the audit log's pinned checkpoint")]
+    /// Reading or writing the pinned checkpoint in the metadata store failed.
+    #[error("cannot read or write the audit log's pinned checkpoint")]
     Pin(#[source] crate::store::StoreError),
     /// The signer failed.
     #[error("signing an audit checkpoint failed")]

@@ -117,10 +117,21 @@ impl Chain<'_> {
                 };
             }
         }
-        if let Some((offset, bytes)) = break_at
-            && (self.is_signed_checkpoint(offset, &bytes)
-                || self.signed_checkpoint_follows(&mut lines)?)
+        // A break with a signed checkpoint after it: sealed history was altered, or an old
+        // checkpoint copied after forged lines (its seq is not past the chain's). Only past a
+        // pin can a newer one be a crash's doing: the pages of a batch never synced (so never
+        // acknowledged) reached the disk out of order.
+        let signed_after = match &break_at {
+            Some((offset, bytes)) => self
+                .signed_seq(*offset, bytes)
+                .max(self.last_signed_seq(&mut lines)?),
+            None => None,
+        };
+        let torn = signed_after.is_some_and(|seq| pin.is_some() && seq > sealed.seq);
+        if let (Some((offset, _)), Some(_)) = (&break_at, signed_after)
+            && !torn
         {
+            let offset = *offset;
             return Err(AuditError::Corrupt {
                 offset,
                 message: "the chain breaks here, before a checkpoint this service signed: \
@@ -171,20 +182,24 @@ impl Chain<'_> {
             .map_or(0, |l| l.seq()))
     }
 
-    /// Whether any line left in `lines` is a checkpoint of this log signed by this key.
-    fn signed_checkpoint_follows(&self, lines: &mut ForwardLines<'_>) -> Result<bool, Recovery> {
+    /// The largest seq of the lines left in `lines` that are checkpoints of this log signed
+    /// by this key, if any.
+    fn last_signed_seq(&self, lines: &mut ForwardLines<'_>) -> Result<Option<u64>, Recovery> {
+        let mut last = None;
         while let Some((offset, bytes)) = lines.next()? {
-            if self.is_signed_checkpoint(offset, &bytes) {
-                return Ok(true);
-            }
+            last = last.max(self.signed_seq(offset, &bytes));
         }
-        Ok(false)
+        Ok(last)
     }
 
-    /// Whether `bytes` is a checkpoint of this log signed by this key.
-    fn is_signed_checkpoint(&self, offset: u64, bytes: &[u8]) -> bool {
-        matches!(parse_line(bytes), Ok(line @ Line::Checkpoint { .. })
-            if self.check_checkpoint(offset, &line).is_ok())
+    /// The seq of `bytes` if it is a checkpoint of this log signed by this key.
+    fn signed_seq(&self, offset: u64, bytes: &[u8]) -> Option<u64> {
+        match parse_line(bytes) {
+            Ok(line @ Line::Checkpoint { .. }) if self.check_checkpoint(offset, &line).is_ok() => {
+                Some(line.seq())
+            }
+            _ => None,
+        }
     }
 
     /// Copies the bytes `from..to` to a new quarantine file beside the log, syncs it, then cuts

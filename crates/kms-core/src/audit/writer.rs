@@ -125,7 +125,7 @@ impl AuditLog {
             len: sealed.end,
         };
         if Some(sealed.pin()) != pin && sealed.seq > 0 {
-            writer.pin();
+            writer.pin().map_err(AuditError::Pin)?;
         }
         Ok(AuditLog {
             path: path.to_owned(),
@@ -266,18 +266,16 @@ impl Writer {
         self.file.sync_data()
     }
 
-    /// Pins the tail, a checkpoint already on disk, in the metadata store. A failure is
-    /// logged and leaves the pin lagging, which is safe: the record is durable in the log.
-    fn pin(&self) {
-        let pin = SealPin {
-            seq: self.tail.seq,
-            hash: self.tail.prev,
-            end: self.len,
-        };
-        if let Err(error) = self.pins.put_audit_pin(self.log_id, pin) {
-            tracing::warn!(error = %error, seq = pin.seq,
-                "could not pin the audit log's last checkpoint in the metadata store");
-        }
+    /// Pins the tail, a checkpoint already on disk, in the metadata store.
+    fn pin(&self) -> Result<(), crate::store::StoreError> {
+        self.pins.put_audit_pin(
+            self.log_id,
+            SealPin {
+                seq: self.tail.seq,
+                hash: self.tail.prev,
+                end: self.len,
+            },
+        )
     }
 
     /// Commits one batch and runs its callbacks. A batch that cannot be encoded or signed (the
@@ -325,7 +323,14 @@ impl Writer {
         self.len += bytes.len() as u64;
         let first_seq = self.tail.seq;
         self.tail = tail;
-        self.pin();
+        // Unpinned, the batch could be cut off the log unnoticed: its calls fail, as when it
+        // cannot be written (their records stay in the log, sealed).
+        if let Err(error) = self.pin() {
+            tracing::error!(error = %crate::error::chain(&error),
+                "an audit batch could not be pinned in the metadata store; its calls fail");
+            fail(batch, &Arc::new(AuditError::Pin(error)));
+            return;
+        }
         for (seq, job) in (first_seq + 1..).zip(batch) {
             (job.done)(Ok(seq));
         }

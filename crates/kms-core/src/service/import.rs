@@ -419,7 +419,6 @@ mod tests {
     use crate::key::KeySpec;
     use crate::secret::SecretBytes;
     use crate::service::{CreateKeyInput, Plaintext};
-    use crate::tags::NewTags;
     use crate::testing::{ManualClock, MemoryStore, SoftKeyStore, admin, authorization};
 
     fn ok<T>(r: Result<T, KmsError>) -> T {
@@ -445,13 +444,8 @@ mod tests {
         let record = ok(kms.create_key(
             &admin(),
             CreateKeyInput {
-                description: String::new(),
-                usage: None,
-                spec,
                 origin: Origin::External,
-                tags: NewTags::default(),
-                policy: None,
-                bypass_policy_lockout_safety_check: false,
+                ..CreateKeyInput::new(spec)
             },
         ));
         assert_eq!(record.state, KeyState::PendingImport);
@@ -606,13 +600,8 @@ mod tests {
         let generated = f.kms.create_key(
             &admin(),
             CreateKeyInput {
-                description: String::new(),
-                usage: None,
-                spec: KeySpec::EccNistP256,
                 origin: Origin::External,
-                tags: NewTags::default(),
-                policy: None,
-                bypass_policy_lockout_safety_check: false,
+                ..CreateKeyInput::new(KeySpec::EccNistP256)
             },
         );
         assert!(matches!(generated, Err(KmsError::UnsupportedOperation(_))));

@@ -134,6 +134,22 @@ pub struct CreateKeyInput {
     pub bypass_policy_lockout_safety_check: bool,
 }
 
+impl CreateKeyInput {
+    /// A key of `spec` made in the HSM, with the spec's default usage, no description, no
+    /// tags and the default policy.
+    pub fn new(spec: KeySpec) -> Self {
+        CreateKeyInput {
+            description: String::new(),
+            usage: None,
+            spec,
+            origin: Origin::Kms,
+            tags: NewTags::default(),
+            policy: None,
+            bypass_policy_lockout_safety_check: false,
+        }
+    }
+}
+
 /// A ListKeys page size: 1..=1000, 100 by default.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct PageLimit(usize);
@@ -1800,15 +1816,7 @@ mod tests {
 
     /// A SYMMETRIC_DEFAULT key without description, tags or policy.
     fn plain_input() -> CreateKeyInput {
-        CreateKeyInput {
-            description: String::new(),
-            usage: Some(KeyUsage::EncryptDecrypt),
-            spec: KeySpec::SymmetricDefault,
-            origin: Origin::Kms,
-            tags: NewTags::default(),
-            policy: None,
-            bypass_policy_lockout_safety_check: false,
-        }
+        CreateKeyInput::new(KeySpec::SymmetricDefault)
     }
     use crate::testing::memory_kms;
 
@@ -1941,14 +1949,7 @@ mod tests {
     #[test]
     fn a_blob_forged_with_an_hmac_keys_mac_is_refused() {
         let (kms, _, _) = memory_kms();
-        let hmac = ok(kms.create_key(
-            &admin(),
-            CreateKeyInput {
-                usage: Some(KeyUsage::GenerateVerifyMac),
-                spec: KeySpec::Hmac256,
-                ..plain_input()
-            },
-        ));
+        let hmac = ok(kms.create_key(&admin(), CreateKeyInput::new(KeySpec::Hmac256)));
         let target = new_key(&kms);
         let nonce = ok(symmetric::random_nonce());
         let mac = ok(kms.generate_mac(

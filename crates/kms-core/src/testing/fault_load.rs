@@ -11,11 +11,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::hsm::KeyStore;
 use crate::ids::KeyRef;
-use crate::key::{KeySpec, KeyState, KeyUsage, Origin};
+use crate::key::{KeySpec, KeyState};
 use crate::secret::SecretBytes;
 use crate::service::{CreateKeyInput, DataKeyLength, Plaintext};
 use crate::store::MetadataStore;
-use crate::tags::NewTags;
 use crate::testing::admin;
 use crate::{EncryptionContext, Kms};
 
@@ -49,18 +48,6 @@ impl Seen {
     }
 }
 
-fn plain_key() -> CreateKeyInput {
-    CreateKeyInput {
-        description: String::new(),
-        usage: Some(KeyUsage::EncryptDecrypt),
-        spec: KeySpec::SymmetricDefault,
-        origin: Origin::Kms,
-        tags: NewTags::default(),
-        policy: None,
-        bypass_policy_lockout_safety_check: false,
-    }
-}
-
 /// `workers` threads each create `rounds` keys and encrypt, decrypt, rotate and make a data
 /// key with each. A decryption that succeeds must give back the plaintext.
 pub fn run(kms: &Arc<Kms>, workers: usize, rounds: usize) -> Seen {
@@ -79,7 +66,9 @@ pub fn run(kms: &Arc<Kms>, workers: usize, rounds: usize) -> Seen {
                         .push((operation, e.reason(), message));
                 };
                 for round in 0..rounds {
-                    let key = match kms.create_key(&admin(), plain_key()) {
+                    let key = match kms
+                        .create_key(&admin(), CreateKeyInput::new(KeySpec::SymmetricDefault))
+                    {
                         Ok(record) => KeyRef::Id(record.id),
                         Err(e) => {
                             note("CreateKey", e);

@@ -290,11 +290,16 @@ fn audit_open_refuses_foreign_or_corrupt_logs() {
     assert!(matches!(error, AuditError::Unsealed), "{error}");
 }
 
-/// The attack the outside review tried: rewrite the lines after the last checkpoint, kill
-/// kmsd, and let the restart sign the forgery. The restart must quarantine them instead, so
-/// the forged records never get a signature that `verify` accepts.
-#[test]
-fn audit_a_rewritten_tail_is_never_signed_at_restart() {
+/// A log of two sealed batches of one event each, with its signer and the store that pins it.
+struct Sealed {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    signer: Arc<SoftCheckpointSigner>,
+    pins: Arc<MemoryStore>,
+    bytes: Vec<u8>,
+}
+
+fn two_sealed_batches() -> Sealed {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let signer = Arc::new(SoftCheckpointSigner::new());
@@ -303,7 +308,28 @@ fn audit_a_rewritten_tail_is_never_signed_at_restart() {
     log.append(event(0)).unwrap();
     log.append(event(1)).unwrap();
     log.close().unwrap();
-    let sealed = std::fs::read(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    Sealed {
+        _dir: dir,
+        path,
+        signer,
+        pins,
+        bytes,
+    }
+}
+
+/// The attack the outside review tried: rewrite the lines after the last checkpoint, kill
+/// kmsd, and let the restart sign the forgery. The restart must quarantine them instead, so
+/// the forged records never get a signature that `verify` accepts.
+#[test]
+fn audit_a_rewritten_tail_is_never_signed_at_restart() {
+    let Sealed {
+        _dir,
+        path,
+        signer,
+        pins,
+        bytes: sealed,
+    } = two_sealed_batches();
 
     let mut forged_event = event(7);
     forged_event.principal = Some("spiffe://kms.test/someone-else".into());
@@ -334,15 +360,13 @@ fn audit_a_rewritten_tail_is_never_signed_at_restart() {
 /// never signed on. Without a pin (a first start), the whole file is read, with the same end.
 #[test]
 fn audit_a_copied_checkpoint_after_forged_lines_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
-    let pins = Arc::new(MemoryStore::default());
-    let log = open_pinned(&path, &signer, &pins).unwrap();
-    log.append(event(0)).unwrap();
-    log.append(event(1)).unwrap();
-    log.close().unwrap();
-    let sealed = std::fs::read(&path).unwrap();
+    let Sealed {
+        _dir,
+        path,
+        signer,
+        pins,
+        bytes: sealed,
+    } = two_sealed_batches();
     let checkpoint = last_line(&sealed).to_vec();
 
     let forged = encode_event(5, &line_hash(&checkpoint), &event(7)).unwrap();
@@ -377,6 +401,63 @@ fn audit_a_copied_checkpoint_after_forged_lines_is_refused() {
         Err(AuditError::Corrupt { .. })
     ));
     assert_eq!(std::fs::read(&path).unwrap(), altered);
+}
+
+/// A crash before a batch is synced may leave its pages on disk out of order: a hole of
+/// zeros among its events, and its signed checkpoint after. That batch was never
+/// acknowledged: past the pinned checkpoint it is quarantined, not taken for tampering.
+#[test]
+fn audit_a_batch_torn_out_of_order_past_the_pin_is_quarantined() {
+    let Sealed {
+        _dir,
+        path,
+        signer,
+        pins,
+        bytes: sealed,
+    } = two_sealed_batches();
+    let pinned = pins.audit_pin(LOG_ID).unwrap();
+    // A third batch of three events, written as the writer would, then holed.
+    let log = open_pinned(&path, &signer, &pins).unwrap();
+    let (sender, receiver) = mpsc::channel();
+    for n in 2..5 {
+        let sender = sender.clone();
+        log.submit(event(n), Box::new(move |r| sender.send(r).unwrap()));
+    }
+    for _ in 2..5 {
+        receiver.recv().unwrap().unwrap();
+    }
+    log.close().unwrap();
+    let mut torn = std::fs::read(&path).unwrap();
+    let hole = sealed.len() + 40;
+    torn[hole..hole + 300].fill(0);
+    std::fs::write(&path, &torn).unwrap();
+    // The pin as it was before the batch (the write of the new pin was lost too).
+    pins.put_audit_pin(LOG_ID, pinned.unwrap()).unwrap();
+
+    open_pinned(&path, &signer, &pins).unwrap().close().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), sealed);
+    assert_eq!(quarantined(&path), vec![torn[sealed.len()..].to_vec()]);
+}
+
+/// A batch whose seal cannot be pinned could be cut off the log unnoticed: its calls fail,
+/// and the next batch that is pinned covers it.
+#[test]
+fn audit_a_batch_that_cannot_be_pinned_fails_its_calls() {
+    let Sealed {
+        _dir,
+        path,
+        signer,
+        pins,
+        bytes: _,
+    } = two_sealed_batches();
+    let log = open_pinned(&path, &signer, &pins).unwrap();
+    pins.set_fail_pins(true);
+    assert!(matches!(log.append(event(2)), Err(AuditError::Failed(_))));
+    assert_eq!(pins.audit_pin(LOG_ID).unwrap().unwrap().seq, 4);
+    pins.set_fail_pins(false);
+    assert_eq!(log.append(event(3)).unwrap(), 7);
+    assert_eq!(pins.audit_pin(LOG_ID).unwrap().unwrap().seq, 8);
+    log.close().unwrap();
 }
 
 /// A log cut back to an earlier checkpoint, or replaced by another log of the same signer,

@@ -1,0 +1,68 @@
+//! The client CA's certificate revocation lists: read from a PEM file, with each issuer's
+//! CRL number, so that a reload never puts an older CRL in the place of a newer one (an
+//! older CRL, still properly signed, would let a certificate revoked since work again).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rustls::pki_types::CertificateRevocationListDer;
+use rustls::pki_types::pem::PemObject as _;
+use x509_parser::num_bigint::BigUint;
+
+use crate::auth::TlsSetupError;
+
+/// The CRLs of a file, and the CRL number of each issuer's (an absent number counts as 0).
+pub(crate) struct Crls {
+    pub(crate) ders: Vec<CertificateRevocationListDer<'static>>,
+    pub(crate) numbers: HashMap<Vec<u8>, BigUint>,
+}
+
+/// Reads and parses the CRLs of `path`: at least one, each a valid X.509 CRL.
+pub(crate) fn read(path: &Path) -> Result<Crls, TlsSetupError> {
+    let error = |message: String| TlsSetupError::File {
+        what: "client CRL",
+        path: path.to_owned(),
+        message,
+    };
+    let ders = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(e.to_string()))?;
+    if ders.is_empty() {
+        return Err(error("holds no PEM X509 CRL".into()));
+    }
+    let mut numbers = HashMap::new();
+    for der in &ders {
+        let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
+            .map_err(|e| error(format!("holds a CRL that does not parse: {e}")))?;
+        let number = crl.crl_number().cloned().unwrap_or_default();
+        numbers.insert(crl.issuer().as_raw().to_vec(), number);
+    }
+    Ok(Crls { ders, numbers })
+}
+
+/// Refuses `new` if it holds, for an issuer, a CRL older (by CRL number) than the one in
+/// force.
+pub(crate) fn check_not_older(
+    path: &Path,
+    in_force: &HashMap<Vec<u8>, BigUint>,
+    new: &Crls,
+) -> Result<(), TlsSetupError> {
+    for (issuer, number) in in_force {
+        match new.numbers.get(issuer) {
+            Some(newer) if newer >= number => {}
+            found => {
+                return Err(TlsSetupError::File {
+                    what: "client CRL",
+                    path: path.to_owned(),
+                    message: format!(
+                        "its CRL for an issuer has number {}, older than the {number} in \
+                         force: an old CRL would let certificates revoked since work again",
+                        found.map_or_else(|| "none (no CRL)".to_owned(), ToString::to_string)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
