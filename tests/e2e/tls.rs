@@ -140,15 +140,10 @@ async fn revoked_certificates_are_refused_once_the_crl_names_them() {
     // stays revoked.
     let after = std::fs::read(&crl).unwrap();
     std::fs::write(&crl, &before).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !kmsd.log().contains("older than") {
-        assert!(
-            Instant::now() < deadline,
-            "the old CRL was not refused:\n{}",
-            kmsd.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the old CRL was not refused", || async {
+        kmsd.log().contains("older than")
+    })
+    .await;
     let still = app.describe_key(&key).await.unwrap_err();
     assert_eq!(still.code(), Code::Unauthenticated, "{still}");
     std::fs::write(&crl, &after).unwrap();
@@ -325,17 +320,16 @@ async fn a_crl_past_its_next_update_refuses_every_client_until_a_fresh_one() {
     let env = TestEnv::new();
     let pki = pki(&env);
     // A CRL whose next update is the moment it is made.
-    let out = Command::new(bin("kmsctl"))
-        .args(["dev-pki", "--dir"])
-        .arg(&pki.dir)
-        .args(["--days", "0", "--client", "decoy=spiffe://kms.test/decoy"])
-        .args(["--revoke", "decoy"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    dev_pki(
+        &pki,
+        &[
+            "--days",
+            "0",
+            "--client",
+            "decoy=spiffe://kms.test/decoy",
+            "--revoke",
+            "decoy",
+        ],
     );
     let crl = pki.dir.join("crl.pem");
     let kmsd = start(&env, &pki, &[ADMIN], &flag("--tls-client-crl", &crl));
@@ -356,20 +350,14 @@ async fn a_crl_past_its_next_update_refuses_every_client_until_a_fresh_one() {
 
     std::thread::sleep(Duration::from_millis(1100));
     revoke(&pki, &[]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut admin) =
-            KmsClient::connect_with(kmsd.endpoint(), Some(&pki.client_tls(Some("admin")))).await
-            && admin.create_key("with a fresh CRL").await.is_ok()
-        {
-            break;
+    let tls = pki.client_tls(Some("admin"));
+    eventually("a fresh CRL was not put in force", || async {
+        match KmsClient::connect_with(kmsd.endpoint(), Some(&tls)).await {
+            Ok(mut admin) => admin.create_key("with a fresh CRL").await.is_ok(),
+            Err(_) => false,
         }
-        assert!(
-            Instant::now() < deadline,
-            "a fresh CRL was not put in force"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 /// Peers that open TCP connections and never finish a TLS handshake hold handshake places
@@ -392,10 +380,9 @@ async fn silent_peers_do_not_take_the_connections() {
 /// Rewrites the dev PKI's CRL to revoke what it revoked before and `names` (an empty CRL
 /// when there is nothing to revoke yet: a revoked decoy).
 fn revoke(pki: &Pki, names: &[&str]) {
-    let mut command = Command::new(bin("kmsctl"));
-    command.args(["dev-pki", "--dir"]).arg(&pki.dir);
+    let mut args = Vec::new();
     if names.is_empty() {
-        command.args([
+        args.extend([
             "--client",
             "decoy=spiffe://kms.test/decoy",
             "--revoke",
@@ -403,14 +390,36 @@ fn revoke(pki: &Pki, names: &[&str]) {
         ]);
     }
     for name in names {
-        command.args(["--revoke", name]);
+        args.extend(["--revoke", name]);
     }
-    let out = command.output().unwrap();
+    dev_pki(pki, &args);
+}
+
+/// Runs `kmsctl dev-pki` on the dev PKI's directory with `args`.
+fn dev_pki(pki: &Pki, args: &[&str]) {
+    let out = Command::new(bin("kmsctl"))
+        .args(["dev-pki", "--dir"])
+        .arg(&pki.dir)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Waits until `done` says so, at most 20 s; fails naming `what` after that.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Calls DescribeKey until it fails with UNAUTHENTICATED (at most 20 s); returns the error.
