@@ -110,12 +110,14 @@ pub struct Args {
     /// The most connections open at once with one client certificate [default: 64].
     #[arg(long, value_name = "N")]
     pub max_connections_per_client: Option<usize>,
-    /// A principal with full access to new keys and to the server-level actions; repeat for
-    /// more. Replaces the config file's list.
+    /// A principal that key policies' "#administrators" stands for (full access to keys with
+    /// the default policy) and that may call the server-level actions; repeat for more.
+    /// Replaces the config file's list.
     #[arg(long = "administrator", value_name = "PRINCIPAL")]
     pub administrators: Vec<String>,
     /// A JSON policy saying who else may call the server-level actions (CreateKey, ListKeys,
-    /// ListAliases, GenerateRandom).
+    /// ListAliases, GenerateRandom) and take which alias names; its Deny statements bind every
+    /// action.
     #[arg(long, value_name = "FILE")]
     pub server_policy_file: Option<PathBuf>,
     /// The audit log [default: DATA_DIR/audit.log].
@@ -248,7 +250,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// TLS, or `--dev`.
     pub transport: Transport,
-    /// Principals with full access to new keys and to the server-level actions.
+    /// Principals that "#administrators" stands for, allowed the server-level actions.
     pub administrators: Vec<String>,
     /// Who else may call the server-level actions.
     pub server_policy: Option<KeyPolicy>,
@@ -815,6 +817,8 @@ mod tests {
                 file.display()
             );
         }
+        let policy = root.join("deploy/server-policy.json");
+        read_server_policy(&policy).unwrap_or_else(|e| panic!("{}: {e}", policy.display()));
     }
 
     #[test]
