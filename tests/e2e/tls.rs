@@ -313,6 +313,48 @@ async fn one_client_cannot_hold_the_connections() {
     );
 }
 
+/// CRL files that could undo a revocation are refused, and the revocations in force stay: two
+/// CRLs of the CA (the verifier would take the first, an older one), or a CRL another CA
+/// signed (its number could make every real CRL look older).
+#[tokio::test(flavor = "multi_thread")]
+async fn crl_files_that_could_undo_a_revocation_are_refused() {
+    let env = TestEnv::new();
+    let pki = pki(&env);
+    let other = env.dev_pki("other-ca", &[("impostor", ADMIN)], 365);
+    revoke(&other, &[]);
+    revoke(&pki, &[]);
+    let crl = pki.dir.join("crl.pem");
+    let old = std::fs::read(&crl).unwrap();
+    let kmsd = start(&env, &pki, &[ADMIN], &flag("--tls-client-crl", &crl));
+    let mut admin = kmsd.client_with(&pki.client_tls(Some("admin"))).await;
+    let key = admin.create_key("shared").await.unwrap().key_id;
+    let mut app = kmsd.client_with(&pki.client_tls(Some("app"))).await;
+    std::thread::sleep(Duration::from_millis(1100));
+    revoke(&pki, &["app"]);
+    wait_until_refused(&mut app, &key).await;
+    let new = std::fs::read(&crl).unwrap();
+
+    for (content, refusal) in [
+        (
+            [old.as_slice(), new.as_slice()].concat(),
+            "two CRLs of one issuer",
+        ),
+        (
+            std::fs::read(other.dir.join("crl.pem")).unwrap(),
+            "no client CA certificate signed",
+        ),
+    ] {
+        std::fs::write(&crl, &content).unwrap();
+        eventually(
+            &format!("kmsd did not refuse a CRL file: {refusal}"),
+            || async { kmsd.log().contains(refusal) },
+        )
+        .await;
+        let still = app.describe_key(&key).await.unwrap_err();
+        assert_eq!(still.code(), Code::Unauthenticated, "{still}");
+    }
+}
+
 /// A CRL past its next update is not trusted for ever: every client is refused (OpenSSL's
 /// rule too) until a fresh CRL is in force.
 #[tokio::test(flavor = "multi_thread")]

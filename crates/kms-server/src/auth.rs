@@ -99,6 +99,8 @@ impl Authenticator {
 /// Rebuilt when the CRL file changes; every verification uses the latest.
 pub struct ClientTrust {
     roots: Arc<RootCertStore>,
+    /// The client CA's certificates, which must have signed every CRL.
+    cas: Vec<CertificateDer<'static>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     crl: Option<PathBuf>,
     current: RwLock<Arc<dyn ClientCertVerifier>>,
@@ -113,15 +115,20 @@ pub struct ClientTrust {
 impl ClientTrust {
     fn new(
         roots: RootCertStore,
+        cas: Vec<CertificateDer<'static>>,
         provider: Arc<rustls::crypto::CryptoProvider>,
         crl: Option<PathBuf>,
     ) -> Result<Self, TlsSetupError> {
         let roots = Arc::new(roots);
         let modified = crl.as_deref().and_then(modified);
-        let crls = crl.as_deref().map(crate::crl::read).transpose()?;
+        let crls = crl
+            .as_deref()
+            .map(|path| crate::crl::read(path, &cas))
+            .transpose()?;
         let verifier = build_verifier(&roots, &provider, crls.as_ref())?;
         Ok(ClientTrust {
             roots,
+            cas,
             provider,
             crl,
             current: RwLock::new(verifier),
@@ -153,7 +160,7 @@ impl ClientTrust {
             .crl_modified
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = modified;
-        let crls = crate::crl::read(crl)?;
+        let crls = crate::crl::read(crl, &self.cas)?;
         let mut numbers = self
             .crl_numbers
             .lock()
@@ -436,8 +443,9 @@ pub fn mtls(
         message: e.to_string(),
     })?;
     let mut roots = RootCertStore::empty();
-    for ca in read_certs("client CA", &files.client_ca)? {
-        roots.add(ca).map_err(|e| TlsSetupError::File {
+    let cas = read_certs("client CA", &files.client_ca)?;
+    for ca in &cas {
+        roots.add(ca.clone()).map_err(|e| TlsSetupError::File {
             what: "client CA",
             path: files.client_ca.clone(),
             message: e.to_string(),
@@ -445,6 +453,7 @@ pub fn mtls(
     }
     let trust = Arc::new(ClientTrust::new(
         roots,
+        cas,
         Arc::clone(&provider),
         files.client_crl.clone(),
     )?);

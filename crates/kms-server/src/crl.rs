@@ -1,12 +1,13 @@
-//! The client CA's certificate revocation lists: read from a PEM file, with each issuer's
-//! CRL number, so that a reload never puts an older CRL in the place of a newer one (an
-//! older CRL, still properly signed, would let a certificate revoked since work again).
+//! The client CA's certificate revocation lists: read from a PEM file, each checked to be
+//! signed by a client CA certificate, one per issuer, with its CRL number, so that a reload
+//! never puts an older CRL in the place of a newer one (an older CRL, still properly signed,
+//! would let a certificate revoked since work again).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use rustls::pki_types::CertificateRevocationListDer;
 use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::num_bigint::BigUint;
 
 use crate::auth::TlsSetupError;
@@ -17,8 +18,10 @@ pub(crate) struct Crls {
     pub(crate) numbers: HashMap<Vec<u8>, BigUint>,
 }
 
-/// Reads and parses the CRLs of `path`: at least one, each a valid X.509 CRL.
-pub(crate) fn read(path: &Path) -> Result<Crls, TlsSetupError> {
+/// Reads and parses the CRLs of `path`: at least one, each a valid X.509 CRL signed by one of
+/// `cas`, and at most one per issuer (the verifier would use the first one, whatever the
+/// others say).
+pub(crate) fn read(path: &Path, cas: &[CertificateDer<'_>]) -> Result<Crls, TlsSetupError> {
     let error = |message: String| TlsSetupError::File {
         what: "client CRL",
         path: path.to_owned(),
@@ -31,12 +34,34 @@ pub(crate) fn read(path: &Path) -> Result<Crls, TlsSetupError> {
     if ders.is_empty() {
         return Err(error("holds no PEM X509 CRL".into()));
     }
+    let mut issuers = Vec::new();
+    for ca in cas {
+        let (_, ca) = x509_parser::parse_x509_certificate(ca.as_ref())
+            .map_err(|e| error(format!("a client CA certificate does not parse: {e}")))?;
+        issuers.push(ca);
+    }
     let mut numbers = HashMap::new();
     for der in &ders {
         let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
             .map_err(|e| error(format!("holds a CRL that does not parse: {e}")))?;
+        let signed = issuers.iter().any(|ca| {
+            ca.subject().as_raw() == crl.issuer().as_raw()
+                && crl.verify_signature(ca.public_key()).is_ok()
+        });
+        if !signed {
+            return Err(error(
+                "holds a CRL that no client CA certificate signed".into(),
+            ));
+        }
         let number = crl.crl_number().cloned().unwrap_or_default();
-        numbers.insert(crl.issuer().as_raw().to_vec(), number);
+        if numbers
+            .insert(crl.issuer().as_raw().to_vec(), number)
+            .is_some()
+        {
+            return Err(error(
+                "holds two CRLs of one issuer: give one, its newest".into(),
+            ));
+        }
     }
     Ok(Crls { ders, numbers })
 }

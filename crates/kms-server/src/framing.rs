@@ -1,5 +1,5 @@
 //! Checks a request's gRPC framing before tonic reads it: one uncompressed message, whose
-//! length prefix matches the body. tonic answers an empty body, a cut frame or a compressed
+//! length prefix matches the body, arriving within 10 s. tonic answers an empty body, a cut frame or a compressed
 //! one with INTERNAL; they are the caller's fault: INVALID_ARGUMENT (ValidationException). A
 //! body longer than the largest message is OUT_OF_RANGE, as tonic says of a large message.
 
@@ -20,6 +20,9 @@ use crate::MAX_MESSAGE_BYTES;
 
 /// The gRPC message prefix: a compression flag and a 4-byte length.
 const PREFIX: usize = 5;
+
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `S` behind the framing check.
 #[derive(Clone)]
@@ -51,10 +54,18 @@ where
         let mut inner = std::mem::replace(&mut self.0, clone);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let bytes = match Limited::new(body, PREFIX + MAX_MESSAGE_BYTES)
-                .collect()
-                .await
-            {
+            let collected = tokio::time::timeout(
+                BODY_TIMEOUT,
+                Limited::new(body, PREFIX + MAX_MESSAGE_BYTES).collect(),
+            )
+            .await;
+            let Ok(collected) = collected else {
+                return Ok(refusal(
+                    Code::DeadlineExceeded,
+                    format!("the request did not arrive within {BODY_TIMEOUT:?}"),
+                ));
+            };
+            let bytes = match collected {
                 Ok(collected) => collected.to_bytes(),
                 Err(error) if error.is::<http_body_util::LengthLimitError>() => {
                     return Ok(refusal(

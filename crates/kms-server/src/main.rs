@@ -50,6 +50,9 @@ const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 /// ...and a peer that does not answer one within this is dropped.
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The most requests under way at once on one client connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 200;
+
 /// How often kmsd looks at the client CRL file's modification time.
 const CRL_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -480,6 +483,8 @@ async fn serve(config: &Config, parts: Parts) -> anyhow::Result<()> {
             // Dead peers are found within 80 s; idle ones are closed by `Connections`.
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+            // tonic sets no limit unless asked; this is hyper's own default.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(health.service())
             .add_service(reflection)
             .add_service(service)
