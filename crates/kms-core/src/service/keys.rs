@@ -1,0 +1,321 @@
+//! Keys: creation, description, listing, enabling and disabling.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use tracing::{info, warn};
+
+use crate::caller::Caller;
+use crate::error::KmsError;
+use crate::hsm::KeyVersionRef;
+use crate::ids::{KeyId, KeyRef};
+use crate::key::{ImportState, KeyRecord, KeyState, KeyUsage, KeyVersion, Origin, VersionSource};
+use crate::policy::{Action, KeyPolicy};
+
+use super::{CreateKeyInput, KeyPage, Kms, PageLimit, check_no_lockout, invalid_state};
+
+impl Kms {
+    /// Creates a key and its first version inside the HSM.
+    ///
+    /// Crash-safe: the record is stored as `Creating` before the HSM object exists and becomes
+    /// `Enabled` only after; [`Kms::reconcile`] removes what a crash left in between.
+    pub fn create_key(
+        &self,
+        caller: &Caller,
+        input: CreateKeyInput,
+    ) -> Result<KeyRecord, KmsError> {
+        self.authorize_server(caller, Action::CreateKey)?;
+        let policy = input.policy.as_deref().map(KeyPolicy::parse).transpose()?;
+        KeyRecord::validate_description(&input.description)?;
+        let usage = input.spec.usage(input.usage)?;
+        if input.origin == Origin::External && input.spec.is_asymmetric() {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "key material of {} keys cannot be imported; only SYMMETRIC_DEFAULT and HMAC keys \
+                 take origin EXTERNAL",
+                input.spec.as_str()
+            )));
+        }
+        if let Some(policy) = &policy
+            && !input.bypass_policy_lockout_safety_check
+        {
+            check_no_lockout(
+                &self.access_request(caller, Action::PutKeyPolicy, None, None),
+                policy,
+            )?;
+        }
+        // Reserve a place under the limit; given back if creation fails.
+        self.key_count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_keys).then_some(n + 1)
+            })
+            .map_err(|_| {
+                KmsError::LimitExceeded(format!("the limit of {} keys is reached", self.max_keys))
+            })?;
+        let created = self.create_key_reserved(caller, input, usage, policy);
+        if created.is_err() {
+            self.key_count.fetch_sub(1, Ordering::SeqCst);
+        }
+        created
+    }
+    pub(super) fn create_key_reserved(
+        &self,
+        caller: &Caller,
+        input: CreateKeyInput,
+        usage: KeyUsage,
+        policy: Option<KeyPolicy>,
+    ) -> Result<KeyRecord, KmsError> {
+        let now = self.clock.now_millis();
+        let policy = policy.unwrap_or_else(|| KeyPolicy::default_for(caller.principal()));
+        let mut record = KeyRecord {
+            id: KeyId::random(),
+            created_at_ms: now,
+            description: input.description,
+            usage,
+            spec: input.spec,
+            origin: input.origin,
+            state: KeyState::Creating,
+            current_version: 1,
+            versions: vec![KeyVersion {
+                version: 1,
+                created_at_ms: now,
+                source: VersionSource::Creation,
+                pending: false,
+                public_key: None,
+            }],
+            tags: BTreeMap::new(),
+            rotation: None,
+            deletion: None,
+            policy: Some(policy),
+            import: None,
+        };
+        input.tags.merge_into(&mut record.tags)?;
+        caller.note_key(record.id, Some(1));
+        if input.origin == Origin::External {
+            // No material until ImportKeyMaterial: nothing in the HSM yet.
+            record.state = KeyState::PendingImport;
+            record.import = Some(ImportState::default());
+            self.store.put_key(&record)?;
+            info!(key_id = %record.id, "created key awaiting imported material");
+            return Ok(record);
+        }
+        self.store.put_key(&record)?;
+        let first = KeyVersionRef {
+            key_id: record.id,
+            version: 1,
+        };
+        let public_key = match self.hsm.create_key_version(first, record.material()) {
+            Ok(public_key) => public_key,
+            Err(error) => {
+                // The HSM may have made the object before failing (a lost session). Destroy it,
+                // then drop the record; if either step fails, the `Creating` record stays and
+                // startup reconciliation finishes the job.
+                let cleanup = self
+                    .hsm
+                    .destroy_key_version(first)
+                    .map_err(KmsError::from)
+                    .and_then(|()| self.store.delete_key(record.id).map_err(KmsError::from));
+                if let Err(cleanup) = cleanup {
+                    warn!(key_id = %record.id, error = %cleanup,
+                        "a failed key creation is left for startup reconciliation");
+                }
+                return Err(error.into());
+            }
+        };
+        if let Some(first) = record.versions.first_mut() {
+            first.public_key = public_key;
+        }
+        record.state = KeyState::Enabled;
+        self.store.put_key(&record)?;
+        info!(key_id = %record.id, spec = record.spec.as_str(), "created key");
+        Ok(record)
+    }
+    /// The record of a visible key.
+    pub fn describe_key(&self, caller: &Caller, key: &KeyRef) -> Result<KeyRecord, KmsError> {
+        self.authorized(caller, key, Action::DescribeKey, None)
+    }
+    /// A page of key ids, ascending. `page_token` is the previous page's `next_page_token`.
+    pub fn list_keys(
+        &self,
+        caller: &Caller,
+        limit: PageLimit,
+        page_token: Option<&str>,
+    ) -> Result<KeyPage, KmsError> {
+        self.authorize_server(caller, Action::ListKeys)?;
+        let after = page_token
+            .map(|t| {
+                t.parse::<KeyId>().map_err(|_| {
+                    KmsError::validation("page_token is not a token ListKeys returned")
+                })
+            })
+            .transpose()?;
+        let mut scanned = self.store.list_keys(after, limit.0 + 1)?;
+        let next_page_token = if scanned.len() > limit.0 {
+            scanned.truncate(limit.0);
+            scanned.last().map(|r| r.id.to_string())
+        } else {
+            None
+        };
+        let keys = scanned
+            .iter()
+            .filter(|r| r.is_visible())
+            .map(|r| r.id)
+            .collect();
+        Ok(KeyPage {
+            keys,
+            next_page_token,
+        })
+    }
+    /// Makes a Disabled key Enabled (a no-op on an Enabled key).
+    pub fn enable_key(&self, caller: &Caller, key: &KeyRef) -> Result<(), KmsError> {
+        self.set_enabled(caller, key, Action::EnableKey, KeyState::Enabled, "enabled")
+    }
+    /// Makes an Enabled key Disabled (a no-op on a Disabled key).
+    pub fn disable_key(&self, caller: &Caller, key: &KeyRef) -> Result<(), KmsError> {
+        self.set_enabled(
+            caller,
+            key,
+            Action::DisableKey,
+            KeyState::Disabled,
+            "disabled",
+        )
+    }
+    /// Moves a key between Enabled and Disabled; other states refuse.
+    pub(super) fn set_enabled(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        action: Action,
+        target: KeyState,
+        verb: &str,
+    ) -> Result<(), KmsError> {
+        self.update(caller, key, action, |record| match record.state {
+            KeyState::Enabled | KeyState::Disabled => {
+                record.state = target;
+                Ok(())
+            }
+            _ => Err(invalid_state(record, verb)),
+        })
+        .map(drop)
+    }
+    /// Replaces the description.
+    pub fn update_key_description(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        description: String,
+    ) -> Result<(), KmsError> {
+        KeyRecord::validate_description(&description)?;
+        self.update(caller, key, Action::UpdateKeyDescription, |record| {
+            if record.state == KeyState::PendingDeletion {
+                return Err(invalid_state(record, "updated"));
+            }
+            record.description = description;
+            Ok(())
+        })
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::service::test_support::*;
+
+    #[test]
+    fn list_keys_pages_through_every_key_once() {
+        let (kms, _, _) = memory_kms();
+        let mut created: Vec<KeyId> = (0..7)
+            .map(|_| match new_key(&kms) {
+                KeyRef::Id(id) => id,
+                KeyRef::Alias(_) => unreachable!(),
+            })
+            .collect();
+        created.sort();
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = ok(kms.list_keys(&admin(), ok(PageLimit::new(3)), token.as_deref()));
+            assert!(page.keys.len() <= 3);
+            seen.extend(page.keys);
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(seen, created);
+        assert!(matches!(
+            kms.list_keys(&admin(), ok(PageLimit::new(3)), Some("garbage")),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(PageLimit::new(1001), Err(KmsError::Validation(_))));
+    }
+
+    #[test]
+    fn a_failed_hsm_creation_leaves_no_key() {
+        let (kms, store, hsm) = memory_kms();
+        hsm.set_fail_creation(true);
+        let result = kms.create_key(&admin(), plain_input());
+        assert!(matches!(result, Err(KmsError::Internal(_))));
+        assert!(ok(store.list_keys(None, 10).map_err(KmsError::from)).is_empty());
+        assert!(ok(hsm.list_key_versions().map_err(KmsError::from)).is_empty());
+    }
+
+    #[test]
+    fn descriptions_are_bounded() {
+        let (kms, _, _) = memory_kms();
+        let key = new_key(&kms);
+        assert!(
+            kms.update_key_description(&admin(), &key, "é".repeat(8192))
+                .is_ok()
+        );
+        assert!(matches!(
+            kms.update_key_description(&admin(), &key, "x".repeat(8193)),
+            Err(KmsError::Validation(_))
+        ));
+        assert_eq!(
+            ok(kms.describe_key(&admin(), &key)).description,
+            "é".repeat(8192)
+        );
+    }
+
+    #[test]
+    fn the_key_limit_is_enforced_and_counts_from_the_store() {
+        let store = Arc::new(crate::testing::MemoryStore::default());
+        let hsm = Arc::new(crate::testing::SoftKeyStore::default());
+        let clock = Arc::new(crate::testing::ManualClock::default());
+        let kms = Kms::new(store.clone(), hsm.clone(), clock.clone())
+            .with_authorization(crate::testing::authorization())
+            .with_max_keys(2);
+        new_key(&kms);
+        new_key(&kms);
+        assert!(matches!(
+            kms.create_key(&admin(), plain_input()),
+            Err(KmsError::LimitExceeded(_))
+        ));
+        // A restarted service counts the keys in the store.
+        let restarted = Kms::new(store.clone(), hsm.clone(), clock.clone())
+            .with_authorization(crate::testing::authorization())
+            .with_max_keys(3);
+        ok(restarted.reconcile());
+        let key = new_key(&restarted);
+        assert!(restarted.create_key(&admin(), plain_input()).is_err());
+
+        // Aliases share the limit, counted from the store after a restart too.
+        for name in ["alias/a", "alias/b", "alias/c"] {
+            ok(restarted.create_alias(&admin(), &alias(name), &key));
+        }
+        assert!(matches!(
+            restarted.create_alias(&admin(), &alias("alias/d"), &key),
+            Err(KmsError::LimitExceeded(_))
+        ));
+        ok(restarted.delete_alias(&admin(), &alias("alias/c")));
+        ok(restarted.create_alias(&admin(), &alias("alias/d"), &key));
+        let again = Kms::new(store, hsm, clock)
+            .with_authorization(crate::testing::authorization())
+            .with_max_keys(3);
+        ok(again.reconcile());
+        assert!(matches!(
+            again.create_alias(&admin(), &alias("alias/e"), &key),
+            Err(KmsError::LimitExceeded(_))
+        ));
+    }
+}

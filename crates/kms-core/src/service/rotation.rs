@@ -1,0 +1,335 @@
+//! Key rotation: on demand (at most ten per key) and automatic, and the list of versions.
+
+use std::sync::PoisonError;
+
+use tracing::{info, warn};
+
+use crate::caller::Caller;
+use crate::error::KmsError;
+use crate::hsm::KeyVersionRef;
+use crate::ids::KeyRef;
+use crate::key::{
+    KeyMaterial, KeyRecord, KeySpec, KeyState, KeyVersion, Origin, RotationSchedule, VersionSource,
+};
+use crate::policy::Action;
+
+use super::{Kms, PageLimit, RotationPage};
+
+impl Kms {
+    /// Adds a version made inside the HSM and makes it current; old versions still decrypt.
+    ///
+    /// Crash-safe like creation: the version is recorded as pending before its HSM object
+    /// exists and becomes current only after.
+    pub(super) fn rotate_key(
+        &self,
+        key: &KeyRef,
+        source: VersionSource,
+    ) -> Result<KeyRecord, KmsError> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut record = self.resolve(key)?;
+        record.check_usable()?;
+        check_rotatable(&record)?;
+        let on_demand = record
+            .versions
+            .iter()
+            .filter(|v| v.source == VersionSource::OnDemand)
+            .count();
+        if source == VersionSource::OnDemand && on_demand >= Self::MAX_ON_DEMAND_ROTATIONS {
+            return Err(KmsError::LimitExceeded(format!(
+                "key {} has been rotated on demand {on_demand} times, the most a key allows \
+                 (each rotation adds an HSM object); automatic rotation has no such limit",
+                record.id
+            )));
+        }
+        let next = record
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| {
+                KmsError::LimitExceeded(format!("key {} has no versions left", record.id))
+            })?;
+        let now = self.clock.now_millis();
+        record.versions.push(KeyVersion {
+            version: next,
+            created_at_ms: now,
+            source,
+            pending: true,
+            public_key: None,
+        });
+        self.store.put_key(&record)?;
+        let object = KeyVersionRef {
+            key_id: record.id,
+            version: next,
+        };
+        if let Err(error) = self
+            .hsm
+            .create_key_version(object, KeyMaterial::MasterSecret)
+        {
+            record.versions.retain(|v| v.version != next);
+            let cleanup = self
+                .hsm
+                .destroy_key_version(object)
+                .map_err(KmsError::from)
+                .and_then(|()| self.store.put_key(&record).map_err(KmsError::from));
+            if let Err(cleanup) = cleanup {
+                warn!(key_id = %record.id, error = %cleanup,
+                    "a failed rotation is left for startup reconciliation");
+            }
+            return Err(error.into());
+        }
+        for version in &mut record.versions {
+            version.pending = false;
+        }
+        record.current_version = next;
+        if source == VersionSource::Automatic {
+            record.rotation = record.rotation.map(|r| r.after_rotation(now));
+        }
+        self.store.put_key(&record)?;
+        info!(key_id = %record.id, version = next, "rotated key");
+        Ok(record)
+    }
+    /// RotateKeyOnDemand: a new version now.
+    pub fn rotate_key_on_demand(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+    ) -> Result<KeyRecord, KmsError> {
+        let record = self.authorized(caller, key, Action::RotateKeyOnDemand, None)?;
+        let rotated = self.rotate_key(&KeyRef::Id(record.id), VersionSource::OnDemand)?;
+        caller.note_key(rotated.id, Some(rotated.current_version));
+        Ok(rotated)
+    }
+    /// Turns on automatic rotation every `period_days` (default 365), first due one period
+    /// from now.
+    pub fn enable_key_rotation(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        period_days: Option<u32>,
+    ) -> Result<(), KmsError> {
+        let schedule = RotationSchedule::new(period_days, self.clock.now_millis())?;
+        self.update(caller, key, Action::EnableKeyRotation, |record| {
+            record.check_usable()?;
+            check_rotatable(record)?;
+            record.rotation = Some(schedule);
+            Ok(())
+        })
+        .map(drop)
+    }
+    /// Turns off automatic rotation.
+    pub fn disable_key_rotation(&self, caller: &Caller, key: &KeyRef) -> Result<(), KmsError> {
+        self.update(caller, key, Action::DisableKeyRotation, |record| {
+            record.check_usable()?;
+            record.rotation = None;
+            Ok(())
+        })
+        .map(drop)
+    }
+    /// The record, for GetKeyRotationStatus.
+    pub fn get_key_rotation_status(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+    ) -> Result<KeyRecord, KmsError> {
+        self.authorized(caller, key, Action::GetKeyRotationStatus, None)
+    }
+    /// Rotates every Enabled key whose automatic rotation is due, and returns how many. Keys
+    /// that are not Enabled wait until they are. A failure is logged and retried next time.
+    pub fn run_due_rotations(&self) -> Result<usize, KmsError> {
+        let now = self.clock.now_millis();
+        let mut rotated = 0;
+        self.for_each_key(|record| {
+            let due = record.state == KeyState::Enabled
+                && record.rotation.is_some_and(|r| r.next_rotation_ms <= now);
+            if due {
+                match self.rotate_key(&KeyRef::Id(record.id), VersionSource::Automatic) {
+                    Ok(_) => rotated += 1,
+                    Err(error) => warn!(key_id = %record.id, error = %error,
+                        reason = error.reason(), "automatic rotation failed; will retry"),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(rotated)
+    }
+    /// The rotations of a key (every version after the first), oldest first.
+    pub fn list_key_rotations(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+        limit: PageLimit,
+        page_token: Option<&str>,
+    ) -> Result<RotationPage, KmsError> {
+        let record = self.authorized(caller, key, Action::ListKeyRotations, None)?;
+        let key_id = record.id;
+        let after = page_token
+            .map(|t| {
+                t.parse::<u32>().map_err(|_| {
+                    KmsError::validation("page_token is not a token ListKeyRotations returned")
+                })
+            })
+            .transpose()?
+            .unwrap_or(1);
+        let mut rotations: Vec<KeyVersion> = record
+            .versions
+            .into_iter()
+            .filter(|v| !v.pending && v.version > after)
+            .take(limit.0 + 1)
+            .collect();
+        let next_page_token = if rotations.len() > limit.0 {
+            rotations.truncate(limit.0);
+            rotations.last().map(|v| v.version.to_string())
+        } else {
+            None
+        };
+        Ok(RotationPage {
+            key_id,
+            rotations,
+            next_page_token,
+        })
+    }
+}
+
+/// Only SYMMETRIC_DEFAULT keys made in the HSM rotate.
+pub(super) fn check_rotatable(record: &KeyRecord) -> Result<(), KmsError> {
+    if record.spec == KeySpec::SymmetricDefault && record.origin == Origin::Kms {
+        return Ok(());
+    }
+    Err(KmsError::UnsupportedOperation(format!(
+        "key {} is {} with origin {}: only SYMMETRIC_DEFAULT keys generated by the service \
+         rotate",
+        record.id,
+        record.spec.as_str(),
+        if record.origin == Origin::External {
+            "EXTERNAL"
+        } else {
+            "KMS"
+        }
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::service::test_support::*;
+
+    #[test]
+    fn rotation_makes_a_new_current_version_and_old_blobs_still_decrypt() {
+        let (kms, _, hsm) = memory_kms();
+        let key = new_key(&kms);
+        let old = ok(kms.encrypt(&admin(), &key, &plaintext(b"old"), &ctx(&[]))).ciphertext_blob;
+        let rotated = ok(kms.rotate_key(&key, VersionSource::OnDemand));
+        assert_eq!(rotated.current_version, 2);
+        let new = ok(kms.encrypt(&admin(), &key, &plaintext(b"new"), &ctx(&[]))).ciphertext_blob;
+        assert_eq!(ok(blob::parse(&new)).header.key.version, 2);
+        assert_eq!(
+            ok(kms.decrypt(&admin(), &old, &ctx(&[]), None))
+                .plaintext
+                .expose_secret(),
+            b"old"
+        );
+        assert_eq!(
+            ok(kms.decrypt(&admin(), &new, &ctx(&[]), None))
+                .plaintext
+                .expose_secret(),
+            b"new"
+        );
+        // ReEncrypt to the same key moves a blob to the current version.
+        let moved = ok(kms.re_encrypt(&admin(), &old, &ctx(&[]), None, &key, &ctx(&[])));
+        assert_eq!(
+            ok(blob::parse(&moved.ciphertext_blob)).header.key.version,
+            2
+        );
+
+        let page = ok(kms.list_key_rotations(&admin(), &key, ok(PageLimit::new(0)), None));
+        assert_eq!(page.rotations.len(), 1);
+        assert_eq!(page.rotations[0].source, VersionSource::OnDemand);
+
+        hsm.set_fail_creation(true);
+        assert!(kms.rotate_key(&key, VersionSource::OnDemand).is_err());
+        let record = ok(kms.describe_key(&admin(), &key));
+        assert_eq!(record.current_version, 2);
+        assert_eq!(
+            record.versions.len(),
+            2,
+            "a failed rotation leaves no version"
+        );
+
+        hsm.set_fail_creation(false);
+        ok(kms.disable_key(&admin(), &key));
+        assert!(matches!(
+            kms.rotate_key(&key, VersionSource::OnDemand),
+            Err(KmsError::Disabled(_))
+        ));
+    }
+
+    #[test]
+    fn automatic_rotation_runs_when_due_and_only_then() {
+        let store = Arc::new(crate::testing::MemoryStore::default());
+        let hsm = Arc::new(crate::testing::SoftKeyStore::default());
+        let clock = Arc::new(crate::testing::ManualClock::default());
+        let kms =
+            Kms::new(store, hsm, clock.clone()).with_authorization(crate::testing::authorization());
+        let day = 86_400_000;
+        clock.set_millis(1_000 * day);
+        let key = new_key(&kms);
+        assert!(matches!(
+            kms.enable_key_rotation(&admin(), &key, Some(89)),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            kms.enable_key_rotation(&admin(), &key, Some(2561)),
+            Err(KmsError::Validation(_))
+        ));
+        ok(kms.enable_key_rotation(&admin(), &key, Some(90)));
+        let schedule = ok(kms.describe_key(&admin(), &key)).rotation;
+        assert_eq!(schedule.map(|s| s.next_rotation_ms), Some(1_090 * day));
+
+        clock.set_millis(1_089 * day);
+        assert_eq!(ok(kms.run_due_rotations()), 0);
+        clock.set_millis(1_090 * day);
+        assert_eq!(ok(kms.run_due_rotations()), 1);
+        let record = ok(kms.describe_key(&admin(), &key));
+        assert_eq!(record.current_version, 2);
+        assert_eq!(record.versions[1].source, VersionSource::Automatic);
+        assert_eq!(
+            record.rotation.map(|s| s.next_rotation_ms),
+            Some(1_180 * day)
+        );
+        assert_eq!(
+            ok(kms.run_due_rotations()),
+            0,
+            "not due again until the next period"
+        );
+
+        // A disabled key waits; disabling rotation stops it.
+        clock.set_millis(1_200 * day);
+        ok(kms.disable_key(&admin(), &key));
+        assert_eq!(ok(kms.run_due_rotations()), 0);
+        ok(kms.enable_key(&admin(), &key));
+        ok(kms.disable_key_rotation(&admin(), &key));
+        assert_eq!(ok(kms.run_due_rotations()), 0);
+        assert_eq!(ok(kms.describe_key(&admin(), &key)).current_version, 2);
+    }
+
+    /// Finding 6: a key takes ten on-demand rotations in its life.
+    #[test]
+    fn on_demand_rotations_are_capped() {
+        let (kms, _, _) = memory_kms();
+        let key = new_key(&kms);
+        for _ in 0..Kms::MAX_ON_DEMAND_ROTATIONS {
+            ok(kms.rotate_key_on_demand(&admin(), &key));
+        }
+        assert!(matches!(
+            kms.rotate_key_on_demand(&admin(), &key),
+            Err(KmsError::LimitExceeded(_))
+        ));
+        // Automatic rotation is not capped.
+        ok(kms.rotate_key(&key, VersionSource::Automatic));
+    }
+}
