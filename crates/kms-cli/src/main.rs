@@ -101,8 +101,47 @@ impl TlsArgs {
     }
 }
 
+/// Every subcommand: those that need no server, and those that talk to kmsd. (One flat list
+/// on the command line.)
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Offline(OfflineCommand),
+    #[command(flatten)]
+    Online(OnlineCommand),
+}
+
+/// The subcommands that need no server.
+#[derive(Subcommand)]
+enum OfflineCommand {
+    /// The audit log, read offline from its file.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Make a local CA and certificates for trying mutual TLS (not for production).
+    DevPki {
+        /// Directory of the PEM files (created if missing; an existing CA is reused).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Another DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "server-name", value_name = "NAME")]
+        server_names: Vec<String>,
+        /// A client certificate NAME=PRINCIPAL, written to NAME.pem and NAME-key.pem
+        /// (repeatable). A principal with `://` becomes a URI SAN, else the CN.
+        #[arg(long = "client", value_name = "NAME=PRINCIPAL")]
+        clients: Vec<String>,
+        /// Validity of new certificates, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Revoke the client certificate NAME.pem: writes crl.pem (what it revoked before and
+        /// NAME), for kmsd's --tls-client-crl (repeatable).
+        #[arg(long = "revoke", value_name = "NAME")]
+        revoke: Vec<String>,
+    },
+}
+
+/// The subcommands that talk to kmsd.
+#[derive(Subcommand)]
+enum OnlineCommand {
     /// Create a key. Its material is generated in the HSM, or, with --origin EXTERNAL,
     /// imported later with import-key-material.
     CreateKey {
@@ -145,29 +184,6 @@ enum Command {
     /// Key policies, evaluated locally.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// The audit log, read offline from its file.
-    #[command(subcommand)]
-    Audit(AuditCommand),
-    /// Make a local CA and certificates for trying mutual TLS (not for production).
-    DevPki {
-        /// Directory of the PEM files (created if missing; an existing CA is reused).
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Another DNS name or IP address for the server certificate (repeatable).
-        #[arg(long = "server-name", value_name = "NAME")]
-        server_names: Vec<String>,
-        /// A client certificate NAME=PRINCIPAL, written to NAME.pem and NAME-key.pem
-        /// (repeatable). A principal with `://` becomes a URI SAN, else the CN.
-        #[arg(long = "client", value_name = "NAME=PRINCIPAL")]
-        clients: Vec<String>,
-        /// Validity of new certificates, in days.
-        #[arg(long, default_value_t = 365)]
-        days: u32,
-        /// Revoke the client certificate NAME.pem: writes crl.pem (what it revoked before and
-        /// NAME), for kmsd's --tls-client-crl (repeatable).
-        #[arg(long = "revoke", value_name = "NAME")]
-        revoke: Vec<String>,
-    },
     /// Show a key's metadata.
     DescribeKey(KeyArg),
     /// List key ids.
@@ -479,13 +495,29 @@ async fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_lines)] // one arm per subcommand reads best as one match
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let format = cli.output;
-    // The commands that need no server.
-    match cli.command {
-        Command::Audit(command) => return audit::run(format, &command),
-        Command::DevPki {
+    let command = match cli.command {
+        Command::Offline(command) => return run_offline(format, command),
+        // A policy given as a file is evaluated without the server.
+        Command::Online(OnlineCommand::Policy(PolicyCommand::Simulate(
+            ref args @ policy::SimulateArgs {
+                policy_file: Some(ref file),
+                ..
+            },
+        ))) => return policy::simulate(format, &read_text(file)?, args),
+        Command::Online(command) => command,
+    };
+    let tls = cli.tls.load(&cli.endpoint)?;
+    let mut client = KmsClient::connect_with(&cli.endpoint, tls.as_ref()).await?;
+    run_online(format, &mut client, command).await
+}
+
+/// Runs a subcommand that needs no server.
+fn run_offline(format: Format, command: OfflineCommand) -> anyhow::Result<()> {
+    match command {
+        OfflineCommand::Audit(command) => audit::run(format, &command),
+        OfflineCommand::DevPki {
             dir,
             server_names,
             clients,
@@ -503,19 +535,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for path in written {
                 println!("wrote {}", path.display());
             }
-            return Ok(());
+            Ok(())
         }
-        Command::Policy(PolicyCommand::Simulate(ref args)) => {
-            if let Some(file) = &args.policy_file {
-                return policy::simulate(format, &read_text(file)?, args);
-            }
-        }
-        _ => {}
     }
-    let tls = cli.tls.load(&cli.endpoint)?;
-    let mut client = KmsClient::connect_with(&cli.endpoint, tls.as_ref()).await?;
-    match cli.command {
-        Command::CreateKey {
+}
+
+/// Runs a subcommand on kmsd through `client`.
+#[allow(clippy::too_many_lines)] // one arm per subcommand reads best as one match
+async fn run_online(
+    format: Format,
+    client: &mut KmsClient,
+    command: OnlineCommand,
+) -> anyhow::Result<()> {
+    match command {
+        OnlineCommand::CreateKey {
             description,
             key_spec,
             key_usage,
@@ -544,14 +577,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             print_metadata(format, &metadata);
         }
-        Command::GetKeyPolicy(key) => {
+        OnlineCommand::GetKeyPolicy(key) => {
             let policy = client.get_key_policy(&key.key_id).await?;
             match format {
                 Format::Json => println!("{}", json!({ "key_id": key.key_id, "policy": policy })),
                 Format::Text => println!("{policy}"),
             }
         }
-        Command::PutKeyPolicy {
+        OnlineCommand::PutKeyPolicy {
             key,
             policy_file,
             bypass_policy_lockout_safety_check,
@@ -567,7 +600,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Policy(PolicyCommand::Simulate(args)) => {
+        OnlineCommand::Policy(PolicyCommand::Simulate(args)) => {
             // With --policy-file it ran offline above.
             let Some(key_id) = &args.key_id else {
                 bail!("give --key or --policy-file");
@@ -575,27 +608,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let policy = client.get_key_policy(key_id).await?;
             policy::simulate(format, &policy, &args)?;
         }
-        Command::Audit(_) | Command::DevPki { .. } => unreachable_offline()?,
-        Command::TagResource { key, tags } => {
+        OnlineCommand::TagResource { key, tags } => {
             let tags = parse_pairs("--tag", &tags)?;
             let tags: Vec<(&str, &str)> =
                 tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             client.tag_resource(&key.key_id, &tags).await?;
             print_tags(format, &client.list_all_tags(&key.key_id).await?);
         }
-        Command::UntagResource { key, tag_keys } => {
+        OnlineCommand::UntagResource { key, tag_keys } => {
             let tag_keys: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
             client.untag_resource(&key.key_id, &tag_keys).await?;
             print_tags(format, &client.list_all_tags(&key.key_id).await?);
         }
-        Command::ListResourceTags(key) => {
+        OnlineCommand::ListResourceTags(key) => {
             print_tags(format, &client.list_all_tags(&key.key_id).await?);
         }
-        Command::RotateKeyOnDemand(key) => {
+        OnlineCommand::RotateKeyOnDemand(key) => {
             client.rotate_key_on_demand(&key.key_id).await?;
             print_metadata(format, &client.describe_key(&key.key_id).await?);
         }
-        Command::EnableKeyRotation {
+        OnlineCommand::EnableKeyRotation {
             key,
             rotation_period_in_days,
         } => {
@@ -604,11 +636,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             print_metadata(format, &client.describe_key(&key.key_id).await?);
         }
-        Command::DisableKeyRotation(key) => {
+        OnlineCommand::DisableKeyRotation(key) => {
             client.disable_key_rotation(&key.key_id).await?;
             print_metadata(format, &client.describe_key(&key.key_id).await?);
         }
-        Command::GetKeyRotationStatus(key) => {
+        OnlineCommand::GetKeyRotationStatus(key) => {
             let status = client.get_key_rotation_status(&key.key_id).await?;
             let value = json!({
                 "key_id": status.key_id,
@@ -629,7 +661,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::ScheduleKeyDeletion {
+        OnlineCommand::ScheduleKeyDeletion {
             key,
             pending_window_in_days,
         } => {
@@ -638,19 +670,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             print_metadata(format, &client.describe_key(&key.key_id).await?);
         }
-        Command::CancelKeyDeletion(key) => {
+        OnlineCommand::CancelKeyDeletion(key) => {
             client.cancel_key_deletion(&key.key_id).await?;
             print_metadata(format, &client.describe_key(&key.key_id).await?);
         }
-        Command::ListKeyRotations(key) => {
+        OnlineCommand::ListKeyRotations(key) => {
             print_rotations(format, &client.list_all_key_rotations(&key.key_id).await?);
         }
-        Command::DescribeKey(key) => {
+        OnlineCommand::DescribeKey(key) => {
             let metadata = client.describe_key(&key.key_id).await?;
             let rotations = client.list_all_key_rotations(&key.key_id).await?;
             output::print_description(format, &metadata, &rotations);
         }
-        Command::ListKeys { limit, page_token } => {
+        OnlineCommand::ListKeys { limit, page_token } => {
             let (keys, next) = match limit {
                 Some(limit) => {
                     let page = client.list_keys(limit, &page_token).await?;
@@ -675,21 +707,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::EnableKey(key) => {
+        OnlineCommand::EnableKey(key) => {
             client.enable_key(&key.key_id).await?;
             print_metadata(format, &client.describe_key(&key.key_id).await?);
         }
-        Command::DisableKey(key) => {
+        OnlineCommand::DisableKey(key) => {
             client.disable_key(&key.key_id).await?;
             print_metadata(format, &client.describe_key(&key.key_id).await?);
         }
-        Command::UpdateKeyDescription { key, description } => {
+        OnlineCommand::UpdateKeyDescription { key, description } => {
             client
                 .update_key_description(&key.key_id, &description)
                 .await?;
             print_metadata(format, &client.describe_key(&key.key_id).await?);
         }
-        Command::Encrypt {
+        OnlineCommand::Encrypt {
             key,
             plaintext_file,
             context,
@@ -718,7 +750,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
             )?;
         }
-        Command::Decrypt {
+        OnlineCommand::Decrypt {
             blob,
             key_id,
             context,
@@ -751,7 +783,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
             )?;
         }
-        Command::ReEncrypt {
+        OnlineCommand::ReEncrypt {
             blob,
             source_key_id,
             source_context,
@@ -778,7 +810,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
             )?;
         }
-        Command::GenerateDataKey {
+        OnlineCommand::GenerateDataKey {
             key,
             size,
             context,
@@ -817,7 +849,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::GenerateDataKeyWithoutPlaintext {
+        OnlineCommand::GenerateDataKeyWithoutPlaintext {
             key,
             size,
             context,
@@ -836,43 +868,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
             )?;
         }
-        Command::CreateAlias(a) => {
+        OnlineCommand::CreateAlias(a) => {
             client.create_alias(&a.alias_name, &a.target_key_id).await?;
             print_aliases(
                 format,
                 &client.list_all_aliases(Some(&a.target_key_id)).await?,
             );
         }
-        Command::UpdateAlias(a) => {
+        OnlineCommand::UpdateAlias(a) => {
             client.update_alias(&a.alias_name, &a.target_key_id).await?;
             print_aliases(
                 format,
                 &client.list_all_aliases(Some(&a.target_key_id)).await?,
             );
         }
-        Command::DeleteAlias { alias_name } => {
+        OnlineCommand::DeleteAlias { alias_name } => {
             client.delete_alias(&alias_name).await?;
             if format == Format::Json {
                 println!("{}", json!({ "deleted": alias_name }));
             }
         }
-        Command::ListAliases { key_id } => {
+        OnlineCommand::ListAliases { key_id } => {
             print_aliases(format, &client.list_all_aliases(key_id.as_deref()).await?);
         }
-        Command::GetPublicKey(args) => sign::get_public_key(&mut client, format, &args).await?,
-        Command::Sign(args) => sign::sign(&mut client, format, &args).await?,
-        Command::Verify(args) => sign::verify(&mut client, format, &args).await?,
-        Command::GenerateMac(args) => sign::generate_mac(&mut client, format, &args).await?,
-        Command::VerifyMac(args) => sign::verify_mac(&mut client, format, &args).await?,
-        Command::GetParametersForImport(args) => {
-            import::get_parameters(&mut client, format, &args).await?;
+        OnlineCommand::GetPublicKey(args) => sign::get_public_key(client, format, &args).await?,
+        OnlineCommand::Sign(args) => sign::sign(client, format, &args).await?,
+        OnlineCommand::Verify(args) => sign::verify(client, format, &args).await?,
+        OnlineCommand::GenerateMac(args) => sign::generate_mac(client, format, &args).await?,
+        OnlineCommand::VerifyMac(args) => sign::verify_mac(client, format, &args).await?,
+        OnlineCommand::GetParametersForImport(args) => {
+            import::get_parameters(client, format, &args).await?;
         }
-        Command::ImportKeyMaterial(args) => import::import(&mut client, format, &args).await?,
-        Command::DeleteImportedKeyMaterial(key) => {
+        OnlineCommand::ImportKeyMaterial(args) => import::import(client, format, &args).await?,
+        OnlineCommand::DeleteImportedKeyMaterial(key) => {
             client.delete_imported_key_material(&key.key_id).await?;
             print_metadata(format, &client.describe_key(&key.key_id).await?);
         }
-        Command::GenerateRandom {
+        OnlineCommand::GenerateRandom {
             number_of_bytes,
             out,
         } => {
@@ -887,11 +919,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn read_text(path: &Path) -> anyhow::Result<String> {
     let bytes = read_input(path.to_str())?;
     String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))
-}
-
-/// The offline commands return before connecting; reaching them after is a bug.
-fn unreachable_offline() -> anyhow::Result<()> {
-    bail!("internal error: an offline command reached the connected path")
 }
 
 /// An RSA ciphertext carries no encryption context: refuse one rather than drop it.
