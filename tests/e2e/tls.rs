@@ -99,7 +99,8 @@ async fn peers_without_a_good_certificate_are_refused_at_the_handshake_and_write
 }
 
 /// Finding 4: a certificate revoked in the CRL file is refused once kmsd sees the file
-/// change, on new connections and on the connection already open; SIGHUP reloads too.
+/// change, on new connections and on the connection already open; an older CRL put back is
+/// refused, after a restart too; SIGHUP reloads.
 #[tokio::test(flavor = "multi_thread")]
 async fn revoked_certificates_are_refused_once_the_crl_names_them() {
     let env = TestEnv::new();
@@ -146,7 +147,27 @@ async fn revoked_certificates_are_refused_once_the_crl_names_them() {
     .await;
     let still = app.describe_key(&key).await.unwrap_err();
     assert_eq!(still.code(), Code::Unauthenticated, "{still}");
+
+    // Nor does a restart take the older CRL back: kmsd remembers the CRL numbers in force.
+    let mut kmsd = kmsd;
+    assert!(
+        kmsd.terminate(),
+        "kmsd did not stop cleanly:\n{}",
+        kmsd.log()
+    );
+    let mut args = env.tls_args(&pki, &[ADMIN]);
+    args.extend_from_slice(&flag("--tls-client-crl", &crl));
+    let (_, log) = env.expect_refusal(&args, &[]);
+    assert!(log.contains("older than"), "{log}");
     std::fs::write(&crl, &after).unwrap();
+    let kmsd = start(&env, &pki, &[ADMIN], &flag("--tls-client-crl", &crl));
+    let mut admin = kmsd.client_with(&pki.client_tls(Some("admin"))).await;
+    admin.describe_key(&key).await.unwrap();
+    if let Ok(mut app) =
+        KmsClient::connect_with(kmsd.endpoint(), Some(&pki.client_tls(Some("app")))).await
+    {
+        assert_eq!(app.describe_key(&key).await.unwrap_err().reason(), None);
+    }
 
     // SIGHUP: a CRL written with its old modification time is read at once on the signal.
     let modified = std::fs::metadata(&crl).unwrap().modified().unwrap();

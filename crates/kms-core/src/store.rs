@@ -70,4 +70,11 @@ pub trait MetadataStore: Send + Sync {
     /// synced, so it need not be synced itself: a pin lost in a power loss only lags the log
     /// (a pin ahead of the log is what open refuses). A failure fails the batch's calls.
     fn put_audit_pin(&self, log_id: [u8; 16], pin: SealPin) -> Result<(), StoreError>;
+
+    /// The highest CRL number put in force for the CRL issuer `issuer` (its DER name), as
+    /// big-endian bytes, if any: so that a restart does not take back an older CRL either.
+    fn crl_number(&self, issuer: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Records the CRL number put in force for `issuer`, durably.
+    fn put_crl_number(&self, issuer: &[u8], number: &[u8]) -> Result<(), StoreError>;
 }

@@ -36,6 +36,7 @@ pub struct MemoryStore {
     aliases: Mutex<BTreeMap<AliasName, AliasRecord>>,
     audit_pins: Mutex<HashMap<[u8; 16], SealPin>>,
     fail_pins: AtomicBool,
+    crl_numbers: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
 }
 
 impl MemoryStore {
@@ -101,6 +102,13 @@ impl MetadataStore for MemoryStore {
             return Err(StoreError::new("write the audit pin", "injected failure"));
         }
         lock(&self.audit_pins).insert(log_id, pin);
+        Ok(())
+    }
+    fn crl_number(&self, issuer: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(lock(&self.crl_numbers).get(issuer).cloned())
+    }
+    fn put_crl_number(&self, issuer: &[u8], number: &[u8]) -> Result<(), StoreError> {
+        lock(&self.crl_numbers).insert(issuer.to_vec(), number.to_vec());
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
-use kms_core::{Caller, KmsError};
+use kms_core::{Caller, KmsError, MetadataStore, StoreError};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -71,6 +71,9 @@ pub enum TlsSetupError {
     /// The client CA could not serve as a verifier.
     #[error("the client CA cannot verify client certificates")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// The CRL numbers in force could not be read from or recorded in the metadata store.
+    #[error("cannot read or record the CRL numbers in force in the metadata store")]
+    Store(#[source] StoreError),
 }
 
 /// Authenticates the callers of one server.
@@ -110,6 +113,9 @@ pub struct ClientTrust {
     crl_modified: Mutex<Option<SystemTime>>,
     /// The CRL number in force per issuer.
     crl_numbers: Mutex<HashMap<Vec<u8>, x509_parser::num_bigint::BigUint>>,
+    /// Where the CRL numbers put in force are recorded, so that a restart refuses an older
+    /// CRL too (none for `--check-config`, which only reads).
+    store: Option<Arc<dyn MetadataStore>>,
 }
 
 impl ClientTrust {
@@ -118,6 +124,7 @@ impl ClientTrust {
         cas: Vec<CertificateDer<'static>>,
         provider: Arc<rustls::crypto::CryptoProvider>,
         crl: Option<PathBuf>,
+        store: Option<Arc<dyn MetadataStore>>,
     ) -> Result<Self, TlsSetupError> {
         let roots = Arc::new(roots);
         let modified = crl.as_deref().and_then(modified);
@@ -125,6 +132,10 @@ impl ClientTrust {
             .as_deref()
             .map(|path| crate::crl::read(path, &cas))
             .transpose()?;
+        if let (Some(path), Some(crls), Some(store)) = (&crl, &crls, &store) {
+            crate::crl::check_not_older(path, &crate::crl::recorded(store.as_ref(), crls)?, crls)?;
+            crate::crl::record(store.as_ref(), crls)?;
+        }
         let verifier = build_verifier(&roots, &provider, crls.as_ref())?;
         Ok(ClientTrust {
             roots,
@@ -135,6 +146,7 @@ impl ClientTrust {
             generation: AtomicU64::new(0),
             crl_modified: Mutex::new(modified),
             crl_numbers: Mutex::new(crls.map(|c| c.numbers).unwrap_or_default()),
+            store,
         })
     }
 
@@ -167,6 +179,9 @@ impl ClientTrust {
             .unwrap_or_else(PoisonError::into_inner);
         crate::crl::check_not_older(crl, &numbers, &crls)?;
         let verifier = build_verifier(&self.roots, &self.provider, Some(&crls))?;
+        if let Some(store) = &self.store {
+            crate::crl::record(store.as_ref(), &crls)?;
+        }
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = verifier;
         *numbers = crls.numbers;
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -431,9 +446,11 @@ impl ClientCertVerifier for HandshakeVerifier {
 }
 
 /// The TLS acceptor, the authenticator and the client trust (to reload) of a mutual-TLS
-/// server.
+/// server. With `store`, a CRL older than one put in force before (in an earlier run too) is
+/// refused, and the CRL numbers put in force are recorded there.
 pub fn mtls(
     files: &TlsFiles,
+    store: Option<Arc<dyn MetadataStore>>,
 ) -> Result<(TlsAcceptor, Authenticator, Arc<ClientTrust>), TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs("server certificate", &files.cert)?;
@@ -456,6 +473,7 @@ pub fn mtls(
         cas,
         Arc::clone(&provider),
         files.client_crl.clone(),
+        store,
     )?);
     let hints = trust.current().root_hint_subjects().to_vec();
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -10,6 +10,8 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::num_bigint::BigUint;
 
+use kms_core::MetadataStore;
+
 use crate::auth::TlsSetupError;
 
 /// The CRLs of a file, and the CRL number of each issuer's (an absent number counts as 0).
@@ -88,6 +90,30 @@ pub(crate) fn check_not_older(
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// The CRL numbers `store` recorded as in force for the issuers of `crls`.
+pub(crate) fn recorded(
+    store: &dyn MetadataStore,
+    crls: &Crls,
+) -> Result<HashMap<Vec<u8>, BigUint>, TlsSetupError> {
+    let mut numbers = HashMap::new();
+    for issuer in crls.numbers.keys() {
+        if let Some(number) = store.crl_number(issuer).map_err(TlsSetupError::Store)? {
+            numbers.insert(issuer.clone(), BigUint::from_bytes_be(&number));
+        }
+    }
+    Ok(numbers)
+}
+
+/// Records in `store` the CRL numbers of `crls`, being put in force.
+pub(crate) fn record(store: &dyn MetadataStore, crls: &Crls) -> Result<(), TlsSetupError> {
+    for (issuer, number) in &crls.numbers {
+        store
+            .put_crl_number(issuer, &number.to_bytes_be())
+            .map_err(TlsSetupError::Store)?;
     }
     Ok(())
 }

@@ -120,7 +120,7 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     )?;
     drop(hsm);
     if let Transport::Tls(files) = &config.transport {
-        auth::mtls(files).context("cannot set up TLS")?;
+        auth::mtls(files, None).context("cannot set up TLS")?;
     }
     let data_dir = &config.data_dir;
     if data_dir.exists() && !data_dir.is_dir() {
@@ -456,6 +456,7 @@ async fn serve(config: &Config, parts: Parts) -> anyhow::Result<()> {
         .build_v1()
         .context("cannot build the reflection service")?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let store = Arc::clone(&checks.store) as Arc<dyn kms_core::MetadataStore>;
     tokio::spawn(watch_health(health.clone(), checks, stop.clone()));
     {
         let health = health.clone();
@@ -506,7 +507,7 @@ async fn serve(config: &Config, parts: Parts) -> anyhow::Result<()> {
         }
         Transport::Tls(files) => {
             let (acceptor, authenticator, trust) =
-                auth::mtls(files).context("cannot set up TLS")?;
+                auth::mtls(files, Some(store)).context("cannot set up TLS")?;
             tokio::spawn(reload_crls(trust, stop.clone()));
             let connections = Connections::new(config.connections, Some(Arc::clone(&metrics)));
             add_connection_gauge(&metrics, &connections);

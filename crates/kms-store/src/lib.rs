@@ -3,7 +3,8 @@
 //! Layout (one column family): `meta/instance_id` holds the 16-byte instance id made when the
 //! store is created; `key/<16-byte key id>` holds a key record as JSON; `als/<alias name>`
 //! holds an alias record as JSON; `meta/audit_pin/<log id>` pins the audit log's last sealed
-//! checkpoint. Every write but the audit pin's goes
+//! checkpoint; `meta/crl_number/<issuer>` the client CA's last CRL number. Every write but the
+//! audit pin's goes
 //! through the WAL with `sync = true`, so an acknowledged change survives a crash or a power
 //! loss. The database's LOCK file keeps a second kmsd off the same data dir.
 //!
@@ -21,6 +22,7 @@ const KEY_PREFIX: &[u8] = b"key/";
 const ALIAS_PREFIX: &[u8] = b"als/";
 const HEALTH_MARK: &[u8] = b"meta/health";
 const AUDIT_PIN_PREFIX: &[u8] = b"meta/audit_pin/";
+const CRL_NUMBER_PREFIX: &[u8] = b"meta/crl_number/";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +246,25 @@ impl MetadataStore for RocksStore {
             .put(audit_pin_key(log_id), value)
             .map_err(|e| StoreError::new("write the audit pin", e))
     }
+
+    fn crl_number(&self, issuer: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get(crl_number_key(issuer))
+            .map_err(|e| StoreError::new("read a CRL number", e))
+    }
+
+    fn put_crl_number(&self, issuer: &[u8], number: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .put_opt(crl_number_key(issuer), number, &synced())
+            .map_err(|e| StoreError::new("write a CRL number", e))
+    }
+}
+
+/// `meta/crl_number/<issuer DER name>`: the highest CRL number put in force for the issuer.
+fn crl_number_key(issuer: &[u8]) -> Vec<u8> {
+    let mut key = CRL_NUMBER_PREFIX.to_vec();
+    key.extend_from_slice(issuer);
+    key
 }
 
 /// `meta/audit_pin/<log id>`: the seq (u64 big-endian), line hash (32 bytes) and end offset
