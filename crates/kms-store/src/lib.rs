@@ -4,9 +4,8 @@
 //! store is created; `key/<16-byte key id>` holds a key record as JSON; `als/<alias name>`
 //! holds an alias record as JSON; `meta/audit_pin/<log id>` pins the audit log's last sealed
 //! checkpoint; `meta/crl_number/<issuer>` the client CA's last CRL number. Every write but the
-//! audit pin's goes
-//! through the WAL with `sync = true`, so an acknowledged change survives a crash or a power
-//! loss. The database's LOCK file keeps a second kmsd off the same data dir.
+//! audit pin's goes through the WAL with `sync = true`, so an acknowledged change survives a
+//! crash or a power loss. The database's LOCK file keeps a second kmsd off the same data dir.
 //!
 //! Depends on kms-core and rocksdb only.
 #![forbid(unsafe_code)]
