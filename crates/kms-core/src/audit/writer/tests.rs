@@ -53,6 +53,13 @@ pub(crate) fn build_log_with(
     log
 }
 
+/// A scratch directory (kept while it is held), the path of a log in it, and a signer.
+fn scratch() -> (tempfile::TempDir, PathBuf, Arc<SoftCheckpointSigner>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    (dir, path, Arc::new(SoftCheckpointSigner::new()))
+}
+
 fn open(path: &Path, signer: &Arc<SoftCheckpointSigner>) -> AuditLog {
     open_pinned(path, signer, &Arc::new(MemoryStore::default())).unwrap()
 }
@@ -98,9 +105,7 @@ fn quarantined(path: &Path) -> Vec<Vec<u8>> {
 
 #[test]
 fn audit_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (_dir, path, signer) = scratch();
     let log = open(&path, &signer);
     let seqs: Vec<u64> = (0..5).map(|n| log.append(event(n)).unwrap()).collect();
     // One event per batch when appending one at a time: event, checkpoint, event, ...
@@ -128,9 +133,7 @@ fn audit_round_trip() {
 
 #[test]
 fn audit_group_commit_signs_each_batch_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (_dir, path, signer) = scratch();
     let log = open(&path, &signer);
     let (sender, receiver) = mpsc::channel();
     for n in 0..50 {
@@ -151,9 +154,7 @@ fn audit_group_commit_signs_each_batch_once() {
 
 #[test]
 fn audit_a_lone_submit_commits_on_the_callers_thread() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (_dir, path, signer) = scratch();
     let log = open(&path, &signer);
     let done_on = Arc::new(Mutex::new(None));
     let slot = Arc::clone(&done_on);
@@ -174,9 +175,7 @@ fn audit_a_lone_submit_commits_on_the_callers_thread() {
 
 #[test]
 fn audit_a_panicking_callback_does_not_stall_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (_dir, path, signer) = scratch();
     let log = Arc::new(open(&path, &signer));
     let panicking = Arc::clone(&log);
     let joined = std::thread::spawn(move || {
@@ -193,9 +192,7 @@ fn audit_a_panicking_callback_does_not_stall_the_log() {
 
 #[test]
 fn audit_reopen_continues_the_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (_dir, path, signer) = scratch();
     let log = open(&path, &signer);
     assert_eq!(log.append(event(0)).unwrap(), 1);
     assert_eq!(log.append(event(1)).unwrap(), 3);
@@ -218,9 +215,7 @@ fn audit_reopen_continues_the_chain() {
 
 #[test]
 fn audit_a_torn_batch_is_quarantined_at_open_and_never_signed() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (_dir, path, signer) = scratch();
     let log = open(&path, &signer);
     log.append(event(0)).unwrap();
     log.append(event(1)).unwrap();
@@ -266,9 +261,7 @@ fn last_line(bytes: &[u8]) -> &[u8] {
 
 #[test]
 fn audit_open_refuses_foreign_or_corrupt_logs() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (dir, path, signer) = scratch();
     std::fs::write(&path, build_log(&signer, &[2, 1])).unwrap();
     open(&path, &signer).close().unwrap();
 
@@ -300,9 +293,7 @@ struct Sealed {
 }
 
 fn two_sealed_batches() -> Sealed {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (dir, path, signer) = scratch();
     let pins = Arc::new(MemoryStore::default());
     let log = open_pinned(&path, &signer, &pins).unwrap();
     log.append(event(0)).unwrap();
@@ -464,9 +455,7 @@ fn audit_a_batch_that_cannot_be_pinned_fails_its_calls() {
 /// is refused: the metadata store pins the last seal.
 #[test]
 fn audit_open_refuses_a_log_behind_or_beside_its_pin() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (_dir, path, signer) = scratch();
     let pins = Arc::new(MemoryStore::default());
     let log = open_pinned(&path, &signer, &pins).unwrap();
     log.append(event(0)).unwrap();
@@ -510,9 +499,7 @@ fn audit_open_refuses_a_log_behind_or_beside_its_pin() {
 
 #[test]
 fn audit_open_checks_the_checkpoint_before_trailing_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (_dir, path, signer) = scratch();
     let mut bytes = build_log(&signer, &[2]);
     let line = encode_event(4, &line_hash(last_line(&bytes)), &event(9)).unwrap();
     bytes.extend_from_slice(&line);
@@ -526,9 +513,7 @@ fn audit_open_checks_the_checkpoint_before_trailing_events() {
 
 #[test]
 fn audit_fails_the_calls_of_a_signer_failure_and_recovers_with_the_signer() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (_dir, path, signer) = scratch();
     let log = open(&path, &signer);
     assert_eq!(log.append(event(0)).unwrap(), 1);
     signer.set_failing(true);
@@ -576,9 +561,7 @@ fn audit_refuses_a_signer_whose_signatures_do_not_verify() {
 
 #[test]
 fn audit_concurrent_appends_are_all_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.log");
-    let signer = Arc::new(SoftCheckpointSigner::new());
+    let (_dir, path, signer) = scratch();
     let log = Arc::new(open(&path, &signer));
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
