@@ -5,6 +5,9 @@ use std::io::{Read, Write};
 use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use serde_json::json;
+
+use crate::output::Format;
 
 /// Reads a file, or stdin for `None` or `-`.
 pub fn read_input(path: Option<&str>) -> anyhow::Result<Vec<u8>> {
@@ -54,6 +57,64 @@ pub fn pem(label: &str, der: &[u8]) -> String {
         "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
         lines.join("\n")
     )
+}
+
+/// A blob: raw to `out`, else base64 on stdout; JSON adds `fields`.
+pub fn emit_blob(
+    format: Format,
+    blob: &[u8],
+    out: Option<&str>,
+    fields: serde_json::Value,
+) -> anyhow::Result<()> {
+    emit_bytes(format, "ciphertext_blob", blob, out, fields)
+}
+
+/// Bytes that are not secret (a blob, a signature, a MAC): raw to `out`, else base64 on
+/// stdout; JSON adds `fields`, and the bytes in base64 as `name` when there is no `out`.
+pub fn emit_bytes(
+    format: Format,
+    name: &str,
+    bytes: &[u8],
+    out: Option<&str>,
+    mut fields: serde_json::Value,
+) -> anyhow::Result<()> {
+    if let Some(path) = out {
+        write_output(path, bytes)?;
+    }
+    match format {
+        Format::Json => {
+            if out.is_none() {
+                fields[name] = json!(b64(bytes));
+            }
+            println!("{fields}");
+        }
+        Format::Text if out.is_none() => println!("{}", b64(bytes)),
+        Format::Text => {}
+    }
+    Ok(())
+}
+
+/// Secret bytes: raw to `out` or stdout; JSON puts them in base64 in `plaintext`.
+pub fn emit_secret(
+    format: Format,
+    bytes: &[u8],
+    out: Option<&str>,
+    mut fields: serde_json::Value,
+) -> anyhow::Result<()> {
+    match (format, out) {
+        (_, Some(path)) => {
+            write_output(path, bytes)?;
+            if format == Format::Json {
+                println!("{fields}");
+            }
+        }
+        (Format::Json, None) => {
+            fields["plaintext"] = json!(b64(bytes));
+            println!("{fields}");
+        }
+        (Format::Text, None) => write_output("-", bytes)?,
+    }
+    Ok(())
 }
 
 #[cfg(test)]

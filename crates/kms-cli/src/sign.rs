@@ -7,10 +7,11 @@ use kms_client::KmsClient;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::KeyArg;
+use crate::io::emit_bytes;
 use crate::io::{pem, read_input, unb64, write_output};
 use crate::names::{MacAlgorithmName, MessageTypeName, SigningAlgorithmName};
 use crate::output::{self, Format};
-use crate::{KeyArg, emit_bytes};
 
 /// The message to sign, verify or MAC: `--message`, `--message-file`, else stdin.
 #[derive(Args)]
