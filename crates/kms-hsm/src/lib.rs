@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod audit_key;
+mod connect;
 mod error;
 mod object_id;
 mod pool;
@@ -21,13 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use cryptoki::slot::Slot;
-use cryptoki::types::AuthPin;
 use kms_core::asymmetric::{self, HashAlg};
 use kms_core::hsm::{SignMechanism, WrappingKeyRef};
 use kms_core::key::{KeyMaterial, WrappingAlgorithm};
@@ -36,6 +34,7 @@ use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
 pub use audit_key::HsmAuditSigner;
+use connect::connect;
 pub use error::OpenError;
 pub use object_id::{ObjectId, ObjectKind};
 use pool::SessionPool;
@@ -776,75 +775,6 @@ impl KeyStore for HsmKeyStore {
             Ok(found)
         })
     }
-}
-
-/// Loads and initialises the module, finds the token, and logs in one session (so that a
-/// wrong PIN shows at once). When `finalize_on_failure`, a failure after C_Initialize
-/// finalises the module again, so that the next try starts afresh; at start kmsd does not,
-/// since it exits anyway, and C_Finalize would end every other user of the module in the
-/// process.
-fn connect(config: &HsmConfig, finalize_on_failure: bool) -> Result<SessionPool, OpenError> {
-    let pkcs11 = Pkcs11::new(&config.module).map_err(|source| OpenError::Module {
-        path: config.module.clone(),
-        source,
-    })?;
-    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(source) => return Err(OpenError::Initialize(source)),
-    }
-    let slot = match find_token(&pkcs11, &config.token_label) {
-        Ok(slot) => slot,
-        Err(e) => {
-            if finalize_on_failure {
-                let _ = pkcs11.finalize();
-            }
-            return Err(e);
-        }
-    };
-    let pool = SessionPool::new(
-        pkcs11,
-        slot,
-        AuthPin::from(config.pin.as_str()),
-        config.max_sessions.max(1),
-        config.session_wait,
-    );
-    let first = match pool.get() {
-        Ok(first) => {
-            drop(first);
-            Ok(())
-        }
-        Err(pool::GetError::Open(e)) => Err(OpenError::Login(e)),
-        Err(pool::GetError::Timeout) => Err(OpenError::Timeout),
-    };
-    match first {
-        Ok(()) => Ok(pool),
-        Err(e) => {
-            if finalize_on_failure {
-                pool.close();
-            }
-            Err(e)
-        }
-    }
-}
-
-fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<Slot, OpenError> {
-    let slots = pkcs11.get_slots_with_token().map_err(OpenError::Slots)?;
-    let mut labels = Vec::new();
-    for slot in slots {
-        let info = pkcs11.get_token_info(slot).map_err(OpenError::Slots)?;
-        let this = info.label().trim_end();
-        if this == label {
-            if !info.token_initialized() {
-                return Err(OpenError::TokenNotInitialized(label.to_owned()));
-            }
-            return Ok(slot);
-        }
-        labels.push(this.to_owned());
-    }
-    Err(OpenError::TokenNotFound {
-        label: label.to_owned(),
-        available: labels,
-    })
 }
 
 #[cfg(test)]
