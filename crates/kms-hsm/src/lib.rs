@@ -1,8 +1,8 @@
 //! The PKCS#11 backend of the kms-core [`KeyStore`] trait, on cryptoki.
 //!
-//! One shared [`Pkcs11`](cryptoki::context::Pkcs11) context initialised with OS locking, a bounded pool of logged-in
-//! read-write sessions, and the custody template of DESIGN §3 for every key version. All calls
-//! block: the service runs them on blocking threads. A call that finds its session or token
+//! One shared [`Pkcs11`](cryptoki::context::Pkcs11) context initialised with OS locking, a
+//! bounded pool of logged-in read-write sessions, and the custody template of DESIGN §3 for
+//! every key version. All calls block: the service runs them on blocking threads. A call that finds its session or token
 //! gone drops the session, opens and logs in a new one, and retries once when the call is
 //! idempotent.
 //!
