@@ -2,9 +2,9 @@
 //!
 //! One shared [`Pkcs11`](cryptoki::context::Pkcs11) context initialised with OS locking, a
 //! bounded pool of logged-in read-write sessions, and the custody template of DESIGN §3 for
-//! every key version. All calls block: the service runs them on blocking threads. A call that finds its session or token
-//! gone drops the session, opens and logs in a new one, and retries once when the call is
-//! idempotent.
+//! every key version. All calls block: the service runs them on blocking threads. A call
+//! that finds its session or token gone drops the session, opens and logs in a new one, and
+//! retries once when the call is idempotent.
 //!
 //! Depends on kms-core and cryptoki only; nothing here knows about gRPC or the metadata store.
 #![forbid(unsafe_code)]
