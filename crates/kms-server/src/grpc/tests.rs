@@ -3,6 +3,10 @@
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use kms_proto::v1 as pb;
+use kms_proto::v1::key_management_service_server::KeyManagementService;
+use tonic::Request;
+
 use super::*;
 
 /// A `--dev` service on memory backends, auditing to a temporary file.
