@@ -2,7 +2,6 @@
 //! policy and the key's policy.
 
 use std::borrow::Cow;
-use std::sync::PoisonError;
 
 use tracing::info;
 
@@ -79,10 +78,7 @@ impl Kms {
         action: Action,
         change: impl FnOnce(&mut KeyRecord) -> Result<(), KmsError>,
     ) -> Result<KeyRecord, KmsError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.write_guard();
         let mut record = self.authorized(caller, key, action, None)?;
         change(&mut record)?;
         self.store.put_key(&record)?;

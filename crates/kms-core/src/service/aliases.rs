@@ -1,6 +1,5 @@
 //! Aliases: global names for keys, given out by the server policy.
 
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
 use tracing::info;
@@ -25,10 +24,7 @@ impl Kms {
     ) -> Result<AliasRecord, KmsError> {
         alias::check_not_reserved(name)?;
         self.authorize_alias_name(caller, Action::CreateAlias, name)?;
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.write_guard();
         let key_id = self.alias_target(caller, Action::CreateAlias, target)?;
         if self.store.get_alias(name)?.is_some() {
             return Err(KmsError::AlreadyExists(format!(
@@ -63,10 +59,7 @@ impl Kms {
     ) -> Result<AliasRecord, KmsError> {
         alias::check_not_reserved(name)?;
         self.authorize_alias_name(caller, Action::UpdateAlias, name)?;
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.write_guard();
         let mut record = self
             .store
             .get_alias(name)?
@@ -89,10 +82,7 @@ impl Kms {
     pub fn delete_alias(&self, caller: &Caller, name: &AliasName) -> Result<(), KmsError> {
         alias::check_not_reserved(name)?;
         self.authorize_alias_name(caller, Action::DeleteAlias, name)?;
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.write_guard();
         let Some(existing) = self.store.get_alias(name)? else {
             return Err(KmsError::NotFound(format!("alias {name} not found")));
         };

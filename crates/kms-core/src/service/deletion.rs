@@ -1,7 +1,6 @@
 //! Scheduled deletion: the waiting period, its cancellation, and the final destruction.
 
 use std::collections::BTreeMap;
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
 use tracing::info;
@@ -119,10 +118,7 @@ impl Kms {
         }
     }
     pub(super) fn delete_now(&self, mut record: KeyRecord) -> Result<(), KmsError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.write_guard();
         self.for_each_alias(|alias| {
             if alias.key_id == record.id {
                 self.store.delete_alias(&alias.name)?;

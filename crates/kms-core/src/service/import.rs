@@ -7,8 +7,6 @@
 //! had material before, the record keeps an HMAC that the HSM computes with the material over
 //! [`MATERIAL_CHECK_INPUT`].
 
-use std::sync::PoisonError;
-
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
@@ -62,10 +60,7 @@ impl Kms {
                 "wrapping_key_spec must be RSA_3072 or RSA_4096, got RSA_{wrapping_bits}"
             )));
         }
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.write_guard();
         let mut record = self.external(caller, key, Action::GetParametersForImport)?;
         if record.state == KeyState::PendingDeletion {
             return Err(invalid_state(&record, "given key material"));
@@ -127,10 +122,7 @@ impl Kms {
         expiration: ExpirationModel,
         valid_to_ms: Option<i64>,
     ) -> Result<(), KmsError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.write_guard();
         let mut record = self.external(caller, key, Action::ImportKeyMaterial)?;
         if record.state != KeyState::PendingImport {
             return Err(KmsError::InvalidState(format!(
@@ -297,10 +289,7 @@ impl Kms {
         caller: &Caller,
         key: &KeyRef,
     ) -> Result<(), KmsError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.write_guard();
         let mut record = self.external(caller, key, Action::DeleteImportedKeyMaterial)?;
         if record.state == KeyState::PendingDeletion {
             return Err(invalid_state(&record, "changed"));
@@ -345,10 +334,7 @@ impl Kms {
             if !material_due && !parameters_due {
                 return Ok(());
             }
-            let _guard = self
-                .write_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let _guard = self.write_guard();
             // Read again under the lock: a call may have changed the key since.
             let Some(mut record) = self.store.get_key(record.id)? else {
                 return Ok(());

@@ -27,7 +27,7 @@ use crypto::{current_version, public_key_of};
 use key_policy::check_no_lockout;
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::alias::AliasRecord;
 use crate::clock::Clock;
@@ -309,6 +309,15 @@ impl Kms {
             alias_count: AtomicUsize::new(0),
             authorization: Authorization::default(),
         }
+    }
+
+    /// Holds the write lock, which serialises the read-modify-write of key and alias records,
+    /// until the guard is dropped. A panic while it was held leaves no half-made change in
+    /// memory (records live in the store), so a poisoned lock is taken as it is.
+    pub(super) fn write_guard(&self) -> MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sets the administrators and the server-level policy.

@@ -1,7 +1,6 @@
 //! Startup reconciliation: the store and the HSM brought into agreement after a crash.
 
 use std::collections::HashSet;
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
@@ -19,10 +18,7 @@ impl Kms {
     /// HSM object, and HSM objects of this instance that no record names, are reported and
     /// logged, never deleted: neither can be repaired automatically without losing keys.
     pub fn reconcile(&self) -> Result<ReconcileReport, KmsError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.write_guard();
         let mut report = ReconcileReport::default();
         let mut in_hsm: HashSet<KeyVersionRef> =
             self.hsm.list_key_versions()?.into_iter().collect();

@@ -1,7 +1,5 @@
 //! Key rotation: on demand (at most ten per key) and automatic, and the list of versions.
 
-use std::sync::PoisonError;
-
 use tracing::{info, warn};
 
 use crate::caller::Caller;
@@ -25,10 +23,7 @@ impl Kms {
         key: &KeyRef,
         source: VersionSource,
     ) -> Result<KeyRecord, KmsError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.write_guard();
         let mut record = self.resolve(key)?;
         record.check_usable()?;
         check_rotatable(&record)?;
