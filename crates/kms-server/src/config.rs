@@ -606,8 +606,8 @@ fn limits(
     })
 }
 
-/// A duration setting: `<number><unit>` with unit `ms`, `s`, `m` or `h`; more than zero and
-/// at most a day.
+/// A duration setting in humantime's syntax (`500ms`, `30s`, `5m`, `1h 30m`); more than zero
+/// and at most a day.
 fn duration_setting(
     name: &str,
     value: Option<String>,
@@ -616,7 +616,8 @@ fn duration_setting(
     let Some(text) = value else {
         return Ok(default);
     };
-    parse_duration(&text)
+    humantime::parse_duration(&text)
+        .ok()
         .filter(|d| !d.is_zero() && *d <= Duration::from_secs(24 * 3600))
         .ok_or_else(|| {
             ConfigError::Invalid(format!(
@@ -624,19 +625,6 @@ fn duration_setting(
                  most 24h), got {text:?}"
             ))
         })
-}
-
-fn parse_duration(text: &str) -> Option<Duration> {
-    let digits = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(number)),
-        "s" => Some(Duration::from_secs(number)),
-        "m" => number.checked_mul(60).map(Duration::from_secs),
-        "h" => number.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    }
 }
 
 /// The text of a configuration file (the TOML file, the server policy).
