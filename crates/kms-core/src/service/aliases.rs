@@ -114,13 +114,8 @@ impl Kms {
                 })
             })
             .transpose()?;
-        let mut scanned = self.store.list_aliases(after.as_ref(), limit.0 + 1)?;
-        let next_page_token = if scanned.len() > limit.0 {
-            scanned.truncate(limit.0);
-            scanned.last().map(|a| a.name.to_string())
-        } else {
-            None
-        };
+        let mut scanned = self.store.list_aliases(after.as_ref(), limit.fetch())?;
+        let next_page_token = limit.cut(&mut scanned, |a| a.name.to_string());
         scanned.retain(|a| key_id.is_none_or(|k| a.key_id == k));
         Ok(AliasPage {
             aliases: scanned,

@@ -148,13 +148,8 @@ impl Kms {
                 })
             })
             .transpose()?;
-        let mut scanned = self.store.list_keys(after, limit.0 + 1)?;
-        let next_page_token = if scanned.len() > limit.0 {
-            scanned.truncate(limit.0);
-            scanned.last().map(|r| r.id.to_string())
-        } else {
-            None
-        };
+        let mut scanned = self.store.list_keys(after, limit.fetch())?;
+        let next_page_token = limit.cut(&mut scanned, |r| r.id.to_string());
         let keys = scanned
             .iter()
             .filter(|r| r.is_visible())

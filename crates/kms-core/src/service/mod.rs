@@ -175,6 +175,28 @@ impl PageLimit {
             ))),
         }
     }
+
+    /// How many items to fetch for a page: one more than it holds, to tell whether another
+    /// page follows.
+    pub(super) fn fetch(self) -> usize {
+        self.0 + 1
+    }
+
+    /// Cuts `fetched` (at most [`PageLimit::fetch`] items, in page order) to the page, and
+    /// returns the token of the next page, made from the page's last item by `token`, if
+    /// another page follows.
+    pub(super) fn cut<T>(
+        self,
+        fetched: &mut Vec<T>,
+        token: impl Fn(&T) -> String,
+    ) -> Option<String> {
+        if fetched.len() > self.0 {
+            fetched.truncate(self.0);
+            fetched.last().map(token)
+        } else {
+            None
+        }
+    }
 }
 
 /// One page of ListKeys.

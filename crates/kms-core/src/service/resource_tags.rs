@@ -59,14 +59,9 @@ impl Kms {
             .tags
             .into_iter()
             .filter(|(k, _)| page_token.is_none_or(|after| k.as_str() > after))
-            .take(limit.0 + 1)
+            .take(limit.fetch())
             .collect();
-        let next_page_token = if tags.len() > limit.0 {
-            tags.truncate(limit.0);
-            tags.last().map(|(k, _)| k.clone())
-        } else {
-            None
-        };
+        let next_page_token = limit.cut(&mut tags, |(k, _)| k.clone());
         Ok(TagPage {
             tags,
             next_page_token,

@@ -175,14 +175,9 @@ impl Kms {
             .versions
             .into_iter()
             .filter(|v| !v.pending && v.version > after)
-            .take(limit.0 + 1)
+            .take(limit.fetch())
             .collect();
-        let next_page_token = if rotations.len() > limit.0 {
-            rotations.truncate(limit.0);
-            rotations.last().map(|v| v.version.to_string())
-        } else {
-            None
-        };
+        let next_page_token = limit.cut(&mut rotations, |v| v.version.to_string());
         Ok(RotationPage {
             key_id,
             rotations,
