@@ -15,6 +15,11 @@ fn new_tags(tags: Vec<pb::Tag>) -> Result<NewTags, KmsError> {
     NewTags::new(tags.into_iter().map(|t| (t.tag_key, t.tag_value)))
 }
 
+/// The key a request's `key_id` field names.
+fn key_id(text: &str) -> Result<KeyRef, KmsError> {
+    KeyRef::parse(text, "key_id")
+}
+
 fn page_token(token: String) -> Option<String> {
     (!token.is_empty()).then_some(token)
 }
@@ -70,7 +75,7 @@ handlers! {
 
     describe_key: DescribeKey(DescribeKeyRequest) -> DescribeKeyResponse
     |kms, caller, req| {
-        let record = kms.describe_key(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
+        let record = kms.describe_key(caller, &key_id(&req.key_id)?)?;
         Ok(pb::DescribeKeyResponse {
             key_metadata: Some(convert::key_metadata(&record)),
         })
@@ -94,13 +99,13 @@ handlers! {
 
     enable_key: EnableKey(EnableKeyRequest) -> EnableKeyResponse
     |kms, caller, req| {
-        kms.enable_key(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
+        kms.enable_key(caller, &key_id(&req.key_id)?)?;
         Ok(pb::EnableKeyResponse {})
     }
 
     disable_key: DisableKey(DisableKeyRequest) -> DisableKeyResponse
     |kms, caller, req| {
-        kms.disable_key(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
+        kms.disable_key(caller, &key_id(&req.key_id)?)?;
         Ok(pb::DisableKeyResponse {})
     }
 
@@ -108,7 +113,7 @@ handlers! {
         UpdateKeyDescriptionRequest,
     ) -> UpdateKeyDescriptionResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         kms.update_key_description(caller, &key, req.description)?;
         Ok(pb::UpdateKeyDescriptionResponse {})
     }
@@ -116,7 +121,7 @@ handlers! {
     encrypt: Encrypt(EncryptRequest) -> EncryptResponse
     |kms, caller, req| {
         let plaintext = Plaintext::new(SecretBytes::new(req.plaintext))?;
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let context = convert::context(req.encryption_context, "encryption_context")?;
         let algorithm = convert::encryption_algorithm(req.encryption_algorithm)?;
         let out = kms.encrypt_with(caller, &key, &plaintext, &context, algorithm)?;
@@ -173,7 +178,7 @@ handlers! {
 
     generate_data_key: GenerateDataKey(GenerateDataKeyRequest) -> GenerateDataKeyResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let context = convert::context(req.encryption_context, "encryption_context")?;
         let length = convert::data_key_length(req.key_spec, req.number_of_bytes)?;
         let out = kms.generate_data_key(caller, &key, &context, length)?;
@@ -188,7 +193,7 @@ handlers! {
         GenerateDataKeyWithoutPlaintextRequest,
     ) -> GenerateDataKeyWithoutPlaintextResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let context = convert::context(req.encryption_context, "encryption_context")?;
         let length = convert::data_key_length(req.key_spec, req.number_of_bytes)?;
         let out =
@@ -257,21 +262,21 @@ handlers! {
 
     tag_resource: TagResource(TagResourceRequest) -> TagResourceResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         kms.tag_resource(caller, &key, new_tags(req.tags)?)?;
         Ok(pb::TagResourceResponse {})
     }
 
     untag_resource: UntagResource(UntagResourceRequest) -> UntagResourceResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         kms.untag_resource(caller, &key, &req.tag_keys)?;
         Ok(pb::UntagResourceResponse {})
     }
 
     list_resource_tags: ListResourceTags(ListResourceTagsRequest) -> ListResourceTagsResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let limit = PageLimit::new(req.limit)?;
         let page =
             kms.list_resource_tags(caller, &key, limit, page_token(req.page_token).as_deref())?;
@@ -288,7 +293,7 @@ handlers! {
     rotate_key_on_demand: RotateKeyOnDemand(RotateKeyOnDemandRequest) -> RotateKeyOnDemandResponse
     |kms, caller, req| {
         let record =
-            kms.rotate_key_on_demand(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
+            kms.rotate_key_on_demand(caller, &key_id(&req.key_id)?)?;
         Ok(pb::RotateKeyOnDemandResponse {
             key_id: record.id.to_string(),
             key_version: record.current_version,
@@ -297,7 +302,7 @@ handlers! {
 
     list_key_rotations: ListKeyRotations(ListKeyRotationsRequest) -> ListKeyRotationsResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let limit = PageLimit::new(req.limit)?;
         let page =
             kms.list_key_rotations(caller, &key, limit, page_token(req.page_token).as_deref())?;
@@ -319,7 +324,7 @@ handlers! {
 
     enable_key_rotation: EnableKeyRotation(EnableKeyRotationRequest) -> EnableKeyRotationResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         kms.enable_key_rotation(caller, &key, req.rotation_period_in_days)?;
         Ok(pb::EnableKeyRotationResponse {})
     }
@@ -328,7 +333,7 @@ handlers! {
         DisableKeyRotationRequest,
     ) -> DisableKeyRotationResponse
     |kms, caller, req| {
-        kms.disable_key_rotation(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
+        kms.disable_key_rotation(caller, &key_id(&req.key_id)?)?;
         Ok(pb::DisableKeyRotationResponse {})
     }
 
@@ -337,7 +342,7 @@ handlers! {
     ) -> GetKeyRotationStatusResponse
     |kms, caller, req| {
         let record =
-            kms.get_key_rotation_status(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
+            kms.get_key_rotation_status(caller, &key_id(&req.key_id)?)?;
         let metadata = convert::key_metadata(&record);
         Ok(pb::GetKeyRotationStatusResponse {
             key_rotation_enabled: metadata.key_rotation_enabled,
@@ -351,7 +356,7 @@ handlers! {
         ScheduleKeyDeletionRequest,
     ) -> ScheduleKeyDeletionResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let record = kms.schedule_key_deletion(caller, &key, req.pending_window_in_days)?;
         let metadata = convert::key_metadata(&record);
         Ok(pb::ScheduleKeyDeletionResponse {
@@ -366,7 +371,7 @@ handlers! {
 
     cancel_key_deletion: CancelKeyDeletion(CancelKeyDeletionRequest) -> CancelKeyDeletionResponse
     |kms, caller, req| {
-        let record = kms.cancel_key_deletion(caller, &KeyRef::parse(&req.key_id, "key_id")?)?;
+        let record = kms.cancel_key_deletion(caller, &key_id(&req.key_id)?)?;
         Ok(pb::CancelKeyDeletionResponse {
             key_id: record.id.to_string(),
         })
@@ -374,7 +379,7 @@ handlers! {
 
     get_key_policy: GetKeyPolicy(GetKeyPolicyRequest) -> GetKeyPolicyResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let (key_id, policy) = kms.get_key_policy(caller, &key)?;
         Ok(pb::GetKeyPolicyResponse {
             policy: policy.text().to_owned(),
@@ -384,7 +389,7 @@ handlers! {
 
     put_key_policy: PutKeyPolicy(PutKeyPolicyRequest) -> PutKeyPolicyResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         kms.put_key_policy(
             caller,
             &key,
@@ -396,13 +401,13 @@ handlers! {
 
     get_public_key: GetPublicKey(GetPublicKeyRequest) -> GetPublicKeyResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         Ok(convert::public_key(kms.get_public_key(caller, &key)?))
     }
 
     sign: Sign(SignRequest) -> SignResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let message_type = convert::message_type(req.message_type)?;
         let algorithm = convert::signing_algorithm(req.signing_algorithm)?;
         let out = kms.sign(caller, &key, &req.message, message_type, algorithm)?;
@@ -415,7 +420,7 @@ handlers! {
 
     verify: Verify(VerifyRequest) -> VerifyResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let message_type = convert::message_type(req.message_type)?;
         let algorithm = convert::signing_algorithm(req.signing_algorithm)?;
         let key_id = kms.verify(
@@ -435,7 +440,7 @@ handlers! {
 
     generate_mac: GenerateMac(GenerateMacRequest) -> GenerateMacResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let algorithm = convert::mac_algorithm(req.mac_algorithm)?;
         let out = kms.generate_mac(caller, &key, &req.message, algorithm)?;
         Ok(pb::GenerateMacResponse {
@@ -447,7 +452,7 @@ handlers! {
 
     verify_mac: VerifyMac(VerifyMacRequest) -> VerifyMacResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let algorithm = convert::mac_algorithm(req.mac_algorithm)?;
         let key_id = kms.verify_mac(caller, &key, &req.message, &req.mac, algorithm)?;
         Ok(pb::VerifyMacResponse {
@@ -461,7 +466,7 @@ handlers! {
         GetParametersForImportRequest,
     ) -> GetParametersForImportResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let algorithm = convert::wrapping_algorithm(req.wrapping_algorithm)?;
         let bits = convert::wrapping_key_bits(req.wrapping_key_spec)?;
         let out = kms.get_parameters_for_import(caller, &key, algorithm, bits)?;
@@ -475,7 +480,7 @@ handlers! {
 
     import_key_material: ImportKeyMaterial(ImportKeyMaterialRequest) -> ImportKeyMaterialResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         let expiration = convert::expiration_model(req.expiration_model)?;
         kms.import_key_material(
             caller,
@@ -492,7 +497,7 @@ handlers! {
         DeleteImportedKeyMaterialRequest,
     ) -> DeleteImportedKeyMaterialResponse
     |kms, caller, req| {
-        let key = KeyRef::parse(&req.key_id, "key_id")?;
+        let key = key_id(&req.key_id)?;
         kms.delete_imported_key_material(caller, &key)?;
         Ok(pb::DeleteImportedKeyMaterialResponse {})
     }
