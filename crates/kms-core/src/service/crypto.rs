@@ -43,10 +43,11 @@ impl Kms {
         caller.note_context(context, false);
         let record = self.usable(caller, key, Action::Encrypt, Some(context))?;
         let algorithm = algorithm.unwrap_or(EncryptionAlgorithm::SymmetricDefault);
-        check_encryption_algorithm(&record, algorithm)?;
         let ciphertext_blob = match algorithm.oaep_hash() {
+            // seal checks that the key is SYMMETRIC_DEFAULT.
             None => self.seal(caller, &record, context, plaintext.0.expose_secret())?,
             Some(hash) => {
+                check_encryption_algorithm(&record, algorithm)?;
                 check_no_context(context, algorithm)?;
                 caller.note_key(record.id, Some(record.current_version));
                 let public_key = public_key_of(&record)?;
