@@ -154,10 +154,11 @@ impl Kms {
             )));
         }
         if let Some(key) = key {
-            let named = match self.resolve(key) {
-                Ok(named) => Some(named.id),
-                Err(KmsError::NotFound(_)) => None,
-                Err(error) => return Err(error),
+            // Only the id it names matters: the blob's record, read above, is the one in use
+            // (and it is visible, a deleted key having been refused).
+            let named = match key {
+                KeyRef::Id(id) => Some(*id),
+                KeyRef::Alias(alias) => self.store.get_alias(alias)?.map(|a| a.key_id),
             };
             if named != Some(blob_key.key_id) {
                 return Err(KmsError::IncorrectKey(format!(
