@@ -24,7 +24,15 @@ impl Kms {
         source: VersionSource,
     ) -> Result<KeyRecord, KmsError> {
         let _guard = self.write_guard();
-        let mut record = self.resolve(key)?;
+        let record = self.resolve(key)?;
+        self.add_version(record, source)
+    }
+    /// [`Kms::rotate_key`] on `record`, read under the write lock, which the caller holds.
+    fn add_version(
+        &self,
+        mut record: KeyRecord,
+        source: VersionSource,
+    ) -> Result<KeyRecord, KmsError> {
         record.check_usable()?;
         check_rotatable(&record)?;
         let on_demand = record
@@ -95,8 +103,9 @@ impl Kms {
         caller: &Caller,
         key: &KeyRef,
     ) -> Result<KeyRecord, KmsError> {
+        let _guard = self.write_guard();
         let record = self.authorized(caller, key, Action::RotateKeyOnDemand, None)?;
-        let rotated = self.rotate_key(&KeyRef::Id(record.id), VersionSource::OnDemand)?;
+        let rotated = self.add_version(record, VersionSource::OnDemand)?;
         caller.note_key(rotated.id, Some(rotated.current_version));
         Ok(rotated)
     }
