@@ -273,15 +273,19 @@ pub(crate) fn timestamp(millis: i64) -> Timestamp {
     }
 }
 
-pub(crate) fn key_metadata(record: &KeyRecord) -> pb::KeyMetadata {
-    let state = match record.state {
+pub(crate) fn key_state(state: KeyState) -> pb::KeyState {
+    match state {
         // Never returned: `Creating` keys are invisible.
         KeyState::Creating | KeyState::Deleted => pb::KeyState::Unspecified,
         KeyState::Enabled => pb::KeyState::Enabled,
         KeyState::Disabled => pb::KeyState::Disabled,
         KeyState::PendingDeletion => pb::KeyState::PendingDeletion,
         KeyState::PendingImport => pb::KeyState::PendingImport,
-    };
+    }
+}
+
+pub(crate) fn key_metadata(record: &KeyRecord) -> pb::KeyMetadata {
+    let state = key_state(record.state);
     pb::KeyMetadata {
         key_id: record.id.to_string(),
         creation_date: Some(timestamp(record.created_at_ms)),

@@ -196,8 +196,7 @@ handlers! {
         let key = key_id(&req.key_id)?;
         let context = convert::context(req.encryption_context, "encryption_context")?;
         let length = convert::data_key_length(req.key_spec, req.number_of_bytes)?;
-        let out =
-            kms.generate_data_key_without_plaintext(caller, &key, &context, length)?;
+        let out = kms.generate_data_key_without_plaintext(caller, &key, &context, length)?;
         Ok(pb::GenerateDataKeyWithoutPlaintextResponse {
             ciphertext_blob: out.ciphertext_blob,
             key_id: out.key_id.to_string(),
@@ -292,8 +291,7 @@ handlers! {
 
     rotate_key_on_demand: RotateKeyOnDemand(RotateKeyOnDemandRequest) -> RotateKeyOnDemandResponse
     |kms, caller, req| {
-        let record =
-            kms.rotate_key_on_demand(caller, &key_id(&req.key_id)?)?;
+        let record = kms.rotate_key_on_demand(caller, &key_id(&req.key_id)?)?;
         Ok(pb::RotateKeyOnDemandResponse {
             key_id: record.id.to_string(),
             key_version: record.current_version,
@@ -341,14 +339,12 @@ handlers! {
         GetKeyRotationStatusRequest,
     ) -> GetKeyRotationStatusResponse
     |kms, caller, req| {
-        let record =
-            kms.get_key_rotation_status(caller, &key_id(&req.key_id)?)?;
-        let metadata = convert::key_metadata(&record);
+        let record = kms.get_key_rotation_status(caller, &key_id(&req.key_id)?)?;
         Ok(pb::GetKeyRotationStatusResponse {
-            key_rotation_enabled: metadata.key_rotation_enabled,
-            key_id: metadata.key_id,
-            rotation_period_in_days: metadata.rotation_period_in_days,
-            next_rotation_date: metadata.next_rotation_date,
+            key_rotation_enabled: record.rotation.is_some(),
+            key_id: record.id.to_string(),
+            rotation_period_in_days: record.rotation.map(|r| r.period_days),
+            next_rotation_date: record.rotation.map(|r| convert::timestamp(r.next_rotation_ms)),
         })
     }
 
@@ -358,14 +354,11 @@ handlers! {
     |kms, caller, req| {
         let key = key_id(&req.key_id)?;
         let record = kms.schedule_key_deletion(caller, &key, req.pending_window_in_days)?;
-        let metadata = convert::key_metadata(&record);
         Ok(pb::ScheduleKeyDeletionResponse {
-            key_id: metadata.key_id,
-            deletion_date: metadata.deletion_date,
-            key_state: metadata.key_state,
-            pending_window_in_days: metadata
-                .pending_deletion_window_in_days
-                .unwrap_or_default(),
+            key_id: record.id.to_string(),
+            deletion_date: record.deletion.map(|d| convert::timestamp(d.deletion_date_ms)),
+            key_state: convert::key_state(record.state).into(),
+            pending_window_in_days: record.deletion.map_or(0, |d| d.window_days),
         })
     }
 
