@@ -402,17 +402,32 @@ async fn a_caller_that_hangs_up_mid_request_is_still_audited() {
 async fn requests_over_the_concurrency_limit_are_throttled_unaudited() {
     let (svc, dir) = service_with_log();
     let svc = limited(svc, 1, 5_000);
+    // A call that holds the only place until released: no guess at how long it takes.
+    let (started, has_started) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
     let running = tokio::spawn({
         let svc = svc.clone();
-        async move { svc.call("Slow", Request::new(()), slow).await }
+        async move {
+            svc.call(
+                "Slow",
+                Request::new(()),
+                move |_: &Kms, _: &Caller, (): ()| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    Ok::<(), KmsError>(())
+                },
+            )
+            .await
+        }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    has_started.await.unwrap();
     let status = svc
         .create_key(Request::new(pb::CreateKeyRequest::default()))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(reason(&status), "ThrottlingException");
+    release.send(()).unwrap();
     assert!(running.await.unwrap().is_ok());
     // Once the slow call is done, the next one runs.
     new_key(&svc).await;
