@@ -285,14 +285,13 @@ pub(crate) fn key_state(state: KeyState) -> pb::KeyState {
 }
 
 pub(crate) fn key_metadata(record: &KeyRecord) -> pb::KeyMetadata {
-    let state = key_state(record.state);
     pb::KeyMetadata {
         key_id: record.id.to_string(),
         creation_date: Some(timestamp(record.created_at_ms)),
         enabled: record.state == KeyState::Enabled,
         description: record.description.clone(),
         key_usage: pb_key_usage(record.usage).into(),
-        key_state: state.into(),
+        key_state: key_state(record.state).into(),
         deletion_date: record.deletion.map(|d| timestamp(d.deletion_date_ms)),
         pending_deletion_window_in_days: record.deletion.map(|d| d.window_days),
         key_spec: pb_key_spec(record.spec).into(),

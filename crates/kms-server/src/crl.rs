@@ -1,16 +1,16 @@
 //! The client CA's certificate revocation lists: read from a PEM file, each checked to be
-//! signed by a client CA certificate, one per issuer, with its CRL number, so that a reload
-//! never puts an older CRL in the place of a newer one (an older CRL, still properly signed,
-//! would let a certificate revoked since work again).
+//! signed by a client CA certificate, one per issuer, with its CRL number, so that neither a
+//! reload nor a restart (the numbers in force are kept in the metadata store) puts an older
+//! CRL in the place of a newer one (an older CRL, still properly signed, would let a
+//! certificate revoked since work again).
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use kms_core::MetadataStore;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::num_bigint::BigUint;
-
-use kms_core::MetadataStore;
 
 use crate::auth::TlsSetupError;
 
