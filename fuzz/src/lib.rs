@@ -158,7 +158,7 @@ pub fn import(data: &[u8]) {
                 },
             )
             .expect("create an EXTERNAL key");
-        let key = KeyRef::Id(record.id);
+        let key = KeyRef::Id(record.id());
         let token = kms
             .get_parameters_for_import(&admin, &key, WrappingAlgorithm::RsaesOaepSha1, 3072)
             .expect("import parameters")
@@ -201,7 +201,7 @@ fn seeded_kms(principal: &str) -> Kms {
             .create_key(&caller, CreateKeyInput::new(spec))
             .expect("create a fuzz key");
         let name = AliasName::parse(alias).expect("an alias name");
-        kms.create_alias(&caller, &name, &KeyRef::Id(record.id))
+        kms.create_alias(&caller, &name, &KeyRef::Id(record.id()))
             .expect("create a fuzz alias");
     }
     kms

@@ -185,7 +185,7 @@ fn commitment() -> anyhow::Result<Run> {
 fn mac(leaky: bool) -> anyhow::Result<Run> {
     let (kms, _, _) = memory_kms();
     let record = kms.create_key(&admin(), CreateKeyInput::new(KeySpec::Hmac256))?;
-    let key = KeyRef::Id(record.id);
+    let key = KeyRef::Id(record.id());
     let message = b"timed message";
     let mac = kms
         .generate_mac(&admin(), &key, message, MacAlgorithm::HmacSha256)?

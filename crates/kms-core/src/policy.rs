@@ -60,9 +60,6 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer};
-use serde::{Serialize, Serializer};
-
 use crate::context::EncryptionContext;
 use crate::error::KmsError;
 
@@ -416,19 +413,6 @@ impl fmt::Debug for KeyPolicy {
     }
 }
 
-impl Serialize for KeyPolicy {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for KeyPolicy {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        KeyPolicy::parse(&text).map_err(de::Error::custom)
-    }
-}
-
 impl Statement {
     fn applies(&self, request: &AccessRequest<'_>) -> bool {
         self.actions.contains(request.action)
@@ -557,7 +541,9 @@ fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+mod cache;
 mod parse;
+pub use cache::PolicyCache;
 use parse::parse_policy;
 
 #[cfg(test)]

@@ -286,16 +286,16 @@ pub(crate) fn key_state(state: KeyState) -> pb::KeyState {
 
 pub(crate) fn key_metadata(record: &KeyRecord) -> pb::KeyMetadata {
     pb::KeyMetadata {
-        key_id: record.id.to_string(),
-        creation_date: Some(timestamp(record.created_at_ms)),
-        enabled: record.state == KeyState::Enabled,
-        description: record.description.clone(),
-        key_usage: pb_key_usage(record.usage).into(),
-        key_state: key_state(record.state).into(),
-        deletion_date: record.deletion.map(|d| timestamp(d.deletion_date_ms)),
-        pending_deletion_window_in_days: record.deletion.map(|d| d.window_days),
-        key_spec: pb_key_spec(record.spec).into(),
-        origin: match record.origin {
+        key_id: record.id().to_string(),
+        creation_date: Some(timestamp(record.created_at_ms())),
+        enabled: record.state() == KeyState::Enabled,
+        description: record.description().to_owned(),
+        key_usage: pb_key_usage(record.usage()).into(),
+        key_state: key_state(record.state()).into(),
+        deletion_date: record.deletion().map(|d| timestamp(d.deletion_date_ms)),
+        pending_deletion_window_in_days: record.deletion().map(|d| d.window_days),
+        key_spec: pb_key_spec(record.spec()).into(),
+        origin: match record.origin() {
             Origin::Kms => pb::OriginType::Kms,
             Origin::External => pb::OriginType::External,
         }
@@ -305,10 +305,10 @@ pub(crate) fn key_metadata(record: &KeyRecord) -> pb::KeyMetadata {
             .into_iter()
             .map(|a| algorithm(a).into())
             .collect(),
-        current_key_version: record.current_version,
-        key_rotation_enabled: record.rotation.is_some(),
-        rotation_period_in_days: record.rotation.map(|r| r.period_days),
-        next_rotation_date: record.rotation.map(|r| timestamp(r.next_rotation_ms)),
+        current_key_version: record.current_version(),
+        key_rotation_enabled: record.rotation().is_some(),
+        rotation_period_in_days: record.rotation().map(|r| r.period_days),
+        next_rotation_date: record.rotation().map(|r| timestamp(r.next_rotation_ms)),
         signing_algorithms: record
             .signing_algorithms()
             .into_iter()
@@ -319,7 +319,7 @@ pub(crate) fn key_metadata(record: &KeyRecord) -> pb::KeyMetadata {
             .into_iter()
             .map(|a| pb_mac_algorithm(a).into())
             .collect(),
-        expiration_model: match &record.import {
+        expiration_model: match record.import() {
             Some(import) if record.has_material() => if import.valid_to_ms.is_some() {
                 pb::ExpirationModel::KeyMaterialExpires
             } else {
@@ -328,21 +328,17 @@ pub(crate) fn key_metadata(record: &KeyRecord) -> pb::KeyMetadata {
             .into(),
             _ => pb::ExpirationModel::Unspecified.into(),
         },
-        valid_to: record
-            .import
-            .as_ref()
-            .and_then(|i| i.valid_to_ms)
-            .map(timestamp),
+        valid_to: record.import().and_then(|i| i.valid_to_ms).map(timestamp),
     }
 }
 
 pub(crate) fn public_key(info: kms_core::service::PublicKeyInfo) -> pb::GetPublicKeyResponse {
     let record = &info.record;
     pb::GetPublicKeyResponse {
-        key_id: record.id.to_string(),
+        key_id: record.id().to_string(),
         public_key: info.public_key,
-        key_spec: pb_key_spec(record.spec).into(),
-        key_usage: pb_key_usage(record.usage).into(),
+        key_spec: pb_key_spec(record.spec()).into(),
+        key_usage: pb_key_usage(record.usage()).into(),
         encryption_algorithms: record
             .encryption_algorithms()
             .into_iter()

@@ -179,7 +179,7 @@ impl MetadataStore for RocksStore {
     }
 
     fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        self.put(record_key(record.id), record)
+        self.put(record_key(record.id()), record)
     }
 
     fn delete_key(&self, id: KeyId) -> Result<(), StoreError> {
@@ -276,33 +276,32 @@ fn audit_pin_key(log_id: [u8; 16]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use kms_core::{KeySpec, KeyState, KeyUsage, KeyVersion, Origin};
+    use kms_core::{KeySpec, KeyUsage, Origin};
 
     use super::*;
 
     fn record(id: KeyId) -> KeyRecord {
-        KeyRecord {
+        let mut record = KeyRecord::new(
             id,
-            created_at_ms: 1,
-            description: "d".into(),
-            usage: KeyUsage::EncryptDecrypt,
-            spec: KeySpec::SymmetricDefault,
-            origin: Origin::Kms,
-            state: KeyState::Enabled,
-            current_version: 1,
-            versions: vec![KeyVersion {
-                version: 1,
-                created_at_ms: 1,
-                source: kms_core::VersionSource::Creation,
-                pending: false,
-                public_key: None,
-            }],
-            tags: [("team".to_owned(), "payments".to_owned())].into(),
-            rotation: None,
-            deletion: None,
-            policy: Some(kms_core::policy::KeyPolicy::default_for("creator")),
-            import: None,
+            1,
+            KeySpec::SymmetricDefault,
+            KeyUsage::EncryptDecrypt,
+            Origin::Kms,
+        );
+        let made = record
+            .set_description("d".into())
+            .and_then(|()| {
+                record.tag(kms_core::tags::NewTags::new([(
+                    "team".to_owned(),
+                    "payments".to_owned(),
+                )])?)
+            })
+            .and_then(|()| record.created(None));
+        if let Err(error) = made {
+            panic!("{error}");
         }
+        record.set_policy(&kms_core::policy::KeyPolicy::default_for("creator"));
+        record
     }
 
     #[test]
@@ -331,12 +330,16 @@ mod tests {
             store.put_key(&record(*id))?;
         }
         ids.sort();
-        let first: Vec<KeyId> = store.list_keys(None, 2)?.iter().map(|r| r.id).collect();
+        let first: Vec<KeyId> = store
+            .list_keys(None, 2)?
+            .iter()
+            .map(KeyRecord::id)
+            .collect();
         assert_eq!(first, ids[..2]);
         let rest: Vec<KeyId> = store
             .list_keys(Some(ids[1]), 10)?
             .iter()
-            .map(|r| r.id)
+            .map(KeyRecord::id)
             .collect();
         assert_eq!(rest, ids[2..]);
         Ok(())

@@ -480,31 +480,6 @@ fn alias_name_conditions_match_only_alias_requests() {
 }
 
 #[test]
-fn serde_round_trip() {
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Record {
-        policy: KeyPolicy,
-    }
-    let original = KeyPolicy::default_for("creator");
-    let json = serde_json::to_string(&Record {
-        policy: original.clone(),
-    })
-    .unwrap();
-    let back: Record = serde_json::from_str(&json).unwrap();
-    assert_eq!(back.policy, original);
-    assert_eq!(back.policy.text(), original.text());
-    assert_eq!(back.policy.statements, original.statements);
-
-    let bad = r#"{"policy": "{\"Statement\": []}"}"#;
-    let e = serde_json::from_str::<Record>(bad).err().unwrap();
-    assert!(
-        e.to_string()
-            .contains("Statement must hold at least one statement"),
-        "{e}"
-    );
-}
-
-#[test]
 fn decision_display() {
     let named = StatementRef {
         index: 1,

@@ -1,15 +1,15 @@
 //! Access: resolving the key a caller names, and authorizing the caller against the server
 //! policy and the key's policy.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 
 use tracing::info;
 
 use crate::caller::Caller;
 use crate::context::EncryptionContext;
 use crate::error::KmsError;
-use crate::ids::{AliasName, KeyRef};
-use crate::key::{KeyRecord, KeyState};
+use crate::ids::{AliasName, KeyId, KeyRef};
+use crate::key::KeyRecord;
 use crate::policy::{AccessRequest, Action, Decision, KeyPolicy};
 
 use super::Kms;
@@ -22,7 +22,7 @@ impl Kms {
                 .store
                 .get_key(*id)?
                 .filter(KeyRecord::is_visible)
-                .map(|r| self.current_view(r))
+                .map(|r| r.as_seen_at(self.clock.now_millis()))
                 .ok_or_else(|| KmsError::NotFound(format!("key {id} not found"))),
             KeyRef::Alias(alias) => {
                 let target = self
@@ -32,17 +32,6 @@ impl Kms {
                 self.resolve(&KeyRef::Id(target.key_id))
             }
         }
-    }
-    /// `record` as callers see it now: an EXTERNAL key whose material has expired is
-    /// PendingImport at once, before [`Kms::run_due_expirations`] destroys the material.
-    pub(super) fn current_view(&self, mut record: KeyRecord) -> KeyRecord {
-        let expired = record.import.as_ref().is_some_and(|i| {
-            i.has_material && i.valid_to_ms.is_some_and(|t| t <= self.clock.now_millis())
-        });
-        if expired && matches!(record.state, KeyState::Enabled | KeyState::Disabled) {
-            record.state = KeyState::PendingImport;
-        }
-        record
     }
     /// The record of a key that `action` with `context` is allowed on and that may be used
     /// for cryptography now.
@@ -82,16 +71,29 @@ impl Kms {
         let mut record = self.authorized(caller, key, action, None)?;
         change(&mut record)?;
         self.store.put_key(&record)?;
-        info!(key_id = %record.id, state = record.state.as_str(), "updated key");
+        info!(key_id = %record.id, state = record.state().as_str(), "updated key");
         Ok(record)
     }
-    /// The policy that governs `record`.
-    pub(super) fn policy_of(record: &KeyRecord) -> Cow<'_, KeyPolicy> {
-        match &record.policy {
-            Some(policy) => Cow::Borrowed(policy),
-            // Keys made before key policies existed: the administrators only.
-            None => Cow::Owned(KeyPolicy::default_for(crate::policy::ADMINISTRATORS)),
-        }
+    /// Applies `change` to the stored record of the key `id`, whatever its state, under the
+    /// write lock, and stores it: for the second half of a change whose HSM work ran without
+    /// the lock.
+    pub(super) fn rewrite(
+        &self,
+        id: KeyId,
+        change: impl FnOnce(&mut KeyRecord) -> Result<(), KmsError>,
+    ) -> Result<KeyRecord, KmsError> {
+        let _guard = self.write_guard();
+        let mut record = self
+            .store
+            .get_key(id)?
+            .ok_or_else(|| KmsError::NotFound(format!("key {id} not found")))?;
+        change(&mut record)?;
+        self.store.put_key(&record)?;
+        Ok(record)
+    }
+    /// The policy that governs `record`, parsed once per text.
+    pub(super) fn policy_of(&self, record: &KeyRecord) -> Result<Arc<KeyPolicy>, KmsError> {
+        self.policies.get(record.policy_text())
     }
     /// What a policy is asked about `caller` doing `action`.
     pub(super) fn access_request<'a>(
@@ -134,7 +136,7 @@ impl Kms {
                 record.id
             )));
         }
-        let decision = Self::policy_of(record).evaluate(&request);
+        let decision = self.policy_of(record)?.evaluate(&request);
         if let Some(statement) = decision.statement() {
             caller.note_statement(statement.to_string());
         }
@@ -199,14 +201,6 @@ impl Kms {
             }
         )))
     }
-}
-
-pub(super) fn invalid_state(record: &KeyRecord, verb: &str) -> KmsError {
-    KmsError::InvalidState(format!(
-        "key {} is {} and cannot be {verb}",
-        record.id,
-        record.state.as_str()
-    ))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::ids::{AliasName, KeyId, KeyRef};
 use crate::key::KeyState;
 use crate::policy::Action;
 
-use super::{AliasPage, Kms, PageLimit, invalid_state};
+use super::{AliasPage, Kms, PageLimit};
 
 impl Kms {
     /// Creates an alias pointing at `target` (a key id). Needs kms:CreateAlias on the name from
@@ -136,8 +136,8 @@ impl Kms {
             ));
         };
         let record = self.authorized(caller, target, action, None)?;
-        if record.state == KeyState::PendingDeletion {
-            return Err(invalid_state(&record, "the target of an alias"));
+        if record.state() == KeyState::PendingDeletion {
+            return Err(record.refuse("the target of an alias"));
         }
         Ok(record.id)
     }

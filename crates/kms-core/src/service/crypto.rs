@@ -49,12 +49,12 @@ impl Kms {
             Some(hash) => {
                 check_encryption_algorithm(&record, algorithm)?;
                 check_no_context(context, algorithm)?;
-                caller.note_key(record.id, Some(record.current_version));
+                caller.note_key(record.id, Some(record.current_version()));
                 let public_key = public_key_of(&record)?;
                 crate::asymmetric::oaep_encrypt(public_key, hash, plaintext.0.expose_secret())?
             }
         };
-        debug!(key_id = %record.id, version = record.current_version, "encrypted");
+        debug!(key_id = %record.id, version = record.current_version(), "encrypted");
         Ok(Encrypted {
             ciphertext_blob,
             key_id: record.id,
@@ -140,14 +140,14 @@ impl Kms {
         let record = match self
             .store
             .get_key(blob_key.key_id)?
-            .map(|r| self.current_view(r))
+            .map(|r| r.as_seen_at(self.clock.now_millis()))
         {
-            Some(r) if r.is_visible() || r.state == KeyState::Deleted => r,
+            Some(r) if r.is_visible() || r.state() == KeyState::Deleted => r,
             _ => return Err(KmsError::InvalidCiphertext),
         };
         caller.note_key(record.id, Some(blob_key.version));
         self.authorize(caller, action, &record, Some(context))?;
-        if record.state == KeyState::Deleted {
+        if record.state() == KeyState::Deleted {
             return Err(KmsError::NotFound(format!(
                 "key {} was deleted; its ciphertexts cannot be decrypted",
                 record.id
@@ -311,7 +311,7 @@ impl Kms {
 
 /// The current version's HSM object.
 pub(super) fn current_version(record: &KeyRecord) -> Result<KeyVersionRef, KmsError> {
-    record.version_ref(record.current_version).ok_or_else(|| {
+    record.version_ref(record.current_version()).ok_or_else(|| {
         KmsError::Internal(format!("key {} has no current version", record.id).into())
     })
 }
@@ -490,7 +490,7 @@ mod tests {
         ));
         let version = KeyVersionRef {
             key_id: hmac.id,
-            version: hmac.current_version,
+            version: hmac.current_version(),
         };
         let forged = ok(symmetric::seal(
             &k_msg,

@@ -8,11 +8,11 @@ use tracing::info;
 use crate::alias::AliasRecord;
 use crate::caller::Caller;
 use crate::error::KmsError;
-use crate::ids::{AliasName, KeyRef};
-use crate::key::{KeyRecord, KeyState, PendingDeletion};
+use crate::ids::{AliasName, KeyId, KeyRef};
+use crate::key::{KeyRecord, PendingDeletion};
 use crate::policy::Action;
 
-use super::{Kms, invalid_state};
+use super::Kms;
 
 impl Kms {
     /// Schedules the key's deletion in `window_days` (7..=30, default 30). Until then every
@@ -25,12 +25,7 @@ impl Kms {
     ) -> Result<KeyRecord, KmsError> {
         let deletion = PendingDeletion::new(window_days, self.clock.now_millis())?;
         self.update(caller, key, Action::ScheduleKeyDeletion, |record| {
-            if record.state == KeyState::PendingDeletion {
-                return Err(invalid_state(record, "scheduled for deletion again"));
-            }
-            record.state = KeyState::PendingDeletion;
-            record.deletion = Some(deletion);
-            Ok(())
+            record.schedule_deletion(deletion)
         })
     }
     /// Cancels a scheduled deletion; the key becomes Disabled.
@@ -39,17 +34,9 @@ impl Kms {
         caller: &Caller,
         key: &KeyRef,
     ) -> Result<KeyRecord, KmsError> {
+        let now = self.clock.now_millis();
         self.update(caller, key, Action::CancelKeyDeletion, |record| {
-            if record.state != KeyState::PendingDeletion {
-                return Err(invalid_state(record, "taken out of deletion"));
-            }
-            record.state = if record.has_material() {
-                KeyState::Disabled
-            } else {
-                KeyState::PendingImport
-            };
-            record.deletion = None;
-            Ok(())
+            record.cancel_deletion(now)
         })
     }
     /// How many keys are in each state (deleted keys, kept as tombstones, included), for
@@ -57,7 +44,7 @@ impl Kms {
     pub fn count_keys_by_state(&self) -> Result<BTreeMap<&'static str, usize>, KmsError> {
         let mut counts = BTreeMap::new();
         self.for_each_key(|record| {
-            *counts.entry(record.state.as_str()).or_default() += 1;
+            *counts.entry(record.state().as_str()).or_default() += 1;
             Ok(())
         })?;
         Ok(counts)
@@ -69,10 +56,7 @@ impl Kms {
         let now = self.clock.now_millis();
         let mut deleted = 0;
         self.for_each_key(|record| {
-            let due = record.state == KeyState::PendingDeletion
-                && record.deletion.is_some_and(|d| d.deletion_date_ms <= now);
-            if due {
-                self.delete_now(record)?;
+            if record.deletion_due(now) && self.delete_now(record.id, now)? {
                 deleted += 1;
             }
             Ok(())
@@ -117,34 +101,48 @@ impl Kms {
             page.iter().try_for_each(&mut f)?;
         }
     }
-    pub(super) fn delete_now(&self, mut record: KeyRecord) -> Result<(), KmsError> {
-        let _guard = self.write_guard();
+    /// Deletes the key `id` if its deletion is due at `now_ms`, and says whether it did: its
+    /// aliases go, every HSM object of every version is destroyed, then the record becomes a
+    /// tombstone. Once due, a deletion can no longer be cancelled, so the HSM work runs
+    /// without the write lock; each step is idempotent, so a crash anywhere is finished by
+    /// the next run.
+    pub(super) fn delete_now(&self, id: KeyId, now_ms: i64) -> Result<bool, KmsError> {
+        let Some(record) = self.store.get_key(id)?.filter(|r| r.deletion_due(now_ms)) else {
+            return Ok(false);
+        };
         self.for_each_alias(|alias| {
-            if alias.key_id == record.id {
-                self.store.delete_alias(&alias.name)?;
-                self.uncount_alias();
+            if alias.key_id == id {
+                let _guard = self.write_guard();
+                // Read again under the lock: the alias may have moved since the scan.
+                if self
+                    .store
+                    .get_alias(&alias.name)?
+                    .is_some_and(|a| a.key_id == id)
+                {
+                    self.store.delete_alias(&alias.name)?;
+                    self.uncount_alias();
+                }
             }
             Ok(())
         })?;
         for version in record.version_refs() {
             self.hsm.destroy_key_version(version)?;
         }
-        if let Some(parameters) = record.import.take().and_then(|i| i.parameters) {
+        if let Some(parameters) = record.import_parameters() {
             self.hsm.destroy_wrapping_key(crate::hsm::WrappingKeyRef {
-                key_id: record.id,
+                key_id: id,
                 serial: parameters.serial,
             })?;
         }
-        record.state = KeyState::Deleted;
-        record.deletion = None;
-        record.rotation = None;
-        record.tags.clear();
-        record.description.clear();
-        record.policy = None;
+        let _guard = self.write_guard();
+        let Some(mut record) = self.store.get_key(id)?.filter(|r| r.deletion_due(now_ms)) else {
+            return Ok(false);
+        };
+        record.mark_deleted()?;
         self.store.put_key(&record)?;
         self.key_count.fetch_sub(1, Ordering::SeqCst);
-        info!(key_id = %record.id, "deleted key and destroyed its HSM objects");
-        Ok(())
+        info!(key_id = %id, "deleted key and destroyed its HSM objects");
+        Ok(true)
     }
 }
 
@@ -172,8 +170,11 @@ mod tests {
             Err(KmsError::Validation(_))
         ));
         let record = ok(kms.schedule_key_deletion(&admin(), &key, Some(7)));
-        assert_eq!(record.state, KeyState::PendingDeletion);
-        assert_eq!(record.deletion.map(|d| d.deletion_date_ms), Some(107 * day));
+        assert_eq!(record.state(), KeyState::PendingDeletion);
+        assert_eq!(
+            record.deletion().map(|d| d.deletion_date_ms),
+            Some(107 * day)
+        );
         assert!(matches!(
             kms.decrypt(&admin(), &blob, &ctx(&[]), None),
             Err(KmsError::InvalidState(_))
@@ -184,7 +185,7 @@ mod tests {
         ));
         ok(kms.cancel_key_deletion(&admin(), &key));
         assert_eq!(
-            ok(kms.describe_key(&admin(), &key)).state,
+            ok(kms.describe_key(&admin(), &key)).state(),
             KeyState::Disabled
         );
         ok(kms.schedule_key_deletion(&admin(), &key, None));

@@ -56,3 +56,111 @@ fn under_hsm_faults_answers_are_right_failures_are_clear_and_restarts_leave_noth
         }
     }
 }
+
+/// A service whose HSM takes `delay` over every call `pick` names, and its fault counter.
+fn slow_hsm_kms(pick: fn(&str) -> bool, delay: Duration) -> (Arc<Kms>, Arc<FaultyKeyStore>) {
+    let hsm = Arc::new(FaultyKeyStore::new(
+        Arc::new(SoftKeyStore::default()) as Arc<dyn KeyStore>,
+        pick,
+        Fault::Delay(delay),
+        1,
+    ));
+    let kms = Kms::new(
+        Arc::new(MemoryStore::default()),
+        hsm.clone(),
+        Arc::new(ManualClock::default()),
+    )
+    .with_authorization(authorization());
+    (Arc::new(kms), hsm)
+}
+
+fn ok<T>(r: Result<T, crate::KmsError>) -> T {
+    r.unwrap_or_else(|e| panic!("unexpected {}: {e}", e.reason()))
+}
+
+/// Runs `slow` on another thread until its HSM call has begun (the fault counter moved), then
+/// `meanwhile`; returns whether `slow` was still running when `meanwhile` returned.
+fn while_the_hsm_works(
+    hsm: &FaultyKeyStore,
+    slow: impl FnOnce() + Send + 'static,
+    meanwhile: impl FnOnce(),
+) -> bool {
+    let before = hsm.injected();
+    let worker = std::thread::spawn(slow);
+    while hsm.injected() == before {
+        std::thread::yield_now();
+    }
+    meanwhile();
+    let overlapped = !worker.is_finished();
+    assert!(worker.join().is_ok(), "the slow call panicked");
+    overlapped
+}
+
+#[test]
+fn a_slow_hsm_rotation_holds_no_lock_other_keys_wait_for() {
+    let (kms, hsm) = slow_hsm_kms(
+        |op| op == "create_key_version",
+        Duration::from_millis(1500),
+    );
+    let admin = crate::testing::admin();
+    let input = || super::CreateKeyInput::new(crate::key::KeySpec::SymmetricDefault);
+    let rotated = crate::ids::KeyRef::Id(ok(kms.create_key(&admin, input())).id());
+    let other = crate::ids::KeyRef::Id(ok(kms.create_key(&admin, input())).id());
+    let rotating = {
+        let (kms, key) = (kms.clone(), rotated.clone());
+        move || {
+            ok(kms.rotate_key_on_demand(&crate::testing::admin(), &key));
+        }
+    };
+    let overlapped = while_the_hsm_works(&hsm, rotating, || {
+        ok(kms.disable_key(&admin, &other));
+        // A second rotation of the same key meanwhile is refused, not queued.
+        assert!(matches!(
+            kms.rotate_key_on_demand(&admin, &rotated),
+            Err(crate::KmsError::InvalidState(_))
+        ));
+    });
+    assert!(overlapped, "DisableKey waited for another key's rotation");
+    assert_eq!(ok(kms.describe_key(&admin, &rotated)).current_version(), 2);
+}
+
+#[test]
+fn a_slow_wrapping_key_generation_holds_no_lock_other_keys_wait_for() {
+    let (kms, hsm) = slow_hsm_kms(
+        |op| op == "create_wrapping_key",
+        Duration::from_millis(1500),
+    );
+    let admin = crate::testing::admin();
+    let external = super::CreateKeyInput {
+        origin: crate::key::Origin::External,
+        ..super::CreateKeyInput::new(crate::key::KeySpec::SymmetricDefault)
+    };
+    let importing = crate::ids::KeyRef::Id(ok(kms.create_key(&admin, external)).id());
+    let other = crate::ids::KeyRef::Id(
+        ok(kms.create_key(
+            &admin,
+            super::CreateKeyInput::new(crate::key::KeySpec::SymmetricDefault),
+        ))
+        .id(),
+    );
+    let issuing = {
+        let (kms, key) = (kms.clone(), importing.clone());
+        move || {
+            ok(kms.get_parameters_for_import(
+                &crate::testing::admin(),
+                &key,
+                crate::key::WrappingAlgorithm::RsaesOaepSha256,
+                3072,
+            ));
+        }
+    };
+    let overlapped = while_the_hsm_works(&hsm, issuing, || {
+        ok(kms.disable_key(&admin, &other));
+    });
+    assert!(
+        overlapped,
+        "DisableKey waited for another key's import parameters"
+    );
+    let record = ok(kms.describe_key(&admin, &importing));
+    assert_eq!(record.import_parameters().map(|p| p.serial), Some(1));
+}

@@ -11,13 +11,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use super::{Kms, invalid_state};
+use super::Kms;
 use crate::caller::Caller;
 use crate::error::KmsError;
 use crate::hsm::{HsmError, KeyVersionRef, SignMechanism, WrappingKeyRef};
 use crate::ids::{KeyId, KeyRef};
 use crate::key::{
-    ExpirationModel, ImportParameters, KeyMaterial, KeyRecord, KeyState, MacAlgorithm, Origin,
+    ExpirationModel, ImportParameters, KeyMaterial, KeyRecord, KeyState, MacAlgorithm,
     WrappingAlgorithm,
 };
 use crate::policy::Action;
@@ -60,20 +60,16 @@ impl Kms {
                 "wrapping_key_spec must be RSA_3072 or RSA_4096, got RSA_{wrapping_bits}"
             )));
         }
-        let _guard = self.write_guard();
-        let mut record = self.external(caller, key, Action::GetParametersForImport)?;
-        if record.state == KeyState::PendingDeletion {
-            return Err(invalid_state(&record, "given key material"));
-        }
-        let now = self.clock.now_millis();
-        let import = record.import.get_or_insert_default();
-        let serial = import.wrapping_serial.checked_add(1).ok_or_else(|| {
-            KmsError::LimitExceeded(format!("key {} has no import parameters left", record.id))
-        })?;
-        let wrapping = WrappingKeyRef {
-            key_id: record.id,
-            serial,
+        // The serial is taken under the write lock; the HSM makes the key pair (seconds for
+        // RSA-4096) without it.
+        let (key_id, serial) = {
+            let _guard = self.write_guard();
+            let mut record = self.authorized(caller, key, Action::GetParametersForImport, None)?;
+            let serial = record.reserve_wrapping_serial()?;
+            self.store.put_key(&record)?;
+            (record.id, serial)
         };
+        let wrapping = WrappingKeyRef { key_id, serial };
         let public_key = self
             .hsm
             .create_wrapping_key(wrapping, wrapping_bits, algorithm)?;
@@ -81,30 +77,37 @@ impl Kms {
         getrandom::fill(&mut random).map_err(|e| KmsError::Internal(Box::new(e)))?;
         let mut import_token = Vec::with_capacity(TOKEN_LEN);
         import_token.extend_from_slice(TOKEN_MAGIC);
-        import_token.extend_from_slice(record.id.as_bytes());
+        import_token.extend_from_slice(key_id.as_bytes());
         import_token.extend_from_slice(&serial.to_be_bytes());
         import_token.extend_from_slice(&random);
-        let valid_to_ms = now.saturating_add(IMPORT_PARAMETERS_VALID_MS);
-        let previous = import.parameters.replace(ImportParameters {
+        let valid_to_ms = self
+            .clock
+            .now_millis()
+            .saturating_add(IMPORT_PARAMETERS_VALID_MS);
+        let parameters = ImportParameters {
             serial,
             token_sha256: Sha256::digest(&import_token).into(),
             algorithm,
             valid_to_ms,
+        };
+        let mut previous = None;
+        let issued = self.rewrite(key_id, |record| {
+            previous = record.issue_import_parameters(parameters)?;
+            Ok(())
         });
-        import.wrapping_serial = serial;
-        if let Err(error) = self.store.put_key(&record) {
+        if let Err(error) = issued {
             self.destroy_wrapping_key_logged(wrapping);
-            return Err(error.into());
+            return Err(error);
         }
         if let Some(previous) = previous {
             self.destroy_wrapping_key_logged(WrappingKeyRef {
-                key_id: record.id,
+                key_id,
                 serial: previous.serial,
             });
         }
-        info!(key_id = %record.id, serial, algorithm = algorithm.as_str(), "issued import parameters");
+        info!(%key_id, serial, algorithm = algorithm.as_str(), "issued import parameters");
         Ok(ImportParametersIssued {
-            key_id: record.id,
+            key_id,
             import_token,
             public_key,
             valid_to_ms,
@@ -122,16 +125,13 @@ impl Kms {
         expiration: ExpirationModel,
         valid_to_ms: Option<i64>,
     ) -> Result<(), KmsError> {
+        // Under the write lock throughout: the unwrap makes the key's one version object, which
+        // a concurrent import or deletion of material would otherwise race for. RSA-OAEP
+        // unwrapping takes the HSM milliseconds.
         let _guard = self.write_guard();
-        let mut record = self.external(caller, key, Action::ImportKeyMaterial)?;
-        if record.state != KeyState::PendingImport {
-            return Err(KmsError::InvalidState(format!(
-                "key {} is {}: it already has key material (call DeleteImportedKeyMaterial \
-                 first to replace it)",
-                record.id,
-                record.state.as_str()
-            )));
-        }
+        let mut record = self.authorized(caller, key, Action::ImportKeyMaterial, None)?;
+        record.check_external()?;
+        record.check_importable()?;
         let now = self.clock.now_millis();
         let valid_to_ms = match (expiration, valid_to_ms) {
             (ExpirationModel::KeyMaterialExpires, Some(t)) if t > now => Some(t),
@@ -150,8 +150,7 @@ impl Kms {
                 ));
             }
         };
-        let mut import = record.import.clone().unwrap_or_default();
-        let parameters = import.parameters.clone().ok_or_else(|| {
+        let parameters = record.import_parameters().cloned().ok_or_else(|| {
             KmsError::InvalidImportToken(format!(
                 "key {} has no import parameters; call GetParametersForImport",
                 record.id
@@ -173,7 +172,7 @@ impl Kms {
         };
         let version = KeyVersionRef {
             key_id: record.id,
-            version: record.current_version,
+            version: record.current_version(),
         };
         let material = record.material();
         caller.note_key(record.id, Some(version.version));
@@ -188,15 +187,13 @@ impl Kms {
             Err(HsmError::Rejected { .. }) => return Err(KmsError::InvalidCiphertext),
             Err(error) => return Err(error.into()),
         };
-        if let Err(error) = self.check_material(&record, version, material, length, &mut import) {
+        let checked = self
+            .check_material(&record, version, material, length)
+            .and_then(|check| record.material_imported(&check, valid_to_ms));
+        if let Err(error) = checked {
             self.destroy_material_logged(version);
             return Err(error);
         }
-        import.has_material = true;
-        import.valid_to_ms = valid_to_ms;
-        import.parameters = None;
-        record.import = Some(import);
-        record.state = KeyState::Enabled;
         if let Err(error) = self.store.put_key(&record) {
             // The record still says PendingImport; reconciliation would remove the object.
             self.destroy_material_logged(version);
@@ -207,16 +204,15 @@ impl Kms {
         Ok(())
     }
 
-    /// Checks the length of freshly unwrapped material and that it is the key's material if
-    /// the key had some before; records its check value on the first import.
+    /// Checks the length of freshly unwrapped material and returns its check value, which
+    /// tells it from other material.
     fn check_material(
         &self,
         record: &KeyRecord,
         version: KeyVersionRef,
         material: KeyMaterial,
         length: Option<usize>,
-        import: &mut crate::key::ImportState,
-    ) -> Result<(), KmsError> {
+    ) -> Result<Vec<u8>, KmsError> {
         let lengths = match material {
             KeyMaterial::HmacSecret(mac) => mac.key_lengths(),
             _ => 32..=32,
@@ -256,29 +252,15 @@ impl Kms {
             Err(HsmError::Rejected { .. }) => return Err(too_short()),
             Err(error) => return Err(error.into()),
         }
-        let check = match self.hsm.sign(
+        match self.hsm.sign(
             version,
             material,
             SignMechanism::MaterialCheck,
             MATERIAL_CHECK_INPUT,
         ) {
-            Ok(check) => check,
-            Err(HsmError::Rejected { .. }) => return Err(too_short()),
-            Err(error) => return Err(error.into()),
-        };
-        match &import.material_check {
-            Some(expected) if !bool::from(expected.as_slice().ct_eq(&check)) => {
-                Err(KmsError::IncorrectKeyMaterial(format!(
-                    "this is not the key material key {} had before; a key's material cannot \
-                     change",
-                    record.id
-                )))
-            }
-            Some(_) => Ok(()),
-            None => {
-                import.material_check = Some(check);
-                Ok(())
-            }
+            Ok(check) => Ok(check),
+            Err(HsmError::Rejected { .. }) => Err(too_short()),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -289,10 +271,12 @@ impl Kms {
         caller: &Caller,
         key: &KeyRef,
     ) -> Result<(), KmsError> {
+        // Under the write lock: an import meanwhile would make the object destroyed here.
         let _guard = self.write_guard();
-        let mut record = self.external(caller, key, Action::DeleteImportedKeyMaterial)?;
-        if record.state == KeyState::PendingDeletion {
-            return Err(invalid_state(&record, "changed"));
+        let mut record = self.authorized(caller, key, Action::DeleteImportedKeyMaterial, None)?;
+        record.check_external()?;
+        if record.state() == KeyState::PendingDeletion {
+            return Err(record.refuse("changed"));
         }
         self.forget_material(&mut record)?;
         info!(key_id = %record.id, "deleted imported key material");
@@ -303,13 +287,7 @@ impl Kms {
     /// crash in between leaves an object that startup reconciliation removes, never a key
     /// that claims material it lacks.
     fn forget_material(&self, record: &mut KeyRecord) -> Result<(), KmsError> {
-        if let Some(import) = record.import.as_mut() {
-            import.has_material = false;
-            import.valid_to_ms = None;
-        }
-        if matches!(record.state, KeyState::Enabled | KeyState::Disabled) {
-            record.state = KeyState::PendingImport;
-        }
+        record.forget_material()?;
         self.store.put_key(record)?;
         for version in record.version_refs() {
             self.hsm.destroy_key_version(version)?;
@@ -323,15 +301,10 @@ impl Kms {
         let now = self.clock.now_millis();
         let mut expired = 0;
         self.for_each_key(|record| {
-            let Some(import) = &record.import else {
-                return Ok(());
-            };
-            let material_due = import.has_material && import.valid_to_ms.is_some_and(|t| t <= now);
-            let parameters_due = import
-                .parameters
-                .as_ref()
+            let parameters_due = record
+                .import_parameters()
                 .is_some_and(|p| p.valid_to_ms <= now);
-            if !material_due && !parameters_due {
+            if !record.material_expired(now) && !parameters_due {
                 return Ok(());
             }
             let _guard = self.write_guard();
@@ -339,21 +312,14 @@ impl Kms {
             let Some(mut record) = self.store.get_key(record.id)? else {
                 return Ok(());
             };
-            let Some(import) = record.import.as_mut() else {
-                return Ok(());
-            };
-            if let Some(parameters) = import.parameters.take_if(|p| p.valid_to_ms <= now) {
+            if let Some(parameters) = record.take_expired_import_parameters(now) {
                 self.store.put_key(&record)?;
                 self.hsm.destroy_wrapping_key(WrappingKeyRef {
                     key_id: record.id,
                     serial: parameters.serial,
                 })?;
             }
-            let material_due = record
-                .import
-                .as_ref()
-                .is_some_and(|i| i.has_material && i.valid_to_ms.is_some_and(|t| t <= now));
-            if material_due {
+            if record.material_expired(now) {
                 self.forget_material(&mut record)?;
                 info!(key_id = %record.id, "imported key material expired and was destroyed");
                 expired += 1;
@@ -361,23 +327,6 @@ impl Kms {
             Ok(())
         })?;
         Ok(expired)
-    }
-
-    /// The record of a key of origin EXTERNAL that `action` is allowed on.
-    fn external(
-        &self,
-        caller: &Caller,
-        key: &KeyRef,
-        action: Action,
-    ) -> Result<KeyRecord, KmsError> {
-        let record = self.authorized(caller, key, action, None)?;
-        if record.origin == Origin::External {
-            return Ok(record);
-        }
-        Err(KmsError::UnsupportedOperation(format!(
-            "key {} was not created with origin EXTERNAL; its material was generated in the HSM",
-            record.id
-        )))
     }
 
     fn destroy_wrapping_key_logged(&self, wrapping: WrappingKeyRef) {
@@ -402,7 +351,7 @@ mod tests {
     use super::*;
     use crate::context::EncryptionContext;
     use crate::hsm::KeyStore as _;
-    use crate::key::KeySpec;
+    use crate::key::{KeySpec, Origin};
     use crate::secret::SecretBytes;
     use crate::service::{CreateKeyInput, Plaintext};
     use crate::testing::{ManualClock, MemoryStore, SoftKeyStore, admin, authorization};
@@ -434,7 +383,7 @@ mod tests {
                 ..CreateKeyInput::new(spec)
             },
         ));
-        assert_eq!(record.state, KeyState::PendingImport);
+        assert_eq!(record.state(), KeyState::PendingImport);
         KeyRef::Id(record.id)
     }
 
@@ -614,7 +563,7 @@ mod tests {
             Err(KmsError::InvalidState(_))
         ));
         assert_eq!(
-            ok(f.kms.describe_key(&admin(), &key)).state,
+            ok(f.kms.describe_key(&admin(), &key)).state(),
             KeyState::PendingImport
         );
         assert!(

@@ -1,8 +1,11 @@
 //! Key policies: reading and replacing them, never into a lockout.
 
+use std::sync::Arc;
+
 use crate::caller::Caller;
 use crate::error::KmsError;
 use crate::ids::{KeyId, KeyRef};
+use crate::key::KeyRecord;
 use crate::policy::{AccessRequest, Action, KeyPolicy};
 
 use super::Kms;
@@ -13,9 +16,9 @@ impl Kms {
         &self,
         caller: &Caller,
         key: &KeyRef,
-    ) -> Result<(KeyId, KeyPolicy), KmsError> {
+    ) -> Result<(KeyId, Arc<KeyPolicy>), KmsError> {
         let record = self.authorized(caller, key, Action::GetKeyPolicy, None)?;
-        Ok((record.id, Self::policy_of(&record).into_owned()))
+        Ok((record.id, self.policy_of(&record)?))
     }
     /// Replaces the key's policy with the document `policy` (JSON), parsed once the caller
     /// may call PutKeyPolicy on the key. Refused, unless `bypass_lockout_check`, when the new
@@ -26,20 +29,21 @@ impl Kms {
         key: &KeyRef,
         policy: &str,
         bypass_lockout_check: bool,
-    ) -> Result<(), KmsError> {
+    ) -> Result<KeyRecord, KmsError> {
         self.authorized(caller, key, Action::PutKeyPolicy, None)?;
-        let policy = KeyPolicy::parse(policy)?;
+        let policy = Arc::new(KeyPolicy::parse(policy)?);
         if !bypass_lockout_check {
             check_no_lockout(
                 &self.access_request(caller, Action::PutKeyPolicy, None, None),
                 &policy,
             )?;
         }
-        self.update(caller, key, Action::PutKeyPolicy, |record| {
-            record.policy = Some(policy);
+        let record = self.update(caller, key, Action::PutKeyPolicy, |record| {
+            record.set_policy(&policy);
             Ok(())
-        })
-        .map(drop)
+        })?;
+        self.policies.insert(&policy);
+        Ok(record)
     }
 }
 

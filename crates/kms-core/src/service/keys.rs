@@ -1,6 +1,6 @@
 //! Keys: creation, description, listing, enabling and disabling.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
@@ -9,10 +9,10 @@ use crate::caller::Caller;
 use crate::error::KmsError;
 use crate::hsm::KeyVersionRef;
 use crate::ids::{KeyId, KeyRef};
-use crate::key::{ImportState, KeyRecord, KeyState, KeyUsage, KeyVersion, Origin, VersionSource};
+use crate::key::{KeyRecord, KeyUsage, Origin};
 use crate::policy::{Action, KeyPolicy};
 
-use super::{CreateKeyInput, KeyPage, Kms, PageLimit, check_no_lockout, invalid_state};
+use super::{CreateKeyInput, KeyPage, Kms, PageLimit, check_no_lockout};
 
 impl Kms {
     /// Creates a key and its first version inside the HSM.
@@ -25,7 +25,11 @@ impl Kms {
         input: CreateKeyInput,
     ) -> Result<KeyRecord, KmsError> {
         self.authorize_server(caller, Action::CreateKey)?;
-        let policy = input.policy.as_deref().map(KeyPolicy::parse).transpose()?;
+        let policy = input
+            .policy
+            .as_deref()
+            .map(|text| KeyPolicy::parse(text).map(Arc::new))
+            .transpose()?;
         KeyRecord::validate_description(&input.description)?;
         let usage = input.spec.usage(input.usage)?;
         if input.origin == Origin::External && input.spec.is_asymmetric() {
@@ -62,38 +66,19 @@ impl Kms {
         caller: &Caller,
         input: CreateKeyInput,
         usage: KeyUsage,
-        policy: Option<KeyPolicy>,
+        policy: Option<Arc<KeyPolicy>>,
     ) -> Result<KeyRecord, KmsError> {
         let now = self.clock.now_millis();
-        let policy = policy.unwrap_or_else(|| KeyPolicy::default_for(caller.principal()));
-        let mut record = KeyRecord {
-            id: KeyId::random(),
-            created_at_ms: now,
-            description: input.description,
-            usage,
-            spec: input.spec,
-            origin: input.origin,
-            state: KeyState::Creating,
-            current_version: 1,
-            versions: vec![KeyVersion {
-                version: 1,
-                created_at_ms: now,
-                source: VersionSource::Creation,
-                pending: false,
-                public_key: None,
-            }],
-            tags: BTreeMap::new(),
-            rotation: None,
-            deletion: None,
-            policy: Some(policy),
-            import: None,
-        };
-        input.tags.merge_into(&mut record.tags)?;
+        let policy = policy.unwrap_or_else(|| Arc::new(KeyPolicy::default_for(caller.principal())));
+        let mut record = KeyRecord::new(KeyId::random(), now, input.spec, usage, input.origin);
+        record.set_description(input.description)?;
+        record.tag(input.tags)?;
+        record.set_policy(&policy);
+        self.policies.insert(&policy);
         caller.note_key(record.id, Some(1));
         if input.origin == Origin::External {
             // No material until ImportKeyMaterial: nothing in the HSM yet.
-            record.state = KeyState::PendingImport;
-            record.import = Some(ImportState::default());
+            record.await_import()?;
             self.store.put_key(&record)?;
             info!(key_id = %record.id, "created key awaiting imported material");
             return Ok(record);
@@ -121,10 +106,7 @@ impl Kms {
                 return Err(error.into());
             }
         };
-        if let Some(first) = record.versions.first_mut() {
-            first.public_key = public_key;
-        }
-        record.state = KeyState::Enabled;
+        record.created(public_key)?;
         self.store.put_key(&record)?;
         info!(key_id = %record.id, spec = record.spec.as_str(), "created key");
         Ok(record)
@@ -161,36 +143,12 @@ impl Kms {
         })
     }
     /// Makes a Disabled key Enabled (a no-op on an Enabled key).
-    pub fn enable_key(&self, caller: &Caller, key: &KeyRef) -> Result<(), KmsError> {
-        self.set_enabled(caller, key, Action::EnableKey, KeyState::Enabled, "enabled")
+    pub fn enable_key(&self, caller: &Caller, key: &KeyRef) -> Result<KeyRecord, KmsError> {
+        self.update(caller, key, Action::EnableKey, KeyRecord::enable)
     }
     /// Makes an Enabled key Disabled (a no-op on a Disabled key).
-    pub fn disable_key(&self, caller: &Caller, key: &KeyRef) -> Result<(), KmsError> {
-        self.set_enabled(
-            caller,
-            key,
-            Action::DisableKey,
-            KeyState::Disabled,
-            "disabled",
-        )
-    }
-    /// Moves a key between Enabled and Disabled; other states refuse.
-    pub(super) fn set_enabled(
-        &self,
-        caller: &Caller,
-        key: &KeyRef,
-        action: Action,
-        target: KeyState,
-        verb: &str,
-    ) -> Result<(), KmsError> {
-        self.update(caller, key, action, |record| match record.state {
-            KeyState::Enabled | KeyState::Disabled => {
-                record.state = target;
-                Ok(())
-            }
-            _ => Err(invalid_state(record, verb)),
-        })
-        .map(drop)
+    pub fn disable_key(&self, caller: &Caller, key: &KeyRef) -> Result<KeyRecord, KmsError> {
+        self.update(caller, key, Action::DisableKey, KeyRecord::disable)
     }
     /// Replaces the description.
     pub fn update_key_description(
@@ -198,16 +156,11 @@ impl Kms {
         caller: &Caller,
         key: &KeyRef,
         description: String,
-    ) -> Result<(), KmsError> {
+    ) -> Result<KeyRecord, KmsError> {
         KeyRecord::validate_description(&description)?;
         self.update(caller, key, Action::UpdateKeyDescription, |record| {
-            if record.state == KeyState::PendingDeletion {
-                return Err(invalid_state(record, "updated"));
-            }
-            record.description = description;
-            Ok(())
+            record.set_description(description)
         })
-        .map(drop)
     }
 }
 
@@ -267,7 +220,7 @@ mod tests {
             Err(KmsError::Validation(_))
         ));
         assert_eq!(
-            ok(kms.describe_key(&admin(), &key)).description,
+            ok(kms.describe_key(&admin(), &key)).description(),
             "é".repeat(8192)
         );
     }

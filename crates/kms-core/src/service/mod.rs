@@ -22,7 +22,6 @@ mod sign;
 pub use import::{ImportParametersIssued, MATERIAL_CHECK_INPUT};
 pub use sign::{MacOutput, PublicKeyInfo, SignatureOutput};
 
-use access::invalid_state;
 use crypto::{current_version, public_key_of};
 use key_policy::check_no_lockout;
 
@@ -35,7 +34,7 @@ use crate::error::KmsError;
 use crate::hsm::{KeyStore, KeyVersionRef};
 use crate::ids::KeyId;
 use crate::key::{EncryptionAlgorithm, KeySpec, KeyUsage, KeyVersion, Origin};
-use crate::policy::KeyPolicy;
+use crate::policy::{KeyPolicy, PolicyCache};
 use crate::secret::SecretBytes;
 use crate::store::MetadataStore;
 use crate::tags::NewTags;
@@ -302,6 +301,8 @@ pub struct Kms {
     alias_count: AtomicUsize,
     /// Who are administrators, and who else may call the server-level actions.
     authorization: Authorization,
+    /// Key policies, parsed once per text.
+    policies: PolicyCache,
 }
 
 /// The server-level part of authorization, from the configuration.
@@ -330,6 +331,7 @@ impl Kms {
             key_count: AtomicUsize::new(0),
             alias_count: AtomicUsize::new(0),
             authorization: Authorization::default(),
+            policies: PolicyCache::default(),
         }
     }
 
@@ -351,9 +353,6 @@ impl Kms {
 
     /// The key limit when none is configured.
     pub const DEFAULT_MAX_KEYS: usize = 100_000;
-
-    /// The most RotateKeyOnDemand calls a key takes in its life, as in AWS KMS.
-    pub const MAX_ON_DEMAND_ROTATIONS: usize = 10;
 
     /// Sets the most keys there may be (LimitExceededException beyond).
     #[must_use]

@@ -26,7 +26,7 @@ impl Kms {
         let mut wrapping_referenced = HashSet::new();
         let mut count = 0;
         self.for_each_key(|record| {
-            if record.state == KeyState::Creating {
+            if record.state() == KeyState::Creating {
                 for version in record.version_refs() {
                     self.hsm.destroy_key_version(version)?;
                     in_hsm.remove(&version);
@@ -36,12 +36,12 @@ impl Kms {
                 report.abandoned_keys += 1;
                 return Ok(());
             }
-            if record.state == KeyState::Deleted {
+            if record.state() == KeyState::Deleted {
                 return Ok(());
             }
             count += 1;
             let record = self.drop_pending_versions(record, &mut in_hsm)?;
-            if let Some(parameters) = record.import.as_ref().and_then(|i| i.parameters.as_ref()) {
+            if let Some(parameters) = record.import_parameters() {
                 wrapping_referenced.insert(crate::hsm::WrappingKeyRef {
                     key_id: record.id,
                     serial: parameters.serial,
@@ -95,12 +95,7 @@ impl Kms {
         mut record: KeyRecord,
         in_hsm: &mut HashSet<KeyVersionRef>,
     ) -> Result<KeyRecord, KmsError> {
-        let pending: Vec<u32> = record
-            .versions
-            .iter()
-            .filter(|v| v.pending)
-            .map(|v| v.version)
-            .collect();
+        let pending = record.drop_pending_versions();
         if pending.is_empty() {
             return Ok(record);
         }
@@ -113,7 +108,6 @@ impl Kms {
             in_hsm.remove(&object);
             info!(key_id = %record.id, version, "removed a key version whose rotation did not finish");
         }
-        record.versions.retain(|v| !v.pending);
         self.store.put_key(&record)?;
         Ok(record)
     }
@@ -128,14 +122,13 @@ mod tests {
         let (kms, store, hsm) = memory_kms();
         let good = new_key(&kms);
         // A crash between the Creating record and the HSM object...
-        let half = KeyRecord {
-            state: KeyState::Creating,
-            ..ok(kms.describe_key(&admin(), &good))
-        };
-        let half = KeyRecord {
-            id: KeyId::random(),
-            ..half
-        };
+        let half = KeyRecord::new(
+            KeyId::random(),
+            0,
+            KeySpec::SymmetricDefault,
+            KeyUsage::EncryptDecrypt,
+            Origin::Kms,
+        );
         ok(store.put_key(&half).map_err(KmsError::from));
         ok(hsm
             .create_key_version(
@@ -182,13 +175,7 @@ mod tests {
         let (kms, store, hsm) = memory_kms();
         let key = new_key(&kms);
         let mut record = ok(kms.describe_key(&admin(), &key));
-        record.versions.push(KeyVersion {
-            version: 2,
-            created_at_ms: 0,
-            source: VersionSource::OnDemand,
-            pending: true,
-            public_key: None,
-        });
+        assert_eq!(ok(record.begin_rotation(VersionSource::OnDemand, 0)), 2);
         ok(store.put_key(&record).map_err(KmsError::from));
         let pending = KeyVersionRef {
             key_id: record.id,
@@ -202,8 +189,8 @@ mod tests {
         assert!(report.unreferenced_objects.is_empty());
         assert!(!hsm.contains(pending));
         let record = ok(kms.describe_key(&admin(), &key));
-        assert_eq!(record.versions.len(), 1);
-        assert_eq!(record.current_version, 1);
+        assert_eq!(record.versions().len(), 1);
+        assert_eq!(record.current_version(), 1);
         assert!(
             kms.encrypt(&admin(), &key, &plaintext(b"x"), &ctx(&[]))
                 .is_ok()

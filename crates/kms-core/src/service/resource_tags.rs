@@ -3,11 +3,11 @@
 use crate::caller::Caller;
 use crate::error::KmsError;
 use crate::ids::KeyRef;
-use crate::key::KeyState;
+use crate::key::KeyRecord;
 use crate::policy::Action;
 use crate::tags::{self, NewTags};
 
-use super::{Kms, PageLimit, TagPage, invalid_state};
+use super::{Kms, PageLimit, TagPage};
 
 impl Kms {
     /// Adds tags to a key, replacing the values of keys it already has.
@@ -16,14 +16,8 @@ impl Kms {
         caller: &Caller,
         key: &KeyRef,
         new: NewTags,
-    ) -> Result<(), KmsError> {
-        self.update(caller, key, Action::TagResource, |record| {
-            if record.state == KeyState::PendingDeletion {
-                return Err(invalid_state(record, "tagged"));
-            }
-            new.merge_into(&mut record.tags)
-        })
-        .map(drop)
+    ) -> Result<KeyRecord, KmsError> {
+        self.update(caller, key, Action::TagResource, |record| record.tag(new))
     }
     /// Removes tags from a key; keys it does not have are ignored.
     pub fn untag_resource(
@@ -31,20 +25,13 @@ impl Kms {
         caller: &Caller,
         key: &KeyRef,
         tag_keys: &[String],
-    ) -> Result<(), KmsError> {
+    ) -> Result<KeyRecord, KmsError> {
         for tag_key in tag_keys {
             tags::check_key(tag_key)?;
         }
         self.update(caller, key, Action::UntagResource, |record| {
-            if record.state == KeyState::PendingDeletion {
-                return Err(invalid_state(record, "untagged"));
-            }
-            for tag_key in tag_keys {
-                record.tags.remove(tag_key);
-            }
-            Ok(())
+            record.untag(tag_keys)
         })
-        .map(drop)
     }
     /// A page of a key's tags in tag-key order.
     pub fn list_resource_tags(
@@ -56,10 +43,11 @@ impl Kms {
     ) -> Result<TagPage, KmsError> {
         let record = self.authorized(caller, key, Action::ListResourceTags, None)?;
         let mut tags: Vec<(String, String)> = record
-            .tags
-            .into_iter()
+            .tags()
+            .iter()
             .filter(|(k, _)| page_token.is_none_or(|after| k.as_str() > after))
             .take(limit.fetch())
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let next_page_token = limit.cut(&mut tags, |(k, _)| k.clone());
         Ok(TagPage {
@@ -106,7 +94,7 @@ mod tests {
             Err(KmsError::LimitExceeded(_))
         ));
         assert_eq!(
-            ok(kms.describe_key(&admin(), &key)).tags.len(),
+            ok(kms.describe_key(&admin(), &key)).tags().len(),
             2,
             "a refused change changes nothing"
         );

@@ -5,10 +5,9 @@ use tracing::{info, warn};
 use crate::caller::Caller;
 use crate::error::KmsError;
 use crate::hsm::KeyVersionRef;
+use crate::ids::KeyId;
 use crate::ids::KeyRef;
-use crate::key::{
-    KeyMaterial, KeyRecord, KeySpec, KeyState, KeyVersion, Origin, RotationSchedule, VersionSource,
-};
+use crate::key::{KeyMaterial, KeyRecord, KeyVersion, RotationSchedule, VersionSource};
 use crate::policy::Action;
 
 use super::{Kms, PageLimit, RotationPage};
@@ -17,84 +16,61 @@ impl Kms {
     /// Adds a version made inside the HSM and makes it current; old versions still decrypt.
     ///
     /// Crash-safe like creation: the version is recorded as pending before its HSM object
-    /// exists and becomes current only after.
+    /// exists and becomes current only after. The HSM makes the object without the write
+    /// lock; a second rotation of the key meanwhile is refused (the pending version).
     pub(super) fn rotate_key(
         &self,
         key: &KeyRef,
         source: VersionSource,
     ) -> Result<KeyRecord, KmsError> {
-        let _guard = self.write_guard();
-        let record = self.resolve(key)?;
-        self.add_version(record, source)
+        let (id, next) = {
+            let _guard = self.write_guard();
+            let record = self.resolve(key)?;
+            self.begin_rotation(record, source)?
+        };
+        self.make_version(id, next)
     }
-    /// [`Kms::rotate_key`] on `record`, read under the write lock, which the caller holds.
-    fn add_version(
+    /// Records the next version of `record`, read under the write lock, which the caller
+    /// holds, as pending.
+    fn begin_rotation(
         &self,
         mut record: KeyRecord,
         source: VersionSource,
-    ) -> Result<KeyRecord, KmsError> {
-        record.check_usable()?;
-        check_rotatable(&record)?;
-        let on_demand = record
-            .versions
-            .iter()
-            .filter(|v| v.source == VersionSource::OnDemand)
-            .count();
-        if source == VersionSource::OnDemand && on_demand >= Self::MAX_ON_DEMAND_ROTATIONS {
-            return Err(KmsError::LimitExceeded(format!(
-                "key {} has been rotated on demand {on_demand} times, the most a key allows \
-                 (each rotation adds an HSM object); automatic rotation has no such limit",
-                record.id
-            )));
-        }
-        let next = record
-            .versions
-            .iter()
-            .map(|v| v.version)
-            .max()
-            .unwrap_or(0)
-            .checked_add(1)
-            .ok_or_else(|| {
-                KmsError::LimitExceeded(format!("key {} has no versions left", record.id))
-            })?;
-        let now = self.clock.now_millis();
-        record.versions.push(KeyVersion {
-            version: next,
-            created_at_ms: now,
-            source,
-            pending: true,
-            public_key: None,
-        });
+    ) -> Result<(KeyId, u32), KmsError> {
+        let next = record.begin_rotation(source, self.clock.now_millis())?;
         self.store.put_key(&record)?;
+        Ok((record.id, next))
+    }
+    /// Makes the HSM object of the pending version `next` of key `id`, then makes the
+    /// version current; if the HSM fails, forgets the version.
+    fn make_version(&self, id: KeyId, next: u32) -> Result<KeyRecord, KmsError> {
         let object = KeyVersionRef {
-            key_id: record.id,
+            key_id: id,
             version: next,
         };
         if let Err(error) = self
             .hsm
             .create_key_version(object, KeyMaterial::MasterSecret)
         {
-            record.versions.retain(|v| v.version != next);
             let cleanup = self
                 .hsm
                 .destroy_key_version(object)
                 .map_err(KmsError::from)
-                .and_then(|()| self.store.put_key(&record).map_err(KmsError::from));
+                .and_then(|()| {
+                    self.rewrite(id, |record| {
+                        record.abandon_rotation(next);
+                        Ok(())
+                    })
+                });
             if let Err(cleanup) = cleanup {
-                warn!(key_id = %record.id, error = %cleanup,
+                warn!(key_id = %id, error = %cleanup,
                     "a failed rotation is left for startup reconciliation");
             }
             return Err(error.into());
         }
-        for version in &mut record.versions {
-            version.pending = false;
-        }
-        record.current_version = next;
-        if source == VersionSource::Automatic {
-            record.rotation = record.rotation.map(|r| r.after_rotation(now));
-        }
-        self.store.put_key(&record)?;
-        info!(key_id = %record.id, version = next, "rotated key");
+        let now = self.clock.now_millis();
+        let record = self.rewrite(id, |record| record.finish_rotation(next, now))?;
+        info!(key_id = %id, version = next, "rotated key");
         Ok(record)
     }
     /// RotateKeyOnDemand: a new version now.
@@ -103,11 +79,13 @@ impl Kms {
         caller: &Caller,
         key: &KeyRef,
     ) -> Result<KeyRecord, KmsError> {
-        let _guard = self.write_guard();
-        let record = self.authorized(caller, key, Action::RotateKeyOnDemand, None)?;
-        let rotated = self.add_version(record, VersionSource::OnDemand)?;
-        caller.note_key(rotated.id, Some(rotated.current_version));
-        Ok(rotated)
+        let (id, next) = {
+            let _guard = self.write_guard();
+            let record = self.authorized(caller, key, Action::RotateKeyOnDemand, None)?;
+            self.begin_rotation(record, VersionSource::OnDemand)?
+        };
+        caller.note_key(id, Some(next));
+        self.make_version(id, next)
     }
     /// Turns on automatic rotation every `period_days` (default 365), first due one period
     /// from now.
@@ -116,24 +94,24 @@ impl Kms {
         caller: &Caller,
         key: &KeyRef,
         period_days: Option<u32>,
-    ) -> Result<(), KmsError> {
+    ) -> Result<KeyRecord, KmsError> {
         let schedule = RotationSchedule::new(period_days, self.clock.now_millis())?;
         self.update(caller, key, Action::EnableKeyRotation, |record| {
-            record.check_usable()?;
-            check_rotatable(record)?;
-            record.rotation = Some(schedule);
-            Ok(())
+            record.enable_rotation(schedule)
         })
-        .map(drop)
     }
     /// Turns off automatic rotation.
-    pub fn disable_key_rotation(&self, caller: &Caller, key: &KeyRef) -> Result<(), KmsError> {
-        self.update(caller, key, Action::DisableKeyRotation, |record| {
-            record.check_usable()?;
-            record.rotation = None;
-            Ok(())
-        })
-        .map(drop)
+    pub fn disable_key_rotation(
+        &self,
+        caller: &Caller,
+        key: &KeyRef,
+    ) -> Result<KeyRecord, KmsError> {
+        self.update(
+            caller,
+            key,
+            Action::DisableKeyRotation,
+            KeyRecord::disable_rotation,
+        )
     }
     /// The record, for GetKeyRotationStatus.
     pub fn get_key_rotation_status(
@@ -149,9 +127,7 @@ impl Kms {
         let now = self.clock.now_millis();
         let mut rotated = 0;
         self.for_each_key(|record| {
-            let due = record.state == KeyState::Enabled
-                && record.rotation.is_some_and(|r| r.next_rotation_ms <= now);
-            if due {
+            if record.rotation_due(now) {
                 match self.rotate_key(&KeyRef::Id(record.id), VersionSource::Automatic) {
                     Ok(_) => rotated += 1,
                     Err(error) => warn!(key_id = %record.id, error = %error,
@@ -181,10 +157,11 @@ impl Kms {
             .transpose()?
             .unwrap_or(1);
         let mut rotations: Vec<KeyVersion> = record
-            .versions
-            .into_iter()
+            .versions()
+            .iter()
             .filter(|v| !v.pending && v.version > after)
             .take(limit.fetch())
+            .cloned()
             .collect();
         let next_page_token = limit.cut(&mut rotations, |v| v.version.to_string());
         Ok(RotationPage {
@@ -193,24 +170,6 @@ impl Kms {
             next_page_token,
         })
     }
-}
-
-/// Only SYMMETRIC_DEFAULT keys made in the HSM rotate.
-pub(super) fn check_rotatable(record: &KeyRecord) -> Result<(), KmsError> {
-    if record.spec == KeySpec::SymmetricDefault && record.origin == Origin::Kms {
-        return Ok(());
-    }
-    Err(KmsError::UnsupportedOperation(format!(
-        "key {} is {} with origin {}: only SYMMETRIC_DEFAULT keys generated by the service \
-         rotate",
-        record.id,
-        record.spec.as_str(),
-        if record.origin == Origin::External {
-            "EXTERNAL"
-        } else {
-            "KMS"
-        }
-    )))
 }
 
 #[cfg(test)]
@@ -223,7 +182,7 @@ mod tests {
         let key = new_key(&kms);
         let old = ok(kms.encrypt(&admin(), &key, &plaintext(b"old"), &ctx(&[]))).ciphertext_blob;
         let rotated = ok(kms.rotate_key(&key, VersionSource::OnDemand));
-        assert_eq!(rotated.current_version, 2);
+        assert_eq!(rotated.current_version(), 2);
         let new = ok(kms.encrypt(&admin(), &key, &plaintext(b"new"), &ctx(&[]))).ciphertext_blob;
         assert_eq!(ok(blob::parse(&new)).header.key.version, 2);
         assert_eq!(
@@ -252,9 +211,9 @@ mod tests {
         hsm.set_fail_creation(true);
         assert!(kms.rotate_key(&key, VersionSource::OnDemand).is_err());
         let record = ok(kms.describe_key(&admin(), &key));
-        assert_eq!(record.current_version, 2);
+        assert_eq!(record.current_version(), 2);
         assert_eq!(
-            record.versions.len(),
+            record.versions().len(),
             2,
             "a failed rotation leaves no version"
         );
@@ -286,7 +245,7 @@ mod tests {
             Err(KmsError::Validation(_))
         ));
         ok(kms.enable_key_rotation(&admin(), &key, Some(90)));
-        let schedule = ok(kms.describe_key(&admin(), &key)).rotation;
+        let schedule = ok(kms.describe_key(&admin(), &key)).rotation();
         assert_eq!(schedule.map(|s| s.next_rotation_ms), Some(1_090 * day));
 
         clock.set_millis(1_089 * day);
@@ -294,10 +253,10 @@ mod tests {
         clock.set_millis(1_090 * day);
         assert_eq!(ok(kms.run_due_rotations()), 1);
         let record = ok(kms.describe_key(&admin(), &key));
-        assert_eq!(record.current_version, 2);
-        assert_eq!(record.versions[1].source, VersionSource::Automatic);
+        assert_eq!(record.current_version(), 2);
+        assert_eq!(record.versions()[1].source, VersionSource::Automatic);
         assert_eq!(
-            record.rotation.map(|s| s.next_rotation_ms),
+            record.rotation().map(|s| s.next_rotation_ms),
             Some(1_180 * day)
         );
         assert_eq!(
@@ -313,7 +272,7 @@ mod tests {
         ok(kms.enable_key(&admin(), &key));
         ok(kms.disable_key_rotation(&admin(), &key));
         assert_eq!(ok(kms.run_due_rotations()), 0);
-        assert_eq!(ok(kms.describe_key(&admin(), &key)).current_version, 2);
+        assert_eq!(ok(kms.describe_key(&admin(), &key)).current_version(), 2);
     }
 
     /// Finding 6: a key takes ten on-demand rotations in its life.
@@ -321,7 +280,7 @@ mod tests {
     fn on_demand_rotations_are_capped() {
         let (kms, _, _) = memory_kms();
         let key = new_key(&kms);
-        for _ in 0..Kms::MAX_ON_DEMAND_ROTATIONS {
+        for _ in 0..KeyRecord::MAX_ON_DEMAND_ROTATIONS {
             ok(kms.rotate_key_on_demand(&admin(), &key));
         }
         assert!(matches!(

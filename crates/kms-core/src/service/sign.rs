@@ -59,7 +59,7 @@ impl Kms {
             )));
         }
         let public_key = public_key_of(&record)?.to_vec();
-        caller.note_key(record.id, Some(record.current_version));
+        caller.note_key(record.id, Some(record.current_version()));
         Ok(PublicKeyInfo { record, public_key })
     }
 
@@ -123,7 +123,7 @@ impl Kms {
         let record = self.usable(caller, key, Action::Verify, None)?;
         check_signing_algorithm(&record, algorithm, "Verify")?;
         let digest = asymmetric::message_digest(algorithm, message_type, message)?;
-        caller.note_key(record.id, Some(record.current_version));
+        caller.note_key(record.id, Some(record.current_version()));
         if asymmetric::verify(public_key_of(&record)?, algorithm, &digest, signature)? {
             Ok(record.id)
         } else {

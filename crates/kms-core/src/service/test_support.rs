@@ -10,7 +10,9 @@ pub(super) use crate::context::EncryptionContext;
 pub(super) use crate::error::KmsError;
 pub(super) use crate::hsm::{KeyStore, KeyVersionRef};
 pub(super) use crate::ids::{AliasName, KeyId, KeyRef};
-pub(super) use crate::key::{KeyMaterial, KeyRecord, KeySpec, KeyState, KeyVersion, VersionSource};
+pub(super) use crate::key::{
+    KeyMaterial, KeyRecord, KeySpec, KeyState, KeyUsage, Origin, VersionSource,
+};
 pub(super) use crate::policy::KeyPolicy;
 pub(super) use crate::secret::SecretBytes;
 pub(super) use crate::store::MetadataStore;

@@ -124,9 +124,9 @@ pub fn check_restart(restarted: &Kms, store: &dyn MetadataStore, hsm: &dyn KeySt
         .unwrap_or_else(|e| panic!("{e}"));
     let mut versions = BTreeSet::new();
     for record in &records {
-        assert_ne!(record.state, KeyState::Creating, "a half-made key stays");
+        assert_ne!(record.state(), KeyState::Creating, "a half-made key stays");
         assert!(
-            record.versions.iter().all(|v| !v.pending),
+            record.versions().iter().all(|v| !v.pending),
             "a half-made version stays"
         );
         versions.extend(record.version_refs());

@@ -293,8 +293,8 @@ handlers! {
     |kms, caller, req| {
         let record = kms.rotate_key_on_demand(caller, &key_id(&req.key_id)?)?;
         Ok(pb::RotateKeyOnDemandResponse {
-            key_id: record.id.to_string(),
-            key_version: record.current_version,
+            key_id: record.id().to_string(),
+            key_version: record.current_version(),
         })
     }
 
@@ -341,10 +341,10 @@ handlers! {
     |kms, caller, req| {
         let record = kms.get_key_rotation_status(caller, &key_id(&req.key_id)?)?;
         Ok(pb::GetKeyRotationStatusResponse {
-            key_rotation_enabled: record.rotation.is_some(),
-            key_id: record.id.to_string(),
-            rotation_period_in_days: record.rotation.map(|r| r.period_days),
-            next_rotation_date: record.rotation.map(|r| convert::timestamp(r.next_rotation_ms)),
+            key_rotation_enabled: record.rotation().is_some(),
+            key_id: record.id().to_string(),
+            rotation_period_in_days: record.rotation().map(|r| r.period_days),
+            next_rotation_date: record.rotation().map(|r| convert::timestamp(r.next_rotation_ms)),
         })
     }
 
@@ -355,10 +355,10 @@ handlers! {
         let key = key_id(&req.key_id)?;
         let record = kms.schedule_key_deletion(caller, &key, req.pending_window_in_days)?;
         Ok(pb::ScheduleKeyDeletionResponse {
-            key_id: record.id.to_string(),
-            deletion_date: record.deletion.map(|d| convert::timestamp(d.deletion_date_ms)),
-            key_state: convert::key_state(record.state).into(),
-            pending_window_in_days: record.deletion.map_or(0, |d| d.window_days),
+            key_id: record.id().to_string(),
+            deletion_date: record.deletion().map(|d| convert::timestamp(d.deletion_date_ms)),
+            key_state: convert::key_state(record.state()).into(),
+            pending_window_in_days: record.deletion().map_or(0, |d| d.window_days),
         })
     }
 
@@ -366,7 +366,7 @@ handlers! {
     |kms, caller, req| {
         let record = kms.cancel_key_deletion(caller, &key_id(&req.key_id)?)?;
         Ok(pb::CancelKeyDeletionResponse {
-            key_id: record.id.to_string(),
+            key_id: record.id().to_string(),
         })
     }
 
