@@ -173,14 +173,16 @@ pub fn import(data: &[u8]) {
     } else {
         rest.split_at(rest.len().min(56))
     };
-    let _ = import.kms.import_key_material(
-        &kms_core::testing::admin(),
-        &import.key,
-        token,
-        material,
-        ExpirationModel::KeyMaterialDoesNotExpire,
-        None,
-    );
+    let input = kms_core::service::ImportKeyMaterialInput {
+        key: import.key.clone(),
+        import_token: token.to_vec(),
+        encrypted_key_material: material.to_vec(),
+        expiration: ExpirationModel::KeyMaterialDoesNotExpire,
+        valid_to_ms: None,
+    };
+    let _ = import
+        .kms
+        .import_key_material(&kms_core::testing::admin(), &input);
 }
 
 /// A memory-backed KMS whose administrator is `principal`, with a `SYMMETRIC_DEFAULT` key

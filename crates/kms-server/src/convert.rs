@@ -1,16 +1,85 @@
-//! Conversions between the proto messages and the kms-core types.
+//! Conversions between the proto messages and the kms-core types: requests into the core's
+//! inputs ([`FromRequest`], each field checked and named in its error), the core's answers
+//! into responses.
 
 use std::collections::HashMap;
 
 use kms_core::asymmetric::{MessageType, SigningAlgorithm};
 use kms_core::key::{ExpirationModel, MacAlgorithm, WrappingAlgorithm};
-use kms_core::service::{DataKeyLength, DataKeySpec};
+use kms_core::service::{
+    CreateKeyInput, DataKeyLength, DataKeySpec, ImportKeyMaterialInput, ReEncryptInput, VerifyInput,
+};
+use kms_core::tags::NewTags;
 use kms_core::{
-    EncryptionAlgorithm, EncryptionContext, KeyRecord, KeySpec, KeyState, KeyUsage, KmsError,
-    Origin, VersionSource,
+    EncryptionAlgorithm, EncryptionContext, KeyRecord, KeyRef, KeySpec, KeyState, KeyUsage,
+    KmsError, Origin, VersionSource,
 };
 use kms_proto::v1 as pb;
 use prost_types::Timestamp;
+
+/// A request converted into the core's input for its call. (A local trait: `TryFrom` between
+/// the proto crate's and the core's types cannot be implemented here.)
+pub(crate) trait FromRequest<R>: Sized {
+    /// Checks and converts each field; a bad one is a ValidationException naming it.
+    fn from_request(request: R) -> Result<Self, KmsError>;
+}
+
+impl FromRequest<pb::CreateKeyRequest> for CreateKeyInput {
+    fn from_request(req: pb::CreateKeyRequest) -> Result<Self, KmsError> {
+        Ok(CreateKeyInput {
+            description: req.description,
+            usage: key_usage(req.key_usage)?,
+            spec: key_spec(req.key_spec)?,
+            origin: origin(req.origin)?,
+            tags: new_tags(req.tags)?,
+            policy: (!req.policy.is_empty()).then_some(req.policy),
+            bypass_policy_lockout_safety_check: req.bypass_policy_lockout_safety_check,
+        })
+    }
+}
+
+impl FromRequest<pb::ReEncryptRequest> for ReEncryptInput {
+    fn from_request(req: pb::ReEncryptRequest) -> Result<Self, KmsError> {
+        Ok(ReEncryptInput {
+            source_key: KeyRef::parse_optional(&req.source_key_id, "source_key_id")?,
+            destination: KeyRef::parse(&req.destination_key_id, "destination_key_id")?,
+            source_context: context(req.source_encryption_context, "source_encryption_context")?,
+            destination_context: context(
+                req.destination_encryption_context,
+                "destination_encryption_context",
+            )?,
+            ciphertext_blob: req.ciphertext_blob,
+        })
+    }
+}
+
+impl FromRequest<pb::VerifyRequest> for VerifyInput {
+    fn from_request(req: pb::VerifyRequest) -> Result<Self, KmsError> {
+        Ok(VerifyInput {
+            key: KeyRef::parse(&req.key_id, "key_id")?,
+            message_type: message_type(req.message_type)?,
+            algorithm: signing_algorithm(req.signing_algorithm)?,
+            message: req.message,
+            signature: req.signature,
+        })
+    }
+}
+
+impl FromRequest<pb::ImportKeyMaterialRequest> for ImportKeyMaterialInput {
+    fn from_request(req: pb::ImportKeyMaterialRequest) -> Result<Self, KmsError> {
+        Ok(ImportKeyMaterialInput {
+            key: KeyRef::parse(&req.key_id, "key_id")?,
+            expiration: expiration_model(req.expiration_model)?,
+            valid_to_ms: req.valid_to.as_ref().map(millis),
+            import_token: req.import_token,
+            encrypted_key_material: req.encrypted_key_material,
+        })
+    }
+}
+
+pub(crate) fn new_tags(tags: Vec<pb::Tag>) -> Result<NewTags, KmsError> {
+    NewTags::new(tags.into_iter().map(|t| (t.tag_key, t.tag_value)))
+}
 
 pub(crate) fn context(
     map: HashMap<String, String>,

@@ -255,7 +255,7 @@ mod tests {
         assert!(denied(kms.decrypt(&app, &blob, &empty, None)));
         // ReEncrypt needs ReEncryptTo on the destination too.
         assert!(denied(
-            kms.re_encrypt(&app, &blob, &empty, None, &other, &empty)
+            kms.re_encrypt(&app, &ReEncryptInput::new(&blob, &empty, &other))
         ));
         assert_eq!(app.take_note().keys.len(), 2);
 

@@ -11,7 +11,7 @@ use crate::ids::{AliasName, KeyId, KeyRef};
 use crate::key::KeyState;
 use crate::policy::Action;
 
-use super::{AliasPage, Kms, PageLimit};
+use super::{AliasPage, Kms, PageLimit, page_after};
 
 impl Kms {
     /// Creates an alias pointing at `target` (a key id). Needs kms:CreateAlias on the name from
@@ -107,13 +107,7 @@ impl Kms {
     ) -> Result<AliasPage, KmsError> {
         self.authorize_server(caller, Action::ListAliases)?;
         let key_id = key.map(|k| self.resolve(k).map(|r| r.id)).transpose()?;
-        let after = page_token
-            .map(|t| {
-                AliasName::parse(t).map_err(|_| {
-                    KmsError::validation("page_token is not a token ListAliases returned")
-                })
-            })
-            .transpose()?;
+        let after = page_after(page_token, "ListAliases", AliasName::parse)?;
         let mut scanned = self.store.list_aliases(after.as_ref(), limit.fetch())?;
         let next_page_token = limit.cut(&mut scanned, |a| a.name.to_string());
         scanned.retain(|a| key_id.is_none_or(|k| a.key_id == k));

@@ -15,7 +15,8 @@ use crate::secret::SecretBytes;
 use crate::symmetric;
 
 use super::{
-    DataKey, DataKeyLength, Decrypted, Encrypted, Kms, Plaintext, RandomLength, ReEncrypted,
+    DataKey, DataKeyLength, Decrypted, Encrypted, Kms, Plaintext, RandomLength, ReEncryptInput,
+    ReEncrypted,
 };
 
 impl Kms {
@@ -196,31 +197,27 @@ impl Kms {
     pub fn re_encrypt(
         &self,
         caller: &Caller,
-        ciphertext_blob: &[u8],
-        source_context: &EncryptionContext,
-        source_key: Option<&KeyRef>,
-        destination: &KeyRef,
-        destination_context: &EncryptionContext,
+        input: &ReEncryptInput,
     ) -> Result<ReEncrypted, KmsError> {
-        caller.note_context(source_context, false);
-        caller.note_context(destination_context, true);
+        caller.note_context(&input.source_context, false);
+        caller.note_context(&input.destination_context, true);
         let decrypted = self.open(
             caller,
             Action::ReEncryptFrom,
-            ciphertext_blob,
-            source_context,
-            source_key,
+            &input.ciphertext_blob,
+            &input.source_context,
+            input.source_key.as_ref(),
         )?;
         let destination = self.usable(
             caller,
-            destination,
+            &input.destination,
             Action::ReEncryptTo,
-            Some(destination_context),
+            Some(&input.destination_context),
         )?;
         let ciphertext_blob = self.seal(
             caller,
             &destination,
-            destination_context,
+            &input.destination_context,
             decrypted.plaintext.expose_secret(),
         )?;
         Ok(ReEncrypted {
@@ -422,7 +419,7 @@ mod tests {
             Err(KmsError::Disabled(_))
         ));
         assert!(matches!(
-            kms.re_encrypt(&admin(), &blob, &context, None, &other, &context),
+            kms.re_encrypt(&admin(), &ReEncryptInput::new(&blob, &context, &other)),
             Err(KmsError::Disabled(_))
         ));
         assert!(matches!(
@@ -507,11 +504,10 @@ mod tests {
             assert!(matches!(
                 kms.re_encrypt(
                     &admin(),
-                    &forged,
-                    &ctx(&[]),
-                    named.as_ref(),
-                    &target,
-                    &ctx(&[])
+                    &ReEncryptInput {
+                        source_key: named.clone(),
+                        ..ReEncryptInput::new(&forged, &ctx(&[]), &target)
+                    }
                 ),
                 Err(KmsError::InvalidCiphertext)
             ));
@@ -527,11 +523,11 @@ mod tests {
             .ciphertext_blob;
         let moved = ok(kms.re_encrypt(
             &admin(),
-            &blob,
-            &ctx(&[("k", "1")]),
-            Some(&a),
-            &b,
-            &ctx(&[("k", "2")]),
+            &ReEncryptInput {
+                source_key: Some(a.clone()),
+                destination_context: ctx(&[("k", "2")]),
+                ..ReEncryptInput::new(&blob, &ctx(&[("k", "1")]), &b)
+            },
         ));
         assert_eq!(KeyRef::Id(moved.source_key_id), a);
         assert_eq!(KeyRef::Id(moved.key_id), b);

@@ -98,10 +98,7 @@ fn while_the_hsm_works(
 
 #[test]
 fn a_slow_hsm_rotation_holds_no_lock_other_keys_wait_for() {
-    let (kms, hsm) = slow_hsm_kms(
-        |op| op == "create_key_version",
-        Duration::from_millis(1500),
-    );
+    let (kms, hsm) = slow_hsm_kms(|op| op == "create_key_version", Duration::from_millis(1500));
     let admin = crate::testing::admin();
     let input = || super::CreateKeyInput::new(crate::key::KeySpec::SymmetricDefault);
     let rotated = crate::ids::KeyRef::Id(ok(kms.create_key(&admin, input())).id());

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use super::Kms;
+use super::{ImportKeyMaterialInput, Kms};
 use crate::caller::Caller;
 use crate::error::KmsError;
 use crate::hsm::{HsmError, KeyVersionRef, SignMechanism, WrappingKeyRef};
@@ -119,12 +119,15 @@ impl Kms {
     pub fn import_key_material(
         &self,
         caller: &Caller,
-        key: &KeyRef,
-        import_token: &[u8],
-        encrypted_key_material: &[u8],
-        expiration: ExpirationModel,
-        valid_to_ms: Option<i64>,
+        input: &ImportKeyMaterialInput,
     ) -> Result<(), KmsError> {
+        let ImportKeyMaterialInput {
+            key,
+            import_token,
+            encrypted_key_material,
+            expiration,
+            valid_to_ms,
+        } = input;
         // Under the write lock throughout: the unwrap makes the key's one version object, which
         // a concurrent import or deletion of material would otherwise race for. RSA-OAEP
         // unwrapping takes the HSM milliseconds.
@@ -133,7 +136,7 @@ impl Kms {
         record.check_external()?;
         record.check_importable()?;
         let now = self.clock.now_millis();
-        let valid_to_ms = match (expiration, valid_to_ms) {
+        let valid_to_ms = match (*expiration, *valid_to_ms) {
             (ExpirationModel::KeyMaterialExpires, Some(t)) if t > now => Some(t),
             (ExpirationModel::KeyMaterialExpires, Some(_)) => {
                 return Err(KmsError::validation("valid_to must be in the future"));
@@ -356,6 +359,17 @@ mod tests {
     use crate::service::{CreateKeyInput, Plaintext};
     use crate::testing::{ManualClock, MemoryStore, SoftKeyStore, admin, authorization};
 
+    /// ImportKeyMaterial of material that does not expire.
+    fn import_input(key: &KeyRef, token: &[u8], material: &[u8]) -> ImportKeyMaterialInput {
+        ImportKeyMaterialInput {
+            key: key.clone(),
+            import_token: token.to_vec(),
+            encrypted_key_material: material.to_vec(),
+            expiration: ExpirationModel::KeyMaterialDoesNotExpire,
+            valid_to_ms: None,
+        }
+    }
+
     fn ok<T>(r: Result<T, KmsError>) -> T {
         r.unwrap_or_else(|e| panic!("{e}"))
     }
@@ -407,11 +421,13 @@ mod tests {
         };
         f.kms.import_key_material(
             &admin(),
-            key,
-            &parameters.import_token,
-            material,
-            expiration,
-            valid_to,
+            &ImportKeyMaterialInput {
+                key: key.clone(),
+                import_token: parameters.import_token,
+                encrypted_key_material: material.to_vec(),
+                expiration,
+                valid_to_ms: valid_to,
+            },
         )
     }
 
@@ -444,15 +460,10 @@ mod tests {
             "new parameters destroy the old wrapping key"
         );
         let material = [5u8; 32];
-        let expires = ExpirationModel::KeyMaterialDoesNotExpire;
         assert!(matches!(
             f.kms.import_key_material(
                 &admin(),
-                &key,
-                &first.import_token,
-                &material,
-                expires,
-                None
+                &import_input(&key, &first.import_token, &material)
             ),
             Err(KmsError::InvalidImportToken(_))
         ));
@@ -460,11 +471,7 @@ mod tests {
         assert!(matches!(
             f.kms.import_key_material(
                 &admin(),
-                &key,
-                &second.import_token,
-                &material,
-                expires,
-                None
+                &import_input(&key, &second.import_token, &material)
             ),
             Err(KmsError::ExpiredImportToken)
         ));
@@ -476,11 +483,7 @@ mod tests {
         assert!(matches!(
             f.kms.import_key_material(
                 &admin(),
-                &key,
-                &second.import_token,
-                &material,
-                expires,
-                None
+                &import_input(&key, &second.import_token, &material)
             ),
             Err(KmsError::InvalidImportToken(_))
         ));

@@ -12,7 +12,7 @@ use crate::ids::{KeyId, KeyRef};
 use crate::key::{KeyRecord, KeyUsage, Origin};
 use crate::policy::{Action, KeyPolicy};
 
-use super::{CreateKeyInput, KeyPage, Kms, PageLimit, check_no_lockout};
+use super::{CreateKeyInput, KeyPage, Kms, PageLimit, check_no_lockout, page_after};
 
 impl Kms {
     /// Creates a key and its first version inside the HSM.
@@ -123,13 +123,7 @@ impl Kms {
         page_token: Option<&str>,
     ) -> Result<KeyPage, KmsError> {
         self.authorize_server(caller, Action::ListKeys)?;
-        let after = page_token
-            .map(|t| {
-                t.parse::<KeyId>().map_err(|_| {
-                    KmsError::validation("page_token is not a token ListKeys returned")
-                })
-            })
-            .transpose()?;
+        let after = page_after(page_token, "ListKeys", str::parse::<KeyId>)?;
         let mut scanned = self.store.list_keys(after, limit.fetch())?;
         let next_page_token = limit.cut(&mut scanned, |r| r.id.to_string());
         let keys = scanned

@@ -29,11 +29,13 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::alias::AliasRecord;
+use crate::asymmetric::{MessageType, SigningAlgorithm};
 use crate::clock::Clock;
+use crate::context::EncryptionContext;
 use crate::error::KmsError;
 use crate::hsm::{KeyStore, KeyVersionRef};
-use crate::ids::KeyId;
-use crate::key::{EncryptionAlgorithm, KeySpec, KeyUsage, KeyVersion, Origin};
+use crate::ids::{KeyId, KeyRef};
+use crate::key::{EncryptionAlgorithm, ExpirationModel, KeySpec, KeyUsage, KeyVersion, Origin};
 use crate::policy::{KeyPolicy, PolicyCache};
 use crate::secret::SecretBytes;
 use crate::store::MetadataStore;
@@ -153,6 +155,67 @@ impl CreateKeyInput {
     }
 }
 
+/// What ReEncrypt takes besides the caller.
+pub struct ReEncryptInput {
+    /// The blob to move to another key.
+    pub ciphertext_blob: Vec<u8>,
+    /// The encryption context the blob was made with.
+    pub source_context: EncryptionContext,
+    /// The key the caller expects made the blob (checked when given).
+    pub source_key: Option<KeyRef>,
+    /// The key of the new blob.
+    pub destination: KeyRef,
+    /// The new blob's encryption context.
+    pub destination_context: EncryptionContext,
+}
+
+impl ReEncryptInput {
+    /// `ciphertext_blob`, made with `source_context` under any key, to `destination` with the
+    /// same context.
+    pub fn new(
+        ciphertext_blob: &[u8],
+        source_context: &EncryptionContext,
+        destination: &KeyRef,
+    ) -> Self {
+        ReEncryptInput {
+            ciphertext_blob: ciphertext_blob.to_vec(),
+            source_context: source_context.clone(),
+            source_key: None,
+            destination: destination.clone(),
+            destination_context: source_context.clone(),
+        }
+    }
+}
+
+/// What Verify takes besides the caller.
+pub struct VerifyInput {
+    /// The key pair whose public key checks the signature.
+    pub key: KeyRef,
+    /// The message, or its digest.
+    pub message: Vec<u8>,
+    /// Which of the two `message` is.
+    pub message_type: MessageType,
+    /// The signature to check.
+    pub signature: Vec<u8>,
+    /// The algorithm the signature was made with.
+    pub algorithm: SigningAlgorithm,
+}
+
+/// What ImportKeyMaterial takes besides the caller.
+pub struct ImportKeyMaterialInput {
+    /// The EXTERNAL key awaiting its material.
+    pub key: KeyRef,
+    /// The token GetParametersForImport returned last.
+    pub import_token: Vec<u8>,
+    /// The material, wrapped under the parameters' public key.
+    pub encrypted_key_material: Vec<u8>,
+    /// Whether the material expires.
+    pub expiration: ExpirationModel,
+    /// When it expires (Unix milliseconds): required with KEY_MATERIAL_EXPIRES, refused
+    /// without.
+    pub valid_to_ms: Option<i64>,
+}
+
 /// A ListKeys page size: 1..=1000, 100 by default.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct PageLimit(usize);
@@ -196,6 +259,23 @@ impl PageLimit {
             None
         }
     }
+}
+
+/// Where the page a token names starts: after the item `parse` reads from the token (the
+/// previous page's last item). A token it cannot read is a ValidationException naming
+/// `operation`, whose tokens it is not.
+pub(super) fn page_after<T, E>(
+    page_token: Option<&str>,
+    operation: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<Option<T>, KmsError> {
+    page_token
+        .map(|token| {
+            parse(token).map_err(|_| {
+                KmsError::validation(format!("page_token is not a token {operation} returned"))
+            })
+        })
+        .transpose()
 }
 
 /// One page of ListKeys.

@@ -10,7 +10,7 @@ use crate::ids::KeyRef;
 use crate::key::{KeyMaterial, KeyRecord, KeyVersion, RotationSchedule, VersionSource};
 use crate::policy::Action;
 
-use super::{Kms, PageLimit, RotationPage};
+use super::{Kms, PageLimit, RotationPage, page_after};
 
 impl Kms {
     /// Adds a version made inside the HSM and makes it current; old versions still decrypt.
@@ -148,14 +148,7 @@ impl Kms {
     ) -> Result<RotationPage, KmsError> {
         let record = self.authorized(caller, key, Action::ListKeyRotations, None)?;
         let key_id = record.id;
-        let after = page_token
-            .map(|t| {
-                t.parse::<u32>().map_err(|_| {
-                    KmsError::validation("page_token is not a token ListKeyRotations returned")
-                })
-            })
-            .transpose()?
-            .unwrap_or(1);
+        let after = page_after(page_token, "ListKeyRotations", str::parse::<u32>)?.unwrap_or(1);
         let mut rotations: Vec<KeyVersion> = record
             .versions()
             .iter()
@@ -198,7 +191,7 @@ mod tests {
             b"new"
         );
         // ReEncrypt to the same key moves a blob to the current version.
-        let moved = ok(kms.re_encrypt(&admin(), &old, &ctx(&[]), None, &key, &ctx(&[])));
+        let moved = ok(kms.re_encrypt(&admin(), &ReEncryptInput::new(&old, &ctx(&[]), &key)));
         assert_eq!(
             ok(blob::parse(&moved.ciphertext_blob)).header.key.version,
             2

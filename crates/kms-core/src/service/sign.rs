@@ -7,7 +7,7 @@
 use subtle::ConstantTimeEq;
 use tracing::debug;
 
-use super::{Kms, current_version, public_key_of};
+use super::{Kms, VerifyInput, current_version, public_key_of};
 use crate::asymmetric::{self, MessageType, SigningAlgorithm};
 use crate::caller::Caller;
 use crate::error::KmsError;
@@ -111,20 +111,18 @@ impl Kms {
 
     /// Verifies a signature with the key's public key. An invalid signature is
     /// KMSInvalidSignatureException.
-    pub fn verify(
-        &self,
-        caller: &Caller,
-        key: &KeyRef,
-        message: &[u8],
-        message_type: MessageType,
-        signature: &[u8],
-        algorithm: SigningAlgorithm,
-    ) -> Result<KeyId, KmsError> {
-        let record = self.usable(caller, key, Action::Verify, None)?;
+    pub fn verify(&self, caller: &Caller, input: &VerifyInput) -> Result<KeyId, KmsError> {
+        let record = self.usable(caller, &input.key, Action::Verify, None)?;
+        let algorithm = input.algorithm;
         check_signing_algorithm(&record, algorithm, "Verify")?;
-        let digest = asymmetric::message_digest(algorithm, message_type, message)?;
+        let digest = asymmetric::message_digest(algorithm, input.message_type, &input.message)?;
         caller.note_key(record.id, Some(record.current_version()));
-        if asymmetric::verify(public_key_of(&record)?, algorithm, &digest, signature)? {
+        if asymmetric::verify(
+            public_key_of(&record)?,
+            algorithm,
+            &digest,
+            &input.signature,
+        )? {
             Ok(record.id)
         } else {
             Err(KmsError::InvalidSignature)

@@ -2,7 +2,7 @@
 
 pub(super) use super::{
     Authorization, CreateKeyInput, DataKeyLength, DataKeySpec, Kms, PageLimit, Plaintext,
-    RandomLength,
+    RandomLength, ReEncryptInput,
 };
 pub(super) use crate::blob;
 pub(super) use crate::caller::Caller;

@@ -1,19 +1,17 @@
 //! The handlers of `kms.v1.KeyManagementService`: each converts its request, calls the core
 //! through [`KmsGrpc::call`] under its operation name, and converts the answer.
 
-use kms_core::service::{CreateKeyInput, PageLimit, Plaintext, RandomLength};
-use kms_core::tags::NewTags;
+use kms_core::service::{
+    CreateKeyInput, ImportKeyMaterialInput, PageLimit, Plaintext, RandomLength, ReEncryptInput,
+    VerifyInput,
+};
 use kms_core::{AliasName, KeyRef, KmsError, SecretBytes};
 use kms_proto::v1 as pb;
 use kms_proto::v1::key_management_service_server::KeyManagementService;
 use tonic::{Request, Response, Status};
 
 use super::KmsGrpc;
-use crate::convert;
-
-fn new_tags(tags: Vec<pb::Tag>) -> Result<NewTags, KmsError> {
-    NewTags::new(tags.into_iter().map(|t| (t.tag_key, t.tag_value)))
-}
+use crate::convert::{self, FromRequest};
 
 /// The key a request's `key_id` field names.
 fn key_id(text: &str) -> Result<KeyRef, KmsError> {
@@ -58,16 +56,7 @@ macro_rules! handlers {
 handlers! {
     create_key: CreateKey(CreateKeyRequest) -> CreateKeyResponse
     |kms, caller, req| {
-        let input = CreateKeyInput {
-            description: req.description,
-            usage: convert::key_usage(req.key_usage)?,
-            spec: convert::key_spec(req.key_spec)?,
-            origin: convert::origin(req.origin)?,
-            tags: new_tags(req.tags)?,
-            policy: (!req.policy.is_empty()).then_some(req.policy),
-            bypass_policy_lockout_safety_check: req.bypass_policy_lockout_safety_check,
-        };
-        let record = kms.create_key(caller, input)?;
+        let record = kms.create_key(caller, CreateKeyInput::from_request(req)?)?;
         Ok(pb::CreateKeyResponse {
             key_metadata: Some(convert::key_metadata(&record)),
         })
@@ -153,22 +142,7 @@ handlers! {
 
     re_encrypt: ReEncrypt(ReEncryptRequest) -> ReEncryptResponse
     |kms, caller, req| {
-        let source_key = KeyRef::parse_optional(&req.source_key_id, "source_key_id")?;
-        let destination = KeyRef::parse(&req.destination_key_id, "destination_key_id")?;
-        let source_context =
-            convert::context(req.source_encryption_context, "source_encryption_context")?;
-        let destination_context = convert::context(
-            req.destination_encryption_context,
-            "destination_encryption_context",
-        )?;
-        let out = kms.re_encrypt(
-            caller,
-            &req.ciphertext_blob,
-            &source_context,
-            source_key.as_ref(),
-            &destination,
-            &destination_context,
-        )?;
+        let out = kms.re_encrypt(caller, &ReEncryptInput::from_request(req)?)?;
         Ok(pb::ReEncryptResponse {
             ciphertext_blob: out.ciphertext_blob,
             source_key_id: out.source_key_id.to_string(),
@@ -262,7 +236,7 @@ handlers! {
     tag_resource: TagResource(TagResourceRequest) -> TagResourceResponse
     |kms, caller, req| {
         let key = key_id(&req.key_id)?;
-        kms.tag_resource(caller, &key, new_tags(req.tags)?)?;
+        kms.tag_resource(caller, &key, convert::new_tags(req.tags)?)?;
         Ok(pb::TagResourceResponse {})
     }
 
@@ -413,21 +387,12 @@ handlers! {
 
     verify: Verify(VerifyRequest) -> VerifyResponse
     |kms, caller, req| {
-        let key = key_id(&req.key_id)?;
-        let message_type = convert::message_type(req.message_type)?;
-        let algorithm = convert::signing_algorithm(req.signing_algorithm)?;
-        let key_id = kms.verify(
-            caller,
-            &key,
-            &req.message,
-            message_type,
-            &req.signature,
-            algorithm,
-        )?;
+        let input = VerifyInput::from_request(req)?;
+        let key_id = kms.verify(caller, &input)?;
         Ok(pb::VerifyResponse {
             key_id: key_id.to_string(),
             signature_valid: true,
-            signing_algorithm: convert::pb_signing_algorithm(algorithm).into(),
+            signing_algorithm: convert::pb_signing_algorithm(input.algorithm).into(),
         })
     }
 
@@ -473,16 +438,7 @@ handlers! {
 
     import_key_material: ImportKeyMaterial(ImportKeyMaterialRequest) -> ImportKeyMaterialResponse
     |kms, caller, req| {
-        let key = key_id(&req.key_id)?;
-        let expiration = convert::expiration_model(req.expiration_model)?;
-        kms.import_key_material(
-            caller,
-            &key,
-            &req.import_token,
-            &req.encrypted_key_material,
-            expiration,
-            req.valid_to.as_ref().map(convert::millis),
-        )?;
+        kms.import_key_material(caller, &ImportKeyMaterialInput::from_request(req)?)?;
         Ok(pb::ImportKeyMaterialResponse {})
     }
 
