@@ -11,7 +11,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use kms_core::audit::{self, AuditLog, CheckpointSigner};
+use kms_audit::AuditLog;
+use kms_core::audit::{self, CheckpointSigner};
 use kms_core::hsm::MessageKey;
 use kms_core::key::{ExpirationModel, KeySpec, Origin, WrappingAlgorithm};
 use kms_core::policy::{AccessRequest, Action, KeyPolicy};

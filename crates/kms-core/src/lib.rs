@@ -5,7 +5,8 @@
 //! ([`asymmetric`]: Verify, RSA encryption, key encodings — never a private-key operation),
 //! the service logic ([`Kms`]), and the two traits its backends implement: [`KeyStore`] (the
 //! HSM) and [`MetadataStore`] (key metadata).
-//! The tamper-evident audit log ([`AuditLog`]) and its offline verifier live in [`audit`].
+//! The tamper-evident audit log's record format and its offline verifier live in [`audit`]; the
+//! file writer is the kms-audit crate.
 //!
 //! This crate must not depend on tonic, cryptoki or rocksdb: the adapters depend on it, never
 //! the other way round. Every method of [`Kms`] blocks (HSM and store calls); async callers run
@@ -34,7 +35,7 @@ pub mod tags;
 pub mod testing;
 
 pub use alias::AliasRecord;
-pub use audit::{AuditError, AuditEvent, AuditLog, CheckpointSigner};
+pub use audit::{AuditError, AuditEvent, AuditSink, CheckpointSigner};
 pub use caller::{CallNote, Caller};
 pub use clock::{Clock, SystemClock};
 pub use context::EncryptionContext;

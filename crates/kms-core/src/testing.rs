@@ -21,6 +21,7 @@ use crate::ids::{AliasName, KeyId};
 use crate::key::{KeyMaterial, KeyRecord, MacAlgorithm, WrappingAlgorithm};
 use crate::store::{MetadataStore, StoreError};
 
+pub mod audit_logs;
 pub mod fault_load;
 mod faults;
 pub use faults::{Fault, FaultyKeyStore};

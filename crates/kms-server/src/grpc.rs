@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use kms_core::audit::{AuditEvent, AuditKey, AuditLog, Outcome};
+use kms_core::audit::{AuditEvent, AuditKey, AuditSink, Outcome};
 use kms_core::{Caller, Kms, KmsError};
 use kms_proto::v1::key_management_service_server::KeyManagementServiceServer;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -30,7 +30,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct KmsGrpc {
     kms: Arc<Kms>,
     auth: Arc<Authenticator>,
-    audit: Arc<AuditLog>,
+    audit: Arc<dyn AuditSink>,
     metrics: Option<Arc<Metrics>>,
     admission: Arc<Admission>,
     connections: Option<Arc<Connections>>,
@@ -38,7 +38,7 @@ pub struct KmsGrpc {
 
 impl KmsGrpc {
     /// The service on `kms`, authenticating with `auth` and auditing to `audit`.
-    pub fn new(kms: Arc<Kms>, auth: Arc<Authenticator>, audit: Arc<AuditLog>) -> Self {
+    pub fn new(kms: Arc<Kms>, auth: Arc<Authenticator>, audit: Arc<dyn AuditSink>) -> Self {
         KmsGrpc {
             kms,
             auth,
@@ -180,7 +180,7 @@ impl KmsGrpc {
 /// What an admitted request's task needs.
 struct Run {
     kms: Arc<Kms>,
-    audit: Arc<AuditLog>,
+    audit: Arc<dyn AuditSink>,
     operation: &'static str,
     request_id: String,
     peer: Option<String>,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use kms_core::audit::AuditLog;
+use kms_audit::AuditLog;
 use kms_core::service::Authorization;
 use kms_core::{Kms, MetadataStore, SystemClock};
 use kms_hsm::{HsmAuditSigner, HsmConfig, HsmKeyStore};

@@ -7,7 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kms_core::audit::{AuditEvent, AuditLog, Outcome};
+use kms_audit::AuditLog;
+use kms_core::audit::{AuditEvent, Outcome};
 use kms_core::hsm::{KeyVersionRef, MessageKey};
 use kms_core::testing::{MemoryStore, SoftCheckpointSigner};
 use kms_core::{EncryptionContext, KeyId, symmetric};

@@ -14,7 +14,7 @@ use super::{AuditEvent, AuditKey, Outcome};
 
 /// A parsed line.
 #[derive(Debug)]
-pub(crate) enum Line {
+pub enum Line {
     /// An event line.
     Event {
         seq: u64,
@@ -32,14 +32,14 @@ pub(crate) enum Line {
 
 impl Line {
     /// The line's `seq`.
-    pub(crate) fn seq(&self) -> u64 {
+    pub fn seq(&self) -> u64 {
         match self {
             Line::Event { seq, .. } | Line::Checkpoint { seq, .. } => *seq,
         }
     }
 
     /// The line's `prev`.
-    pub(crate) fn prev(&self) -> &[u8; 32] {
+    pub fn prev(&self) -> &[u8; 32] {
         match self {
             Line::Event { prev, .. } | Line::Checkpoint { prev, .. } => prev,
         }
@@ -47,7 +47,7 @@ impl Line {
 }
 
 /// SHA-256 of a line's bytes (without its '\n'): the next line's `prev`.
-pub(crate) fn line_hash(line: &[u8]) -> [u8; 32] {
+pub fn line_hash(line: &[u8]) -> [u8; 32] {
     Sha256::digest(line).into()
 }
 
@@ -123,7 +123,7 @@ struct CheckpointIn {
 }
 
 /// The canonical bytes of an event line (without '\n').
-pub(crate) fn encode_event(
+pub fn encode_event(
     seq: u64,
     prev: &[u8; 32],
     event: &AuditEvent,
@@ -149,7 +149,7 @@ pub(crate) fn encode_event(
 }
 
 /// The canonical bytes of a checkpoint line (without '\n').
-pub(crate) fn encode_checkpoint(
+pub fn encode_checkpoint(
     seq: u64,
     prev: &[u8; 32],
     log_id: &[u8; 16],
@@ -166,7 +166,7 @@ pub(crate) fn encode_checkpoint(
 
 /// Parses one line (without its '\n') and checks it is in canonical form. The error is a
 /// sentence for a human, without the line number (the caller knows it).
-pub(crate) fn parse_line(bytes: &[u8]) -> Result<Line, String> {
+pub fn parse_line(bytes: &[u8]) -> Result<Line, String> {
     let KindIn { kind } = from_json(bytes)?;
     let line = match kind.as_str() {
         "event" => {

@@ -8,9 +8,10 @@
 //!
 //! Records are hash-chained, and the chain is checkpointed with ECDSA P-256 signatures made by a
 //! key the HSM holds ([`CheckpointSigner`]). [`verify`] needs only the file and the public key:
-//! it detects any altered, removed, inserted or reordered line and names the line. [`AuditLog`]
-//! writes the file; a record is on disk (`fdatasync`) and covered by a signed checkpoint before
-//! the writer acknowledges it.
+//! it detects any altered, removed, inserted or reordered line and names the line. The service
+//! hands its records to an [`AuditSink`]; kmsd's is the file writer of the kms-audit crate, which
+//! acknowledges a record once it is on disk (`fdatasync`) and covered by a signed checkpoint.
+//! This module keeps the record format ([`line`], [`encode_batch`]) and the verifier.
 //!
 //! # File format
 //!
@@ -80,12 +81,12 @@
 //!
 //! # Writing
 //!
-//! The log commits in groups, led by a submitting thread (there is no writer thread): the
-//! leader takes every event queued, appends them and one checkpoint signed over the new head in
-//! a single write, fsyncs, and only then acknowledges the events. So
-//! every acknowledged event is followed by a signed checkpoint, and a valid log ends with a
-//! checkpoint. A crash can leave a torn last line (never acknowledged); opening the log cuts it
-//! off, and if the last complete line is then an event, signs a checkpoint over it at once.
+//! The writer (kms-audit's `AuditLog`) commits in groups, led by a submitting thread (there is
+//! no writer thread): the leader takes every event queued, appends them and one checkpoint
+//! signed over the new head ([`encode_batch`]) in a single write, fsyncs, and only then
+//! acknowledges the events. So every acknowledged event is followed by a signed checkpoint,
+//! and a valid log ends with a checkpoint. Whatever a crash leaves after the last checkpoint
+//! was never acknowledged: opening the log moves it to a quarantine file and never signs it.
 //!
 //! # What verification proves
 //!
@@ -95,11 +96,10 @@
 //! elsewhere) to detect that. The verifier does not know the expected `log_id`; it reports it
 //! for the caller to compare.
 
-mod line;
-mod recovery;
+mod batch;
+pub mod line;
 mod time;
 mod verify;
-mod writer;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -110,9 +110,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::hsm::HsmError;
 
+pub use batch::{Tail, check_signer, encode_batch};
 pub use time::{MAX_TIME_MS, MIN_TIME_MS, format_time, parse_time};
 pub use verify::{EventFilter, ParsedEvent, VerifyFailure, VerifyReport, read_events, verify};
-pub use writer::{AuditLog, MAX_BATCH};
+
+/// Where the service's records of RPCs go: kms-audit's file writer (`AuditLog`) in kmsd.
+pub trait AuditSink: Send + Sync {
+    /// Queues `event`. `done` is called once: with the record's seq when it is durable and
+    /// sealed, or with why it is not (the call must then fail: kmsd never answers an RPC it
+    /// could not audit).
+    fn submit(&self, event: AuditEvent, done: Box<dyn FnOnce(Result<u64, AuditError>) + Send>);
+
+    /// Whether the sink has failed for good (a write or sync failed), for readiness probes.
+    fn is_failed(&self) -> bool;
+}
 
 /// The first bytes of every signed checkpoint message (domain separation).
 pub const CHECKPOINT_DOMAIN: &[u8] = b"kms audit checkpoint v1\0";

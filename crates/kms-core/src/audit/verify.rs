@@ -259,14 +259,14 @@ impl EventFilter {
 mod tests {
     use super::*;
     use crate::audit::line::{encode_checkpoint, encode_event};
-    use crate::audit::writer::tests::{LOG_ID, build_log, build_log_with, event};
     use crate::audit::{AuditKey, CheckpointSigner};
     use crate::testing::SoftCheckpointSigner;
+    use crate::testing::audit_logs::{LOG_ID, build_log, build_log_with, event};
 
     /// 6 events in batches of 2, 1 and 3: events on lines 1-2, 4, 6-8, checkpoints on 3, 5, 9.
     fn sample() -> (Vec<u8>, p256::PublicKey) {
         let signer = SoftCheckpointSigner::new();
-        (build_log(&signer, &[2, 1, 3]), signer.public_key())
+        (build_log(&signer, &[2, 1, 3]).unwrap(), signer.public_key())
     }
 
     fn split(bytes: &[u8]) -> Vec<Vec<u8>> {
@@ -427,7 +427,7 @@ mod tests {
     #[test]
     fn audit_verify_rejects_a_change_of_log_id() {
         let signer = SoftCheckpointSigner::new();
-        let log = build_log_with(&signer, &[(LOG_ID, 1), ([9; 16], 1)]);
+        let log = build_log_with(&signer, &[(LOG_ID, 1), ([9; 16], 1)]).unwrap();
         let failure = verify(&log, &signer.public_key()).unwrap_err();
         assert_eq!(failure.line, 4);
         assert!(failure.message.contains("log id 0909"), "{failure}");

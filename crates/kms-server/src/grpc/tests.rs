@@ -19,7 +19,7 @@ fn service_with_log() -> (KmsGrpc, tempfile::TempDir) {
                 administrators: vec![crate::auth::DEV_PRINCIPAL.to_owned()],
                 server_policy: None,
             });
-    let audit = AuditLog::open(
+    let audit = kms_audit::AuditLog::open(
         &dir.path().join("audit.log"),
         [7; 16],
         Arc::new(kms_core::testing::SoftCheckpointSigner::new()),

@@ -3,55 +3,10 @@
 use std::collections::HashSet;
 
 use super::*;
-use crate::audit::{AuditKey, GENESIS_PREV, Outcome, verify};
-use crate::testing::{MemoryStore, SoftCheckpointSigner};
-
-pub(crate) const LOG_ID: [u8; 16] = [0x5a; 16];
-
-pub(crate) fn event(n: u64) -> AuditEvent {
-    let mut event = AuditEvent::new(
-        1_795_428_000_000 + i64::try_from(n).unwrap(),
-        format!("req-{n}"),
-        "Encrypt",
-        Outcome::Success,
-    );
-    event.principal = Some("spiffe://kms.test/app".into());
-    event.peer = Some("127.0.0.1:51234".into());
-    event.keys = vec![AuditKey {
-        key_id: "0b6a3f52-1c8e-4e43-9d7a-5f0a2b1c3d4e".into(),
-        version: Some(1),
-    }];
-    event.encryption_context = Some([("tenant".to_owned(), "a".to_owned())].into());
-    event
-}
-
-/// A log of events in batches of the given sizes, built without a file.
-pub(crate) fn build_log(signer: &SoftCheckpointSigner, batches: &[u64]) -> Vec<u8> {
-    let batches: Vec<([u8; 16], u64)> = batches.iter().map(|&size| (LOG_ID, size)).collect();
-    build_log_with(signer, &batches)
-}
-
-/// A log of events in batches of the given sizes, each checkpoint with the given log id.
-pub(crate) fn build_log_with(
-    signer: &SoftCheckpointSigner,
-    batches: &[([u8; 16], u64)],
-) -> Vec<u8> {
-    let mut tail = Tail {
-        seq: 0,
-        prev: GENESIS_PREV,
-    };
-    let mut log = Vec::new();
-    let mut n = 0;
-    for (log_id, size) in batches {
-        let events: Vec<AuditEvent> = (n..n + size).map(event).collect();
-        n += size;
-        let refs: Vec<&AuditEvent> = events.iter().collect();
-        let (bytes, next) = encode_batch(tail, &refs, log_id, signer).unwrap();
-        log.extend_from_slice(&bytes);
-        tail = next;
-    }
-    log
-}
+use kms_core::audit::line::{encode_event, line_hash};
+use kms_core::audit::{GENESIS_PREV, verify};
+use kms_core::testing::audit_logs::{LOG_ID, build_log, event};
+use kms_core::testing::{MemoryStore, SoftCheckpointSigner};
 
 /// A scratch directory (kept while it is held), the path of a log in it, and a signer.
 fn scratch() -> (tempfile::TempDir, PathBuf, Arc<SoftCheckpointSigner>) {
@@ -262,7 +217,7 @@ fn last_line(bytes: &[u8]) -> &[u8] {
 #[test]
 fn audit_open_refuses_foreign_or_corrupt_logs() {
     let (dir, path, signer) = scratch();
-    std::fs::write(&path, build_log(&signer, &[2, 1])).unwrap();
+    std::fs::write(&path, build_log(&signer, &[2, 1]).unwrap()).unwrap();
     open(&path, &signer).close().unwrap();
 
     let other_signer = Arc::new(SoftCheckpointSigner::new());
@@ -481,7 +436,7 @@ fn audit_open_refuses_a_log_behind_or_beside_its_pin() {
     ));
 
     // Another log of the same signer and log id, as long: refused at the pinned line.
-    std::fs::write(&path, build_log(&signer, &[3])).unwrap();
+    std::fs::write(&path, build_log(&signer, &[3]).unwrap()).unwrap();
     assert!(matches!(
         open_pinned(&path, &signer, &pins),
         Err(AuditError::PinMismatch { seq: 4 })
@@ -500,7 +455,7 @@ fn audit_open_refuses_a_log_behind_or_beside_its_pin() {
 #[test]
 fn audit_open_checks_the_checkpoint_before_trailing_events() {
     let (_dir, path, signer) = scratch();
-    let mut bytes = build_log(&signer, &[2]);
+    let mut bytes = build_log(&signer, &[2]).unwrap();
     let line = encode_event(4, &line_hash(last_line(&bytes)), &event(9)).unwrap();
     bytes.extend_from_slice(&line);
     bytes.push(b'\n');
@@ -542,7 +497,7 @@ fn audit_fails_the_calls_of_a_signer_failure_and_recovers_with_the_signer() {
 fn audit_refuses_a_signer_whose_signatures_do_not_verify() {
     struct Liar(SoftCheckpointSigner, SoftCheckpointSigner);
     impl CheckpointSigner for Liar {
-        fn sign(&self, message: &[u8]) -> Result<[u8; 64], crate::hsm::HsmError> {
+        fn sign(&self, message: &[u8]) -> Result<[u8; 64], kms_core::HsmError> {
             self.0.sign(message)
         }
         fn public_key(&self) -> p256::PublicKey {
@@ -585,7 +540,7 @@ fn audit_concurrent_appends_are_all_acknowledged() {
     assert_eq!(report.records, 1600);
     assert_eq!(report.last_seq, 1600 + report.checkpoints);
     // Each acknowledged seq is an event line.
-    let event_seqs: HashSet<u64> = crate::audit::read_events(&bytes)
+    let event_seqs: HashSet<u64> = kms_core::audit::read_events(&bytes)
         .map(|r| r.unwrap().1.seq)
         .collect();
     assert_eq!(event_seqs, seqs);

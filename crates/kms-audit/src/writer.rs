@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use p256::ecdsa::signature::Verifier;
-use p256::ecdsa::{Signature, VerifyingKey};
+use kms_core::MetadataStore;
+use kms_core::audit::{
+    AuditError, AuditEvent, AuditSink, CheckpointSigner, SealPin, Tail, check_signer, encode_batch,
+};
+use p256::ecdsa::VerifyingKey;
 
-use super::line::{encode_checkpoint, encode_event, line_hash};
-use super::recovery::{Chain, Recovery, sync_parent_dir};
-use super::{AuditError, AuditEvent, CheckpointSigner, SealPin, checkpoint_message};
-use crate::store::MetadataStore;
+use crate::recovery::{Chain, Recovery, sync_parent_dir};
 
 /// The most events one group commit takes.
 pub const MAX_BATCH: usize = 1024;
@@ -78,7 +78,7 @@ impl AuditLog {
     /// verify with `signer`'s public key ([`AuditError::KeyMismatch`]); and a file that ends
     /// before, or differs at, the checkpoint `pins` holds for `log_id`
     /// ([`AuditError::RolledBack`], [`AuditError::PinMismatch`]). Every later seal is pinned
-    /// there. Only the tail is checked; [`verify`](super::verify) checks the rest.
+    /// there. Only the tail is checked; [`verify`](kms_core::audit::verify) checks the rest.
     ///
     /// One `AuditLog` per file: two writers on one file would break the chain.
     pub fn open(
@@ -239,13 +239,6 @@ impl Drop for StepDown<'_> {
     }
 }
 
-/// The end of the chain: the last seq written and the hash of the last line.
-#[derive(Clone, Copy, Debug)]
-struct Tail {
-    seq: u64,
-    prev: [u8; 32],
-}
-
 /// The file and the chain's end: what a commit changes.
 struct Writer {
     path: PathBuf,
@@ -267,7 +260,7 @@ impl Writer {
     }
 
     /// Pins the tail, a checkpoint already on disk, in the metadata store.
-    fn pin(&self) -> Result<(), crate::store::StoreError> {
+    fn pin(&self) -> Result<(), kms_core::StoreError> {
         self.pins.put_audit_pin(
             self.log_id,
             SealPin {
@@ -305,13 +298,13 @@ impl Writer {
             // is unknown and the log fails for good.
             match self.cut_back() {
                 Ok(()) => {
-                    tracing::error!(error = %crate::error::chain(&error),
+                    tracing::error!(error = %kms_core::error::chain(&error),
                         "an audit batch could not be written (is the disk full?); its calls \
                          fail, later ones are tried again");
                     fail(batch, &Arc::new(error));
                 }
                 Err(cut) => {
-                    tracing::error!(error = %crate::error::chain(&error), cut = %cut,
+                    tracing::error!(error = %kms_core::error::chain(&error), cut = %cut,
                         "the audit log failed and could not be cut back; refusing every \
                          further event until kmsd restarts");
                     // Only the leader sets it, so this is the first and only time.
@@ -326,7 +319,7 @@ impl Writer {
         // Unpinned, the batch could be cut off the log unnoticed: its calls fail, as when it
         // cannot be written (their records stay in the log, sealed).
         if let Err(error) = self.pin() {
-            tracing::error!(error = %crate::error::chain(&error),
+            tracing::error!(error = %kms_core::error::chain(&error),
                 "an audit batch could not be pinned in the metadata store; its calls fail");
             fail(batch, &Arc::new(AuditError::Pin(error)));
             return;
@@ -356,67 +349,15 @@ fn write_durably(file: &mut File, bytes: &[u8], path: &Path) -> Result<(), Audit
     })
 }
 
-/// Encodes `events` after `tail`, then one checkpoint signed over the new head. Returns the
-/// bytes to append ('\n'-terminated lines) and the new tail. With no events, just a checkpoint.
-fn encode_batch(
-    tail: Tail,
-    events: &[&AuditEvent],
-    log_id: &[u8; 16],
-    signer: &dyn CheckpointSigner,
-) -> Result<(Vec<u8>, Tail), AuditError> {
-    let mut bytes = Vec::new();
-    let mut tail = tail;
-    for event in events {
-        tail.seq += 1;
-        let line = encode_event(tail.seq, &tail.prev, event).map_err(AuditError::Encode)?;
-        tail.prev = line_hash(&line);
-        bytes.extend_from_slice(&line);
-        bytes.push(b'\n');
+impl AuditSink for AuditLog {
+    fn submit(&self, event: AuditEvent, done: Box<dyn FnOnce(Result<u64, AuditError>) + Send>) {
+        AuditLog::submit(self, event, done);
     }
-    tail.seq += 1;
-    let signature = sign_checkpoint(log_id, tail.seq, &tail.prev, signer)?;
-    let line =
-        encode_checkpoint(tail.seq, &tail.prev, log_id, &signature).map_err(AuditError::Encode)?;
-    tail.prev = line_hash(&line);
-    bytes.extend_from_slice(&line);
-    bytes.push(b'\n');
-    Ok((bytes, tail))
-}
 
-/// Has the checkpoint signed, normalises the signature to low-S (so the line has one valid
-/// form), and checks it with the public key the verifier will use.
-fn sign_checkpoint(
-    log_id: &[u8; 16],
-    seq: u64,
-    prev: &[u8; 32],
-    signer: &dyn CheckpointSigner,
-) -> Result<[u8; 64], AuditError> {
-    let message = checkpoint_message(log_id, seq, prev);
-    Ok(sign_low_s(&message, signer)?.to_bytes().into())
-}
-
-/// The signer's signature of `message`, with `s` normalised to the low half.
-fn sign_low_s(message: &[u8], signer: &dyn CheckpointSigner) -> Result<Signature, AuditError> {
-    let raw = signer.sign(message).map_err(AuditError::Sign)?;
-    let signature = Signature::from_slice(&raw).map_err(|_| AuditError::BadSignature)?;
-    Ok(signature.normalize_s().unwrap_or(signature))
-}
-
-/// Refuses, at open, a signer whose signatures do not verify with the public key it gives
-/// verifiers. Checked once: verifying every checkpoint in software cost more CPU than the
-/// rest of a request (issue 6's profile); `kmsctl audit verify` checks them all offline.
-fn check_signer(
-    log_id: &[u8; 16],
-    signer: &dyn CheckpointSigner,
-    verifying_key: &VerifyingKey,
-) -> Result<(), AuditError> {
-    let mut message = b"kms audit signer self-test ".to_vec();
-    message.extend_from_slice(log_id);
-    let signature = sign_low_s(&message, signer)?;
-    verifying_key
-        .verify(&message, &signature)
-        .map_err(|_| AuditError::BadSignature)
+    fn is_failed(&self) -> bool {
+        AuditLog::is_failed(self)
+    }
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 
-use super::line::{Line, line_hash, parse_line};
-use super::{AuditError, GENESIS_PREV, SealPin, checkpoint_message};
+use kms_core::audit::line::{Line, line_hash, parse_line};
+use kms_core::audit::{AuditError, GENESIS_PREV, SealPin, checkpoint_message};
 
 /// How far back [`line_start`] reads at a time.
 const CHUNK: usize = 8192;
@@ -24,10 +24,10 @@ const CHUNK: usize = 8192;
 /// The end of the sealed chain: the last seq, the hash of its line (a checkpoint's), and the
 /// file offset just past it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Sealed {
-    pub(super) seq: u64,
-    pub(super) prev: [u8; 32],
-    pub(super) end: u64,
+pub(crate) struct Sealed {
+    pub(crate) seq: u64,
+    pub(crate) prev: [u8; 32],
+    pub(crate) end: u64,
 }
 
 impl Sealed {
@@ -38,7 +38,7 @@ impl Sealed {
     };
 
     /// The pin of this end.
-    pub(super) fn pin(self) -> SealPin {
+    pub(crate) fn pin(self) -> SealPin {
         SealPin {
             seq: self.seq,
             hash: self.prev,
@@ -48,7 +48,7 @@ impl Sealed {
 }
 
 /// Why recovery failed: an I/O error (with what was being done) or a refusal.
-pub(super) enum Recovery {
+pub(crate) enum Recovery {
     Io(&'static str, io::Error),
     Audit(AuditError),
 }
@@ -64,16 +64,16 @@ fn io(what: &'static str) -> impl FnOnce(io::Error) -> Recovery {
 }
 
 /// What recovery needs: the file, and how to check checkpoints.
-pub(super) struct Chain<'a> {
-    pub(super) file: &'a File,
-    pub(super) log_id: [u8; 16],
-    pub(super) verifying_key: &'a VerifyingKey,
+pub(crate) struct Chain<'a> {
+    pub(crate) file: &'a File,
+    pub(crate) log_id: [u8; 16],
+    pub(crate) verifying_key: &'a VerifyingKey,
 }
 
 impl Chain<'_> {
     /// Reads the chain forward from the pinned checkpoint (or the start of the file), moves
     /// what follows its last valid checkpoint to a quarantine file, and returns that end.
-    pub(super) fn recover(&self, path: &Path, pin: Option<SealPin>) -> Result<Sealed, Recovery> {
+    pub(crate) fn recover(&self, path: &Path, pin: Option<SealPin>) -> Result<Sealed, Recovery> {
         let len = self
             .file
             .metadata()
@@ -344,7 +344,7 @@ fn read_at(mut file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
 }
 
 /// Makes a new file's directory entry durable.
-pub(super) fn sync_parent_dir(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_parent_dir(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
     if let Some(dir) = path.parent() {
         let dir = if dir.as_os_str().is_empty() {
