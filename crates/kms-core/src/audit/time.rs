@@ -292,6 +292,122 @@ mod tests {
         assert!(parse_time("1d", i64::MIN).is_err());
     }
 
+    /// Times and the exact text [`format_time`] gives them: these strings are inside signed
+    /// audit lines, so a change of one byte breaks every log written before it.
+    #[test]
+    fn audit_format_time_is_pinned() {
+        for (ms, text) in [
+            (-62_135_596_800_000, "0001-01-01T00:00:00.000Z"),
+            (-12_219_292_800_000, "1582-10-15T00:00:00.000Z"),
+            (-2_208_988_800_001, "1899-12-31T23:59:59.999Z"),
+            (-2_203_891_200_001, "1900-02-28T23:59:59.999Z"),
+            (-2_203_891_200_000, "1900-03-01T00:00:00.000Z"),
+            (-86_399_999, "1969-12-31T00:00:00.001Z"),
+            (1, "1970-01-01T00:00:00.001Z"),
+            (1_000, "1970-01-01T00:00:01.000Z"),
+            (946_684_799_999, "1999-12-31T23:59:59.999Z"),
+            (946_684_800_000, "2000-01-01T00:00:00.000Z"),
+            (951_827_696_789, "2000-02-29T12:34:56.789Z"),
+            (951_868_800_000, "2000-03-01T00:00:00.000Z"),
+            (978_307_199_999, "2000-12-31T23:59:59.999Z"),
+            (978_307_200_000, "2001-01-01T00:00:00.000Z"),
+            (2_147_483_647_000, "2038-01-19T03:14:07.000Z"),
+            (2_147_483_648_000, "2038-01-19T03:14:08.000Z"),
+            (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
+            (4_107_542_400_000, "2100-03-01T00:00:00.000Z"),
+            (13_574_563_200_000, "2400-02-29T00:00:00.000Z"),
+            (1_795_428_000_010, "2026-11-23T10:00:00.010Z"),
+            (1_795_428_000_100, "2026-11-23T10:00:00.100Z"),
+            (1_798_761_599_999, "2026-12-31T23:59:59.999Z"),
+            (253_402_214_400_000, "9999-12-31T00:00:00.000Z"),
+            (MIN_TIME_MS - 1, "0000-01-01T00:00:00.000Z"),
+            (MAX_TIME_MS + 1, "9999-12-31T23:59:59.999Z"),
+        ] {
+            assert_eq!(format_time(ms), text, "{ms}");
+        }
+    }
+
+    /// The SHA-256 of the text of 200,000 times spread over the whole range and of every
+    /// millisecond edge of a day in four centuries, pinned when the conversion was written by
+    /// hand (and computed again, to the same digest, with Python's `datetime`): whatever does
+    /// the calendar must give the same bytes.
+    #[test]
+    fn audit_format_time_digest_is_pinned() {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        let span = u64::try_from(MAX_TIME_MS - MIN_TIME_MS + 1).unwrap_or(u64::MAX);
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            // SplitMix64, for times spread over years 0000–9999.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let ms = MIN_TIME_MS + i64::try_from(z % span).unwrap_or(0);
+            digest.update(format_time(ms).as_bytes());
+            digest.update(b"\n");
+        }
+        let day = 86_400_000;
+        let first = -2_208_988_800_000 / day; // 1900-01-01
+        for d in first..first + 146_097 {
+            for ms in [d * day - 1, d * day, d * day + 45_296_789] {
+                digest.update(format_time(ms).as_bytes());
+                digest.update(b"\n");
+            }
+        }
+        assert_eq!(
+            hex::encode(digest.finalize()),
+            "8a94da1e857095c339e44de56b5649c776baffcea521593e003f4f4352a1710e"
+        );
+    }
+
+    #[test]
+    fn audit_parse_time_edges_are_pinned() {
+        let hour = 3_600_000;
+        let cases = [
+            ("1969-12-31T23:59:59.9999Z", -1),
+            ("1969-12-31T23:59:59.0005Z", -1_000),
+            ("1970-01-01T00:00:00.0000000001Z", 0),
+            ("1970-01-01T00:00:00.123456789123Z", 123),
+            ("1970-01-01T00:00:00.5z", 500),
+            ("0000-01-01T00:00:00+01:00", MIN_TIME_MS - hour),
+            ("9999-12-31T23:59:59.999-01:00", MAX_TIME_MS + hour),
+            ("2026-11-23T10:00:00-00:00", NOW),
+            ("2026-11-23T23:59:00+23:59", NOW - 10 * hour),
+            ("2026-11-23T00:00:00-23:59", NOW + 14 * hour - 60_000),
+            ("2016-12-31T23:59:59.999Z", 1_483_228_799_999),
+            ("2100-02-28T23:59:59Z", 4_107_542_399_000),
+            ("2400-02-29T00:00:00Z", 13_574_563_200_000),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_rfc3339(text), Ok(expected), "{text}");
+        }
+        for text in [
+            "2016-12-31T23:59:60Z",
+            "2016-12-31T23:59:60.5Z",
+            "2026-11-23X10:00:00Z",
+            "2026-11-23_10:00:00Z",
+            "2026-11-23\u{e9}10:00:00Z",
+            "2026-11-23T10:00:00+00:60",
+            "2026-11-23T10:00:00+0100",
+            "2026-11-23T10:00:00 Z",
+            "2026-11-23T10:00:00.5",
+            "2026-11-23T10:00:00Z ",
+            " 2026-11-23T10:00:00Z",
+            "10000-01-01T00:00:00Z",
+            "2026-1-01T00:00:00Z",
+            "2026-01-1T00:00:00Z",
+            "2026-01-01T0:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2026-06-31T00:00:00Z",
+            "2026-11-23T10:00:00.-1Z",
+            "2026-11-23T10:00:00,5Z",
+        ] {
+            assert!(parse_rfc3339(text).is_err(), "{text}");
+        }
+    }
+
     #[test]
     fn audit_time_round_trips_every_day_of_four_centuries() {
         let start = days_from_civil(1900, 1, 1);
