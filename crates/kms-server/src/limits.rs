@@ -1,23 +1,62 @@
-//! Admission control: a limit on the requests running at once, a token-bucket rate limit per
-//! caller, and a second, lower one per caller for the calls that make the HSM generate key
-//! material ([`KEY_GENERATING`]: an RSA-4096 pair takes SoftHSM2 seconds). A request over any
-//! limit is refused at once with ThrottlingException (RESOURCE_EXHAUSTED), before it reaches
-//! the HSM or the store, so one caller's flood costs the others little.
+//! Admission control: a limit on the requests running at once, a rate limit per caller, and a
+//! second, lower one per caller for the calls that make the HSM generate key material
+//! ([`KEY_GENERATING`]: an RSA-4096 pair takes SoftHSM2 seconds). A request over any limit is
+//! refused at once with ThrottlingException (RESOURCE_EXHAUSTED), before it reaches the HSM or
+//! the store, so one caller's flood costs the others little.
+//!
+//! The per-caller rates are `governor`'s keyed rate limiters (GCRA, the token bucket's
+//! equivalent); the limits on requests at once are semaphores. A request takes its places
+//! among the running requests first, since those are given back when it is refused, then its
+//! rates, which are not: a request refused for concurrency costs no rate, and one refused by
+//! the key-generation rate has spent one request of its caller's general rate.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 use kms_core::KmsError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A rate: `per_second` requests a second on average, with bursts of up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
-    /// Requests a second, sustained.
+    /// Requests a second, sustained; a fraction is allowed (0.5 is one every two seconds).
     pub per_second: f64,
-    /// Requests at once after a quiet spell (the bucket's size), at least 1.
+    /// Requests at once after a quiet spell (the bucket's size), at least 1; a fraction of a
+    /// request is dropped.
     pub burst: f64,
+}
+
+impl Rate {
+    /// This rate as a governor quota: one request every `1 / per_second` seconds, in bursts
+    /// of `burst` whole requests (at least 1).
+    ///
+    /// governor keeps times in u64 nanoseconds, since the limiter was made, up to
+    /// `period × burst` ahead, so the period is kept to what leaves half of them (292 years)
+    /// to the process: a rate of zero, below zero or not a number refills as slowly as that
+    /// allows (once in 146 years for a burst of 1, every 2.3 s for one of 4 billion); a rate
+    /// above a billion a second, once a nanosecond.
+    fn quota(self) -> Quota {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a float to int `as` saturates, and NaN is 0: both then made at least 1"
+        )]
+        let burst = NonZeroU32::new(self.burst as u32).unwrap_or(NonZeroU32::MIN);
+        let longest = Duration::from_nanos(u64::MAX / 2 / (u64::from(burst.get()) + 1));
+        let period = Duration::try_from_secs_f64(self.per_second.recip())
+            .unwrap_or(longest)
+            .clamp(Duration::from_nanos(1), longest);
+        // `with_period` refuses only a zero period, which the clamp rules out.
+        Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst)
+    }
 }
 
 /// The operations that make the HSM generate key material.
@@ -76,80 +115,61 @@ impl Default for Limits {
     }
 }
 
-/// Buckets are swept when there are more than this many: a caller whose bucket has refilled
-/// is forgotten, since a full bucket is what a new caller gets anyway.
+/// The rate limiters check how many callers they remember once in this many checks, and
+/// forget, when there are more than [`SWEEP_ABOVE`], those whose bucket has refilled (a full
+/// bucket is what a new caller gets anyway). Memory stays bounded by the callers seen within
+/// one refill time, however many distinct principals come.
+const SWEEP_EVERY: usize = 1024;
+
+/// See [`SWEEP_EVERY`].
 const SWEEP_ABOVE: usize = 4096;
 
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-/// One token bucket per caller, at one rate.
-struct Buckets {
+/// One rate per caller: a keyed governor rate limiter.
+struct PerCaller<C: Clock> {
     rate: Rate,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    limiter: RateLimiter<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<C::Instant>>,
+    /// Checks made, for [`SWEEP_EVERY`].
+    checks: AtomicUsize,
 }
 
-impl Buckets {
-    fn new(rate: Rate) -> Self {
-        Buckets {
+impl<C: Clock> PerCaller<C> {
+    fn new(rate: Rate, clock: C) -> Self {
+        PerCaller {
             rate,
-            buckets: Mutex::new(HashMap::new()),
+            limiter: RateLimiter::dashmap_with_clock(rate.quota(), clock),
+            checks: AtomicUsize::new(0),
         }
     }
 
-    /// Refills `caller`'s bucket to `now`; if it holds a token, runs `admit` and, if that
-    /// admits, takes the token. Otherwise ThrottlingException, naming `what` is limited.
-    fn take<T>(
-        &self,
-        caller: &str,
-        now: Instant,
-        what: &str,
-        admit: impl FnOnce() -> Result<T, KmsError>,
-    ) -> Result<T, KmsError> {
-        let rate = self.rate;
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() > SWEEP_ABOVE {
-            buckets.retain(|_, bucket| {
-                let idle = now.saturating_duration_since(bucket.updated).as_secs_f64();
-                bucket.tokens + idle * rate.per_second < rate.burst
-            });
+    /// Takes one of `caller`'s requests, or refuses with ThrottlingException, naming `what`
+    /// is limited.
+    fn take(&self, caller: &str, what: &str) -> Result<(), KmsError> {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+            && self.limiter.len() > SWEEP_ABOVE
+        {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
         }
-        let bucket = buckets.entry(caller.to_owned()).or_insert(Bucket {
-            tokens: rate.burst,
-            updated: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst);
-        bucket.updated = now;
-        if bucket.tokens < 1.0 {
-            return Err(KmsError::Throttling(format!(
+        self.limiter.check_key(&caller.to_owned()).map_err(|_| {
+            KmsError::Throttling(format!(
                 "rate exceeded: this caller may make {} {what} a second (bursts of {}); retry \
                  with backoff",
-                rate.per_second, rate.burst
-            )));
-        }
-        let admitted = admit()?;
-        bucket.tokens -= 1.0;
-        Ok(admitted)
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+                self.rate.per_second, self.rate.burst
+            ))
+        })
     }
 }
 
-/// The admission controller: see the module documentation.
-pub struct Admission {
+/// The admission controller: see the module documentation. `C` is the clock of the rates
+/// (a fake one in tests).
+pub struct Admission<C: Clock = DefaultClock> {
     limits: Limits,
     running: Arc<Semaphore>,
-    per_caller: Option<Buckets>,
-    key_generation: Option<Buckets>,
+    per_caller: Option<PerCaller<C>>,
+    key_generation: Option<PerCaller<C>>,
     generating: Arc<Semaphore>,
 }
 
@@ -163,10 +183,21 @@ pub struct Admitted {
 impl Admission {
     /// An admission controller enforcing `limits`.
     pub fn new(limits: Limits) -> Self {
+        Admission::with_clock(limits, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Admission<C> {
+    /// An admission controller enforcing `limits`, its rates read on `clock`.
+    fn with_clock(limits: Limits, clock: C) -> Self {
         Admission {
             running: Arc::new(Semaphore::new(limits.max_concurrent)),
-            per_caller: limits.per_caller.map(Buckets::new),
-            key_generation: limits.key_generation_per_caller.map(Buckets::new),
+            per_caller: limits
+                .per_caller
+                .map(|rate| PerCaller::new(rate, clock.clone())),
+            key_generation: limits
+                .key_generation_per_caller
+                .map(|rate| PerCaller::new(rate, clock)),
             generating: Arc::new(Semaphore::new(limits.key_generation_concurrent)),
             limits,
         }
@@ -178,51 +209,39 @@ impl Admission {
     }
 
     /// Admits one `operation` request of `caller` (a principal, or the peer's address when
-    /// there is none), or refuses it with ThrottlingException. The caller's rates are charged
-    /// only for admitted requests.
+    /// there is none), or refuses it with ThrottlingException. A request refused for
+    /// concurrency costs no rate (see the module documentation).
     pub fn admit(&self, caller: &str, operation: &str) -> Result<Admitted, KmsError> {
-        self.admit_at(caller, operation, Instant::now())
-    }
-
-    fn admit_at(&self, caller: &str, operation: &str, now: Instant) -> Result<Admitted, KmsError> {
-        let admit = || match &self.per_caller {
-            Some(buckets) => buckets.take(caller, now, "requests", || self.take_permit()),
-            None => self.take_permit(),
+        let key_generating = KEY_GENERATING.contains(&operation);
+        let generating = if key_generating {
+            let permit = Arc::clone(&self.generating)
+                .try_acquire_owned()
+                .map_err(|_| {
+                    KmsError::Throttling(format!(
+                        "the HSM is generating its limit of {} keys at once; retry with backoff",
+                        self.limits.key_generation_concurrent
+                    ))
+                })?;
+            Some(permit)
+        } else {
+            None
         };
-        if !KEY_GENERATING.contains(&operation) {
-            return admit();
+        let permit = Arc::clone(&self.running).try_acquire_owned().map_err(|_| {
+            KmsError::Throttling(format!(
+                "the server is running its limit of {} requests at once; retry with backoff",
+                self.limits.max_concurrent
+            ))
+        })?;
+        if let Some(per_caller) = &self.per_caller {
+            per_caller.take(caller, "requests")?;
         }
-        let generating = Arc::clone(&self.generating)
-            .try_acquire_owned()
-            .map_err(|_| {
-                KmsError::Throttling(format!(
-                    "the HSM is generating its limit of {} keys at once; retry with backoff",
-                    self.limits.key_generation_concurrent
-                ))
-            })?;
-        let admitted = match &self.key_generation {
-            Some(buckets) => buckets.take(caller, now, "key-generating calls", admit),
-            None => admit(),
-        }?;
+        if key_generating && let Some(key_generation) = &self.key_generation {
+            key_generation.take(caller, "key-generating calls")?;
+        }
         Ok(Admitted {
-            _generating: Some(generating),
-            ..admitted
+            _permit: permit,
+            _generating: generating,
         })
-    }
-
-    fn take_permit(&self) -> Result<Admitted, KmsError> {
-        Arc::clone(&self.running)
-            .try_acquire_owned()
-            .map(|permit| Admitted {
-                _permit: permit,
-                _generating: None,
-            })
-            .map_err(|_| {
-                KmsError::Throttling(format!(
-                    "the server is running its limit of {} requests at once; retry with backoff",
-                    self.limits.max_concurrent
-                ))
-            })
     }
 
     /// Requests running now.
@@ -233,6 +252,8 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
     fn limits(max_concurrent: usize, per_caller: Option<Rate>) -> Limits {
@@ -245,6 +266,12 @@ mod tests {
 
     fn is_throttled(result: &Result<Admitted, KmsError>) -> bool {
         matches!(result, Err(KmsError::Throttling(_)))
+    }
+
+    /// An admission controller whose rates read a clock the test moves.
+    fn on_fake_clock(limits: Limits) -> (Admission<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (Admission::with_clock(limits, clock.clone()), clock)
     }
 
     #[test]
@@ -267,26 +294,74 @@ mod tests {
             per_second: 10.0,
             burst: 3.0,
         };
-        let admission = Admission::new(limits(100, Some(rate)));
-        let start = Instant::now();
+        let (admission, clock) = on_fake_clock(limits(100, Some(rate)));
         for _ in 0..3 {
-            assert!(admission.admit_at("flood", "Encrypt", start).is_ok());
+            assert!(admission.admit("flood", "Encrypt").is_ok());
         }
-        assert!(is_throttled(&admission.admit_at("flood", "Encrypt", start)));
+        let refused = admission.admit("flood", "Encrypt");
+        assert!(is_throttled(&refused));
+        assert_eq!(
+            refused.err().map(|e| e.to_string()),
+            Some(
+                "rate exceeded: this caller may make 10 requests a second (bursts of 3); retry \
+                 with backoff"
+                    .to_owned()
+            )
+        );
         // Another caller is not affected by the first one's empty bucket.
-        assert!(admission.admit_at("quiet", "Encrypt", start).is_ok());
+        assert!(admission.admit("quiet", "Encrypt").is_ok());
         // A tenth of a second refills one request, not more.
-        let later = start + Duration::from_millis(100);
-        assert!(admission.admit_at("flood", "Encrypt", later).is_ok());
-        assert!(is_throttled(&admission.admit_at("flood", "Encrypt", later)));
+        clock.advance(Duration::from_millis(100));
+        assert!(admission.admit("flood", "Encrypt").is_ok());
+        assert!(is_throttled(&admission.admit("flood", "Encrypt")));
         // A long pause refills the burst, no more.
-        let much_later = start + Duration::from_secs(60);
+        clock.advance(Duration::from_secs(60));
         for _ in 0..3 {
-            assert!(admission.admit_at("flood", "Encrypt", much_later).is_ok());
+            assert!(admission.admit("flood", "Encrypt").is_ok());
         }
-        assert!(is_throttled(
-            &admission.admit_at("flood", "Encrypt", much_later)
-        ));
+        assert!(is_throttled(&admission.admit("flood", "Encrypt")));
+    }
+
+    #[test]
+    fn a_fractional_rate_refills_once_a_period() {
+        let rate = Rate {
+            per_second: 0.5,
+            burst: 1.0,
+        };
+        let (admission, clock) = on_fake_clock(limits(100, Some(rate)));
+        assert!(admission.admit("slow", "Encrypt").is_ok());
+        assert!(is_throttled(&admission.admit("slow", "Encrypt")));
+        clock.advance(Duration::from_millis(1_999));
+        assert!(is_throttled(&admission.admit("slow", "Encrypt")));
+        clock.advance(Duration::from_millis(1));
+        assert!(admission.admit("slow", "Encrypt").is_ok());
+        assert!(is_throttled(&admission.admit("slow", "Encrypt")));
+    }
+
+    #[test]
+    fn rates_governor_cannot_hold_become_the_nearest_it_can() {
+        for (per_second, burst) in [
+            (0.0, 1.0),
+            (-1.0, 1.0),
+            (f64::NAN, f64::NAN),
+            (f64::INFINITY, f64::INFINITY),
+            (1e-30, 4e9),
+            (1e30, 0.0),
+        ] {
+            let (admission, _) = on_fake_clock(limits(100, Some(Rate { per_second, burst })));
+            assert!(
+                admission.admit("a", "Encrypt").is_ok(),
+                "{per_second}/s, bursts of {burst}"
+            );
+        }
+        let never = Rate {
+            per_second: 0.0,
+            burst: 1.0,
+        };
+        let (admission, clock) = on_fake_clock(limits(100, Some(never)));
+        assert!(admission.admit("a", "Encrypt").is_ok());
+        clock.advance(Duration::from_secs(100 * 365 * 86_400));
+        assert!(is_throttled(&admission.admit("a", "Encrypt")));
     }
 
     #[test]
@@ -295,33 +370,40 @@ mod tests {
             per_second: 1.0,
             burst: 1.0,
         };
-        let admission = Admission::new(limits(1, Some(rate)));
-        let now = Instant::now();
-        let running = admission.admit_at("a", "Encrypt", now);
+        let (admission, _) = on_fake_clock(limits(1, Some(rate)));
+        let running = admission.admit("a", "Encrypt");
         assert!(running.is_ok());
-        assert!(is_throttled(&admission.admit_at("b", "Encrypt", now)));
+        assert!(is_throttled(&admission.admit("b", "Encrypt")));
         drop(running);
         assert!(
-            admission.admit_at("b", "Encrypt", now).is_ok(),
+            admission.admit("b", "Encrypt").is_ok(),
             "b's token was not spent"
         );
     }
 
     #[test]
-    fn refilled_callers_are_forgotten_when_there_are_many() {
+    fn refilled_callers_are_forgotten_when_there_are_many_and_the_others_kept() {
         let rate = Rate {
             per_second: 1.0,
             burst: 2.0,
         };
-        let admission = Admission::new(limits(10_000, Some(rate)));
-        let start = Instant::now();
+        let (admission, clock) = on_fake_clock(limits(10_000, Some(rate)));
+        let remembered = || admission.per_caller.as_ref().map(|p| p.limiter.len());
         for i in 0..=SWEEP_ABOVE {
-            drop(admission.admit_at(&format!("caller-{i}"), "Encrypt", start));
+            drop(admission.admit(&format!("caller-{i}"), "Encrypt"));
         }
-        // Two seconds refill every bucket.
-        drop(admission.admit_at("late", "Encrypt", start + Duration::from_secs(2)));
-        let remembered = admission.per_caller.as_ref().map(Buckets::len);
-        assert_eq!(remembered, Some(1), "only the caller seen last is kept");
+        // Sweeps run, but every bucket is still refilling: none is forgotten.
+        for _ in 0..SWEEP_EVERY {
+            drop(admission.admit("late", "Encrypt"));
+        }
+        assert_eq!(remembered(), Some(SWEEP_ABOVE + 2));
+        // Two seconds refill every bucket but late's, which is empty. (governor forgets a
+        // bucket one period after it refilled: one second here.)
+        clock.advance(Duration::from_secs(2));
+        for _ in 0..SWEEP_EVERY {
+            drop(admission.admit("late", "Encrypt"));
+        }
+        assert_eq!(remembered(), Some(1), "only the caller seen last is kept");
     }
 
     /// Finding 6 of the security review: the calls that make the HSM generate key material
@@ -329,34 +411,64 @@ mod tests {
     /// once.
     #[test]
     fn key_generating_calls_have_their_own_lower_rate_and_concurrency() {
-        let admission = Admission::new(Limits::default());
-        let now = Instant::now();
+        let (admission, clock) = on_fake_clock(Limits::default());
         // The burst is 20.
         for operation in KEY_GENERATING.iter().cycle().take(20) {
-            assert!(admission.admit_at("tenant", operation, now).is_ok());
+            assert!(admission.admit("tenant", operation).is_ok());
         }
         for operation in KEY_GENERATING {
-            let refused = admission.admit_at("tenant", operation, now);
+            let refused = admission.admit("tenant", operation);
             assert!(is_throttled(&refused), "{operation}");
         }
         // Other calls of the same caller, and another caller's, still pass.
-        assert!(admission.admit_at("tenant", "Encrypt", now).is_ok());
-        assert!(admission.admit_at("other", "CreateKey", now).is_ok());
-        let later = now + Duration::from_millis(200);
-        assert!(admission.admit_at("tenant", "CreateKey", later).is_ok());
+        assert!(admission.admit("tenant", "Encrypt").is_ok());
+        assert!(admission.admit("other", "CreateKey").is_ok());
+        clock.advance(Duration::from_millis(200));
+        assert!(admission.admit("tenant", "CreateKey").is_ok());
 
         // Four at once, whoever calls; the fifth waits for one to end.
         let running: Vec<_> = (0..4)
-            .map(|i| admission.admit_at(&format!("caller-{i}"), "CreateKey", now))
+            .map(|i| admission.admit(&format!("caller-{i}"), "CreateKey"))
             .collect();
         assert!(running.iter().all(Result::is_ok));
-        assert!(is_throttled(&admission.admit_at(
-            "caller-5",
-            "CreateKey",
-            now
-        )));
-        assert!(admission.admit_at("caller-5", "Encrypt", now).is_ok());
+        assert!(is_throttled(&admission.admit("caller-5", "CreateKey")));
+        assert!(admission.admit("caller-5", "Encrypt").is_ok());
         drop(running);
-        assert!(admission.admit_at("caller-5", "CreateKey", now).is_ok());
+        assert!(admission.admit("caller-5", "CreateKey").is_ok());
+    }
+
+    /// The general rate is taken before the key-generation rate: a key-generating call it
+    /// refuses spends none of the scarcer key-generation rate, and one the key-generation rate
+    /// refuses has spent a request of the general rate.
+    #[test]
+    fn the_general_rate_is_taken_before_the_key_generation_rate() {
+        let (admission, clock) = on_fake_clock(Limits {
+            per_caller: Some(Rate {
+                per_second: 1.0,
+                burst: 2.0,
+            }),
+            key_generation_per_caller: Some(Rate {
+                per_second: 0.01,
+                burst: 1.0,
+            }),
+            ..Limits::default()
+        });
+        let is_refused_by = |result: Result<Admitted, KmsError>, what: &str| matches!(result, Err(KmsError::Throttling(m)) if m.contains(what));
+        assert!(admission.admit("a", "Encrypt").is_ok());
+        assert!(admission.admit("a", "Encrypt").is_ok());
+        assert!(is_refused_by(
+            admission.admit("a", "CreateKey"),
+            " requests "
+        ));
+        clock.advance(Duration::from_secs(1));
+        assert!(admission.admit("a", "CreateKey").is_ok(), "not spent");
+
+        clock.advance(Duration::from_secs(2));
+        assert!(is_refused_by(
+            admission.admit("a", "CreateKey"),
+            "key-generating calls"
+        ));
+        assert!(admission.admit("a", "Encrypt").is_ok());
+        assert!(is_refused_by(admission.admit("a", "Encrypt"), " requests "));
     }
 }

@@ -5,9 +5,17 @@
 //!
 //! Names and labels carry RPC and operation names only: never a key id, principal or byte of
 //! a request.
+//!
+//! The registry, counters, histograms and the text format (0.0.4) are the Prometheus project's
+//! `prometheus-client`; the gauges read at scrape time are a collector of its. Its text differs
+//! from what kmsd wrote by hand before in ways no scraper sees, with the same names, labels,
+//! HELP texts and buckets: the series of a family come in no fixed order (they were sorted); a
+//! family with no series yet is left out, HELP and TYPE too (`kms_refused_connections_total`
+//! before the first refusal); a histogram's `_sum` that is a whole number ends in `.0` (`5.0`,
+//! was `5`), and one below a microsecond has an exponent (`1e-7`). The tests pin the rest, line
+//! for line, against the hand-written text.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -17,6 +25,15 @@ use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, GaugeValueEncoder, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -39,71 +56,117 @@ pub struct Gauge {
 /// Where gauges come from: called at every scrape, on a blocking thread.
 pub type GaugeSource = Box<dyn Fn() -> Vec<Gauge> + Send + Sync>;
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum_seconds: f64,
+/// The labels of `kms_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcOutcome {
+    rpc: &'static str,
+    outcome: &'static str,
 }
 
-impl Histogram {
-    fn observe(&mut self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        for (bucket, bound) in self.buckets.iter_mut().zip(BUCKETS) {
-            if seconds <= bound {
-                *bucket += 1;
-            }
-        }
-        self.count += 1;
-        self.sum_seconds += seconds;
-    }
-
-    fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
-        for (count, bound) in self.buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {count}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {count}\n\
-             {name}_sum{{{label}=\"{value}\"}} {sum}\n\
-             {name}_count{{{label}=\"{value}\"}} {count}",
-            count = self.count,
-            sum = self.sum_seconds,
-        );
-    }
+/// The label of `kms_request_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Rpc {
+    rpc: &'static str,
 }
 
-#[derive(Default)]
-struct Counters {
-    /// Requests by (RPC, outcome).
-    requests: BTreeMap<(&'static str, &'static str), u64>,
-    /// Latency by RPC.
-    latency: BTreeMap<&'static str, Histogram>,
-    /// HSM calls by operation: latency, and the count of failures.
-    hsm: BTreeMap<&'static str, (Histogram, u64)>,
-    /// Connections refused before any request, by reason.
-    refused_connections: BTreeMap<&'static str, u64>,
+/// The label of the HSM's metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Operation {
+    operation: &'static str,
+}
+
+/// The label of `kms_refused_connections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+/// Latency histograms, one per label set.
+type Latency<S> = Family<S, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
 /// The metrics of one kmsd.
-#[derive(Default)]
 pub struct Metrics {
-    counters: Mutex<Counters>,
-    gauges: Mutex<Vec<GaugeSource>>,
+    registry: Registry,
+    requests: Family<RpcOutcome, Counter>,
+    latency: Latency<Rpc>,
+    hsm_calls: Family<Operation, Counter>,
+    hsm_errors: Family<Operation, Counter>,
+    hsm_latency: Latency<Operation>,
+    refused_connections: Family<Reason, Counter>,
+    gauges: Arc<GaugeSources>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 impl Metrics {
     /// Metrics with no gauges yet.
     pub fn new() -> Self {
-        Metrics::default()
+        let requests = Family::default();
+        let latency = Latency::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let hsm_calls = Family::default();
+        let hsm_errors = Family::default();
+        let hsm_latency = Latency::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let refused_connections = Family::default();
+        let gauges = Arc::new(GaugeSources::default());
+        // The library adds a counter's `_total` and a full stop to each HELP text; the order
+        // of registration is the order of the exposition.
+        let mut registry = Registry::default();
+        registry.register(
+            "kms_requests",
+            "gRPC requests by RPC and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "kms_request_duration_seconds",
+            "gRPC request latency by RPC",
+            latency.clone(),
+        );
+        registry.register(
+            "kms_hsm_calls",
+            "Calls made to the HSM, by operation",
+            hsm_calls.clone(),
+        );
+        registry.register(
+            "kms_hsm_errors",
+            "HSM calls that failed, by operation",
+            hsm_errors.clone(),
+        );
+        registry.register(
+            "kms_refused_connections",
+            "Connections refused before any request (failed TLS handshakes, the connection \
+             limit), by reason",
+            refused_connections.clone(),
+        );
+        registry.register(
+            "kms_hsm_call_duration_seconds",
+            "HSM call latency by operation (without the wait for a session)",
+            hsm_latency.clone(),
+        );
+        registry.register_collector(Box::new(Arc::clone(&gauges)));
+        Metrics {
+            registry,
+            requests,
+            latency,
+            hsm_calls,
+            hsm_errors,
+            hsm_latency,
+            refused_connections,
+            gauges,
+        }
     }
 
     /// Adds gauges read from `source` at every scrape.
     pub fn add_gauges(&self, source: GaugeSource) {
         self.gauges
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(source);
@@ -112,9 +175,12 @@ impl Metrics {
     /// Records one request: its RPC, outcome (`success`, `denied`, `failed`, `throttled`) and
     /// how long it took.
     pub fn record(&self, rpc: &'static str, outcome: &'static str, elapsed: Duration) {
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        *counters.requests.entry((rpc, outcome)).or_default() += 1;
-        counters.latency.entry(rpc).or_default().observe(elapsed);
+        self.requests
+            .get_or_create(&RpcOutcome { rpc, outcome })
+            .inc();
+        self.latency
+            .get_or_create(&Rpc { rpc })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The HSM call observer (for kms-hsm) that records into these metrics.
@@ -126,102 +192,79 @@ impl Metrics {
     /// Records one HSM call: its operation, how long it took, whether it succeeded (kms-hsm's
     /// call observer).
     pub fn record_hsm_call(&self, operation: &'static str, elapsed: Duration, ok: bool) {
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        let (histogram, errors) = counters.hsm.entry(operation).or_default();
-        histogram.observe(elapsed);
+        // Three series updated one after the other: a scrape between them may see the call
+        // counted in one and not yet in another.
+        let labels = Operation { operation };
+        self.hsm_latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        self.hsm_calls.get_or_create(&labels).inc();
+        // An operation's error count is shown from its first call, at 0 until one fails.
+        let errors = self.hsm_errors.get_or_create(&labels);
         if !ok {
-            *errors += 1;
+            errors.inc();
         }
     }
 
     /// Records a connection refused before any request: a failed or timed-out TLS handshake,
     /// or the connection limit. `reason` is one of a few fixed words.
     pub fn record_refused_connection(&self, reason: &'static str) {
-        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        *counters.refused_connections.entry(reason).or_default() += 1;
+        self.refused_connections
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(&self) -> String {
+    pub fn render(&self) -> Result<String, fmt::Error> {
         let mut out = String::new();
-        {
-            let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-            out.push_str("# HELP kms_requests_total gRPC requests by RPC and outcome.\n");
-            out.push_str("# TYPE kms_requests_total counter\n");
-            for ((rpc, outcome), count) in &counters.requests {
-                let _ = writeln!(
-                    out,
-                    "kms_requests_total{{rpc=\"{rpc}\",outcome=\"{outcome}\"}} {count}"
-                );
-            }
-            out.push_str("# HELP kms_request_duration_seconds gRPC request latency by RPC.\n");
-            out.push_str("# TYPE kms_request_duration_seconds histogram\n");
-            for (rpc, histogram) in &counters.latency {
-                histogram.render(&mut out, "kms_request_duration_seconds", "rpc", rpc);
-            }
-            out.push_str("# HELP kms_hsm_calls_total Calls made to the HSM, by operation.\n");
-            out.push_str("# TYPE kms_hsm_calls_total counter\n");
-            for (operation, (histogram, _)) in &counters.hsm {
-                let _ = writeln!(
-                    out,
-                    "kms_hsm_calls_total{{operation=\"{operation}\"}} {}",
-                    histogram.count
-                );
-            }
-            out.push_str("# HELP kms_hsm_errors_total HSM calls that failed, by operation.\n");
-            out.push_str("# TYPE kms_hsm_errors_total counter\n");
-            for (operation, (_, errors)) in &counters.hsm {
-                let _ = writeln!(
-                    out,
-                    "kms_hsm_errors_total{{operation=\"{operation}\"}} {errors}"
-                );
-            }
-            out.push_str(
-                "# HELP kms_refused_connections_total Connections refused before any request \
-                 (failed TLS handshakes, the connection limit), by reason.\n",
-            );
-            out.push_str("# TYPE kms_refused_connections_total counter\n");
-            for (reason, count) in &counters.refused_connections {
-                let _ = writeln!(
-                    out,
-                    "kms_refused_connections_total{{reason=\"{reason}\"}} {count}"
-                );
-            }
-            out.push_str(
-                "# HELP kms_hsm_call_duration_seconds HSM call latency by operation (without \
-                 the wait for a session).\n",
-            );
-            out.push_str("# TYPE kms_hsm_call_duration_seconds histogram\n");
-            for (operation, (histogram, _)) in &counters.hsm {
-                histogram.render(
-                    &mut out,
-                    "kms_hsm_call_duration_seconds",
-                    "operation",
-                    operation,
-                );
-            }
-        }
-        let gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
-        for gauge in gauges.iter().flat_map(|source| source()) {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge",
-                name = gauge.name,
-                help = gauge.help
-            );
+        prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The gauge sources, a collector the registry asks at every scrape.
+#[derive(Default)]
+struct GaugeSources(Mutex<Vec<GaugeSource>>);
+
+impl fmt::Debug for GaugeSources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GaugeSources")
+    }
+}
+
+impl Collector for GaugeSources {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let sources = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for gauge in sources.iter().flat_map(|source| source()) {
+            let mut family =
+                encoder.encode_descriptor(gauge.name, gauge.help, None, MetricType::Gauge)?;
             for (label, value) in gauge.samples {
+                let value = GaugeValue(value);
                 match label {
-                    Some((label, label_value)) => {
-                        let _ =
-                            writeln!(out, "{}{{{label}=\"{label_value}\"}} {value}", gauge.name);
-                    }
-                    None => {
-                        let _ = writeln!(out, "{} {value}", gauge.name);
-                    }
+                    Some(label) => family.encode_family(&[label])?.encode_gauge(&value)?,
+                    None => family.encode_gauge(&value)?,
                 }
             }
         }
-        out
+        Ok(())
+    }
+}
+
+/// A gauge's value, written as a whole number when it is one (`4`, not `4.0`), as kmsd
+/// always wrote its gauges (they are counts).
+struct GaugeValue(f64);
+
+impl EncodeGaugeValue for GaugeValue {
+    fn encode(&self, encoder: &mut GaugeValueEncoder) -> Result<(), fmt::Error> {
+        /// 2^53: every whole number below it is exact in an f64 and in an i64.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        let value = self.0;
+        if value.fract() == 0.0 && value.abs() < EXACT {
+            #[allow(clippy::cast_possible_truncation, reason = "whole and below 2^53")]
+            EncodeGaugeValue::encode(&(value as i64), encoder)
+        } else {
+            EncodeGaugeValue::encode(&value, encoder)
+        }
     }
 }
 
@@ -275,10 +318,12 @@ async fn answer(
             // Gauges may read the store: not on an async worker.
             let rendered = tokio::task::spawn_blocking(move || metrics.render()).await;
             match rendered {
-                Ok(body) => Response::builder()
+                Ok(Ok(body)) => Response::builder()
                     .header("content-type", "text/plain; version=0.0.4")
                     .body(Full::new(Bytes::from(body))),
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot render metrics\n"),
+                Ok(Err(_)) | Err(_) => {
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "cannot render metrics\n")
+                }
             }
         }
         "/livez" => text(StatusCode::OK, "ok\n"),
@@ -306,7 +351,7 @@ mod tests {
         metrics.record("Encrypt", "failed", Duration::from_millis(3));
         metrics.record_hsm_call("hmac", Duration::from_micros(100), true);
         metrics.record_hsm_call("hmac", Duration::from_millis(2), false);
-        let text = metrics.render();
+        let text = metrics.render().unwrap();
         for line in [
             "kms_requests_total{rpc=\"Encrypt\",outcome=\"success\"} 1",
             "kms_requests_total{rpc=\"Encrypt\",outcome=\"failed\"} 1",
@@ -322,6 +367,163 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
         }
+    }
+
+    /// The exposition kmsd wrote by hand before it used prometheus-client, for these
+    /// observations, line for line: the same families in the same order, with the same HELP,
+    /// TYPE, names, labels, buckets and values. Only the order of the series within a family
+    /// may differ (it was sorted), so each family's samples are compared sorted.
+    const HAND_WRITTEN: &str = r#"# HELP kms_requests_total gRPC requests by RPC and outcome.
+# TYPE kms_requests_total counter
+kms_requests_total{rpc="Decrypt",outcome="success"} 1
+kms_requests_total{rpc="Encrypt",outcome="failed"} 1
+kms_requests_total{rpc="Encrypt",outcome="success"} 1
+# HELP kms_request_duration_seconds gRPC request latency by RPC.
+# TYPE kms_request_duration_seconds histogram
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.00025"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.0005"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.001"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.002"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.004"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.008"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.016"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.032"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.064"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.128"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.256"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="0.512"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="1.024"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="4.096"} 0
+kms_request_duration_seconds_bucket{rpc="Decrypt",le="+Inf"} 1
+kms_request_duration_seconds_sum{rpc="Decrypt"} 5.5
+kms_request_duration_seconds_count{rpc="Decrypt"} 1
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.00025"} 0
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.0005"} 0
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.001"} 0
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.002"} 0
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.004"} 0
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.008"} 0
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.016"} 0
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.032"} 0
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.064"} 0
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.128"} 0
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.256"} 1
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="0.512"} 2
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="1.024"} 2
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="4.096"} 2
+kms_request_duration_seconds_bucket{rpc="Encrypt",le="+Inf"} 2
+kms_request_duration_seconds_sum{rpc="Encrypt"} 0.75
+kms_request_duration_seconds_count{rpc="Encrypt"} 2
+# HELP kms_hsm_calls_total Calls made to the HSM, by operation.
+# TYPE kms_hsm_calls_total counter
+kms_hsm_calls_total{operation="hmac"} 2
+# HELP kms_hsm_errors_total HSM calls that failed, by operation.
+# TYPE kms_hsm_errors_total counter
+kms_hsm_errors_total{operation="hmac"} 1
+# HELP kms_refused_connections_total Connections refused before any request (failed TLS handshakes, the connection limit), by reason.
+# TYPE kms_refused_connections_total counter
+kms_refused_connections_total{reason="handshake"} 1
+# HELP kms_hsm_call_duration_seconds HSM call latency by operation (without the wait for a session).
+# TYPE kms_hsm_call_duration_seconds histogram
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.00025"} 0
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.0005"} 0
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.001"} 1
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.002"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.004"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.008"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.016"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.032"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.064"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.128"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.256"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="0.512"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="1.024"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="4.096"} 2
+kms_hsm_call_duration_seconds_bucket{operation="hmac",le="+Inf"} 2
+kms_hsm_call_duration_seconds_sum{operation="hmac"} 0.003
+kms_hsm_call_duration_seconds_count{operation="hmac"} 2
+# HELP kms_hsm_connected 1 while connected, else 0.
+# TYPE kms_hsm_connected gauge
+kms_hsm_connected 1
+# HELP kms_hsm_sessions Sessions by state.
+# TYPE kms_hsm_sessions gauge
+kms_hsm_sessions{state="open"} 2
+kms_hsm_sessions{state="in_use"} 0
+# HELP kms_ratio A fraction.
+# TYPE kms_ratio gauge
+kms_ratio 0.5
+# HELP kms_keys Keys by state.
+# TYPE kms_keys gauge
+"#;
+
+    /// `text` with the samples of each family sorted, HELP and TYPE first.
+    fn sorted_by_family(text: &str) -> Vec<Vec<&str>> {
+        let mut families: Vec<Vec<&str>> = Vec::new();
+        for line in text.lines() {
+            match families.last_mut() {
+                Some(family) if !line.starts_with("# HELP") => family.push(line),
+                _ => families.push(vec![line]),
+            }
+        }
+        for family in &mut families {
+            family[2..].sort_unstable();
+        }
+        families
+    }
+
+    #[test]
+    fn the_exposition_is_the_one_kmsd_wrote_by_hand() {
+        let metrics = Metrics::new();
+        metrics.add_gauges(Box::new(|| {
+            vec![
+                Gauge {
+                    name: "kms_hsm_connected",
+                    help: "1 while connected, else 0.",
+                    samples: vec![(None, 1.0)],
+                },
+                Gauge {
+                    name: "kms_hsm_sessions",
+                    help: "Sessions by state.",
+                    samples: vec![
+                        (Some(("state", "open")), 2.0),
+                        (Some(("state", "in_use")), 0.0),
+                    ],
+                },
+            ]
+        }));
+        metrics.add_gauges(Box::new(|| {
+            vec![
+                Gauge {
+                    name: "kms_ratio",
+                    help: "A fraction.",
+                    samples: vec![(None, 0.5)],
+                },
+                Gauge {
+                    name: "kms_keys",
+                    help: "Keys by state.",
+                    samples: vec![],
+                },
+            ]
+        }));
+        metrics.record("Encrypt", "success", Duration::from_millis(500));
+        metrics.record("Encrypt", "failed", Duration::from_millis(250));
+        metrics.record("Decrypt", "success", Duration::from_millis(5_500));
+        metrics.record_hsm_call("hmac", Duration::from_millis(1), true);
+        metrics.record_hsm_call("hmac", Duration::from_millis(2), false);
+        metrics.record_refused_connection("handshake");
+        let text = metrics.render().unwrap();
+        assert_eq!(
+            sorted_by_family(&text),
+            sorted_by_family(HAND_WRITTEN),
+            "\n{text}"
+        );
+    }
+
+    /// A family with no series yet is left out, HELP and TYPE too (the hand-written
+    /// exposition listed them empty).
+    #[test]
+    fn families_without_series_are_left_out() {
+        assert_eq!(Metrics::new().render().unwrap(), "");
     }
 
     #[tokio::test]
