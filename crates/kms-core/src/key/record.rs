@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     EncryptionAlgorithm, ImportParameters, ImportState, KeyMaterial, KeySpec, KeyState, KeyUsage,
-    KeyVersion, MacAlgorithm, Origin, VersionSource,
+    KeyVersion, MacAlgorithm, Origin, PendingDeletion, RotationSchedule, VersionSource,
 };
 use crate::asymmetric::SigningAlgorithm;
 use crate::error::KmsError;
@@ -73,98 +73,6 @@ pub struct KeyRecord {
     /// For EXTERNAL keys: what is known about the imported material.
     #[serde(default)]
     import: Option<ImportState>,
-}
-
-/// `days` if it lies in `range`, else a ValidationException naming `field`.
-fn days_in_range(
-    field: &str,
-    days: u32,
-    range: std::ops::RangeInclusive<u32>,
-) -> Result<u32, KmsError> {
-    if range.contains(&days) {
-        Ok(days)
-    } else {
-        Err(KmsError::validation(format!(
-            "{field} must be {} to {}, got {days}",
-            range.start(),
-            range.end()
-        )))
-    }
-}
-
-/// `days` whole days after `now_ms`, in Unix milliseconds.
-fn days_after(now_ms: i64, days: u32) -> i64 {
-    now_ms.saturating_add(i64::from(days) * 86_400_000)
-}
-
-/// A scheduled deletion.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct PendingDeletion {
-    /// When the key will be destroyed, in Unix milliseconds.
-    pub deletion_date_ms: i64,
-    /// The waiting period that was asked for, 7..=30 days.
-    pub window_days: u32,
-}
-
-impl PendingDeletion {
-    /// The shortest waiting period.
-    pub const MIN_DAYS: u32 = 7;
-    /// The longest (and default) waiting period.
-    pub const MAX_DAYS: u32 = 30;
-
-    /// A deletion `window_days` (default 30) after `now_ms`.
-    pub fn new(window_days: Option<u32>, now_ms: i64) -> Result<Self, KmsError> {
-        let window_days = days_in_range(
-            "pending_window_in_days",
-            window_days.unwrap_or(Self::MAX_DAYS),
-            Self::MIN_DAYS..=Self::MAX_DAYS,
-        )?;
-        Ok(PendingDeletion {
-            deletion_date_ms: days_after(now_ms, window_days),
-            window_days,
-        })
-    }
-}
-
-/// When a key rotates by itself.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct RotationSchedule {
-    /// Days between rotations, 90..=2560.
-    pub period_days: u32,
-    /// When the next rotation is due, in Unix milliseconds.
-    pub next_rotation_ms: i64,
-}
-
-impl RotationSchedule {
-    /// The shortest period.
-    pub const MIN_DAYS: u32 = 90;
-    /// The longest period.
-    pub const MAX_DAYS: u32 = 2560;
-    /// The period when none is given.
-    pub const DEFAULT_DAYS: u32 = 365;
-
-    /// A schedule of `period_days` (default 365) whose first rotation is due one period after
-    /// `now_ms`.
-    pub fn new(period_days: Option<u32>, now_ms: i64) -> Result<Self, KmsError> {
-        let period_days = days_in_range(
-            "rotation_period_in_days",
-            period_days.unwrap_or(Self::DEFAULT_DAYS),
-            Self::MIN_DAYS..=Self::MAX_DAYS,
-        )?;
-        Ok(RotationSchedule {
-            period_days,
-            next_rotation_ms: days_after(now_ms, period_days),
-        })
-    }
-
-    /// The schedule after a rotation at `now_ms`.
-    #[must_use]
-    pub fn after_rotation(self, now_ms: i64) -> Self {
-        RotationSchedule {
-            next_rotation_ms: days_after(now_ms, self.period_days),
-            ..self
-        }
-    }
 }
 
 /// Reading the record.
