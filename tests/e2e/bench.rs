@@ -114,6 +114,100 @@ fn the_bench_shows_one_hsm_derivation_per_operation_and_the_limits() {
     );
 }
 
+/// The `--populate` arguments of a short bench run against `endpoint`.
+fn populate_args(endpoint: &str, keys: usize) -> Vec<String> {
+    [
+        "--endpoint",
+        endpoint,
+        "--populate",
+        &keys.to_string(),
+        "--concurrency",
+        "1",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0",
+        "--ops",
+        "empty",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn populate_shows_progress_on_stderr_and_keeps_stdout_for_the_report() {
+    let env = TestEnv::new();
+    let kmsd = env
+        .start_with(&env.bulk_key_args(), &[])
+        .unwrap_or_else(|log| panic!("kmsd did not start:\n{log}"));
+
+    // stderr is not a terminal: no bar and no escape codes anywhere; stdout has the total.
+    let out = Command::new(bin("kms-bench"))
+        .args(populate_args(&kmsd.endpoint, 30))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let populate: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("populate:"))
+        .collect();
+    assert_eq!(populate.len(), 1, "{stdout}");
+    assert!(
+        populate[0].starts_with("populate: created 30 keys in "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("concurrent client(s)"), "{stdout}");
+    assert!(
+        !stdout.contains('\x1b') && !stderr.contains('\x1b'),
+        "{stderr}"
+    );
+    // 30 fillers, and the bench's own two keys.
+    let mut c = kmsd.client().await;
+    assert_eq!(c.list_all_keys().await.unwrap().len(), 32);
+
+    // stderr is a terminal (util-linux `script` gives it a pty; stdout goes to a file): a bar
+    // is drawn there, and stdout is the same report as above.
+    let stdout_file = env.path().join("bench.out");
+    let args: Vec<String> = populate_args(&kmsd.endpoint, 30)
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect();
+    let out = Command::new("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(format!(
+            "'{}' {} > '{}'",
+            bin("kms-bench").display(),
+            args.join(" "),
+            stdout_file.display()
+        ))
+        .arg("/dev/null")
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{terminal}");
+    assert!(
+        terminal.contains("populate: ["),
+        "no bar on the terminal: {terminal:?}"
+    );
+    assert!(terminal.contains("/30 keys"), "{terminal:?}");
+    let stdout = std::fs::read_to_string(&stdout_file).unwrap();
+    assert!(!stdout.contains('\x1b'), "{stdout:?}");
+    let populate: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("populate:"))
+        .collect();
+    assert_eq!(populate.len(), 1, "{stdout}");
+    assert!(
+        populate[0].starts_with("populate: created 30 keys in "),
+        "{stdout}"
+    );
+    assert_eq!(c.list_all_keys().await.unwrap().len(), 64);
+}
+
 /// The HTTP status of a GET of `url`.
 fn http_status(url: &str) -> String {
     let out = Command::new("curl")

@@ -254,3 +254,101 @@ async fn kmsctl_runs_every_key_operation() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFoundException"));
 }
+
+/// The subcommands `kmsctl --help` lists (without `help`).
+fn listed_subcommands() -> Vec<String> {
+    let out = std::process::Command::new(kms_e2e::bin("kmsctl"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let commands = help
+        .split("Commands:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_else(|| panic!("no command list in:\n{help}"));
+    // A name is indented by two spaces; a wrapped description, by more.
+    commands
+        .lines()
+        .filter(|line| line.starts_with("  ") && !line.starts_with("   "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn kmsctl_prints_a_bash_completion_script_naming_every_subcommand() {
+    let out = std::process::Command::new(kms_e2e::bin("kmsctl"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty());
+    let script = String::from_utf8(out.stdout).unwrap();
+    let subcommands = listed_subcommands();
+    assert!(subcommands.len() > 30, "{subcommands:?}");
+    for name in [
+        "completions",
+        "create-key",
+        "schedule-key-deletion",
+        "audit",
+    ] {
+        assert!(subcommands.iter().any(|s| s == name), "{subcommands:?}");
+    }
+    // What `kmsctl <TAB>` offers: the global options and exactly the subcommands.
+    let top_level = script
+        .lines()
+        .find(|l| l.contains("opts=\"") && l.contains("--endpoint"))
+        .unwrap_or_else(|| panic!("no top-level completions in:\n{script}"));
+    let offered: Vec<&str> = top_level
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .filter(|w| !w.starts_with('-') && *w != "help")
+        .collect();
+    assert_eq!(offered, subcommands);
+
+    // bash reads it and registers the completion of kmsctl.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kmsctl.bash");
+    std::fs::write(&file, &script).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1" && complete -p kmsctl"#)
+        .arg("bash")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let registered = String::from_utf8_lossy(&out.stdout);
+    assert!(registered.contains("-F _kmsctl"), "{registered}");
+    assert!(registered.trim_end().ends_with(" kmsctl"), "{registered}");
+}
+
+#[test]
+fn kmsctl_completions_refuses_an_unknown_shell_as_a_usage_error() {
+    let out = std::process::Command::new(kms_e2e::bin("kmsctl"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    // clap's usage errors exit with 2 (kmsctl's own errors with 1).
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid value 'tcsh'"), "{stderr}");
+    assert!(
+        stderr.contains("possible values: bash, elvish, fish, powershell, zsh"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,6 @@
-//! kmsctl with RSA, ECC and HMAC keys and imported key material, checked against OpenSSL: its
-//! signatures verify with `openssl dgst` and the key `get-public-key` prints, it decrypts what
-//! `openssl pkeyutl` encrypts, and material wrapped by OpenSSL imports.
+//! kmsctl with RSA, ECC and HMAC keys, checked against OpenSSL: its signatures verify with
+//! `openssl dgst` and the key `get-public-key` prints, and it decrypts what `openssl pkeyutl`
+//! encrypts. Also the kmsctl and OpenSSL helpers that `cli_import` shares.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,7 +11,7 @@ use kms_e2e::{Kmsd, TestEnv};
 use serde_json::Value;
 
 /// Asserts that kmsctl succeeded; returns its stdout.
-fn ok(out: &Output) -> Vec<u8> {
+pub(crate) fn ok(out: &Output) -> Vec<u8> {
     assert!(
         out.status.success(),
         "kmsctl failed ({}): {}",
@@ -22,14 +22,14 @@ fn ok(out: &Output) -> Vec<u8> {
 }
 
 /// Asserts that kmsctl succeeded with JSON on stdout; returns it.
-fn json(out: &Output) -> Value {
+pub(crate) fn json(out: &Output) -> Value {
     let stdout = ok(out);
     serde_json::from_slice(&stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&stdout)))
 }
 
 /// Asserts that kmsctl exited 1 with `reason` on stderr and nothing on stdout; returns stderr.
-fn fails(out: &Output, reason: &str) -> String {
+pub(crate) fn fails(out: &Output, reason: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "expected {reason}: {stderr}");
     assert!(stderr.contains(reason), "expected {reason}: {stderr}");
@@ -41,19 +41,19 @@ fn fails(out: &Output, reason: &str) -> String {
     stderr
 }
 
-fn path(p: &Path) -> String {
+pub(crate) fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
 /// Runs OpenSSL; a missing binary fails the test (deploy/install-deps.sh installs it).
-fn openssl(args: &[&str]) -> Output {
+pub(crate) fn openssl(args: &[&str]) -> Output {
     Command::new("openssl")
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("openssl (deploy/install-deps.sh installs it): {e}"))
 }
 
-fn openssl_ok(args: &[&str]) -> Vec<u8> {
+pub(crate) fn openssl_ok(args: &[&str]) -> Vec<u8> {
     let out = openssl(args);
     assert!(
         out.status.success(),
@@ -65,7 +65,7 @@ fn openssl_ok(args: &[&str]) -> Vec<u8> {
 }
 
 /// `create-key` with `flags`; returns the key id after checking the spec it reports.
-fn create_key(kmsd: &Kmsd, spec: &str, flags: &[&str]) -> String {
+pub(crate) fn create_key(kmsd: &Kmsd, spec: &str, flags: &[&str]) -> String {
     let mut args = vec!["--output", "json", "create-key", "--key-spec", spec];
     args.extend_from_slice(flags);
     let created = json(&kmsd.kmsctl(&args, b""));
@@ -73,12 +73,12 @@ fn create_key(kmsd: &Kmsd, spec: &str, flags: &[&str]) -> String {
     created["key_id"].as_str().unwrap().to_owned()
 }
 
-fn describe(kmsd: &Kmsd, key: &str) -> Value {
+pub(crate) fn describe(kmsd: &Kmsd, key: &str) -> Value {
     json(&kmsd.kmsctl(&["--output", "json", "describe-key", "--key", key], b""))
 }
 
 /// A message with every byte value, NULs and newlines included.
-fn binary_message(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn binary_message(dir: &Path, name: &str) -> PathBuf {
     let file = dir.join(name);
     let message: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     std::fs::write(&file, message).unwrap();
@@ -641,273 +641,4 @@ fn hmac_keys_generate_and_verify_macs() {
         b"",
     );
     fails(&out, "InvalidKeyUsageException");
-}
-
-/// `import-key-material --material FILE` with RSAES_OAEP_SHA_1, which every HSM (SoftHSM2 2.6
-/// included) unwraps; returns kmsctl's output.
-fn import_sha1(kmsd: &Kmsd, key: &str, material: &Path) -> Output {
-    kmsd.kmsctl(
-        &[
-            "--output",
-            "json",
-            "import-key-material",
-            "--key",
-            key,
-            "--material",
-            &path(material),
-            "--wrapping-algorithm",
-            "RSAES_OAEP_SHA_1",
-            "--wrapping-key-spec",
-            "RSA_3072",
-        ],
-        b"",
-    )
-}
-
-#[test]
-fn imported_key_material_encrypts_and_can_only_come_back_the_same() {
-    let env = TestEnv::new();
-    let kmsd = env.start();
-    let key = create_key(&kmsd, "SYMMETRIC_DEFAULT", &["--origin", "EXTERNAL"]);
-    let described = describe(&kmsd, &key);
-    assert_eq!(described["key_state"], "PendingImport");
-    assert_eq!(described["origin"], "EXTERNAL");
-    fails(
-        &kmsd.kmsctl(&["encrypt", "--key", &key], b"x"),
-        "KMSInvalidStateException",
-    );
-
-    let material = env.path().join("material.bin");
-    std::fs::write(&material, (1..=32u8).collect::<Vec<_>>()).unwrap();
-
-    // Material of the wrong length is refused by kmsctl, before any call.
-    let short = env.path().join("short.bin");
-    std::fs::write(&short, [9u8; 16]).unwrap();
-    let stderr = fails(&import_sha1(&kmsd, &key, &short), "exactly 32 bytes");
-    assert!(!stderr.contains("Exception"), "{stderr}");
-    assert_eq!(describe(&kmsd, &key)["key_state"], "PendingImport");
-
-    // The default wrapping algorithm, RSAES_OAEP_SHA_256: real HSMs unwrap with it, SoftHSM2
-    // 2.6 does not, and then kmsctl says what to do.
-    let out = kmsd.kmsctl(
-        &[
-            "import-key-material",
-            "--key",
-            &key,
-            "--material",
-            &path(&material),
-        ],
-        b"",
-    );
-    if out.status.success() {
-        assert_eq!(describe(&kmsd, &key)["key_state"], "Enabled");
-        ok(&kmsd.kmsctl(&["delete-imported-key-material", "--key", &key], b""));
-    } else {
-        let stderr = fails(&out, "UnsupportedOperationException");
-        assert!(stderr.contains("RSAES_OAEP_SHA_256"), "{stderr}");
-        assert!(
-            stderr.contains("hint: ") && stderr.contains("--wrapping-algorithm RSAES_OAEP_SHA_1"),
-            "{stderr}"
-        );
-    }
-
-    let imported = json(&import_sha1(&kmsd, &key, &material));
-    assert_eq!(imported["key_state"], "Enabled");
-    assert_eq!(imported["expiration_model"], "KEY_MATERIAL_DOES_NOT_EXPIRE");
-    assert_eq!(imported["valid_to"], Value::Null);
-    let plain = b"sealed under imported material";
-    let blob = env.path().join("blob");
-    ok(&kmsd.kmsctl(&["encrypt", "--key", &key, "--out", &path(&blob)], plain));
-    let decrypt = || kmsd.kmsctl(&["decrypt", "--ciphertext-file", &path(&blob)], b"");
-    assert_eq!(ok(&decrypt()), plain);
-
-    // Without material the key is PendingImport and unusable.
-    let deleted = json(&kmsd.kmsctl(
-        &[
-            "--output",
-            "json",
-            "delete-imported-key-material",
-            "--key",
-            &key,
-        ],
-        b"",
-    ));
-    assert_eq!(deleted["key_state"], "PendingImport");
-    assert_eq!(deleted["expiration_model"], Value::Null);
-    fails(
-        &kmsd.kmsctl(&["encrypt", "--key", &key], b"x"),
-        "KMSInvalidStateException",
-    );
-    fails(&decrypt(), "KMSInvalidStateException");
-
-    // Other material can never replace it.
-    let other = env.path().join("other.bin");
-    std::fs::write(&other, [0x5Au8; 32]).unwrap();
-    fails(
-        &import_sha1(&kmsd, &key, &other),
-        "IncorrectKeyMaterialException",
-    );
-    assert_eq!(describe(&kmsd, &key)["key_state"], "PendingImport");
-
-    // The same material, wrapped by OpenSSL with the parameters kmsctl wrote, comes back
-    // with an expiry, and the old blob decrypts again.
-    let params = env.path().join("params");
-    let out = kmsd.kmsctl(
-        &[
-            "--output",
-            "json",
-            "get-parameters-for-import",
-            "--key",
-            &key,
-            "--wrapping-algorithm",
-            "RSAES_OAEP_SHA_1",
-            "--out-dir",
-            &path(&params),
-        ],
-        b"",
-    );
-    let written = json(&out);
-    assert_eq!(written["wrapping_algorithm"], "RSAES_OAEP_SHA_1");
-    assert!(written["parameters_valid_to"].is_string(), "{written}");
-    let wrapping_key = params.join("wrapping-key.der");
-    let token = params.join("import-token.bin");
-    let text = String::from_utf8(openssl_ok(&[
-        "pkey",
-        "-pubin",
-        "-inform",
-        "DER",
-        "-in",
-        &path(&wrapping_key),
-        "-text",
-        "-noout",
-    ]))
-    .unwrap();
-    assert!(
-        text.contains("4096 bit"),
-        "the default wrapping key: {text}"
-    );
-    let wrapped = env.path().join("wrapped.bin");
-    openssl_ok(&[
-        "pkeyutl",
-        "-encrypt",
-        "-pubin",
-        "-keyform",
-        "DER",
-        "-inkey",
-        &path(&wrapping_key),
-        "-pkeyopt",
-        "rsa_padding_mode:oaep",
-        "-pkeyopt",
-        "rsa_oaep_md:sha1",
-        "-pkeyopt",
-        "rsa_mgf1_md:sha1",
-        "-in",
-        &path(&material),
-        "-out",
-        &path(&wrapped),
-    ]);
-    let import_wrapped = |token: &Path| {
-        kmsd.kmsctl(
-            &[
-                "--output",
-                "json",
-                "import-key-material",
-                "--key",
-                &key,
-                "--import-token",
-                &path(token),
-                "--encrypted-material",
-                &path(&wrapped),
-                "--valid-to",
-                "2099-01-01T00:00:00Z",
-            ],
-            b"",
-        )
-    };
-    let mut forged = std::fs::read(&token).unwrap();
-    let last = forged.len() - 1;
-    forged[last] ^= 1;
-    let forged_token = env.path().join("forged-token.bin");
-    std::fs::write(&forged_token, &forged).unwrap();
-    fails(
-        &import_wrapped(&forged_token),
-        "InvalidImportTokenException",
-    );
-
-    let imported = json(&import_wrapped(&token));
-    assert_eq!(imported["key_state"], "Enabled");
-    assert_eq!(imported["expiration_model"], "KEY_MATERIAL_EXPIRES");
-    assert_eq!(imported["valid_to"], "2099-01-01T00:00:00Z");
-    assert_eq!(ok(&decrypt()), plain);
-    let text = String::from_utf8(ok(&kmsd.kmsctl(&["describe-key", "--key", &key], b""))).unwrap();
-    assert!(
-        text.contains("KEY_MATERIAL_EXPIRES") && text.contains("2099-01-01T00:00:00Z"),
-        "{text}"
-    );
-
-    // Keys whose material the HSM generated take none.
-    let generated = create_key(&kmsd, "SYMMETRIC_DEFAULT", &[]);
-    let stderr = fails(
-        &import_sha1(&kmsd, &generated, &material),
-        "--origin EXTERNAL",
-    );
-    assert!(!stderr.contains("Exception"), "{stderr}");
-}
-
-#[test]
-fn imported_hmac_material_macs_as_openssl_does() {
-    let env = TestEnv::new();
-    let kmsd = env.start();
-    for (spec, algorithm, md, len, too_short, too_long) in [
-        ("HMAC_256", "HMAC_SHA_256", "sha256", 48, 31, 65),
-        ("HMAC_512", "HMAC_SHA_512", "sha512", 64, 63, 129),
-    ] {
-        let key = create_key(&kmsd, spec, &["--origin", "EXTERNAL"]);
-        for bad in [too_short, too_long] {
-            let file = env.path().join(format!("{spec}-{bad}.bin"));
-            std::fs::write(&file, vec![1u8; bad]).unwrap();
-            let stderr = fails(&import_sha1(&kmsd, &key, &file), "key material is");
-            assert!(stderr.contains(spec), "{stderr}");
-        }
-        let material: Vec<u8> = (0..len)
-            .map(|i| u8::try_from(i * 7 % 256).unwrap())
-            .collect();
-        let file = env.path().join(format!("{spec}.bin"));
-        std::fs::write(&file, &material).unwrap();
-        let imported = json(&import_sha1(&kmsd, &key, &file));
-        assert_eq!(imported["key_state"], "Enabled");
-
-        let msg = binary_message(env.path(), "message.bin");
-        let mac = ok(&kmsd.kmsctl(
-            &[
-                "generate-mac",
-                "--key",
-                &key,
-                "--algorithm",
-                algorithm,
-                "--message-file",
-                &path(&msg),
-            ],
-            b"",
-        ));
-        let mac = STANDARD
-            .decode(String::from_utf8(mac).unwrap().trim())
-            .unwrap();
-        let hexkey = material.iter().fold(String::new(), |mut hex, b| {
-            use std::fmt::Write as _;
-            write!(hex, "{b:02x}").unwrap();
-            hex
-        });
-        let expected = openssl_ok(&[
-            "dgst",
-            &format!("-{md}"),
-            "-mac",
-            "HMAC",
-            "-macopt",
-            &format!("hexkey:{hexkey}"),
-            "-binary",
-            &path(&msg),
-        ]);
-        assert_eq!(mac, expected, "{spec}: kmsctl's MAC is not OpenSSL's HMAC");
-    }
 }

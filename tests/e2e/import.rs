@@ -290,8 +290,9 @@ async fn imported_material_expires_at_valid_to() {
         Code::InvalidArgument,
         "ValidationException",
     );
+    let valid_to = now.as_secs() + 3;
     request.valid_to = Some(prost_types::Timestamp {
-        seconds: i64::try_from(now.as_secs()).unwrap() + 3,
+        seconds: i64::try_from(valid_to).unwrap(),
         nanos: 0,
     });
     c.import_key_material(request).await.unwrap();
@@ -303,7 +304,27 @@ async fn imported_material_expires_at_valid_to() {
     assert!(described.valid_to.is_some());
     c.encrypt(&key, b"while it lasts", &ctx(&[])).await.unwrap();
 
-    std::thread::sleep(Duration::from_secs(4));
+    // The key turns PendingImport at valid_to: Enabled in every answer to a question asked
+    // before it, PendingImport in the first answer after it.
+    let valid_to = UNIX_EPOCH + Duration::from_secs(valid_to);
+    loop {
+        let asked = SystemTime::now();
+        let state = c.describe_key(&key).await.unwrap().key_state();
+        let answered = SystemTime::now();
+        match state {
+            pb::KeyState::Enabled => assert!(asked < valid_to, "still Enabled after valid_to"),
+            pb::KeyState::PendingImport => {
+                assert!(answered >= valid_to, "expired before valid_to");
+                break;
+            }
+            other => panic!("{other:?} while waiting for the material to expire"),
+        }
+        assert!(
+            answered < valid_to + Duration::from_secs(10),
+            "not expired 10 s after valid_to"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     expect_error(
         c.encrypt(&key, b"too late", &ctx(&[])).await,
         Code::FailedPrecondition,

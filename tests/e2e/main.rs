@@ -12,6 +12,7 @@ mod asymmetric;
 mod auth;
 mod bench;
 mod cli;
+mod cli_import;
 mod cli_keys;
 mod custody;
 mod durability;

@@ -261,6 +261,9 @@ async fn a_key_scheduled_for_deletion_is_gone_after_its_date() {
     );
 }
 
+/// What kmsd logs for each key it deletes.
+const DELETED: &str = "deleted key and destroyed its HSM objects";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_deletions_leaves_nothing_behind_after_restart() {
     let env = TestEnv::new();
@@ -281,25 +284,45 @@ async fn kill_9_during_deletions_leaves_nothing_behind_after_restart() {
     drop(c);
     drop(kmsd);
 
-    // Kill kmsd at different points of its startup deletions, 8 days later: counted from
-    // when it has opened the token, not from its start, so that a slow machine does not kill
-    // it while SoftHSM2 rewrites its token file at login (which kill -9 can leave torn, and
-    // the token unreadable: SoftHSM2's weakness, not what this test is about).
-    for delay_ms in [5, 60, 200] {
+    // Kill kmsd during its startup deletions, 8 days later, at points read from its log: as
+    // soon as it has opened the token (not before: a slow machine could kill it while
+    // SoftHSM2 rewrites its token file at login, which kill -9 can leave torn and the token
+    // unreadable, SoftHSM2's weakness and not what this test is about), then once it has
+    // logged a first deletion, then once it has logged a few more.
+    let mut runs = Vec::new();
+    for kill_after in [0, 1, 5] {
         let mut kmsd = env.spawn_shifted("+8d");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !kmsd.log().contains("opened the HSM token") {
+        loop {
+            let log = kmsd.log();
+            if log.contains("opened the HSM token")
+                && (log.matches(DELETED).count() >= kill_after || log.contains("kmsd listening"))
+            {
+                break;
+            }
             assert!(
                 std::time::Instant::now() < deadline,
-                "kmsd did not open the token"
+                "kmsd did not get there:\n{log}"
             );
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         kmsd.kill9();
+        runs.push(kmsd.log().matches(DELETED).count());
     }
     let kmsd = env.start_shifted("+8d");
     let mut c = kmsd.client().await;
+    runs.push(kmsd.log().matches(DELETED).count());
+    // A kill landed inside the deletions when its kmsd had deleted a key and a later one still
+    // found keys to delete.
+    let inside = (0..runs.len() - 1)
+        .filter(|&i| runs[i] > 0 && runs[i + 1..].iter().sum::<usize>() > 0)
+        .count();
+    eprintln!("keys deleted by each kmsd, the last one not killed: {runs:?}");
+    assert!(
+        inside >= 1,
+        "no kill landed inside the deletions (keys deleted by each kmsd: {runs:?})"
+    );
+    assert!(runs.iter().sum::<usize>() <= doomed.len(), "{runs:?}");
     for key in &doomed {
         expect_error(
             c.describe_key(key).await,

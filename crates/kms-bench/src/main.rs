@@ -16,6 +16,7 @@
 )]
 
 mod hsm;
+mod progress;
 mod report;
 mod rss;
 
@@ -96,6 +97,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// First create this many keys (with 8 clients), so the runs use one key among many.
+    /// Progress goes to stderr: a bar on a terminal, else a line every 10,000 keys.
     #[arg(long, default_value_t = 0)]
     populate: usize,
     /// Sample this process's resident memory (kmsd's pid) every second of every run, and
@@ -225,14 +227,16 @@ async fn fixture(args: &Args) -> anyhow::Result<Fixture> {
     })
 }
 
-/// Creates `count` keys with 8 clients, printing progress.
+/// Creates `count` keys with 8 clients, showing progress on stderr and the total on stdout.
 async fn populate(endpoint: &str, count: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = Arc::new(progress::Progress::start("populate", "keys", count)?);
     let mut workers = Vec::new();
     for _ in 0..8 {
         let mut client = KmsClient::from_channel(channel(endpoint).await?);
         let next = Arc::clone(&next);
+        let progress = Arc::clone(&progress);
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -240,19 +244,19 @@ async fn populate(endpoint: &str, count: usize) -> anyhow::Result<()> {
                     return Ok::<_, anyhow::Error>(());
                 }
                 client.create_key(&format!("kms-bench filler {n}")).await?;
-                if (n + 1).is_multiple_of(10_000) {
-                    println!(
-                        "populate: {} keys, {:.0} s",
-                        n + 1,
-                        started.elapsed().as_secs_f64()
-                    );
-                }
+                progress.inc();
             }
         }));
     }
-    for worker in workers {
-        worker.await??;
+    let finished = async {
+        for worker in workers {
+            worker.await??;
+        }
+        Ok::<_, anyhow::Error>(())
     }
+    .await;
+    progress.finish();
+    finished?;
     println!(
         "populate: created {count} keys in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use kms_client::{ClientError, ClientTls, Context, DataKeySize, KmsClient};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditCommand;
 use crate::import::Hint;
-use crate::io::read_input;
+use crate::io::{read_input, write_output};
 use crate::names::{EncryptionAlgorithmName, KeySpecName, KeyUsageName, OriginName};
 use crate::output::Format;
 use crate::policy::PolicyCommand;
@@ -117,6 +117,14 @@ enum OfflineCommand {
     /// The audit log, read offline from its file.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print a completion script for SHELL to stdout.
+    ///
+    /// E.g. `kmsctl completions bash > /etc/bash_completion.d/kmsctl`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Make a local CA and certificates for trying mutual TLS (not for production).
     DevPki {
         /// Directory of the PEM files (created if missing; an existing CA is reused).
@@ -517,6 +525,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn run_offline(format: Format, command: OfflineCommand) -> anyhow::Result<()> {
     match command {
         OfflineCommand::Audit(command) => audit::run(format, &command),
+        OfflineCommand::Completions { shell } => {
+            // Into a buffer first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kmsctl", &mut script);
+            write_output("-", &script)
+        }
         OfflineCommand::DevPki {
             dir,
             server_names,
@@ -557,5 +571,23 @@ mod tests {
         assert!(parse_context(&["novalue".into()]).is_err());
         assert!(parse_context(&["k=1".into(), "k=2".into()]).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn every_shell_gets_a_script_naming_the_subcommands() {
+        Cli::command().debug_assert();
+        for &shell in clap_complete::Shell::value_variants() {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kmsctl", &mut script);
+            let script = String::from_utf8_lossy(&script);
+            for name in [
+                "create-key",
+                "schedule-key-deletion",
+                "dev-pki",
+                "completions",
+            ] {
+                assert!(script.contains(name), "{shell}: no {name}");
+            }
+        }
     }
 }
