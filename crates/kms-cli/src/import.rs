@@ -28,10 +28,10 @@ use crate::output::{self, Format, print_metadata};
 #[derive(Args)]
 pub struct WrappingArgs {
     /// How the material is wrapped. SoftHSM2 2.6 only unwraps RSAES_OAEP_SHA_1.
-    #[arg(long, value_enum, default_value_t = WrappingAlgorithmName::RsaesOaepSha256)]
+    #[arg(long, value_enum, default_value_t = WrappingAlgorithmName(pb::WrappingAlgorithm::RsaesOaepSha256))]
     wrapping_algorithm: WrappingAlgorithmName,
     /// The size of the RSA wrapping key.
-    #[arg(long, value_enum, default_value_t = WrappingKeySpecName::Rsa4096)]
+    #[arg(long, value_enum, default_value_t = WrappingKeySpecName(pb::WrappingKeySpec::Rsa4096))]
     wrapping_key_spec: WrappingKeySpecName,
 }
 
@@ -148,7 +148,7 @@ async fn parameters(
                 message,
                 ..
             } if reason == "UnsupportedOperationException"
-                && wrapping.wrapping_algorithm == WrappingAlgorithmName::RsaesOaepSha256
+                && wrapping.wrapping_algorithm.0 == pb::WrappingAlgorithm::RsaesOaepSha256
                 && message.contains("RSAES_OAEP_SHA_256") =>
             {
                 Some(Hint(

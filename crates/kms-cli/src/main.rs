@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
-use kms_client::{ClientError, ClientTls, Context, DataKeySize, KmsClient};
+use kms_client::{ClientError, ClientTls, Context, DataKeySize, KmsClient, v1 as pb};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditCommand;
@@ -157,14 +157,14 @@ enum OnlineCommand {
         #[arg(long, default_value = "")]
         description: String,
         /// The type of key material.
-        #[arg(long, value_enum, default_value_t = KeySpecName::SymmetricDefault)]
+        #[arg(long, value_enum, default_value_t = KeySpecName(pb::KeySpec::SymmetricDefault))]
         key_spec: KeySpecName,
         /// What the key is for [default: the server picks from the key spec].
         #[arg(long, value_enum)]
         key_usage: Option<KeyUsageName>,
         /// Where the key material comes from: KMS (generated in the HSM) or EXTERNAL (the key
         /// is PendingImport until import-key-material).
-        #[arg(long, value_enum, default_value_t = OriginName::Kms)]
+        #[arg(long, value_enum, default_value_t = OriginName(pb::OriginType::Kms))]
         origin: OriginName,
         /// A tag KEY=VALUE (repeatable).
         #[arg(long = "tag", value_name = "KEY=VALUE")]
@@ -227,7 +227,7 @@ enum OnlineCommand {
         context: ContextArg,
         /// SYMMETRIC_DEFAULT for symmetric keys; RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256 (no
         /// --context) for RSA ENCRYPT_DECRYPT keys.
-        #[arg(long, value_enum, default_value_t = EncryptionAlgorithmName::SymmetricDefault)]
+        #[arg(long, value_enum, default_value_t = EncryptionAlgorithmName(pb::EncryptionAlgorithm::SymmetricDefault))]
         encryption_algorithm: EncryptionAlgorithmName,
         /// Write the raw blob here instead of printing it in base64.
         #[arg(long, value_name = "FILE")]
@@ -245,7 +245,7 @@ enum OnlineCommand {
         context: ContextArg,
         /// SYMMETRIC_DEFAULT for the service's blobs; RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256
         /// for RSA ciphertexts (needs --key-id, takes no --context).
-        #[arg(long, value_enum, default_value_t = EncryptionAlgorithmName::SymmetricDefault)]
+        #[arg(long, value_enum, default_value_t = EncryptionAlgorithmName(pb::EncryptionAlgorithm::SymmetricDefault))]
         encryption_algorithm: EncryptionAlgorithmName,
         /// Write the plaintext here.
         #[arg(long, value_name = "FILE")]

@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use kms_client::KmsClient;
+use kms_client::{KmsClient, v1 as pb};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -97,7 +97,7 @@ pub struct SignArgs {
     #[arg(long, visible_alias = "signing-algorithm", value_enum)]
     algorithm: SigningAlgorithmName,
     /// RAW: the service hashes the message; DIGEST: the message is the hash.
-    #[arg(long, value_enum, default_value_t = MessageTypeName::Raw)]
+    #[arg(long, value_enum, default_value_t = MessageTypeName(pb::MessageType::Raw))]
     message_type: MessageTypeName,
     #[command(flatten)]
     message: MessageArg,
@@ -114,7 +114,7 @@ pub struct VerifyArgs {
     #[arg(long, visible_alias = "signing-algorithm", value_enum)]
     algorithm: SigningAlgorithmName,
     /// RAW: the service hashes the message; DIGEST: the message is the hash.
-    #[arg(long, value_enum, default_value_t = MessageTypeName::Raw)]
+    #[arg(long, value_enum, default_value_t = MessageTypeName(pb::MessageType::Raw))]
     message_type: MessageTypeName,
     #[command(flatten)]
     message: MessageArg,
