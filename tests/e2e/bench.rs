@@ -134,6 +134,19 @@ fn populate_args(endpoint: &str, keys: usize) -> Vec<String> {
     .to_vec()
 }
 
+/// Fails unless `stdout` has exactly one `populate:` line, the total of `keys` created.
+fn assert_one_populate_total(stdout: &str, keys: usize) {
+    let populate: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("populate:"))
+        .collect();
+    assert_eq!(populate.len(), 1, "{stdout}");
+    assert!(
+        populate[0].starts_with(&format!("populate: created {keys} keys in ")),
+        "{stdout}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn populate_shows_progress_on_stderr_and_keeps_stdout_for_the_report() {
     let env = TestEnv::new();
@@ -149,15 +162,7 @@ async fn populate_shows_progress_on_stderr_and_keeps_stdout_for_the_report() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let populate: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.starts_with("populate:"))
-        .collect();
-    assert_eq!(populate.len(), 1, "{stdout}");
-    assert!(
-        populate[0].starts_with("populate: created 30 keys in "),
-        "{stdout}"
-    );
+    assert_one_populate_total(&stdout, 30);
     assert!(stdout.contains("concurrent client(s)"), "{stdout}");
     assert!(
         !stdout.contains('\x1b') && !stderr.contains('\x1b'),
@@ -196,15 +201,7 @@ async fn populate_shows_progress_on_stderr_and_keeps_stdout_for_the_report() {
     assert!(terminal.contains("/30 keys"), "{terminal:?}");
     let stdout = std::fs::read_to_string(&stdout_file).unwrap();
     assert!(!stdout.contains('\x1b'), "{stdout:?}");
-    let populate: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.starts_with("populate:"))
-        .collect();
-    assert_eq!(populate.len(), 1, "{stdout}");
-    assert!(
-        populate[0].starts_with("populate: created 30 keys in "),
-        "{stdout}"
-    );
+    assert_one_populate_total(&stdout, 30);
     assert_eq!(c.list_all_keys().await.unwrap().len(), 64);
 }
 

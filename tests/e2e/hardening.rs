@@ -316,6 +316,17 @@ async fn a_full_disk_refuses_calls_and_kmsd_recovers_when_space_returns() {
         Code::Internal,
         "KMSInternalException",
     );
+    // Each refused call is logged once, with the cause its caller never sees.
+    let log_text = kmsd.log();
+    let failures: Vec<&str> = log_text
+        .lines()
+        .filter(|l| l.contains("request failed"))
+        .collect();
+    assert_eq!(failures.len(), 2, "{log_text}");
+    assert!(
+        failures.iter().all(|l| l.contains("KMSInternalException")),
+        "{log_text}"
+    );
 
     std::fs::remove_file(&filler).unwrap();
     c.encrypt(&key, b"after", &ctx(&[])).await.unwrap();

@@ -1,10 +1,12 @@
 //! The domain of the key management service.
 //!
-//! Key ids and references, the key model and its states, the encryption-context encoding,
-//! the ciphertext format and the symmetric scheme, the public-key work of RSA and ECC keys
-//! ([`asymmetric`]: Verify, RSA encryption, key encodings — never a private-key operation),
-//! the service logic ([`Kms`]), and the two traits its backends implement: [`KeyStore`] (the
-//! HSM) and [`MetadataStore`] (key metadata).
+//! Key ids and references, the key model ([`key`]) and the record that owns each key's state
+//! machine ([`KeyRecord`]), key policies ([`policy`], parsed once per text), the
+//! encryption-context encoding, the ciphertext format and the symmetric scheme, the public-key
+//! work of RSA and ECC keys ([`asymmetric`]: Verify, RSA encryption, key encodings — never a
+//! private-key operation), the service logic ([`Kms`], one file per capability under
+//! [`service`]), and the traits its backends implement: [`KeyStore`] (the HSM),
+//! [`MetadataStore`] (key metadata) and [`AuditSink`] (the audit log).
 //! The tamper-evident audit log's record format and its offline verifier live in [`audit`]; the
 //! file writer is the kms-audit crate.
 //!

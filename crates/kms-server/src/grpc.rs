@@ -168,8 +168,15 @@ impl KmsGrpc {
             }
             Err(e) => {
                 let _entered = span.enter();
-                if matches!(e, KmsError::Internal(_)) {
-                    error!(error = %ErrorChain(&e), "request failed");
+                // The one log line of a failure the caller cannot fix: the cause, which the
+                // status never carries, under the request's span.
+                if matches!(
+                    e,
+                    KmsError::Internal(_)
+                        | KmsError::KeyUnavailable(_)
+                        | KmsError::DependencyTimeout(_)
+                ) {
+                    error!(reason = e.reason(), error = %ErrorChain(&e), "request failed");
                 }
                 Err(with_request_id(to_status(&e), &request_id))
             }

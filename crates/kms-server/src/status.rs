@@ -9,7 +9,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 pub use kms_proto::ERROR_DOMAIN;
 
 /// The status of `error`: its code, its message, and an `ErrorInfo` whose reason is the AWS
-/// exception name. Internal errors are logged with their cause, which the caller never sees.
+/// exception name. The message never carries an internal error's cause; the call shell
+/// (`grpc.rs`) logs it, once.
 pub fn to_status(error: &KmsError) -> Status {
     let code = match error {
         KmsError::NotFound(_) => Code::NotFound,
@@ -33,12 +34,6 @@ pub fn to_status(error: &KmsError) -> Status {
         }
         KmsError::Internal(_) => Code::Internal,
     };
-    if matches!(
-        error,
-        KmsError::Internal(_) | KmsError::KeyUnavailable(_) | KmsError::DependencyTimeout(_)
-    ) {
-        tracing::error!(reason = error.reason(), error = %ErrorChain(error), "request failed");
-    }
     Status::with_error_details(
         code,
         error.to_string(),
