@@ -38,6 +38,12 @@ macro_rules! handlers {
         $name:ident: $op:ident($req:ident $(,)?) -> $resp:ident
         |$kms:ident, $caller:ident, $r:ident| $body:block
     )*) => {
+        /// Every RPC's operation name, in the table's order: the names of metrics, audit
+        /// records and logs, each the policy action of the same name (ReEncrypt takes two):
+        /// a test holds the table and the action list to each other.
+        #[cfg(test)]
+        pub(crate) const OPERATIONS: &[&str] = &[$(stringify!($op)),*];
+
         #[tonic::async_trait]
         impl KeyManagementService for KmsGrpc {
             $(

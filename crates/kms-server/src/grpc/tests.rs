@@ -438,3 +438,28 @@ async fn requests_over_the_concurrency_limit_are_throttled_unaudited() {
         .collect();
     assert_eq!(ops, ["Slow", "CreateKey"], "the refused call did nothing");
 }
+
+#[test]
+fn every_rpc_is_named_by_its_policy_action_and_every_action_has_its_rpc() {
+    use kms_core::policy::Action;
+    let operations = super::handlers::OPERATIONS;
+    for operation in operations {
+        if *operation == "ReEncrypt" {
+            continue;
+        }
+        assert!(
+            Action::parse(&format!("kms:{operation}")).is_some(),
+            "{operation} is no policy action"
+        );
+    }
+    for action in Action::ALL {
+        let operation = match action {
+            Action::ReEncryptFrom | Action::ReEncryptTo => "ReEncrypt",
+            other => other.name().trim_start_matches("kms:"),
+        };
+        assert!(operations.contains(&operation), "{action} has no RPC");
+    }
+    for operation in crate::limits::KEY_GENERATING {
+        assert!(operations.contains(&operation), "{operation}");
+    }
+}
