@@ -546,8 +546,12 @@ impl KeyRecord {
     }
 
     /// Makes the pending `version`, whose HSM object now exists, current; an automatic
-    /// rotation moves the schedule on by one period from `now_ms`.
+    /// rotation moves the schedule on by one period from `now_ms`. Refused on a deleted key
+    /// (deleted while the HSM made the object).
     pub fn finish_rotation(&mut self, version: u32, now_ms: i64) -> Result<(), KmsError> {
+        if !self.is_visible() {
+            return Err(self.refuse("given a new version"));
+        }
         let Some(new) = self
             .versions
             .iter_mut()
@@ -635,10 +639,11 @@ impl KeyRecord {
         Ok(())
     }
 
-    /// Fails unless the key takes import parameters: EXTERNAL, not pending deletion.
+    /// Fails unless the key takes import parameters: EXTERNAL, visible (not deleted while
+    /// the HSM made the wrapping key), not pending deletion.
     fn check_takes_import_parameters(&self) -> Result<(), KmsError> {
         self.check_external()?;
-        if self.state == KeyState::PendingDeletion {
+        if !self.is_visible() || self.state == KeyState::PendingDeletion {
             return Err(self.refuse("given key material"));
         }
         Ok(())

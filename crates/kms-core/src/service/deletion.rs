@@ -1,7 +1,8 @@
 //! Scheduled deletion: the waiting period, its cancellation, and the final destruction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::{MutexGuard, PoisonError};
 
 use tracing::info;
 
@@ -36,6 +37,12 @@ impl Kms {
     ) -> Result<KeyRecord, KmsError> {
         let now = self.clock.now_millis();
         self.update(caller, key, Action::CancelKeyDeletion, |record| {
+            if self.deletions_under_way().contains(&record.id()) {
+                return Err(KmsError::InvalidState(format!(
+                    "key {} is being deleted: its deletion date has passed",
+                    record.id()
+                )));
+            }
             record.cancel_deletion(now)
         })
     }
@@ -106,10 +113,32 @@ impl Kms {
     /// tombstone. Once due, a deletion can no longer be cancelled, so the HSM work runs
     /// without the write lock; each step is idempotent, so a crash anywhere is finished by
     /// the next run.
+    ///
+    /// A rotation begun before the deletion was scheduled may still be making its version's
+    /// HSM object: the deletion waits for the next run, lest that object outlive the key.
     pub(super) fn delete_now(&self, id: KeyId, now_ms: i64) -> Result<bool, KmsError> {
-        let Some(record) = self.store.get_key(id)?.filter(|r| r.deletion_due(now_ms)) else {
-            return Ok(false);
+        let record = {
+            let _guard = self.write_guard();
+            match self.store.get_key(id)?.filter(|r| r.deletion_due(now_ms)) {
+                Some(record) if !self.pending_versions_under_way(&record) => record,
+                _ => return Ok(false),
+            }
         };
+        self.deletions_under_way().insert(id);
+        let deleted = self.destroy_and_bury(&record, now_ms);
+        self.deletions_under_way().remove(&id);
+        deleted
+    }
+    /// The keys whose due deletion is under way in this process.
+    fn deletions_under_way(&self) -> MutexGuard<'_, HashSet<KeyId>> {
+        self.deletions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+    /// The second half of [`Kms::delete_now`]: removes the aliases of `record`'s key, destroys
+    /// its HSM objects, then writes its tombstone.
+    fn destroy_and_bury(&self, record: &KeyRecord, now_ms: i64) -> Result<bool, KmsError> {
+        let id = record.id;
         self.for_each_alias(|alias| {
             if alias.key_id == id {
                 let _guard = self.write_guard();

@@ -25,6 +25,7 @@ pub use sign::{MacOutput, PublicKeyInfo, SignatureOutput};
 use crypto::{current_version, public_key_of};
 use key_policy::check_no_lockout;
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -383,6 +384,13 @@ pub struct Kms {
     authorization: Authorization,
     /// Key policies, parsed once per text.
     policies: PolicyCache,
+    /// The pending versions whose rotation is under way in this process. A pending version
+    /// not in here is left from a rotation whose cleanup failed: the next rotation or
+    /// deletion of the key removes it, rather than waiting for a restart.
+    rotations: Mutex<HashSet<KeyVersionRef>>,
+    /// The keys whose due deletion is destroying their HSM objects in this process:
+    /// CancelKeyDeletion is refused for them even if the clock stepped back meanwhile.
+    deletions: Mutex<HashSet<KeyId>>,
 }
 
 /// The server-level part of authorization, from the configuration.
@@ -412,6 +420,8 @@ impl Kms {
             alias_count: AtomicUsize::new(0),
             authorization: Authorization::default(),
             policies: PolicyCache::default(),
+            rotations: Mutex::new(HashSet::new()),
+            deletions: Mutex::new(HashSet::new()),
         }
     }
 
@@ -444,6 +454,9 @@ impl Kms {
 
 #[cfg(test)]
 mod faults_tests;
+
+#[cfg(test)]
+mod race_tests;
 
 #[cfg(test)]
 mod test_support;

@@ -1,5 +1,8 @@
 //! Key rotation: on demand (at most ten per key) and automatic, and the list of versions.
 
+use std::collections::HashSet;
+use std::sync::{MutexGuard, PoisonError};
+
 use tracing::{info, warn};
 
 use crate::caller::Caller;
@@ -31,23 +34,73 @@ impl Kms {
         self.make_version(id, next)
     }
     /// Records the next version of `record`, read under the write lock, which the caller
-    /// holds, as pending.
+    /// holds, as pending, and notes its rotation as under way. A pending version whose
+    /// rotation is not under way (its cleanup failed) is removed first, with its HSM object,
+    /// so that it does not block the key's rotations until a restart.
     fn begin_rotation(
         &self,
         mut record: KeyRecord,
         source: VersionSource,
     ) -> Result<(KeyId, u32), KmsError> {
+        for stale in self.stale_pending_versions(&record) {
+            self.hsm.destroy_key_version(stale)?;
+            record.abandon_rotation(stale.version);
+            info!(key_id = %record.id, version = stale.version,
+                "removed a key version whose failed rotation was not cleaned up");
+        }
         let next = record.begin_rotation(source, self.clock.now_millis())?;
         self.store.put_key(&record)?;
+        self.rotations_under_way().insert(KeyVersionRef {
+            key_id: record.id,
+            version: next,
+        });
         Ok((record.id, next))
     }
+    /// The set of pending versions whose rotation is under way in this process.
+    fn rotations_under_way(&self) -> MutexGuard<'_, HashSet<KeyVersionRef>> {
+        self.rotations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+    /// Whether a pending version of `record` has its rotation under way.
+    pub(super) fn pending_versions_under_way(&self, record: &KeyRecord) -> bool {
+        let under_way = self.rotations_under_way();
+        record.versions().iter().filter(|v| v.pending).any(|v| {
+            under_way.contains(&KeyVersionRef {
+                key_id: record.id,
+                version: v.version,
+            })
+        })
+    }
+    /// The pending versions of `record` whose rotation is not under way: left by a rotation
+    /// whose cleanup failed.
+    fn stale_pending_versions(&self, record: &KeyRecord) -> Vec<KeyVersionRef> {
+        let under_way = self.rotations_under_way();
+        record
+            .versions()
+            .iter()
+            .filter(|v| v.pending)
+            .map(|v| KeyVersionRef {
+                key_id: record.id,
+                version: v.version,
+            })
+            .filter(|v| !under_way.contains(v))
+            .collect()
+    }
     /// Makes the HSM object of the pending version `next` of key `id`, then makes the
-    /// version current; if the HSM fails, forgets the version.
-    fn make_version(&self, id: KeyId, next: u32) -> Result<KeyRecord, KmsError> {
+    /// version current; if the HSM fails, forgets the version. The rotation is no longer
+    /// under way once this returns, whatever the outcome.
+    pub(super) fn make_version(&self, id: KeyId, next: u32) -> Result<KeyRecord, KmsError> {
         let object = KeyVersionRef {
             key_id: id,
             version: next,
         };
+        let made = self.make_version_under_way(object);
+        self.rotations_under_way().remove(&object);
+        made
+    }
+    fn make_version_under_way(&self, object: KeyVersionRef) -> Result<KeyRecord, KmsError> {
+        let (id, next) = (object.key_id, object.version);
         if let Err(error) = self
             .hsm
             .create_key_version(object, KeyMaterial::MasterSecret)
@@ -64,12 +117,27 @@ impl Kms {
                 });
             if let Err(cleanup) = cleanup {
                 warn!(key_id = %id, error = %cleanup,
-                    "a failed rotation is left for startup reconciliation");
+                    "a failed rotation is left for the next rotation or startup reconciliation");
             }
             return Err(error.into());
         }
         let now = self.clock.now_millis();
-        let record = self.rewrite(id, |record| record.finish_rotation(next, now))?;
+        let mut refused = false;
+        let finished = self.rewrite(id, |record| {
+            let finished = record.finish_rotation(next, now);
+            refused = finished.is_err();
+            finished
+        });
+        if refused {
+            // The record takes the version no more (the key was deleted meanwhile): its
+            // object must not outlive it. On a store error the record may have taken it, so
+            // the object is kept for reconciliation.
+            if let Err(cleanup) = self.hsm.destroy_key_version(object) {
+                warn!(key_id = %id, error = %cleanup,
+                    "could not destroy the object of a refused rotation");
+            }
+        }
+        let record = finished?;
         info!(key_id = %id, version = next, "rotated key");
         Ok(record)
     }
