@@ -4,6 +4,7 @@
 //! delay, makes the other moves, then checks the record and the HSM agree.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::{CreateKeyInput, Kms};
@@ -378,4 +379,66 @@ fn a_due_deletion_cannot_be_cancelled_even_if_the_clock_steps_back() {
         r.kms.describe_key(&admin(), &key),
         Err(KmsError::NotFound(_))
     ));
+}
+
+/// While one key's rotation is inside the HSM, a call on another key does not wait for it
+/// (the write lock is not held across the HSM call), and a second rotation of the same key
+/// is refused rather than queued.
+#[test]
+fn a_slow_hsm_rotation_holds_no_lock_other_keys_wait_for() {
+    let r = slow(|op| op == "create_key_version");
+    let key = symmetric(&r.kms);
+    let other = symmetric(&r.kms);
+    let done = Arc::new(AtomicBool::new(false));
+    let rotating = {
+        let (kms, key, done) = (r.kms.clone(), key.clone(), done.clone());
+        move || {
+            let rotated = kms.rotate_key_on_demand(&admin(), &key).map(|_| ());
+            done.store(true, Ordering::SeqCst);
+            rotated
+        }
+    };
+    let rotated = while_the_hsm_works(&r.hsm, rotating, || {
+        ok(r.kms.disable_key(&admin(), &other));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "DisableKey waited for another key's rotation"
+        );
+        assert!(matches!(
+            r.kms.rotate_key_on_demand(&admin(), &key),
+            Err(KmsError::InvalidState(_))
+        ));
+    });
+    ok(rotated);
+    assert_eq!(ok(r.kms.describe_key(&admin(), &key)).current_version(), 2);
+}
+
+/// While an RSA wrapping key pair is being generated (seconds on a real token), a call on
+/// another key does not wait for it.
+#[test]
+fn a_slow_wrapping_key_generation_holds_no_lock_other_keys_wait_for() {
+    let r = slow(|op| op == "create_wrapping_key");
+    let importing = external(&r.kms);
+    let other = symmetric(&r.kms);
+    let done = Arc::new(AtomicBool::new(false));
+    let issuing = {
+        let (kms, key, done) = (r.kms.clone(), importing.clone(), done.clone());
+        move || {
+            let issued = kms
+                .get_parameters_for_import(&admin(), &key, WrappingAlgorithm::RsaesOaepSha256, 3072)
+                .map(|_| ());
+            done.store(true, Ordering::SeqCst);
+            issued
+        }
+    };
+    let issued = while_the_hsm_works(&r.hsm, issuing, || {
+        ok(r.kms.disable_key(&admin(), &other));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "DisableKey waited for another key's import parameters"
+        );
+    });
+    ok(issued);
+    let record = ok(r.kms.describe_key(&admin(), &importing));
+    assert_eq!(record.import_parameters().map(|p| p.serial), Some(1));
 }
