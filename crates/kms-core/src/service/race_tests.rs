@@ -102,6 +102,27 @@ fn while_the_hsm_works<T: Send + 'static>(
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// A RotateKeyOnDemand of `key`, to run on another thread.
+fn rotation(
+    kms: &Arc<Kms>,
+    key: &KeyRef,
+) -> impl FnOnce() -> Result<(), KmsError> + Send + 'static {
+    let (kms, key) = (kms.clone(), key.clone());
+    move || kms.rotate_key_on_demand(&admin(), &key).map(|_| ())
+}
+
+/// A GetParametersForImport of `key` (RSA-3072, OAEP-SHA-256), to run on another thread.
+fn import_parameters(
+    kms: &Arc<Kms>,
+    key: &KeyRef,
+) -> impl FnOnce() -> Result<(), KmsError> + Send + 'static {
+    let (kms, key) = (kms.clone(), key.clone());
+    move || {
+        kms.get_parameters_for_import(&admin(), &key, WrappingAlgorithm::RsaesOaepSha256, 3072)
+            .map(|_| ())
+    }
+}
+
 /// The HSM objects of `key` the soft HSM holds.
 fn objects_of(soft: &SoftKeyStore, key: &KeyRef) -> Vec<KeyVersionRef> {
     let id = id_of(key);
@@ -127,10 +148,7 @@ fn wrapping_keys_of(soft: &SoftKeyStore, key: &KeyRef) -> Vec<WrappingKeyRef> {
 fn a_due_deletion_waits_for_a_rotation_under_way_and_leaves_no_hsm_object() {
     let r = slow(|op| op == "create_key_version");
     let key = symmetric(&r.kms);
-    let rotating = {
-        let (kms, key) = (r.kms.clone(), key.clone());
-        move || kms.rotate_key_on_demand(&admin(), &key).map(|_| ())
-    };
+    let rotating = rotation(&r.kms, &key);
     let rotated = while_the_hsm_works(&r.hsm, rotating, || {
         ok(r.kms.schedule_key_deletion(&admin(), &key, Some(7)));
         r.clock.set_millis(1_008 * DAY);
@@ -215,10 +233,7 @@ fn a_failed_rotation_whose_cleanup_failed_does_not_block_later_rotations() {
 fn a_rotation_and_a_disable_meanwhile_both_hold() {
     let r = slow(|op| op == "create_key_version");
     let key = symmetric(&r.kms);
-    let rotating = {
-        let (kms, key) = (r.kms.clone(), key.clone());
-        move || kms.rotate_key_on_demand(&admin(), &key).map(|_| ())
-    };
+    let rotating = rotation(&r.kms, &key);
     let rotated = while_the_hsm_works(&r.hsm, rotating, || {
         ok(r.kms.disable_key(&admin(), &key));
     });
@@ -236,10 +251,7 @@ fn a_rotation_and_a_disable_meanwhile_both_hold() {
 fn a_rotation_with_a_deletion_scheduled_and_cancelled_meanwhile_holds() {
     let r = slow(|op| op == "create_key_version");
     let key = symmetric(&r.kms);
-    let rotating = {
-        let (kms, key) = (r.kms.clone(), key.clone());
-        move || kms.rotate_key_on_demand(&admin(), &key).map(|_| ())
-    };
+    let rotating = rotation(&r.kms, &key);
     let rotated = while_the_hsm_works(&r.hsm, rotating, || {
         ok(r.kms.schedule_key_deletion(&admin(), &key, Some(7)));
         ok(r.kms.cancel_key_deletion(&admin(), &key));
@@ -260,13 +272,7 @@ fn two_concurrent_get_parameters_leave_one_wrapping_key() {
         Fault::Delay(Duration::from_millis(800)),
     );
     let key = external(&r.kms);
-    let first = {
-        let (kms, key) = (r.kms.clone(), key.clone());
-        move || {
-            kms.get_parameters_for_import(&admin(), &key, WrappingAlgorithm::RsaesOaepSha256, 3072)
-                .map(|p| p.import_token)
-        }
-    };
+    let first = import_parameters(&r.kms, &key);
     let mut second = None;
     let first = while_the_hsm_works(&r.hsm, first, || {
         second = Some(r.kms.get_parameters_for_import(
@@ -282,7 +288,7 @@ fn two_concurrent_get_parameters_leave_one_wrapping_key() {
     assert_eq!(standing, Some(2), "the newer parameters stand");
     // The first either recorded serial 1 before the second replaced it, or was refused
     // because serial 2 was recorded first; anything else is a failure.
-    assert!(matches!(first, Ok(_) | Err(KmsError::InvalidState(_))));
+    assert!(matches!(first, Ok(()) | Err(KmsError::InvalidState(_))));
     assert_eq!(
         wrapping_keys_of(&r.soft, &key),
         [WrappingKeyRef {
@@ -299,13 +305,7 @@ fn two_concurrent_get_parameters_leave_one_wrapping_key() {
 fn get_parameters_that_outlive_the_keys_deletion_leave_nothing() {
     let r = slow(|op| op == "create_wrapping_key");
     let key = external(&r.kms);
-    let issuing = {
-        let (kms, key) = (r.kms.clone(), key.clone());
-        move || {
-            kms.get_parameters_for_import(&admin(), &key, WrappingAlgorithm::RsaesOaepSha256, 3072)
-                .map(|_| ())
-        }
-    };
+    let issuing = import_parameters(&r.kms, &key);
     let issued = while_the_hsm_works(&r.hsm, issuing, || {
         ok(r.kms.schedule_key_deletion(&admin(), &key, Some(7)));
         r.clock.set_millis(1_008 * DAY);
@@ -381,35 +381,46 @@ fn a_due_deletion_cannot_be_cancelled_even_if_the_clock_steps_back() {
     ));
 }
 
-/// While one key's rotation is inside the HSM, a call on another key does not wait for it
-/// (the write lock is not held across the HSM call), and a second rotation of the same key
-/// is refused rather than queued.
+/// Runs `slow` until its HSM call has begun, then DisableKey on another key, then `also`.
+/// Fails if DisableKey waited for `slow` to end: the write lock held across its HSM call.
+fn others_do_not_wait(
+    r: &Rig,
+    slow: impl FnOnce() -> Result<(), KmsError> + Send + 'static,
+    also: impl FnOnce(),
+) {
+    let other = symmetric(&r.kms);
+    let done = Arc::new(AtomicBool::new(false));
+    let slow = {
+        let done = done.clone();
+        move || {
+            let out = slow();
+            done.store(true, Ordering::SeqCst);
+            out
+        }
+    };
+    let out = while_the_hsm_works(&r.hsm, slow, || {
+        ok(r.kms.disable_key(&admin(), &other));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "DisableKey on another key waited for the HSM call"
+        );
+        also();
+    });
+    ok(out);
+}
+
+/// While one key's rotation is inside the HSM, a call on another key does not wait for it,
+/// and a second rotation of the same key is refused rather than queued.
 #[test]
 fn a_slow_hsm_rotation_holds_no_lock_other_keys_wait_for() {
     let r = slow(|op| op == "create_key_version");
     let key = symmetric(&r.kms);
-    let other = symmetric(&r.kms);
-    let done = Arc::new(AtomicBool::new(false));
-    let rotating = {
-        let (kms, key, done) = (r.kms.clone(), key.clone(), done.clone());
-        move || {
-            let rotated = kms.rotate_key_on_demand(&admin(), &key).map(|_| ());
-            done.store(true, Ordering::SeqCst);
-            rotated
-        }
-    };
-    let rotated = while_the_hsm_works(&r.hsm, rotating, || {
-        ok(r.kms.disable_key(&admin(), &other));
-        assert!(
-            !done.load(Ordering::SeqCst),
-            "DisableKey waited for another key's rotation"
-        );
+    others_do_not_wait(&r, rotation(&r.kms, &key), || {
         assert!(matches!(
             r.kms.rotate_key_on_demand(&admin(), &key),
             Err(KmsError::InvalidState(_))
         ));
     });
-    ok(rotated);
     assert_eq!(ok(r.kms.describe_key(&admin(), &key)).current_version(), 2);
 }
 
@@ -418,27 +429,9 @@ fn a_slow_hsm_rotation_holds_no_lock_other_keys_wait_for() {
 #[test]
 fn a_slow_wrapping_key_generation_holds_no_lock_other_keys_wait_for() {
     let r = slow(|op| op == "create_wrapping_key");
-    let importing = external(&r.kms);
-    let other = symmetric(&r.kms);
-    let done = Arc::new(AtomicBool::new(false));
-    let issuing = {
-        let (kms, key, done) = (r.kms.clone(), importing.clone(), done.clone());
-        move || {
-            let issued = kms
-                .get_parameters_for_import(&admin(), &key, WrappingAlgorithm::RsaesOaepSha256, 3072)
-                .map(|_| ());
-            done.store(true, Ordering::SeqCst);
-            issued
-        }
-    };
-    let issued = while_the_hsm_works(&r.hsm, issuing, || {
-        ok(r.kms.disable_key(&admin(), &other));
-        assert!(
-            !done.load(Ordering::SeqCst),
-            "DisableKey waited for another key's import parameters"
-        );
-    });
-    ok(issued);
-    let record = ok(r.kms.describe_key(&admin(), &importing));
+    let key = external(&r.kms);
+    let issuing = import_parameters(&r.kms, &key);
+    others_do_not_wait(&r, issuing, || {});
+    let record = ok(r.kms.describe_key(&admin(), &key));
     assert_eq!(record.import_parameters().map(|p| p.serial), Some(1));
 }
