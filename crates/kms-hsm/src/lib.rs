@@ -11,6 +11,8 @@
 
 mod audit_key;
 mod connect;
+#[cfg_attr(not(test), allow(dead_code))]
+mod domain;
 mod error;
 mod object_id;
 mod pool;

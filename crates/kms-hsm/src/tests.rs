@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use super::{HsmConfig, HsmKeyStore, ObjectId, ObjectKind, OpenError};
 
+mod domain;
 mod faults;
 
 const PIN: &str = "user-pin-1234";

@@ -1,0 +1,238 @@
+//! Domain keys on SoftHSM2: what the module enforces of their custody and unwrap template,
+//! found by trying what a PIN holder would try.
+
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+use super::{PIN, admin, fresh_token, ok};
+use crate::domain::{
+    create_domain_key, domain_key_template, generate_wrapped_secret, unwrap_secret, unwrap_template,
+};
+
+/// A read-write session of the user on a fresh token: the PIN holder's view.
+fn user_session() -> (Session, Slot) {
+    let (_, slot) = fresh_token();
+    let session = ok(admin().open_rw_session(slot));
+    ok(session.login(UserType::User, Some(&AuthPin::from(PIN))));
+    (session, slot)
+}
+
+fn hmac_only() -> Vec<MechanismType> {
+    vec![MechanismType::SHA256_HMAC]
+}
+
+/// A request for an unwrapped generic secret with `changes` on top of a harmless base.
+fn unwrap_request(changes: &[Attribute]) -> Vec<Attribute> {
+    let mut template = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Sign(true),
+    ];
+    template.extend_from_slice(changes);
+    template
+}
+
+#[test]
+fn a_secret_wrapped_under_a_domain_key_unwraps_to_the_same_hmac_key() {
+    let (session, _) = user_session();
+    let domain = ok(create_domain_key(
+        &session,
+        b"domain-1".to_vec(),
+        "domain 1".into(),
+    ));
+    let (fresh, wrapped) = ok(generate_wrapped_secret(&session, domain, 32, hmac_only()));
+    assert_eq!(wrapped.len(), 40, "AES key wrap adds 8 bytes to 32");
+    let copy = ok(unwrap_secret(&session, domain, &wrapped, hmac_only()));
+    let input = b"derivation input";
+    assert_eq!(
+        ok(session.sign(&Mechanism::Sha256Hmac, fresh, input)),
+        ok(session.sign(&Mechanism::Sha256Hmac, copy, input))
+    );
+    // Altered wrapped bytes do not unwrap (AES key wrap's integrity check).
+    let mut altered = wrapped.clone();
+    altered[5] ^= 1;
+    assert!(unwrap_secret(&session, domain, &altered, hmac_only()).is_err());
+    // The unwrapped copy is a session object, sensitive and never extractable.
+    let attributes = ok(session.get_attributes(
+        copy,
+        &[
+            AttributeType::Token,
+            AttributeType::Sensitive,
+            AttributeType::Extractable,
+        ],
+    ));
+    assert!(
+        attributes.contains(&Attribute::Token(false)),
+        "{attributes:?}"
+    );
+    assert!(
+        attributes.contains(&Attribute::Sensitive(true)),
+        "{attributes:?}"
+    );
+    assert!(
+        attributes.contains(&Attribute::Extractable(false)),
+        "{attributes:?}"
+    );
+}
+
+#[test]
+fn a_pin_holder_cannot_unwrap_a_stored_version_into_a_readable_or_lasting_object() {
+    let (session, _) = user_session();
+    let domain = ok(create_domain_key(
+        &session,
+        b"domain-1".to_vec(),
+        "domain 1".into(),
+    ));
+    let (_, wrapped) = ok(generate_wrapped_secret(&session, domain, 32, hmac_only()));
+    for (what, change) in [
+        ("extractable", Attribute::Extractable(true)),
+        ("not sensitive", Attribute::Sensitive(false)),
+        ("a token object", Attribute::Token(true)),
+    ] {
+        let refused = session.unwrap_key(
+            &Mechanism::AesKeyWrap,
+            domain,
+            &wrapped,
+            &unwrap_request(&[change]),
+        );
+        assert!(
+            refused.is_err(),
+            "SoftHSM2 unwrapped a stored version into {what} object"
+        );
+    }
+    // SoftHSM2 2.6 wants the template's attributes in the request, with the same values:
+    // leaving them out is refused as well (CKR_TEMPLATE_INCONSISTENT)...
+    assert!(
+        session
+            .unwrap_key(
+                &Mechanism::AesKeyWrap,
+                domain,
+                &wrapped,
+                &unwrap_request(&[])
+            )
+            .is_err()
+    );
+    // ...and what it allows cannot be read.
+    let copy = ok(session.unwrap_key(
+        &Mechanism::AesKeyWrap,
+        domain,
+        &wrapped,
+        &unwrap_request(&[
+            Attribute::Token(false),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+        ]),
+    ));
+    let value = session.get_attributes(copy, &[AttributeType::Value]);
+    assert!(
+        !matches!(value.as_deref(), Ok([Attribute::Value(_)])),
+        "the value of an unwrapped version was readable: {value:?}"
+    );
+    // Nor can it be wrapped out under a key of the PIN holder's own.
+    let own = ok(session.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(32u64.into()),
+            Attribute::Token(false),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+        ],
+    ));
+    assert!(session.wrap_key(&Mechanism::AesKeyWrap, own, copy).is_err());
+}
+
+#[test]
+fn a_domain_key_cannot_be_read_wrapped_out_or_used_to_encrypt() {
+    let (session, _) = user_session();
+    let domain = ok(create_domain_key(
+        &session,
+        b"domain-1".to_vec(),
+        "domain 1".into(),
+    ));
+    let value = session.get_attributes(domain, &[AttributeType::Value]);
+    assert!(
+        !matches!(value.as_deref(), Ok([Attribute::Value(_)])),
+        "{value:?}"
+    );
+    let other = ok(create_domain_key(
+        &session,
+        b"domain-2".to_vec(),
+        "domain 2".into(),
+    ));
+    assert!(
+        session
+            .wrap_key(&Mechanism::AesKeyWrap, other, domain)
+            .is_err()
+    );
+    assert!(
+        session
+            .encrypt(&Mechanism::AesEcb, domain, &[0; 16])
+            .is_err()
+    );
+    let attributes = ok(session.get_attributes(
+        domain,
+        &[
+            AttributeType::Token,
+            AttributeType::Private,
+            AttributeType::Sensitive,
+            AttributeType::Extractable,
+        ],
+    ));
+    for expected in [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+    ] {
+        assert!(attributes.contains(&expected), "{attributes:?}");
+    }
+}
+
+/// The control: the same key without its CKA_UNWRAP_TEMPLATE lets the PIN holder unwrap an
+/// extractable, readable copy. So the refusals above are the template's doing.
+#[test]
+fn without_the_unwrap_template_a_pin_holder_could_read_a_stored_version() {
+    let (session, _) = user_session();
+    let unwrapped = unwrap_template();
+    let mut template = domain_key_template(b"domain-0".to_vec(), "no template".into(), &unwrapped);
+    template.retain(|a| !matches!(a, Attribute::VendorDefined(_)));
+    let bare = ok(session.generate_key(&Mechanism::AesKeyGen, &template));
+    let (_, wrapped) = ok(generate_wrapped_secret(&session, bare, 32, hmac_only()));
+    let copy = ok(session.unwrap_key(
+        &Mechanism::AesKeyWrap,
+        bare,
+        &wrapped,
+        &unwrap_request(&[Attribute::Extractable(true), Attribute::Sensitive(false)]),
+    ));
+    let value = ok(session.get_attributes(copy, &[AttributeType::Value]));
+    assert!(matches!(value.as_slice(), [Attribute::Value(v)] if v.len() == 32));
+}
+
+/// What the template costs: an unwrapped version cannot be wrapped again, under another
+/// domain key either, so rotating domain keys on SoftHSM2 cannot rewrap stored versions from
+/// their unwrapped copies. (Where the HSM honours CKA_TRUSTED and CKA_WRAP_WITH_TRUSTED, the
+/// template can allow extraction under trusted keys only.)
+#[test]
+fn an_unwrapped_version_cannot_be_rewrapped_under_the_next_domain_key() {
+    let (session, _) = user_session();
+    let old = ok(create_domain_key(
+        &session,
+        b"domain-1".to_vec(),
+        "domain 1".into(),
+    ));
+    let new = ok(create_domain_key(
+        &session,
+        b"domain-2".to_vec(),
+        "domain 2".into(),
+    ));
+    let (_, wrapped) = ok(generate_wrapped_secret(&session, old, 32, hmac_only()));
+    let copy = ok(unwrap_secret(&session, old, &wrapped, hmac_only()));
+    assert!(session.wrap_key(&Mechanism::AesKeyWrap, new, copy).is_err());
+}
