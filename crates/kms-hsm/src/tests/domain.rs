@@ -236,3 +236,22 @@ fn an_unwrapped_version_cannot_be_rewrapped_under_the_next_domain_key() {
     let copy = ok(unwrap_secret(&session, old, &wrapped, hmac_only()));
     assert!(session.wrap_key(&Mechanism::AesKeyWrap, new, copy).is_err());
 }
+
+/// The handle cache's premise: a version unwrapped in one session (kept open) serves the
+/// pool's other sessions of the process, and goes when that session closes.
+#[test]
+fn an_unwrapped_version_serves_other_sessions_while_its_session_lives() {
+    let (holder, slot) = user_session();
+    let domain = ok(create_domain_key(
+        &holder,
+        b"domain-1".to_vec(),
+        "domain 1".into(),
+    ));
+    let (_, wrapped) = ok(generate_wrapped_secret(&holder, domain, 32, hmac_only()));
+    let copy = ok(unwrap_secret(&holder, domain, &wrapped, hmac_only()));
+    let other = ok(admin().open_rw_session(slot));
+    let mac = ok(other.sign(&Mechanism::Sha256Hmac, copy, b"x"));
+    assert_eq!(mac, ok(holder.sign(&Mechanism::Sha256Hmac, copy, b"x")));
+    drop(holder);
+    assert!(other.sign(&Mechanism::Sha256Hmac, copy, b"x").is_err());
+}
