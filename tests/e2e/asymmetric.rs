@@ -421,7 +421,8 @@ async fn hmac_keys_mac_in_the_hsm_and_refuse_wrong_macs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn private_keys_on_the_token_are_sensitive_and_never_extractable() {
-    let env = TestEnv::new();
+    // Token objects for every version, so that the HMAC key's object is here to inspect.
+    let env = TestEnv::new().with_token_storage();
     let kmsd = env.start();
     let mut c = kmsd.client().await;
     create(&mut c, pb::KeySpec::Rsa2048, pb::KeyUsage::SignVerify).await;

@@ -7,9 +7,61 @@ use kms_e2e::TestEnv;
 
 use crate::ctx;
 
+/// Key versions kept wrapped (the default): however many keys and versions, the token holds
+/// the domain's two keys, sensitive and never extractable, and the audit key; every key still
+/// works after a restart, from its wrapped material in the metadata store.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_holds_only_the_domain_keys_whatever_the_number_of_keys() {
+    let env = TestEnv::new();
+    let kmsd = env.start();
+    let mut c = kmsd.client().await;
+    let mut blobs = Vec::new();
+    for i in 0..5 {
+        let key = c.create_key(&format!("k{i}")).await.unwrap().key_id;
+        c.rotate_key_on_demand(&key).await.unwrap();
+        let blob = c.encrypt(&key, b"wrapped", &ctx(&[])).await.unwrap();
+        blobs.push(blob.ciphertext_blob);
+    }
+    assert!(env.hsm_key_labels().is_empty(), "no object per key version");
+    let mut domain = env.hsm_domain_labels();
+    domain.sort();
+    assert_eq!(domain, ["kms/domain/1/authenticate", "kms/domain/1/wrap"]);
+    let listing = env.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
+    let text = String::from_utf8_lossy(&listing.stdout);
+    for block in text.split("Secret Key Object").skip(1) {
+        let access = block
+            .lines()
+            .find(|l| l.trim_start().starts_with("Access:"))
+            .unwrap_or_else(|| panic!("no Access line in {block}"));
+        for attribute in ["sensitive", "always sensitive", "never extractable"] {
+            assert!(access.contains(attribute), "{access}");
+        }
+    }
+    let everything = env.pkcs11_tool(&["--list-objects"]);
+    let everything = String::from_utf8_lossy(&everything.stdout);
+    assert_eq!(
+        everything.matches("Private Key Object").count(),
+        1,
+        "the audit key only: {everything}"
+    );
+    drop(c);
+    drop(kmsd);
+    let kmsd = env.start();
+    let mut c = kmsd.client().await;
+    for blob in &blobs {
+        let back = c.decrypt(blob, &ctx(&[]), None).await.unwrap();
+        assert_eq!(*back.plaintext, *b"wrapped");
+    }
+    assert_eq!(
+        env.hsm_domain_labels().len(),
+        2,
+        "the domain is found, not made again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_token_holds_one_sensitive_never_extractable_object_per_key() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_token_storage();
     let kmsd = env.start();
     let mut c = kmsd.client().await;
     let mut keys = Vec::new();

@@ -10,7 +10,18 @@ use crate::ctx;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_under_load_loses_no_acknowledged_blob_or_key() {
-    let env = TestEnv::new();
+    kill_9_under_load(TestEnv::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_under_load_loses_no_acknowledged_blob_or_key_with_token_objects() {
+    kill_9_under_load(TestEnv::new().with_token_storage()).await;
+}
+
+/// Encrypts, creates and rotates keys from several clients, kills kmsd with SIGKILL, and checks
+/// after a restart that everything acknowledged is there and the token holds nothing half-made:
+/// one object per key version with token objects, none (the domain keys only) when wrapped.
+async fn kill_9_under_load(env: TestEnv) {
     let mut kmsd = env.start();
     let key = kmsd
         .client()
@@ -100,14 +111,14 @@ async fn kill_9_under_load_loses_no_acknowledged_blob_or_key() {
         .partition(|l| !l.is_empty());
     labels.sort();
     let mut expected = Vec::new();
-    for key in &listed {
+    for key in listed.iter().filter(|_| env.token_storage()) {
         let versions = c.describe_key(key).await.unwrap().current_key_version;
         expected.extend((1..=versions).map(|v| format!("kms/{key}/v{v}")));
     }
     expected.sort();
     assert_eq!(
         labels, expected,
-        "one HSM object per version of every key, and no other"
+        "one HSM object per version of every key with token objects, none wrapped, no other"
     );
     assert!(
         torn.len() <= 3,

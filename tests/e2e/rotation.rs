@@ -12,7 +12,7 @@ fn blob_version(blob: &[u8]) -> u32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_adds_a_version_and_old_blobs_still_decrypt() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_token_storage();
     let kmsd = env.start();
     let mut c = kmsd.client().await;
     let key = c.create_key("rotating").await.unwrap().key_id;
@@ -184,7 +184,7 @@ async fn a_rotation_that_fell_due_while_kmsd_was_down_runs_at_startup() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_scheduled_for_deletion_is_gone_after_its_date() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_token_storage();
     let kmsd = env.start();
     let mut c = kmsd.client().await;
     let doomed = c.create_key("doomed").await.unwrap().key_id;
@@ -266,7 +266,7 @@ const DELETED: &str = "deleted key and destroyed its HSM objects";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_deletions_leaves_nothing_behind_after_restart() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_token_storage();
     let kmsd = env
         .start_with(&env.bulk_key_args(), &[])
         .unwrap_or_else(|log| panic!("kmsd did not start:\n{log}"));

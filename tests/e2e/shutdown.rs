@@ -157,7 +157,7 @@ async fn work(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_loses_no_acknowledged_request() {
-    let env = TestEnv::new();
+    let env = TestEnv::new().with_token_storage();
     let mut kmsd = env
         .start_with(&env.bulk_key_args(), &[])
         .unwrap_or_else(|log| panic!("kmsd did not start:\n{log}"));

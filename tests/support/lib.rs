@@ -100,6 +100,9 @@ fn shifted_clock<'a>(preload: &'a str, offset: &'a str) -> [(&'static str, &'a s
 /// A fresh token and data dir, in a temp dir removed at drop.
 pub struct TestEnv {
     dir: TempDir,
+    /// `--key-storage token` on every kmsd: one token object per key version, for the tests
+    /// of those objects' life beside the records.
+    token_storage: bool,
 }
 
 impl Default for TestEnv {
@@ -119,7 +122,23 @@ impl TestEnv {
             .status()
             .unwrap_or_else(|e| panic!("run init-token.sh: {e}"));
         assert!(status.success(), "init-token.sh failed");
-        TestEnv { dir }
+        TestEnv {
+            dir,
+            token_storage: false,
+        }
+    }
+
+    /// Whether kmsd keeps key versions as token objects here.
+    pub fn token_storage(&self) -> bool {
+        self.token_storage
+    }
+
+    /// Every kmsd of this environment keeps key versions as token objects
+    /// (`--key-storage token`) instead of wrapped under the domain key.
+    #[must_use]
+    pub fn with_token_storage(mut self) -> Self {
+        self.token_storage = true;
+        self
     }
 
     /// The temp dir.
@@ -216,7 +235,7 @@ impl TestEnv {
     }
 
     fn base_args(&self) -> Vec<String> {
-        [
+        let mut args: Vec<String> = [
             "--listen",
             "127.0.0.1:0",
             "--data-dir",
@@ -229,7 +248,11 @@ impl TestEnv {
             &self.pin_file().to_string_lossy(),
         ]
         .map(str::to_owned)
-        .to_vec()
+        .to_vec();
+        if self.token_storage {
+            args.extend(["--key-storage".to_owned(), "token".to_owned()]);
+        }
+        args
     }
 
     /// Starts kmsd with the standard flags; panics with its log if it does not come up.
@@ -355,15 +378,27 @@ impl TestEnv {
 
     /// The CKA_IDs (hex) of the secret keys on the token that have one.
     pub fn hsm_key_ids(&self) -> Vec<String> {
+        // Domain keys' ids start with "kmsd" (6b6d7364).
         self.secret_key_field("ID:")
             .into_iter()
-            .filter(|id| !id.is_empty())
+            .filter(|id| !id.is_empty() && !id.starts_with("6b6d7364"))
             .collect()
     }
 
     /// The labels of the secret keys on the token, as pkcs11-tool lists them.
     pub fn hsm_key_labels(&self) -> Vec<String> {
         self.secret_key_field("label:")
+            .into_iter()
+            .filter(|label| !label.starts_with("kms/domain/"))
+            .collect()
+    }
+
+    /// The labels of the domain keys on the token (`kms/domain/<version>/<role>`).
+    pub fn hsm_domain_labels(&self) -> Vec<String> {
+        self.secret_key_field("label:")
+            .into_iter()
+            .filter(|label| label.starts_with("kms/domain/"))
+            .collect()
     }
 
     /// One field (`label:`, `ID:`) of every secret key pkcs11-tool lists.

@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 
 use crate::asymmetric::HashAlg;
 use crate::ids::KeyId;
-use crate::key::{KeyMaterial, MacAlgorithm, WrappingAlgorithm};
+use crate::key::{KeyMaterial, MacAlgorithm, WrappedMaterial, WrappingAlgorithm};
 
 /// One key version's HSM object: the key it belongs to and its version number.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -15,6 +15,22 @@ pub struct KeyVersionRef {
     pub key_id: KeyId,
     /// The version, from 1.
     pub version: u32,
+}
+
+/// A key version as the HSM serves it: its identity, and its wrapped material when it is kept
+/// outside the token (the HSM unwraps it on first use and keeps the unwrapped object).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct VersionObject<'a> {
+    /// The key version.
+    pub key: KeyVersionRef,
+    /// Its wrapped material, or `None` for a token object.
+    pub wrapped: Option<&'a WrappedMaterial>,
+}
+
+impl From<KeyVersionRef> for VersionObject<'_> {
+    fn from(key: KeyVersionRef) -> Self {
+        VersionObject { key, wrapped: None }
+    }
 }
 
 impl fmt::Display for KeyVersionRef {
@@ -124,7 +140,7 @@ pub trait KeyStore: Send + Sync {
     /// of another kind is never used ([`HsmError::ObjectNotFound`]).
     fn sign(
         &self,
-        key: KeyVersionRef,
+        key: VersionObject<'_>,
         material: KeyMaterial,
         mechanism: SignMechanism,
         data: &[u8],
@@ -170,7 +186,20 @@ pub trait KeyStore: Send + Sync {
 
     /// HMAC-SHA256 of `input` under the key version's master secret, computed by the HSM.
     /// Only a master secret serves: an HMAC key of the same key version is not found.
-    fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError>;
+    fn derive_message_key(
+        &self,
+        key: VersionObject<'_>,
+        input: &[u8],
+    ) -> Result<MessageKey, HsmError>;
+
+    /// Generates a secret key version's material (a master secret or an HMAC key) inside the
+    /// HSM and wraps it at once under the current domain key: the token gains no object. The
+    /// unwrapped object is kept for use. Fails with [`HsmError::Unsupported`] for key pairs.
+    fn create_wrapped_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+    ) -> Result<WrappedMaterial, HsmError>;
 
     /// `len` random bytes from the HSM's generator.
     fn random_bytes(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, HsmError>;

@@ -379,6 +379,35 @@ pub struct KeyVersion {
     /// For key pairs: the public key, as a DER SubjectPublicKeyInfo.
     #[serde(default)]
     pub public_key: Option<Vec<u8>>,
+    /// The material, wrapped under a domain key, when it is kept outside the HSM; `None` for
+    /// a version whose material is an object on the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped: Option<WrappedMaterial>,
+}
+
+/// A key version's material kept outside the HSM: wrapped inside it under a domain key, and
+/// bound to its key, version and kind by an authenticator the HSM computed, so that wrapped
+/// bytes moved to another key, version or kind are refused. Holds no secret in the clear.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct WrappedMaterial {
+    /// The version of the domain key that wrapped it.
+    pub domain_key: u32,
+    /// The wrapped material (CKM_AES_KEY_WRAP).
+    pub wrapped: Vec<u8>,
+    /// The HSM's authenticator over the key id, version, kind, domain key and wrapped bytes.
+    pub tag: Vec<u8>,
+}
+
+/// Where new key versions keep their material.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum KeyStorage {
+    /// Wrapped under a domain key, in the key's record: the token holds only the domain keys,
+    /// whatever the number of keys. Secrets (SYMMETRIC_DEFAULT and HMAC) for now; key pairs
+    /// and imported material stay token objects.
+    #[default]
+    Wrapped,
+    /// One token object per version.
+    Token,
 }
 
 /// How a key version came to be.

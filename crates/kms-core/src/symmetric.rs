@@ -189,7 +189,7 @@ mod tests {
                 v.description
             );
             let k_msg = hsm
-                .derive_message_key(key, &input)
+                .derive_message_key(key.into(), &input)
                 .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(
                 hex::encode(k_msg.expose_secret()),
@@ -231,7 +231,10 @@ mod tests {
             let parsed = blob::parse(bytes)?;
             // A changed key id or version names another key: the HSM has no such object.
             let k_msg = hsm
-                .derive_message_key(parsed.header.key, &derivation_input(&parsed.header.nonce))
+                .derive_message_key(
+                    parsed.header.key.into(),
+                    &derivation_input(&parsed.header.nonce),
+                )
                 .map_err(|_| KmsError::InvalidCiphertext)?;
             open(&k_msg, &parsed, &context).map(drop)
         };
@@ -268,7 +271,7 @@ mod tests {
         let blob_bytes = hex::decode(&v.ciphertext_blob_hex).unwrap_or_default();
         let parsed = blob::parse(&blob_bytes).unwrap_or_else(|e| panic!("{e}"));
         let k_msg = hsm
-            .derive_message_key(key, &derivation_input(&parsed.header.nonce))
+            .derive_message_key(key.into(), &derivation_input(&parsed.header.nonce))
             .unwrap_or_else(|e| panic!("{e}"));
         let pairs = |p: &[(&str, &str)]| {
             EncryptionContext::new(p.iter().map(|(a, b)| ((*a).into(), (*b).into())), "c")

@@ -16,9 +16,11 @@ use crate::alias::AliasRecord;
 use crate::asymmetric::HashAlg;
 use crate::audit::{CheckpointSigner, SealPin};
 use crate::clock::Clock;
-use crate::hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey, SignMechanism, WrappingKeyRef};
+use crate::hsm::{
+    HsmError, KeyStore, KeyVersionRef, MessageKey, SignMechanism, VersionObject, WrappingKeyRef,
+};
 use crate::ids::{AliasName, KeyId};
-use crate::key::{KeyMaterial, KeyRecord, MacAlgorithm, WrappingAlgorithm};
+use crate::key::{KeyMaterial, KeyRecord, MacAlgorithm, WrappedMaterial, WrappingAlgorithm};
 use crate::store::{MetadataStore, StoreError};
 
 pub mod audit_logs;
@@ -133,6 +135,9 @@ pub struct SoftKeyStore {
     wrapping_keys: Mutex<std::collections::BTreeSet<WrappingKeyRef>>,
     derivations: AtomicUsize,
     fail_creation: Mutex<bool>,
+    /// The domain key (AES-256-GCM here) and the authenticator key of wrapped versions, made
+    /// on first use.
+    domain: Mutex<Option<Zeroizing<[u8; 64]>>>,
 }
 
 impl SoftKeyStore {
@@ -159,24 +164,84 @@ impl SoftKeyStore {
         *lock(&self.fail_creation) = fail;
     }
 
-    fn hmac(
+    /// The domain key and authenticator key, made on first use.
+    fn domain(&self) -> Result<Zeroizing<[u8; 64]>, HsmError> {
+        let mut domain = lock(&self.domain);
+        if domain.is_none() {
+            let mut keys = Zeroizing::new([0u8; 64]);
+            getrandom::fill(keys.as_mut_slice()).map_err(|e| HsmError::Failed {
+                operation: "generate domain key",
+                source: Box::new(e),
+            })?;
+            *domain = Some(keys);
+        }
+        Ok(domain.clone().unwrap_or_else(|| Zeroizing::new([0; 64])))
+    }
+
+    /// The authenticator of wrapped material: HMAC-SHA-256 over what it is bound to.
+    fn wrapped_tag(
         &self,
         key: KeyVersionRef,
+        material: KeyMaterial,
+        domain_key: u32,
+        wrapped: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let domain = self.domain()?;
+        let mut message = b"kms soft wrapped v1\0".to_vec();
+        message.extend_from_slice(key.key_id.as_bytes());
+        message.extend_from_slice(&key.version.to_be_bytes());
+        message.extend_from_slice(format!("{material:?}").as_bytes());
+        message.extend_from_slice(&domain_key.to_be_bytes());
+        message.extend_from_slice(wrapped);
+        hmac_with::<Hmac<Sha256>>(&domain[32..], &message)
+    }
+
+    /// The secret of `key`: its token object's, or its wrapped material's once the
+    /// authenticator checks; of the kind `material` only.
+    fn secret(
+        &self,
+        key: VersionObject<'_>,
+        material: KeyMaterial,
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let Some(wrapped) = key.wrapped else {
+            let keys = lock(&self.keys);
+            return match keys.get(&key.key) {
+                Some(SoftKey::Secret(kind, secret)) if *kind == material => Ok(secret.clone()),
+                _ => Err(HsmError::ObjectNotFound(key.key)),
+            };
+        };
+        let expected = self.wrapped_tag(key.key, material, wrapped.domain_key, &wrapped.wrapped)?;
+        let refused = || HsmError::Failed {
+            operation: "unwrap key version",
+            source: format!("the wrapped material of {} does not authenticate", key.key).into(),
+        };
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_slice(),
+            wrapped.tag.as_slice(),
+        )) {
+            return Err(refused());
+        }
+        let domain = self.domain()?;
+        let (nonce, sealed) = wrapped.wrapped.split_at_checked(12).ok_or_else(refused)?;
+        let cipher = <aes_gcm::Aes256Gcm as aes_gcm::KeyInit>::new_from_slice(&domain[..32])
+            .map_err(|_| refused())?;
+        aes_gcm::aead::Aead::decrypt(&cipher, aes_gcm::Nonce::from_slice(nonce), sealed)
+            .map(Zeroizing::new)
+            .map_err(|_| refused())
+    }
+
+    fn hmac(
+        &self,
+        key: VersionObject<'_>,
         material: KeyMaterial,
         mac: MacAlgorithm,
         input: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
-        let keys = lock(&self.keys);
-        let Some(SoftKey::Secret(kind, secret)) = keys.get(&key) else {
-            return Err(HsmError::ObjectNotFound(key));
-        };
-        if *kind != material {
-            return Err(HsmError::ObjectNotFound(key));
-        }
+        let secret = self.secret(key, material)?;
         match mac {
-            MacAlgorithm::HmacSha256 => hmac_with::<Hmac<Sha256>>(secret, input),
-            MacAlgorithm::HmacSha384 => hmac_with::<Hmac<sha2::Sha384>>(secret, input),
-            MacAlgorithm::HmacSha512 => hmac_with::<Hmac<sha2::Sha512>>(secret, input),
+            MacAlgorithm::HmacSha256 => hmac_with::<Hmac<Sha256>>(&secret, input),
+            MacAlgorithm::HmacSha384 => hmac_with::<Hmac<sha2::Sha384>>(&secret, input),
+            MacAlgorithm::HmacSha512 => hmac_with::<Hmac<sha2::Sha512>>(&secret, input),
         }
     }
 }
@@ -250,7 +315,63 @@ impl KeyStore for SoftKeyStore {
         Ok(public_key)
     }
 
-    fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError> {
+    fn create_wrapped_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+    ) -> Result<WrappedMaterial, HsmError> {
+        let Some(len) = material.secret_len() else {
+            return Err(HsmError::Unsupported {
+                operation: "wrap key version",
+                detail: "only secrets are kept wrapped".to_owned(),
+            });
+        };
+        if *lock(&self.fail_creation) {
+            return Err(HsmError::Failed {
+                operation: "generate key",
+                source: "injected failure".into(),
+            });
+        }
+        let fail = |operation| {
+            move |e: getrandom::Error| HsmError::Failed {
+                operation,
+                source: Box::new(e),
+            }
+        };
+        let mut secret = Zeroizing::new(vec![0u8; len]);
+        getrandom::fill(secret.as_mut_slice()).map_err(fail("generate key"))?;
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(fail("wrap key"))?;
+        let domain = self.domain()?;
+        let cipher = <aes_gcm::Aes256Gcm as aes_gcm::KeyInit>::new_from_slice(&domain[..32])
+            .map_err(|e| HsmError::Failed {
+                operation: "wrap key",
+                source: e.to_string().into(),
+            })?;
+        let sealed = aes_gcm::aead::Aead::encrypt(
+            &cipher,
+            aes_gcm::Nonce::from_slice(&nonce),
+            secret.as_slice(),
+        )
+        .map_err(|e| HsmError::Failed {
+            operation: "wrap key",
+            source: e.to_string().into(),
+        })?;
+        let mut wrapped = nonce.to_vec();
+        wrapped.extend_from_slice(&sealed);
+        let tag = self.wrapped_tag(key, material, 1, &wrapped)?;
+        Ok(WrappedMaterial {
+            domain_key: 1,
+            wrapped,
+            tag,
+        })
+    }
+
+    fn derive_message_key(
+        &self,
+        key: VersionObject<'_>,
+        input: &[u8],
+    ) -> Result<MessageKey, HsmError> {
         self.derivations.fetch_add(1, Ordering::SeqCst);
         let mac = Zeroizing::new(self.hmac(
             key,
@@ -267,7 +388,7 @@ impl KeyStore for SoftKeyStore {
 
     fn sign(
         &self,
-        key: KeyVersionRef,
+        key: VersionObject<'_>,
         material: KeyMaterial,
         mechanism: SignMechanism,
         data: &[u8],
@@ -275,19 +396,12 @@ impl KeyStore for SoftKeyStore {
         match mechanism {
             SignMechanism::Hmac(mac) => self.hmac(key, material, mac, data),
             SignMechanism::MaterialCheck => {
-                let keys = lock(&self.keys);
-                let Some(SoftKey::Secret(kind, secret)) = keys.get(&key) else {
-                    return Err(HsmError::ObjectNotFound(key));
-                };
-                if *kind != material {
-                    return Err(HsmError::ObjectNotFound(key));
-                }
-                hmac_with::<Hmac<sha1::Sha1>>(secret, data)
+                hmac_with::<Hmac<sha1::Sha1>>(&self.secret(key, material)?, data)
             }
             SignMechanism::Ecdsa => {
                 let keys = lock(&self.keys);
-                let Some(SoftKey::EcP256(signing)) = keys.get(&key) else {
-                    return Err(HsmError::ObjectNotFound(key));
+                let Some(SoftKey::EcP256(signing)) = keys.get(&key.key) else {
+                    return Err(HsmError::ObjectNotFound(key.key));
                 };
                 let signature: Signature =
                     p256::ecdsa::signature::hazmat::PrehashSigner::sign_prehash(signing, data)

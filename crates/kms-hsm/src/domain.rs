@@ -14,13 +14,62 @@
 //! needs the fresh object to be extractable for the one C_WrapKey: it lives in this process's
 //! session only, never on the token.
 //!
-//! Not wired into the service yet: the records, the KeyStore calls and the handle cache come
-//! next.
+//! [`Unwrapped`] keeps the unwrapped versions: session objects of one dedicated session that
+//! stays open (session objects die with the session that made them, and serve every session
+//! of the process meanwhile), bounded in number; the oldest is destroyed when a new one comes.
+//! The wrapped bytes are bound to their key, version and kind by an HMAC-SHA-256 the HSM
+//! computes with the domain's authenticator key, checked before every unwrap.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use kms_core::KeyVersionRef;
+
+use crate::object_id::ObjectKind;
+
+/// The first bytes of a domain object's CKA_ID.
+const DOMAIN_MAGIC: &[u8; 4] = b"kmsd";
+/// The domain key in use for new versions.
+pub(crate) const CURRENT_DOMAIN: u32 = 1;
+
+/// What a domain object is for, the last byte of its CKA_ID.
+#[derive(Clone, Copy)]
+enum DomainRole {
+    Wrap = 1,
+    Authenticate = 2,
+}
+
+/// CKA_ID of a domain object: `"kmsd"` || instance id (16) || domain version (u32 big-endian)
+/// || role (1).
+fn domain_id(namespace: [u8; 16], version: u32, role: DomainRole) -> Vec<u8> {
+    let mut id = DOMAIN_MAGIC.to_vec();
+    id.extend_from_slice(&namespace);
+    id.extend_from_slice(&version.to_be_bytes());
+    id.push(role as u8);
+    id
+}
+
+/// The message the authenticator of wrapped material covers.
+pub(crate) fn tag_message(
+    namespace: [u8; 16],
+    key: KeyVersionRef,
+    kind: ObjectKind,
+    domain: u32,
+    wrapped: &[u8],
+) -> Vec<u8> {
+    let mut message = b"kms wrapped key version v1\0".to_vec();
+    message.extend_from_slice(&namespace);
+    message.extend_from_slice(key.key_id.as_bytes());
+    message.extend_from_slice(&key.version.to_be_bytes());
+    message.push(kind.byte());
+    message.extend_from_slice(&domain.to_be_bytes());
+    message.extend_from_slice(wrapped);
+    message
+}
 
 /// CKA_UNWRAP_TEMPLATE (CKF_ARRAY_ATTRIBUTE | 0x212). cryptoki 0.12 has no variant for it.
 const CKA_UNWRAP_TEMPLATE: u64 = 0x4000_0212;
@@ -122,6 +171,213 @@ pub(crate) fn create_domain_key(
     let unwrapped = unwrap_template();
     let template = domain_key_template(id, label, &unwrapped);
     session.generate_key(&Mechanism::AesKeyGen, &template)
+}
+
+/// The authenticator key of a domain: an HMAC-SHA-256 generic secret on the token, private,
+/// sensitive, never extractable, that only signs and verifies.
+fn authenticator_template(id: Vec<u8>, label: String) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::ValueLen(32u64.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Copyable(false),
+        Attribute::Modifiable(false),
+        Attribute::Destroyable(true),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(vec![MechanismType::SHA256_HMAC]),
+        Attribute::Id(id),
+        Attribute::Label(label.into_bytes()),
+    ]
+}
+
+/// A domain's two token objects, as handles of the holding session.
+#[derive(Clone, Copy)]
+pub(crate) struct Domain {
+    /// The AES key that wraps and unwraps.
+    pub(crate) wrap: ObjectHandle,
+    /// The HMAC key of the authenticators.
+    pub(crate) authenticate: ObjectHandle,
+}
+
+/// The domain `version` of the instance `namespace`, if the token holds it.
+pub(crate) fn find_domain(
+    session: &Session,
+    namespace: [u8; 16],
+    version: u32,
+) -> Result<Option<Domain>, CkError> {
+    let wrap = find_object(session, domain_id(namespace, version, DomainRole::Wrap))?;
+    let authenticate = find_object(
+        session,
+        domain_id(namespace, version, DomainRole::Authenticate),
+    )?;
+    Ok(wrap
+        .zip(authenticate)
+        .map(|(wrap, authenticate)| Domain { wrap, authenticate }))
+}
+
+/// The domain `version` of the instance `namespace`, made on the token where it lacks any of
+/// its two keys.
+pub(crate) fn find_or_create_domain(
+    session: &Session,
+    namespace: [u8; 16],
+    version: u32,
+) -> Result<Domain, CkError> {
+    let label = |what| format!("kms/domain/{version}/{what}");
+    let wrap_id = domain_id(namespace, version, DomainRole::Wrap);
+    let wrap = match find_object(session, wrap_id.clone())? {
+        Some(handle) => handle,
+        None => create_domain_key(session, wrap_id, label("wrap"))?,
+    };
+    let authenticate_id = domain_id(namespace, version, DomainRole::Authenticate);
+    let authenticate = match find_object(session, authenticate_id.clone())? {
+        Some(handle) => handle,
+        None => session.generate_key(
+            &Mechanism::GenericSecretKeyGen,
+            &authenticator_template(authenticate_id, label("authenticate")),
+        )?,
+    };
+    Ok(Domain { wrap, authenticate })
+}
+
+/// The secret-key token object whose CKA_ID is `id`, if any.
+fn find_object(session: &Session, id: Vec<u8>) -> Result<Option<ObjectHandle>, CkError> {
+    let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(id)];
+    Ok(session.find_objects(&template)?.into_iter().next())
+}
+
+/// The unwrapped key versions: session objects of `holder`, the oldest destroyed past the
+/// capacity. Made afresh (the old objects gone with their session) when the connection's
+/// generation changes.
+pub(crate) struct Unwrapped {
+    /// The session the objects live in; `None` until first needed.
+    pub(crate) holder: Option<Session>,
+    /// The connection generation `holder` belongs to.
+    pub(crate) generation: u64,
+    /// The domains found, by version, as handles of `holder`.
+    pub(crate) domains: HashMap<u32, Domain>,
+    /// The unwrapped objects.
+    pub(crate) handles: Handles,
+}
+
+/// Unwrapped objects by key version and kind, oldest first. A caller holds an object's
+/// [`Arc`] while it uses the handle; an object evicted or forgotten meanwhile waits in the
+/// graveyard until no one holds it, so a handle is never destroyed (and its number perhaps
+/// reused by the module for another key) under a call that is using it.
+pub(crate) struct Handles {
+    objects: HashMap<(KeyVersionRef, ObjectKind), Arc<ObjectHandle>>,
+    order: VecDeque<(KeyVersionRef, ObjectKind)>,
+    graveyard: Vec<Arc<ObjectHandle>>,
+    capacity: usize,
+}
+
+impl Unwrapped {
+    /// An empty cache of at most `capacity` objects (at least one).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Unwrapped {
+            holder: None,
+            generation: 0,
+            domains: HashMap::new(),
+            handles: Handles {
+                objects: HashMap::new(),
+                order: VecDeque::new(),
+                graveyard: Vec::new(),
+                capacity: capacity.max(1),
+            },
+        }
+    }
+
+    /// Closes the holding session (its objects go with it) and forgets everything.
+    pub(crate) fn reset(&mut self) {
+        if let Some(holder) = self.holder.take() {
+            // A dead session fails to close; its objects are gone either way.
+            let _ = holder.close();
+        }
+        self.domains.clear();
+        self.handles.objects.clear();
+        self.handles.order.clear();
+        self.handles.graveyard.clear();
+    }
+}
+
+impl Handles {
+    /// The object of `key`'s material of `kind`, if it is unwrapped: hold it while using it.
+    pub(crate) fn get(&self, key: KeyVersionRef, kind: ObjectKind) -> Option<Arc<ObjectHandle>> {
+        self.objects.get(&(key, kind)).cloned()
+    }
+
+    /// Keeps `handle`; the oldest objects past the capacity go to the graveyard.
+    pub(crate) fn insert(
+        &mut self,
+        holder: Option<&Session>,
+        key: KeyVersionRef,
+        kind: ObjectKind,
+        handle: ObjectHandle,
+    ) -> Arc<ObjectHandle> {
+        let handle = Arc::new(handle);
+        if let Some(old) = self.objects.insert((key, kind), Arc::clone(&handle)) {
+            self.graveyard.push(old);
+        } else {
+            self.order.push_back((key, kind));
+        }
+        while self.objects.len() > self.capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.objects.remove(&oldest) {
+                self.graveyard.push(old);
+            }
+        }
+        self.bury(holder);
+        handle
+    }
+
+    /// Forgets the unwrapped objects of `key`: they are destroyed once no call uses them (a
+    /// deleted key's material must not stay usable).
+    pub(crate) fn forget(&mut self, holder: Option<&Session>, key: KeyVersionRef) {
+        self.order.retain(|(k, _)| *k != key);
+        let gone: Vec<_> = self
+            .objects
+            .keys()
+            .filter(|(k, _)| *k == key)
+            .copied()
+            .collect();
+        for entry in gone {
+            if let Some(old) = self.objects.remove(&entry) {
+                self.graveyard.push(old);
+            }
+        }
+        self.bury(holder);
+    }
+
+    /// Destroys, in `holder`, the forgotten objects no call holds any more.
+    fn bury(&mut self, holder: Option<&Session>) {
+        let Some(holder) = holder else {
+            return;
+        };
+        self.graveyard.retain(|handle| {
+            if Arc::strong_count(handle) > 1 {
+                return true;
+            }
+            // A failure leaves a session object that goes with its session.
+            let _ = holder.destroy_object(**handle);
+            false
+        });
+    }
+
+    /// How many versions are unwrapped.
+    pub(crate) fn len(&self) -> usize {
+        self.objects.len()
+    }
 }
 
 /// A generic secret of `len` bytes that only computes HMACs with `allowed`, as a session

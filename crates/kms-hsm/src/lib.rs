@@ -11,7 +11,6 @@
 
 mod audit_key;
 mod connect;
-#[cfg_attr(not(test), allow(dead_code))]
 mod domain;
 mod error;
 mod object_id;
@@ -29,14 +28,15 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use kms_core::asymmetric::{self, HashAlg};
-use kms_core::hsm::{SignMechanism, WrappingKeyRef};
-use kms_core::key::{KeyMaterial, WrappingAlgorithm};
+use kms_core::hsm::{SignMechanism, VersionObject, WrappingKeyRef};
+use kms_core::key::{KeyMaterial, WrappedMaterial, WrappingAlgorithm};
 use kms_core::{HsmError, KeyStore, KeyVersionRef, MessageKey};
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
 pub use audit_key::HsmAuditSigner;
 use connect::connect;
+use domain::{Domain, Unwrapped};
 pub use error::OpenError;
 pub use object_id::{ObjectId, ObjectKind};
 use pool::SessionPool;
@@ -100,9 +100,14 @@ pub struct HsmKeyStore {
     /// SoftHSM2 2.6 fails a creation (CKR_TEMPLATE_INCONSISTENT, CKR_GENERAL_ERROR) that runs
     /// while another session destroys a token object, as the fault-injection test found.
     object_store: RwLock<()>,
+    /// Key versions kept wrapped, unwrapped on first use: see [`domain`].
+    unwrapped: Mutex<Unwrapped>,
 }
 
 impl HsmKeyStore {
+    /// How many unwrapped key versions are kept by default.
+    pub const DEFAULT_UNWRAPPED: usize = 10_000;
+
     /// Loads the module, finds the token and logs in. `namespace` is the store's instance id:
     /// only HSM objects carrying it are ever listed or destroyed.
     pub fn open(config: HsmConfig, namespace: [u8; 16]) -> Result<Self, OpenError> {
@@ -115,7 +120,28 @@ impl HsmKeyStore {
             generation: AtomicU64::new(0),
             observer: None,
             object_store: RwLock::new(()),
+            unwrapped: Mutex::new(Unwrapped::new(Self::DEFAULT_UNWRAPPED)),
         })
+    }
+
+    /// Keeps at most `capacity` unwrapped key versions (the least recently made go first;
+    /// one goes only once no call uses it).
+    #[must_use]
+    pub fn with_unwrapped_capacity(self, capacity: usize) -> Self {
+        *self
+            .unwrapped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Unwrapped::new(capacity);
+        self
+    }
+
+    /// How many key versions are unwrapped now.
+    pub fn unwrapped_versions(&self) -> usize {
+        self.unwrapped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .handles
+            .len()
     }
 
     /// Tells `observer` of every HSM call from now on.
@@ -216,13 +242,197 @@ impl HsmKeyStore {
         f()
     }
 
-    /// Forgets every cached object handle.
+    /// Forgets every cached object handle, and closes the session of the unwrapped versions.
     fn forget_all(&self) {
         self.handles
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        self.unwrapped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reset();
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Runs `f` with the unwrapped versions and the session that holds them, opened (logged in,
+    /// outside the pool) on first use and replaced once if it was lost.
+    fn with_holder<T>(
+        &self,
+        operation: &'static str,
+        f: impl Fn(&mut Unwrapped, &Session) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        let connection = self
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(pool) = connection.as_ref() else {
+            return Err(HsmError::Unavailable(
+                "kmsd is not connected to the HSM; it reconnects when the HSM answers again".into(),
+            ));
+        };
+        let mut unwrapped = self
+            .unwrapped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut retried = false;
+        loop {
+            if unwrapped.generation != self.generation() {
+                unwrapped.reset();
+                unwrapped.generation = self.generation();
+            }
+            let session = match unwrapped.holder.take() {
+                Some(session) => session,
+                None => pool
+                    .open_dedicated()
+                    .map_err(|e| error::classify(operation, e))?,
+            };
+            let started = Instant::now();
+            let result = f(&mut unwrapped, &session);
+            if let Some(observer) = &self.observer {
+                observer(operation, started.elapsed(), result.is_ok());
+            }
+            match result {
+                Err(e) if error::is_session_lost(&e) && !retried => {
+                    warn!(operation, error = %e, "the HSM session of unwrapped keys was lost; reopening");
+                    let _ = session.close();
+                    unwrapped.reset();
+                    retried = true;
+                }
+                other => {
+                    unwrapped.holder = Some(session);
+                    return other.map_err(|e| error::classify(operation, e));
+                }
+            }
+        }
+    }
+
+    /// The domain `version`, found with the holding session (and kept).
+    fn domain(
+        &self,
+        unwrapped: &mut Unwrapped,
+        session: &Session,
+        version: u32,
+    ) -> Result<Option<Domain>, CkError> {
+        if let Some(domain) = unwrapped.domains.get(&version) {
+            return Ok(Some(*domain));
+        }
+        let found = domain::find_domain(session, self.namespace, version)?;
+        if let Some(domain) = found {
+            unwrapped.domains.insert(version, domain);
+        }
+        Ok(found)
+    }
+
+    /// The current domain, made on the token on first use.
+    fn current_domain(
+        &self,
+        unwrapped: &mut Unwrapped,
+        session: &Session,
+    ) -> Result<Domain, CkError> {
+        let version = domain::CURRENT_DOMAIN;
+        if let Some(domain) = unwrapped.domains.get(&version) {
+            return Ok(*domain);
+        }
+        let domain = domain::find_or_create_domain(session, self.namespace, version)?;
+        unwrapped.domains.insert(version, domain);
+        Ok(domain)
+    }
+
+    /// The unwrapped object of `key`'s `wrapped` material of `kind`: from the cache, or checked
+    /// against its authenticator and unwrapped into the holding session.
+    fn unwrapped_object(
+        &self,
+        key: KeyVersionRef,
+        kind: ObjectKind,
+        wrapped: &WrappedMaterial,
+    ) -> Result<Arc<ObjectHandle>, HsmError> {
+        {
+            let unwrapped = self
+                .unwrapped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if unwrapped.generation == self.generation()
+                && let Some(handle) = unwrapped.handles.get(key, kind)
+            {
+                return Ok(handle);
+            }
+        }
+        let refused = |why: &str| HsmError::Failed {
+            operation: "unwrap key version",
+            source: format!("the wrapped material of {key} {why}").into(),
+        };
+        let outcome = self.with_holder("unwrap key", |unwrapped, s| {
+            if let Some(handle) = unwrapped.handles.get(key, kind) {
+                return Ok(Ok(handle));
+            }
+            let Some(domain) = self.domain(unwrapped, s, wrapped.domain_key)? else {
+                return Ok(Err("names a domain key the HSM does not hold"));
+            };
+            let message = domain::tag_message(
+                self.namespace,
+                key,
+                kind,
+                wrapped.domain_key,
+                &wrapped.wrapped,
+            );
+            match s.verify(
+                &Mechanism::Sha256Hmac,
+                domain.authenticate,
+                &message,
+                &wrapped.tag,
+            ) {
+                Ok(()) => {}
+                Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
+                    return Ok(Err("does not authenticate"));
+                }
+                Err(e) => return Err(e),
+            }
+            let allowed = templates::allowed_mechanisms(kind, false);
+            match domain::unwrap_secret(s, domain.wrap, &wrapped.wrapped, allowed) {
+                Ok(handle) => Ok(Ok(unwrapped.handles.insert(Some(s), key, kind, handle))),
+                Err(e) if error::is_bad_input(&e) => Ok(Err("does not unwrap")),
+                Err(e) => Err(e),
+            }
+        })?;
+        outcome.map_err(refused)
+    }
+
+    /// Runs `f` with the object of `key`'s material of `kind`: its token object, or its
+    /// unwrapped session object, unwrapped again once if it went meanwhile.
+    fn with_version<T>(
+        &self,
+        operation: &'static str,
+        key: VersionObject<'_>,
+        kind: ObjectKind,
+        f: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        let Some(wrapped) = key.wrapped else {
+            return self.with_key(operation, key.key, kind, f);
+        };
+        for _ in 0..2 {
+            let handle = self.unwrapped_object(key.key, kind, wrapped)?;
+            let result = self.with_session(operation, true, |s| match f(s, *handle) {
+                Err(CkError::Pkcs11(
+                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
+                    _,
+                )) => Ok(None),
+                other => other.map(Some),
+            })?;
+            if let Some(value) = result {
+                return Ok(value);
+            }
+            drop(handle);
+            let mut unwrapped = self
+                .unwrapped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Unwrapped {
+                holder, handles, ..
+            } = &mut *unwrapped;
+            handles.forget(holder.as_ref(), key.key);
+        }
+        Err(HsmError::ObjectNotFound(key.key))
     }
 
     /// The generation of cached handles: see the field.
@@ -512,8 +722,12 @@ impl KeyStore for HsmKeyStore {
         Ok(public_key)
     }
 
-    fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError> {
-        let mac = Zeroizing::new(self.with_key(
+    fn derive_message_key(
+        &self,
+        key: VersionObject<'_>,
+        input: &[u8],
+    ) -> Result<MessageKey, HsmError> {
+        let mac = Zeroizing::new(self.with_version(
             "hmac",
             key,
             ObjectKind::MasterSecret,
@@ -528,14 +742,50 @@ impl KeyStore for HsmKeyStore {
 
     fn sign(
         &self,
-        key: KeyVersionRef,
+        key: VersionObject<'_>,
         material: KeyMaterial,
         mechanism: SignMechanism,
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
         let mechanism = templates::sign_mechanism(mechanism);
-        self.with_key("sign", key, ObjectKind::of(material), |s, h| {
+        self.with_version("sign", key, ObjectKind::of(material), |s, h| {
             s.sign(&mechanism, h, data)
+        })
+    }
+
+    fn create_wrapped_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+    ) -> Result<WrappedMaterial, HsmError> {
+        let Some(len) = material.secret_len() else {
+            return Err(HsmError::Unsupported {
+                operation: "wrap key version",
+                detail: "only secrets are kept wrapped; key pairs are token objects".to_owned(),
+            });
+        };
+        let kind = ObjectKind::of(material);
+        let allowed = templates::allowed_mechanisms(kind, false);
+        self.creating(|| {
+            self.with_holder("generate key", |unwrapped, s| {
+                let domain = self.current_domain(unwrapped, s)?;
+                let (handle, wrapped) =
+                    domain::generate_wrapped_secret(s, domain.wrap, len, allowed.clone())?;
+                let message = domain::tag_message(
+                    self.namespace,
+                    key,
+                    kind,
+                    domain::CURRENT_DOMAIN,
+                    &wrapped,
+                );
+                let tag = s.sign(&Mechanism::Sha256Hmac, domain.authenticate, &message)?;
+                unwrapped.handles.insert(Some(s), key, kind, handle);
+                Ok(WrappedMaterial {
+                    domain_key: domain::CURRENT_DOMAIN,
+                    wrapped,
+                    tag,
+                })
+            })
         })
     }
 
@@ -741,6 +991,16 @@ impl KeyStore for HsmKeyStore {
 
     fn destroy_key_version(&self, key: KeyVersionRef) -> Result<(), HsmError> {
         self.forget(key);
+        {
+            let mut unwrapped = self
+                .unwrapped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Unwrapped {
+                holder, handles, ..
+            } = &mut *unwrapped;
+            handles.forget(holder.as_ref(), key);
+        }
         let ids: Vec<Vec<u8>> = ObjectKind::ALL
             .into_iter()
             .map(|kind| self.object_id(key, kind))

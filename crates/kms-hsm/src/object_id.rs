@@ -59,7 +59,7 @@ impl ObjectKind {
         }
     }
 
-    fn byte(self) -> u8 {
+    pub(crate) fn byte(self) -> u8 {
         match self {
             ObjectKind::MasterSecret => 1,
             ObjectKind::HmacSha256 => 2,

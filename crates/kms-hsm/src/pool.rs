@@ -148,6 +148,12 @@ impl SessionPool {
         }
     }
 
+    /// A logged-in session of its own, outside the pool: the one that holds unwrapped key
+    /// versions, which live as long as it does.
+    pub(crate) fn open_dedicated(&self) -> Result<Session, CkError> {
+        self.open_session()
+    }
+
     fn open_session(&self) -> Result<Session, CkError> {
         let session = self.pkcs11.open_rw_session(self.slot)?;
         // Login state is shared by every session of the application: the second and later

@@ -23,9 +23,9 @@ use super::{HsmConfig, HsmKeyStore, ObjectId, ObjectKind, OpenError};
 mod domain;
 mod faults;
 
-const PIN: &str = "user-pin-1234";
+pub(super) const PIN: &str = "user-pin-1234";
 const SO_PIN: &str = "so-pin-5678";
-const NAMESPACE: [u8; 16] = [0x42; 16];
+pub(super) const NAMESPACE: [u8; 16] = [0x42; 16];
 
 fn module() -> PathBuf {
     let module = std::env::var_os("TEST_PKCS11_MODULE").map_or_else(
@@ -94,7 +94,7 @@ fn fresh_token() -> (String, Slot) {
     (label, slot)
 }
 
-fn config(label: &str, pin: &str) -> HsmConfig {
+pub(super) fn config(label: &str, pin: &str) -> HsmConfig {
     HsmConfig {
         module: module(),
         token_label: label.to_owned(),
@@ -112,7 +112,7 @@ fn open_store() -> (HsmKeyStore, Slot) {
 }
 
 /// A logged-in session of the test's own, to inspect the token from outside the store.
-fn inspector(slot: Slot) -> Session {
+pub(super) fn inspector(slot: Slot) -> Session {
     let session = admin()
         .open_ro_session(slot)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -122,7 +122,7 @@ fn inspector(slot: Slot) -> Session {
     }
 }
 
-fn version(key_id: KeyId, version: u32) -> KeyVersionRef {
+pub(super) fn version(key_id: KeyId, version: u32) -> KeyVersionRef {
     KeyVersionRef { key_id, version }
 }
 
@@ -225,7 +225,7 @@ fn the_hsm_derivation_matches_the_published_vectors() {
         ok(session.create_object(&template));
 
         let input = ok(hex::decode(&v.derivation_input_hex));
-        let k_msg = ok(store.derive_message_key(key, &input));
+        let k_msg = ok(store.derive_message_key(key.into(), &input));
         assert_eq!(hex::encode(k_msg.expose_secret()), v.k_msg_hex);
     }
 }
@@ -247,11 +247,13 @@ fn destroy_is_idempotent_and_list_sees_only_this_instance() {
     ok(store.destroy_key_version(a));
     assert_eq!(ok(store.list_key_versions()), vec![b]);
     assert!(matches!(
-        store.derive_message_key(a, b"x"),
+        store.derive_message_key(a.into(), b"x"),
         Err(HsmError::ObjectNotFound(_))
     ));
     assert_eq!(
-        ok(store.derive_message_key(b, b"x")).expose_secret().len(),
+        ok(store.derive_message_key(b.into(), b"x"))
+            .expose_secret()
+            .len(),
         32
     );
 }
@@ -496,7 +498,12 @@ fn key_pairs_and_hmac_keys_keep_custody_and_sign_verifiably() {
             ),
             _ => (SignMechanism::RsaPss(algorithm.hash()), digest.clone()),
         };
-        let signature = ok(store.sign(rsa, KeyMaterial::RsaSign { bits: 2048 }, mechanism, &data));
+        let signature = ok(store.sign(
+            rsa.into(),
+            KeyMaterial::RsaSign { bits: 2048 },
+            mechanism,
+            &data,
+        ));
         assert!(
             ok(asymmetric::verify(&spki, algorithm, &digest, &signature)),
             "{algorithm:?}"
@@ -524,7 +531,7 @@ fn key_pairs_and_hmac_keys_keep_custody_and_sign_verifiably() {
     );
     let digest = HashAlg::Sha256.digest(message);
     let der = ok(asymmetric::ecdsa_raw_to_der(&ok(store.sign(
-        ec,
+        ec.into(),
         KeyMaterial::EcP256Sign,
         SignMechanism::Ecdsa,
         &digest,
@@ -549,7 +556,7 @@ fn key_pairs_and_hmac_keys_keep_custody_and_sign_verifiably() {
     );
     let mac = || {
         let mechanism = SignMechanism::Hmac(MacAlgorithm::HmacSha384);
-        ok(store.sign(hmac, hmac384, mechanism, message))
+        ok(store.sign(hmac.into(), hmac384, mechanism, message))
     };
     assert_eq!(mac().len(), 48);
     assert_eq!(mac(), mac(), "an HMAC is deterministic");
@@ -649,7 +656,7 @@ fn imported_material_is_unwrapped_in_the_hsm_with_custody() {
     assert!(matches!(length, Some(32) | None), "{length:?}");
     let input = ok(hex::decode(text("derivation_input_hex")));
     assert_eq!(
-        hex::encode(ok(store.derive_message_key(key, &input)).expose_secret()),
+        hex::encode(ok(store.derive_message_key(key.into(), &input)).expose_secret()),
         text("k_msg_hex")
     );
     assert_eq!(
@@ -706,11 +713,11 @@ fn a_key_versions_material_kind_is_part_of_its_identity_in_the_hsm() {
     ok(store.create_key_version(hmac, hmac_material));
     let input = b"the derivation input of a forged blob";
     assert!(matches!(
-        store.derive_message_key(hmac, input),
+        store.derive_message_key(hmac.into(), input),
         Err(HsmError::ObjectNotFound(_))
     ));
     ok(store.sign(
-        hmac,
+        hmac.into(),
         hmac_material,
         SignMechanism::Hmac(MacAlgorithm::HmacSha256),
         input,
@@ -720,14 +727,14 @@ fn a_key_versions_material_kind_is_part_of_its_identity_in_the_hsm() {
     ok(store.create_key_version(master, KeyMaterial::MasterSecret));
     assert!(matches!(
         store.sign(
-            master,
+            master.into(),
             hmac_material,
             SignMechanism::Hmac(MacAlgorithm::HmacSha256),
             input
         ),
         Err(HsmError::ObjectNotFound(_))
     ));
-    ok(store.derive_message_key(master, input));
+    ok(store.derive_message_key(master.into(), input));
 
     // The HSM itself refuses any mechanism but the object's own.
     let session = inspector(slot);
@@ -770,7 +777,7 @@ fn legacy_objects_without_a_kind_still_serve_and_are_destroyed() {
     template.retain(|a| !matches!(a, Attribute::ValueLen(_)));
     template.push(Attribute::Value(vec![7; 32]));
     ok(session.create_object(&template));
-    ok(store.derive_message_key(key, b"input"));
+    ok(store.derive_message_key(key.into(), b"input"));
     assert_eq!(ok(store.list_key_versions()), vec![key]);
     ok(store.destroy_key_version(key));
     assert!(ok(store.list_key_versions()).is_empty());

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use kms_core::key::KeyStorage;
 use kms_core::policy::KeyPolicy;
+use kms_hsm::HsmKeyStore;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -46,6 +48,14 @@ pub struct Args {
     /// The most keys there may be [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_keys: Option<usize>,
+    /// Where new key versions keep their material: `wrapped` under a domain key in the
+    /// metadata store (the token holds only the domain keys), or one `token` object each
+    /// [default: wrapped]. Secrets only for now: key pairs are token objects either way.
+    #[arg(long, value_name = "STORAGE")]
+    pub key_storage: Option<KeyStorageName>,
+    /// The most wrapped key versions kept unwrapped in the HSM at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub unwrapped_cache: Option<usize>,
     /// Log filter, e.g. info or kms_core=debug [default: info; RUST_LOG also works].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -143,6 +153,8 @@ pub struct RawConfig {
     pin_file: Option<PathBuf>,
     hsm_max_sessions: Option<usize>,
     max_keys: Option<usize>,
+    key_storage: Option<KeyStorageName>,
+    unwrapped_cache: Option<usize>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     request_timeout: Option<String>,
@@ -192,6 +204,17 @@ struct RawTls {
     allow_cn_principals: bool,
 }
 
+/// `key_storage`: where new key versions keep their material.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStorageName {
+    /// Wrapped under a domain key, in the metadata store.
+    #[default]
+    Wrapped,
+    /// One token object per version.
+    Token,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -238,6 +261,10 @@ pub struct Config {
     pub hsm_max_sessions: usize,
     /// The most keys there may be.
     pub max_keys: usize,
+    /// Where new key versions keep their material.
+    pub key_storage: KeyStorage,
+    /// The most key versions kept unwrapped.
+    pub unwrapped_cache: usize,
     /// The log filter.
     pub log_level: String,
     /// How log lines are written.
@@ -373,6 +400,12 @@ impl Config {
                 .map_or(PinSource::Env, PinSource::File),
             hsm_max_sessions,
             max_keys,
+            key_storage: args
+                .key_storage
+                .or(raw.key_storage)
+                .unwrap_or_default()
+                .into(),
+            unwrapped_cache: unwrapped_cache(args.unwrapped_cache.or(raw.unwrapped_cache))?,
             log_level: args
                 .log_level
                 .or(raw.log_level)
@@ -495,6 +528,24 @@ fn token_label(label: Option<String>) -> Result<String, ConfigError> {
 }
 
 /// The key limit (which aliases share): at least 1.
+fn unwrapped_cache(capacity: Option<usize>) -> Result<usize, ConfigError> {
+    match capacity.unwrap_or(HsmKeyStore::DEFAULT_UNWRAPPED) {
+        0 => Err(ConfigError::Invalid(
+            "unwrapped-cache must be at least 1".into(),
+        )),
+        n => Ok(n),
+    }
+}
+
+impl From<KeyStorageName> for KeyStorage {
+    fn from(name: KeyStorageName) -> Self {
+        match name {
+            KeyStorageName::Wrapped => KeyStorage::Wrapped,
+            KeyStorageName::Token => KeyStorage::Token,
+        }
+    }
+}
+
 fn max_keys(max_keys: Option<usize>) -> Result<usize, ConfigError> {
     match max_keys.unwrap_or(kms_core::Kms::DEFAULT_MAX_KEYS) {
         0 => Err(ConfigError::Invalid("max-keys must be at least 1".into())),

@@ -103,6 +103,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// The HSM, logged in, its calls observed by `metrics`; `namespace` is the store's instance id.
+fn open_hsm(
+    config: &Config,
+    namespace: [u8; 16],
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<HsmKeyStore> {
+    let hsm = HsmKeyStore::open(
+        HsmConfig {
+            module: config.pkcs11_module.clone(),
+            token_label: config.token_label.clone(),
+            pin: config.read_pin()?,
+            max_sessions: config.hsm_max_sessions,
+            session_wait: HSM_SESSION_WAIT,
+        },
+        namespace,
+    )?;
+    Ok(hsm
+        .with_observer(metrics.hsm_observer())
+        .with_unwrapped_capacity(config.unwrapped_cache))
+}
+
 /// `--check-config`: everything kmsd checks before it serves, short of opening the store and
 /// the audit log: the PIN, the module, the token and the login, the TLS files, the data dir's
 /// place. Prints what kmsd would use.
@@ -211,20 +232,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         ));
     }
     let store = Arc::new(RocksStore::open(&config.data_dir)?);
-    let pin = config.read_pin()?;
-    let hsm = Arc::new(
-        HsmKeyStore::open(
-            HsmConfig {
-                module: config.pkcs11_module.clone(),
-                token_label: config.token_label.clone(),
-                pin,
-                max_sessions: config.hsm_max_sessions,
-                session_wait: HSM_SESSION_WAIT,
-            },
-            store.instance_id(),
-        )?
-        .with_observer(metrics.hsm_observer()),
-    );
+    let hsm = Arc::new(open_hsm(config, store.instance_id(), &metrics)?);
     info!(
         token = hsm.token_label(),
         module = %config.pkcs11_module.display(),
@@ -256,6 +264,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let kms = Arc::new(
         Kms::new(store.clone(), hsm.clone(), Arc::new(SystemClock))
             .with_max_keys(config.max_keys)
+            .with_key_storage(config.key_storage)
             .with_authorization(Authorization {
                 administrators,
                 server_policy: config.server_policy.clone(),

@@ -296,7 +296,7 @@ mod tests {
                     "payments".to_owned(),
                 )])?)
             })
-            .and_then(|()| record.created(None));
+            .and_then(|()| record.created(None, None));
         if let Err(error) = made {
             panic!("{error}");
         }

@@ -27,10 +27,11 @@ use serde::{Deserialize, Serialize};
 use super::{
     EncryptionAlgorithm, ImportParameters, ImportState, KeyMaterial, KeySpec, KeyState, KeyUsage,
     KeyVersion, MacAlgorithm, Origin, PendingDeletion, RotationSchedule, VersionSource,
+    WrappedMaterial,
 };
 use crate::asymmetric::SigningAlgorithm;
 use crate::error::KmsError;
-use crate::hsm::KeyVersionRef;
+use crate::hsm::{KeyVersionRef, VersionObject};
 use crate::ids::KeyId;
 use crate::policy::KeyPolicy;
 use crate::tags::{self, NewTags};
@@ -107,6 +108,7 @@ impl KeyRecord {
                 source: VersionSource::Creation,
                 pending: false,
                 public_key: None,
+                wrapped: None,
             }],
             tags: BTreeMap::new(),
             rotation: None,
@@ -251,6 +253,33 @@ impl KeyRecord {
             .then_some(KeyVersionRef {
                 key_id: self.id,
                 version,
+            })
+    }
+
+    /// The HSM's view of `version`, if the key has that version: its identity and, when its
+    /// material is kept outside the token, the wrapped material.
+    pub fn version_object(&self, version: u32) -> Option<VersionObject<'_>> {
+        self.versions
+            .iter()
+            .find(|v| v.version == version && !v.pending)
+            .map(|v| VersionObject {
+                key: KeyVersionRef {
+                    key_id: self.id,
+                    version,
+                },
+                wrapped: v.wrapped.as_ref(),
+            })
+    }
+
+    /// The token objects of the versions whose material is one (not kept wrapped), pending
+    /// ones included.
+    pub fn token_version_refs(&self) -> impl Iterator<Item = KeyVersionRef> + '_ {
+        self.versions
+            .iter()
+            .filter(|v| v.wrapped.is_none())
+            .map(|v| KeyVersionRef {
+                key_id: self.id,
+                version: v.version,
             })
     }
 
@@ -406,14 +435,19 @@ impl KeyRecord {
 
 /// Transitions: each changes the record only when the move is legal.
 impl KeyRecord {
-    /// Creating → Enabled, once the first version's HSM object exists; a key pair's public
-    /// key is recorded with it.
-    pub fn created(&mut self, public_key: Option<Vec<u8>>) -> Result<(), KmsError> {
+    /// Creating → Enabled, once the first version's material exists; a key pair's public key,
+    /// or the wrapped material of a version kept outside the token, is recorded with it.
+    pub fn created(
+        &mut self,
+        public_key: Option<Vec<u8>>,
+        wrapped: Option<WrappedMaterial>,
+    ) -> Result<(), KmsError> {
         if self.state != KeyState::Creating || self.origin != Origin::Kms {
             return Err(self.refuse("made usable"));
         }
         if let Some(first) = self.versions.first_mut() {
             first.public_key = public_key;
+            first.wrapped = wrapped;
         }
         self.state = KeyState::Enabled;
         Ok(())
@@ -541,14 +575,21 @@ impl KeyRecord {
             source,
             pending: true,
             public_key: None,
+            wrapped: None,
         });
         Ok(next)
     }
 
-    /// Makes the pending `version`, whose HSM object now exists, current; an automatic
+    /// Makes the pending `version`, whose material now exists (`wrapped` when it is kept
+    /// outside the token), current; an automatic
     /// rotation moves the schedule on by one period from `now_ms`. Refused on a deleted key
     /// (deleted while the HSM made the object).
-    pub fn finish_rotation(&mut self, version: u32, now_ms: i64) -> Result<(), KmsError> {
+    pub fn finish_rotation(
+        &mut self,
+        version: u32,
+        wrapped: Option<WrappedMaterial>,
+        now_ms: i64,
+    ) -> Result<(), KmsError> {
         if !self.is_visible() {
             return Err(self.refuse("given a new version"));
         }
@@ -563,6 +604,7 @@ impl KeyRecord {
             )));
         };
         new.pending = false;
+        new.wrapped = wrapped;
         if new.source == VersionSource::Automatic {
             self.rotation = self.rotation.map(|r| r.after_rotation(now_ms));
         }

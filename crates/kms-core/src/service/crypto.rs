@@ -7,7 +7,7 @@ use crate::blob;
 use crate::caller::Caller;
 use crate::context::EncryptionContext;
 use crate::error::KmsError;
-use crate::hsm::{HsmError, KeyVersionRef};
+use crate::hsm::{HsmError, VersionObject};
 use crate::ids::KeyRef;
 use crate::key::{EncryptionAlgorithm, KeyRecord, KeyState};
 use crate::policy::Action;
@@ -110,9 +110,9 @@ impl Kms {
         check_encryption_algorithm(&record, algorithm)?;
         check_no_context(context, algorithm)?;
         let version = current_version(&record)?;
-        caller.note_key(record.id, Some(version.version));
+        caller.note_key(record.id, Some(version.key.version));
         let hash = algorithm.oaep_hash().ok_or(KmsError::InvalidCiphertext)?;
-        let plaintext = match self.hsm.rsa_decrypt(version, hash, ciphertext) {
+        let plaintext = match self.hsm.rsa_decrypt(version.key, hash, ciphertext) {
             Ok(plaintext) => plaintext,
             Err(HsmError::Rejected { .. }) => return Err(KmsError::InvalidCiphertext),
             Err(error) => return Err(error.into()),
@@ -178,13 +178,13 @@ impl Kms {
         }
         record.check_usable()?;
         let version = record
-            .version_ref(blob_key.version)
+            .version_object(blob_key.version)
             .ok_or(KmsError::InvalidCiphertext)?;
         let k_msg = self
             .hsm
             .derive_message_key(version, &symmetric::derivation_input(&parsed.header.nonce))?;
         let plaintext = symmetric::open(&k_msg, &parsed, context)?;
-        debug!(key_id = %record.id, version = version.version, "decrypted");
+        debug!(key_id = %record.id, version = version.key.version, "decrypted");
         Ok(Decrypted {
             plaintext: SecretBytes::from(plaintext),
             key_id: record.id,
@@ -297,20 +297,22 @@ impl Kms {
     ) -> Result<Vec<u8>, KmsError> {
         check_encryption_algorithm(record, EncryptionAlgorithm::SymmetricDefault)?;
         let version = current_version(record)?;
-        caller.note_key(record.id, Some(version.version));
+        caller.note_key(record.id, Some(version.key.version));
         let nonce = symmetric::random_nonce()?;
         let k_msg = self
             .hsm
             .derive_message_key(version, &symmetric::derivation_input(&nonce))?;
-        symmetric::seal(&k_msg, version, nonce, context, plaintext)
+        symmetric::seal(&k_msg, version.key, nonce, context, plaintext)
     }
 }
 
 /// The current version's HSM object.
-pub(super) fn current_version(record: &KeyRecord) -> Result<KeyVersionRef, KmsError> {
-    record.version_ref(record.current_version()).ok_or_else(|| {
-        KmsError::Internal(format!("key {} has no current version", record.id).into())
-    })
+pub(super) fn current_version(record: &KeyRecord) -> Result<VersionObject<'_>, KmsError> {
+    record
+        .version_object(record.current_version())
+        .ok_or_else(|| {
+            KmsError::Internal(format!("key {} has no current version", record.id).into())
+        })
 }
 
 /// The public key of a key pair.

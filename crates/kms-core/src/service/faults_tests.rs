@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::Kms;
 use crate::hsm::KeyStore;
+use crate::key::KeyStorage;
 use crate::testing::{
     Fault, FaultyKeyStore, ManualClock, MemoryStore, SoftKeyStore, authorization, fault_load,
 };
@@ -26,8 +27,12 @@ fn under_hsm_faults_answers_are_right_failures_are_clear_and_restarts_leave_noth
         Fault::LostAfter,
         Fault::Delay(Duration::from_millis(1)),
     ];
-    for (what, pick) in plans {
-        for fault in faults {
+    for (what, pick, fault, storage) in plans.into_iter().flat_map(|(what, pick)| {
+        faults.into_iter().flat_map(move |fault| {
+            [KeyStorage::Wrapped, KeyStorage::Token].map(|storage| (what, pick, fault, storage))
+        })
+    }) {
+        {
             let store = Arc::new(MemoryStore::default());
             let soft = Arc::new(SoftKeyStore::default());
             let clock = Arc::new(ManualClock::default());
@@ -39,19 +44,22 @@ fn under_hsm_faults_answers_are_right_failures_are_clear_and_restarts_leave_noth
             ));
             let kms = Arc::new(
                 Kms::new(store.clone(), hsm.clone(), clock.clone())
-                    .with_authorization(authorization()),
+                    .with_authorization(authorization())
+                    .with_key_storage(storage),
             );
+            let what = format!("{what}, {fault:?}, {storage:?}");
             let seen = fault_load::run(&kms, 4, 12);
-            assert!(hsm.injected() > 0, "{what}, {fault:?}: no fault injected");
-            seen.check_errors(&format!("{what}, {fault:?}"));
+            assert!(hsm.injected() > 0, "{what}: no fault injected");
+            seen.check_errors(&what);
             if fault != Fault::Delay(Duration::from_millis(1)) {
-                assert!(!seen.errors.is_empty(), "{what}, {fault:?}: no call failed");
+                assert!(!seen.errors.is_empty(), "{what}: no call failed");
             }
 
             // Restart on the same store and HSM, without faults.
             drop(kms);
-            let restarted =
-                Kms::new(store.clone(), soft.clone(), clock).with_authorization(authorization());
+            let restarted = Kms::new(store.clone(), soft.clone(), clock)
+                .with_authorization(authorization())
+                .with_key_storage(storage);
             fault_load::check_restart(&restarted, store.as_ref(), soft.as_ref(), &seen);
         }
     }

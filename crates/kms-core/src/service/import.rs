@@ -249,14 +249,14 @@ impl Kms {
         };
         match self
             .hsm
-            .sign(version, material, mechanism, MATERIAL_CHECK_INPUT)
+            .sign(version.into(), material, mechanism, MATERIAL_CHECK_INPUT)
         {
             Ok(_) => {}
             Err(HsmError::Rejected { .. }) => return Err(too_short()),
             Err(error) => return Err(error.into()),
         }
         match self.hsm.sign(
-            version,
+            version.into(),
             material,
             SignMechanism::MaterialCheck,
             MATERIAL_CHECK_INPUT,

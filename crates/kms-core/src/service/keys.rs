@@ -7,9 +7,9 @@ use tracing::{info, warn};
 
 use crate::caller::Caller;
 use crate::error::KmsError;
-use crate::hsm::KeyVersionRef;
+use crate::hsm::{HsmError, KeyVersionRef};
 use crate::ids::{KeyId, KeyRef};
-use crate::key::{KeyRecord, KeyUsage, Origin};
+use crate::key::{KeyMaterial, KeyRecord, KeyStorage, KeyUsage, Origin, WrappedMaterial};
 use crate::policy::{Action, KeyPolicy};
 
 use super::{CreateKeyInput, KeyPage, Kms, PageLimit, check_no_lockout, page_after};
@@ -88,8 +88,8 @@ impl Kms {
             key_id: record.id,
             version: 1,
         };
-        let public_key = match self.hsm.create_key_version(first, record.material()) {
-            Ok(public_key) => public_key,
+        let (public_key, wrapped) = match self.make_material(first, record.material()) {
+            Ok(made) => made,
             Err(error) => {
                 // The HSM may have made the object before failing (a lost session). Destroy it,
                 // then drop the record; if either step fails, the `Creating` record stays and
@@ -106,10 +106,24 @@ impl Kms {
                 return Err(error.into());
             }
         };
-        record.created(public_key)?;
+        record.created(public_key, wrapped)?;
         self.store.put_key(&record)?;
         info!(key_id = %record.id, spec = record.spec.as_str(), "created key");
         Ok(record)
+    }
+    /// Makes a key version's material in the HSM, where the configured storage says: wrapped
+    /// under the domain key (secrets; returned for the record), or a token object (key pairs,
+    /// and every kind under `KeyStorage::Token`), whose public key is returned for key pairs.
+    pub(super) fn make_material(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+    ) -> Result<(Option<Vec<u8>>, Option<WrappedMaterial>), HsmError> {
+        if self.storage == KeyStorage::Wrapped && material.secret_len().is_some() {
+            Ok((None, Some(self.hsm.create_wrapped_version(key, material)?)))
+        } else {
+            Ok((self.hsm.create_key_version(key, material)?, None))
+        }
     }
     /// The record of a visible key.
     pub fn describe_key(&self, caller: &Caller, key: &KeyRef) -> Result<KeyRecord, KmsError> {

@@ -36,7 +36,9 @@ use crate::context::EncryptionContext;
 use crate::error::KmsError;
 use crate::hsm::{KeyStore, KeyVersionRef};
 use crate::ids::{KeyId, KeyRef};
-use crate::key::{EncryptionAlgorithm, ExpirationModel, KeySpec, KeyUsage, KeyVersion, Origin};
+use crate::key::{
+    EncryptionAlgorithm, ExpirationModel, KeySpec, KeyStorage, KeyUsage, KeyVersion, Origin,
+};
 use crate::policy::{KeyPolicy, PolicyCache};
 use crate::secret::SecretBytes;
 use crate::store::MetadataStore;
@@ -384,6 +386,8 @@ pub struct Kms {
     authorization: Authorization,
     /// Key policies, parsed once per text.
     policies: PolicyCache,
+    /// Where new key versions keep their material.
+    storage: KeyStorage,
     /// The pending versions whose rotation is under way in this process. A pending version
     /// not in here is left from a rotation whose cleanup failed: the next rotation or
     /// deletion of the key removes it, rather than waiting for a restart.
@@ -420,6 +424,7 @@ impl Kms {
             alias_count: AtomicUsize::new(0),
             authorization: Authorization::default(),
             policies: PolicyCache::default(),
+            storage: KeyStorage::default(),
             rotations: Mutex::new(HashSet::new()),
             deletions: Mutex::new(HashSet::new()),
         }
@@ -444,6 +449,14 @@ impl Kms {
     /// The key limit when none is configured.
     pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
+    /// Sets where new key versions keep their material (wrapped under a domain key by
+    /// default; versions already made stay where they are).
+    #[must_use]
+    pub fn with_key_storage(mut self, storage: KeyStorage) -> Self {
+        self.storage = storage;
+        self
+    }
+
     /// Sets the most keys there may be (LimitExceededException beyond).
     #[must_use]
     pub fn with_max_keys(mut self, max_keys: usize) -> Self {
@@ -457,6 +470,9 @@ mod faults_tests;
 
 #[cfg(test)]
 mod race_tests;
+
+#[cfg(test)]
+mod storage_tests;
 
 #[cfg(test)]
 mod test_support;

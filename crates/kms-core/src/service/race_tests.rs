@@ -11,7 +11,7 @@ use super::{CreateKeyInput, Kms};
 use crate::error::KmsError;
 use crate::hsm::{KeyStore, KeyVersionRef, WrappingKeyRef};
 use crate::ids::KeyRef;
-use crate::key::{KeySpec, KeyState, Origin, WrappingAlgorithm};
+use crate::key::{KeySpec, KeyState, KeyStorage, Origin, WrappingAlgorithm};
 use crate::store::MetadataStore;
 use crate::testing::{
     Fault, FaultyKeyStore, ManualClock, MemoryStore, SoftKeyStore, admin, authorization,
@@ -20,7 +20,8 @@ use crate::testing::{
 const DAY: i64 = 86_400_000;
 
 /// A service whose HSM runs every call `pick` names through `fault`, over a soft HSM the
-/// test can inspect, with a clock the test sets.
+/// test can inspect, with a clock the test sets. Versions are token objects, whose life
+/// alongside the records is what these races are about.
 struct Rig {
     kms: Arc<Kms>,
     store: Arc<MemoryStore>,
@@ -46,7 +47,9 @@ fn rig_every(pick: fn(&str) -> bool, fault: Fault, every: u64) -> Rig {
         every,
     ));
     let kms = Arc::new(
-        Kms::new(store.clone(), hsm.clone(), clock.clone()).with_authorization(authorization()),
+        Kms::new(store.clone(), hsm.clone(), clock.clone())
+            .with_authorization(authorization())
+            .with_key_storage(KeyStorage::Token),
     );
     Rig {
         kms,

@@ -58,7 +58,7 @@ impl Kms {
                 }
                 return Ok(());
             }
-            for version in record.version_refs() {
+            for version in record.token_version_refs() {
                 if !in_hsm.contains(&version) {
                     warn!(key_id = %version.key_id, version = version.version,
                         "key version has no HSM object; it cannot be used");

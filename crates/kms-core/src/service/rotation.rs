@@ -101,30 +101,30 @@ impl Kms {
     }
     fn make_version_under_way(&self, object: KeyVersionRef) -> Result<KeyRecord, KmsError> {
         let (id, next) = (object.key_id, object.version);
-        if let Err(error) = self
-            .hsm
-            .create_key_version(object, KeyMaterial::MasterSecret)
-        {
-            let cleanup = self
-                .hsm
-                .destroy_key_version(object)
-                .map_err(KmsError::from)
-                .and_then(|()| {
-                    self.rewrite(id, |record| {
-                        record.abandon_rotation(next);
-                        Ok(())
-                    })
-                });
-            if let Err(cleanup) = cleanup {
-                warn!(key_id = %id, error = %cleanup,
+        let wrapped = match self.make_material(object, KeyMaterial::MasterSecret) {
+            Ok((_, wrapped)) => wrapped,
+            Err(error) => {
+                let cleanup = self
+                    .hsm
+                    .destroy_key_version(object)
+                    .map_err(KmsError::from)
+                    .and_then(|()| {
+                        self.rewrite(id, |record| {
+                            record.abandon_rotation(next);
+                            Ok(())
+                        })
+                    });
+                if let Err(cleanup) = cleanup {
+                    warn!(key_id = %id, error = %cleanup,
                     "a failed rotation is left for the next rotation or startup reconciliation");
+                }
+                return Err(error.into());
             }
-            return Err(error.into());
-        }
+        };
         let now = self.clock.now_millis();
         let mut refused = false;
         let finished = self.rewrite(id, |record| {
-            let finished = record.finish_rotation(next, now);
+            let finished = record.finish_rotation(next, wrapped, now);
             refused = finished.is_err();
             finished
         });

@@ -76,7 +76,7 @@ impl Kms {
         check_signing_algorithm(&record, algorithm, "Sign")?;
         let digest = asymmetric::message_digest(algorithm, message_type, message)?;
         let version = current_version(&record)?;
-        caller.note_key(record.id, Some(version.version));
+        caller.note_key(record.id, Some(version.key.version));
         let signature = match algorithm {
             SigningAlgorithm::EcdsaSha256 => {
                 let raw =
@@ -197,7 +197,7 @@ impl Kms {
             )));
         }
         let version = current_version(record)?;
-        caller.note_key(record.id, Some(version.version));
+        caller.note_key(record.id, Some(version.key.version));
         Ok(self.hsm.sign(
             version,
             record.material(),

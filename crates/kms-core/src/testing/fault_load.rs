@@ -112,7 +112,7 @@ pub fn run(kms: &Arc<Kms>, workers: usize, rounds: usize) -> Seen {
 
 /// After a restart (`restarted` on the same store and HSM, without faults): reconciliation
 /// leaves no half-made key or version, every HSM object belongs to a key version and every
-/// key version has its object, and every acknowledged blob decrypts.
+/// key version kept on the token has its object, and every acknowledged blob decrypts.
 pub fn check_restart(restarted: &Kms, store: &dyn MetadataStore, hsm: &dyn KeyStore, seen: &Seen) {
     let report = restarted
         .reconcile()
@@ -129,7 +129,7 @@ pub fn check_restart(restarted: &Kms, store: &dyn MetadataStore, hsm: &dyn KeySt
             record.versions().iter().all(|v| !v.pending),
             "a half-made version stays"
         );
-        versions.extend(record.version_refs());
+        versions.extend(record.token_version_refs());
     }
     let objects: BTreeSet<_> = hsm
         .list_key_versions()

@@ -9,8 +9,10 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::asymmetric::HashAlg;
-use crate::hsm::{HsmError, KeyStore, KeyVersionRef, MessageKey, SignMechanism, WrappingKeyRef};
-use crate::key::{KeyMaterial, WrappingAlgorithm};
+use crate::hsm::{
+    HsmError, KeyStore, KeyVersionRef, MessageKey, SignMechanism, VersionObject, WrappingKeyRef,
+};
+use crate::key::{KeyMaterial, WrappedMaterial, WrappingAlgorithm};
 
 /// What happens to a call the plan picks.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -103,7 +105,7 @@ impl KeyStore for FaultyKeyStore {
 
     fn sign(
         &self,
-        key: KeyVersionRef,
+        key: VersionObject<'_>,
         material: KeyMaterial,
         mechanism: SignMechanism,
         data: &[u8],
@@ -152,8 +154,22 @@ impl KeyStore for FaultyKeyStore {
         self.call("list_wrapping_keys", |k| k.list_wrapping_keys())
     }
 
-    fn derive_message_key(&self, key: KeyVersionRef, input: &[u8]) -> Result<MessageKey, HsmError> {
+    fn derive_message_key(
+        &self,
+        key: VersionObject<'_>,
+        input: &[u8],
+    ) -> Result<MessageKey, HsmError> {
         self.call("derive_message_key", |k| k.derive_message_key(key, input))
+    }
+
+    fn create_wrapped_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+    ) -> Result<WrappedMaterial, HsmError> {
+        self.call("create_key_version", |k| {
+            k.create_wrapped_version(key, material)
+        })
     }
 
     fn random_bytes(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {

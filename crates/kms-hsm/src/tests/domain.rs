@@ -255,3 +255,124 @@ fn an_unwrapped_version_serves_other_sessions_while_its_session_lives() {
     drop(holder);
     assert!(other.sign(&Mechanism::Sha256Hmac, copy, b"x").is_err());
 }
+
+mod key_store {
+    //! The wrapped storage through the KeyStore calls kmsd makes.
+
+    use kms_core::hsm::VersionObject;
+    use kms_core::key::{KeyMaterial, MacAlgorithm, WrappedMaterial};
+    use kms_core::{HsmError, KeyId, KeyStore, KeyVersionRef};
+
+    use super::super::{NAMESPACE, config, fresh_token, inspector, ok, version};
+    use crate::HsmKeyStore;
+    use cryptoki::object::{Attribute, ObjectClass};
+
+    fn object(key: KeyVersionRef, wrapped: &WrappedMaterial) -> VersionObject<'_> {
+        VersionObject {
+            key,
+            wrapped: Some(wrapped),
+        }
+    }
+
+    /// Token objects of the secret-key class: the domain's two, whatever the versions.
+    fn token_secrets(slot: cryptoki::slot::Slot) -> usize {
+        let session = inspector(slot);
+        ok(session.find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Token(true),
+        ]))
+        .len()
+    }
+
+    #[test]
+    fn wrapped_versions_serve_after_a_restart_and_the_token_holds_only_the_domain() {
+        let (label, slot) = fresh_token();
+        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let keys: Vec<KeyVersionRef> = (1..=5).map(|v| version(KeyId::random(), v)).collect();
+        let wrapped: Vec<WrappedMaterial> = keys
+            .iter()
+            .map(|k| ok(store.create_wrapped_version(*k, KeyMaterial::MasterSecret)))
+            .collect();
+        let mac_key = version(KeyId::random(), 1);
+        let mac_wrapped = ok(store
+            .create_wrapped_version(mac_key, KeyMaterial::HmacSecret(MacAlgorithm::HmacSha384)));
+        assert_eq!(
+            token_secrets(slot),
+            2,
+            "the domain's wrap and authenticator keys only"
+        );
+        assert!(ok(store.list_key_versions()).is_empty());
+        let before: Vec<_> = keys
+            .iter()
+            .zip(&wrapped)
+            .map(|(k, w)| *ok(store.derive_message_key(object(*k, w), b"input")).expose_secret())
+            .collect();
+        let mac = ok(store.sign(
+            object(mac_key, &mac_wrapped),
+            KeyMaterial::HmacSecret(MacAlgorithm::HmacSha384),
+            kms_core::hsm::SignMechanism::Hmac(MacAlgorithm::HmacSha384),
+            b"m",
+        ));
+        drop(store);
+
+        // A new process: the domain is found on the token, the versions unwrap, two at a time.
+        let store =
+            ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE)).with_unwrapped_capacity(2);
+        for ((k, w), expected) in keys.iter().zip(&wrapped).zip(&before) {
+            assert_eq!(
+                ok(store.derive_message_key(object(*k, w), b"input")).expose_secret(),
+                expected
+            );
+        }
+        assert_eq!(store.unwrapped_versions(), 2);
+        assert_eq!(
+            ok(store.sign(
+                object(mac_key, &mac_wrapped),
+                KeyMaterial::HmacSecret(MacAlgorithm::HmacSha384),
+                kms_core::hsm::SignMechanism::Hmac(MacAlgorithm::HmacSha384),
+                b"m",
+            )),
+            mac
+        );
+        assert_eq!(token_secrets(slot), 2);
+    }
+
+    #[test]
+    fn wrapped_material_is_bound_to_its_key_version_and_kind() {
+        let (label, _) = fresh_token();
+        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let a = version(KeyId::random(), 1);
+        let b = version(KeyId::random(), 1);
+        let wrapped = ok(store.create_wrapped_version(a, KeyMaterial::MasterSecret));
+        // A fresh process, so that nothing is unwrapped yet (an unwrapped version is used by
+        // its key and version, as it was checked when unwrapped).
+        drop(store);
+        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let refused = |key, wrapped: &WrappedMaterial| {
+            matches!(
+                store.derive_message_key(object(key, wrapped), b"x"),
+                Err(HsmError::Failed { .. })
+            )
+        };
+        assert!(refused(b, &wrapped), "another key");
+        assert!(refused(version(a.key_id, 2), &wrapped), "another version");
+        let mut altered = wrapped.clone();
+        altered.wrapped[3] ^= 1;
+        assert!(refused(a, &altered), "altered bytes");
+        let mut other_domain = wrapped.clone();
+        other_domain.domain_key = 7;
+        assert!(refused(a, &other_domain), "another domain key");
+        // The kind: an HMAC key's material is never a master secret.
+        let mac = version(KeyId::random(), 1);
+        let mac_wrapped =
+            ok(store
+                .create_wrapped_version(mac, KeyMaterial::HmacSecret(MacAlgorithm::HmacSha256)));
+        assert!(refused(mac, &mac_wrapped), "an HMAC key as a master secret");
+        // The genuine one still serves, and a deleted version's object is gone at once.
+        assert_eq!(store.unwrapped_versions(), 1, "the HMAC key, as made");
+        ok(store.derive_message_key(object(a, &wrapped), b"x"));
+        assert_eq!(store.unwrapped_versions(), 2);
+        ok(store.destroy_key_version(a));
+        assert_eq!(store.unwrapped_versions(), 1);
+    }
+}

@@ -19,7 +19,7 @@ fn creating(origin: Origin) -> KeyRecord {
 
 fn enabled() -> KeyRecord {
     let mut record = creating(Origin::Kms);
-    ok(record.created(None));
+    ok(record.created(None, None));
     record
 }
 
@@ -37,16 +37,16 @@ fn a_key_is_created_once_and_only_an_external_key_awaits_import() {
     let mut record = creating(Origin::Kms);
     assert!(!record.is_visible());
     assert!(record.await_import().is_err(), "a KMS key has material");
-    ok(record.created(Some(vec![1, 2])));
+    ok(record.created(Some(vec![1, 2]), None));
     assert_eq!(record.state(), KeyState::Enabled);
     assert_eq!(
         record.versions()[0].public_key.as_deref(),
         Some(&[1, 2][..])
     );
-    invalid_state(record.created(None));
+    invalid_state(record.created(None, None));
 
     let mut external = creating(Origin::External);
-    invalid_state(external.created(None));
+    invalid_state(external.created(None, None));
     ok(external.await_import());
     assert_eq!(external.state(), KeyState::PendingImport);
     assert!(!external.has_material());
@@ -107,17 +107,17 @@ fn a_rotation_is_pending_until_finished_one_at_a_time_and_capped_on_demand() {
     );
     assert_eq!(record.version_ref(2), None);
     invalid_state(record.begin_rotation(VersionSource::OnDemand, 5));
-    ok(record.finish_rotation(2, 6));
+    ok(record.finish_rotation(2, None, 6));
     assert_eq!(record.current_version(), 2);
     assert!(record.version_ref(2).is_some());
-    invalid_state(record.finish_rotation(2, 6));
+    invalid_state(record.finish_rotation(2, None, 6));
 
     let next = ok(record.begin_rotation(VersionSource::OnDemand, 7));
     record.abandon_rotation(next);
     assert_eq!(record.versions().len(), 2);
     for _ in 1..KeyRecord::MAX_ON_DEMAND_ROTATIONS {
         let next = ok(record.begin_rotation(VersionSource::OnDemand, 8));
-        ok(record.finish_rotation(next, 8));
+        ok(record.finish_rotation(next, None, 8));
     }
     assert!(matches!(
         record.begin_rotation(VersionSource::OnDemand, 9),
@@ -138,7 +138,7 @@ fn a_rotation_is_pending_until_finished_one_at_a_time_and_capped_on_demand() {
         KeyUsage::GenerateVerifyMac,
         Origin::Kms,
     );
-    ok(hmac.created(None));
+    ok(hmac.created(None, None));
     assert!(matches!(
         hmac.begin_rotation(VersionSource::OnDemand, 0),
         Err(KmsError::UnsupportedOperation(_))
@@ -151,7 +151,7 @@ fn an_automatic_rotation_moves_the_schedule_on() {
     ok(record.enable_rotation(ok(RotationSchedule::new(Some(90), 0))));
     assert!(record.rotation_due(90 * DAY));
     let next = ok(record.begin_rotation(VersionSource::Automatic, 90 * DAY));
-    ok(record.finish_rotation(next, 91 * DAY));
+    ok(record.finish_rotation(next, None, 91 * DAY));
     assert_eq!(
         record.rotation().map(|r| r.next_rotation_ms),
         Some(181 * DAY)

@@ -1,0 +1,120 @@
+//! Key versions kept wrapped under a domain key (the default storage): the token gains no
+//! object, every kind of secret works as before, and wrapped material moved to another key,
+//! version or kind is refused.
+
+use crate::service::test_support::*;
+
+/// The stored record of `key`, with `edit` applied to its JSON form, written back.
+fn edit_stored(
+    store: &crate::testing::MemoryStore,
+    key: &KeyRef,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let KeyRef::Id(id) = key else {
+        panic!("the tests name keys by id");
+    };
+    let record =
+        ok(store.get_key(*id).map_err(KmsError::from)).unwrap_or_else(|| panic!("no record"));
+    let mut json = serde_json::to_value(&record).unwrap_or_else(|e| panic!("{e}"));
+    edit(&mut json);
+    let edited: KeyRecord = serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"));
+    ok(store.put_key(&edited).map_err(KmsError::from));
+}
+
+fn wrapped_of(
+    store: &crate::testing::MemoryStore,
+    key: &KeyRef,
+    version: usize,
+) -> serde_json::Value {
+    let KeyRef::Id(id) = key else {
+        panic!("the tests name keys by id");
+    };
+    let record =
+        ok(store.get_key(*id).map_err(KmsError::from)).unwrap_or_else(|| panic!("no record"));
+    let json = serde_json::to_value(&record).unwrap_or_else(|e| panic!("{e}"));
+    json["versions"][version]["wrapped"].clone()
+}
+
+#[test]
+fn secrets_are_kept_wrapped_and_the_token_gains_no_object() {
+    let (kms, store, hsm) = memory_kms();
+    let key = new_key(&kms);
+    let blob = ok(kms.encrypt(&admin(), &key, &plaintext(b"wrapped"), &ctx(&[]))).ciphertext_blob;
+    ok(kms.rotate_key_on_demand(&admin(), &key));
+    let newer = ok(kms.encrypt(&admin(), &key, &plaintext(b"newer"), &ctx(&[]))).ciphertext_blob;
+    let mac_key = ok(kms.create_key(&admin(), CreateKeyInput::new(KeySpec::Hmac256)));
+    let mac = ok(kms.generate_mac(
+        &admin(),
+        &KeyRef::Id(mac_key.id()),
+        b"message",
+        crate::key::MacAlgorithm::HmacSha256,
+    ));
+    assert!(ok(hsm.list_key_versions().map_err(KmsError::from)).is_empty());
+    assert!(wrapped_of(&store, &key, 0).is_object());
+    assert!(wrapped_of(&store, &key, 1).is_object());
+    for (blob, text) in [(&blob, &b"wrapped"[..]), (&newer, &b"newer"[..])] {
+        let back = ok(kms.decrypt(&admin(), blob, &ctx(&[]), None));
+        assert_eq!(back.plaintext.expose_secret(), text);
+    }
+    ok(kms.verify_mac(
+        &admin(),
+        &KeyRef::Id(mac_key.id()),
+        b"message",
+        &mac.mac,
+        crate::key::MacAlgorithm::HmacSha256,
+    ));
+    assert!(ok(kms.reconcile()).missing_objects.is_empty());
+}
+
+#[test]
+fn wrapped_material_moved_to_another_key_version_or_kind_is_refused() {
+    let (kms, store, _) = memory_kms();
+    let a = new_key(&kms);
+    let b = new_key(&kms);
+    let hmac = KeyRef::Id(ok(kms.create_key(&admin(), CreateKeyInput::new(KeySpec::Hmac256))).id());
+    let under_one = ok(kms.encrypt(&admin(), &a, &plaintext(b"x"), &ctx(&[]))).ciphertext_blob;
+    ok(kms.rotate_key_on_demand(&admin(), &a));
+    let refused = |kms: &Kms, key: &KeyRef| {
+        matches!(
+            kms.encrypt(&admin(), key, &plaintext(b"x"), &ctx(&[])),
+            Err(KmsError::Internal(_))
+        )
+    };
+
+    // Another key's material.
+    let from_a = wrapped_of(&store, &a, 0);
+    edit_stored(&store, &b, |json| {
+        json["versions"][0]["wrapped"] = from_a.clone();
+    });
+    assert!(refused(&kms, &b), "key A's material served key B");
+    // Another version's material, on the same key: blobs of version 1 no longer open.
+    let second = wrapped_of(&store, &a, 1);
+    edit_stored(&store, &a, |json| {
+        json["versions"][0]["wrapped"] = second.clone();
+    });
+    assert!(
+        matches!(
+            kms.decrypt(&admin(), &under_one, &ctx(&[]), None),
+            Err(KmsError::Internal(_))
+        ),
+        "version 2's material served version 1"
+    );
+    // An HMAC key's material where a master secret is expected: the forgery of the review.
+    let mac_material = wrapped_of(&store, &hmac, 0);
+    let c = new_key(&kms);
+    edit_stored(&store, &c, |json| {
+        json["versions"][0]["wrapped"] = mac_material.clone();
+    });
+    assert!(
+        refused(&kms, &c),
+        "an HMAC key's material served as a master secret"
+    );
+    // Bytes altered in place.
+    edit_stored(&store, &a, |json| {
+        let byte = json["versions"][1]["wrapped"]["wrapped"][20]
+            .as_u64()
+            .unwrap_or(0);
+        json["versions"][1]["wrapped"]["wrapped"][20] = serde_json::json!(byte ^ 1);
+    });
+    assert!(refused(&kms, &a), "altered wrapped bytes served");
+}
