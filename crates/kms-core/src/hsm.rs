@@ -201,6 +201,11 @@ pub trait KeyStore: Send + Sync {
         material: KeyMaterial,
     ) -> Result<WrappedMaterial, HsmError>;
 
+    /// Destroys the unwrapped objects of every version of the key (it was disabled or
+    /// scheduled for deletion): its material stays usable in the HSM only while the key is.
+    /// The next use unwraps it again. Token objects are untouched.
+    fn forget_unwrapped(&self, key: KeyId);
+
     /// `len` random bytes from the HSM's generator.
     fn random_bytes(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, HsmError>;
 

@@ -367,6 +367,10 @@ impl KeyStore for SoftKeyStore {
         })
     }
 
+    fn forget_unwrapped(&self, _key: KeyId) {
+        // Nothing is kept unwrapped: every use checks and opens the wrapped material.
+    }
+
     fn derive_message_key(
         &self,
         key: VersionObject<'_>,

@@ -27,7 +27,7 @@ use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use kms_core::KeyVersionRef;
+use kms_core::{KeyId, KeyVersionRef};
 
 use crate::object_id::ObjectKind;
 
@@ -372,6 +372,19 @@ impl Handles {
             let _ = holder.destroy_object(**handle);
             false
         });
+    }
+
+    /// Forgets the unwrapped objects of every version of `key_id`, as [`Handles::forget`].
+    pub(crate) fn forget_key(&mut self, holder: Option<&Session>, key_id: KeyId) {
+        let versions: Vec<KeyVersionRef> = self
+            .objects
+            .keys()
+            .filter(|(k, _)| k.key_id == key_id)
+            .map(|(k, _)| *k)
+            .collect();
+        for version in versions {
+            self.forget(holder, version);
+        }
     }
 
     /// How many versions are unwrapped.

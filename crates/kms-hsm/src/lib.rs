@@ -30,7 +30,7 @@ use cryptoki::session::Session;
 use kms_core::asymmetric::{self, HashAlg};
 use kms_core::hsm::{SignMechanism, VersionObject, WrappingKeyRef};
 use kms_core::key::{KeyMaterial, WrappedMaterial, WrappingAlgorithm};
-use kms_core::{HsmError, KeyStore, KeyVersionRef, MessageKey};
+use kms_core::{HsmError, KeyId, KeyStore, KeyVersionRef, MessageKey};
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
@@ -751,6 +751,17 @@ impl KeyStore for HsmKeyStore {
         self.with_version("sign", key, ObjectKind::of(material), |s, h| {
             s.sign(&mechanism, h, data)
         })
+    }
+
+    fn forget_unwrapped(&self, key: KeyId) {
+        let mut unwrapped = self
+            .unwrapped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Unwrapped {
+            holder, handles, ..
+        } = &mut *unwrapped;
+        handles.forget_key(holder.as_ref(), key);
     }
 
     fn create_wrapped_version(

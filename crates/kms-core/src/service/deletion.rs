@@ -25,9 +25,11 @@ impl Kms {
         window_days: Option<u32>,
     ) -> Result<KeyRecord, KmsError> {
         let deletion = PendingDeletion::new(window_days, self.clock.now_millis())?;
-        self.update(caller, key, Action::ScheduleKeyDeletion, |record| {
+        let record = self.update(caller, key, Action::ScheduleKeyDeletion, |record| {
             record.schedule_deletion(deletion)
-        })
+        })?;
+        self.hsm.forget_unwrapped(record.id);
+        Ok(record)
     }
     /// Cancels a scheduled deletion; the key becomes Disabled.
     pub fn cancel_key_deletion(

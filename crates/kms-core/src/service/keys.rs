@@ -156,7 +156,9 @@ impl Kms {
     }
     /// Makes an Enabled key Disabled (a no-op on a Disabled key).
     pub fn disable_key(&self, caller: &Caller, key: &KeyRef) -> Result<KeyRecord, KmsError> {
-        self.update(caller, key, Action::DisableKey, KeyRecord::disable)
+        let record = self.update(caller, key, Action::DisableKey, KeyRecord::disable)?;
+        self.hsm.forget_unwrapped(record.id);
+        Ok(record)
     }
     /// Replaces the description.
     pub fn update_key_description(

@@ -162,6 +162,10 @@ impl KeyStore for FaultyKeyStore {
         self.call("derive_message_key", |k| k.derive_message_key(key, input))
     }
 
+    fn forget_unwrapped(&self, key: crate::ids::KeyId) {
+        self.inner.forget_unwrapped(key);
+    }
+
     fn create_wrapped_version(
         &self,
         key: KeyVersionRef,

@@ -375,4 +375,32 @@ mod key_store {
         ok(store.destroy_key_version(a));
         assert_eq!(store.unwrapped_versions(), 1);
     }
+
+    #[test]
+    fn forgetting_a_key_destroys_its_unwrapped_versions_and_the_next_use_unwraps_again() {
+        let (label, _) = fresh_token();
+        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let key = KeyId::random();
+        let first = version(key, 1);
+        let second = version(key, 2);
+        let other = version(KeyId::random(), 1);
+        let wrapped: Vec<_> = [first, second, other]
+            .iter()
+            .map(|k| ok(store.create_wrapped_version(*k, KeyMaterial::MasterSecret)))
+            .collect();
+        let before =
+            *ok(store.derive_message_key(object(first, &wrapped[0]), b"x")).expose_secret();
+        assert_eq!(store.unwrapped_versions(), 3);
+        store.forget_unwrapped(key);
+        assert_eq!(
+            store.unwrapped_versions(),
+            1,
+            "the other key's version stays"
+        );
+        assert_eq!(
+            *ok(store.derive_message_key(object(first, &wrapped[0]), b"x")).expose_secret(),
+            before
+        );
+        assert_eq!(store.unwrapped_versions(), 2);
+    }
 }
