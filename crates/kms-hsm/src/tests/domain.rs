@@ -404,3 +404,49 @@ mod key_store {
         assert_eq!(store.unwrapped_versions(), 2);
     }
 }
+
+/// What key pairs need of the module: an RSA private key made as an extractable session
+/// object wraps under a domain key with CKM_AES_KEY_WRAP_PAD and unwraps (within the unwrap
+/// template) into a private key that signs the same.
+#[test]
+fn an_rsa_private_key_wraps_and_unwraps_with_aes_key_wrap_pad() {
+    use crate::templates::{PrivateUse, private_template, rsa_public_template};
+    let (session, _) = user_session();
+    let domain = ok(create_domain_key(
+        &session,
+        b"domain-1".to_vec(),
+        "domain 1".into(),
+    ));
+    let public = rsa_public_template(b"p".to_vec(), "p".into(), 2048);
+    let mut private = private_template(
+        KeyType::RSA,
+        b"p".to_vec(),
+        "p".into(),
+        PrivateUse::Sign,
+        vec![MechanismType::RSA_PKCS],
+    );
+    for attribute in &mut private {
+        match attribute {
+            Attribute::Token(t) => *t = false,
+            Attribute::Extractable(e) => *e = true,
+            _ => {}
+        }
+    }
+    let (_, key) = ok(session.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private));
+    let wrapped = ok(session.wrap_key(&Mechanism::AesKeyWrapPad, domain, key));
+    let request = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::Token(false),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::AllowedMechanisms(vec![MechanismType::RSA_PKCS]),
+    ];
+    let copy = ok(session.unwrap_key(&Mechanism::AesKeyWrapPad, domain, &wrapped, &request));
+    let digest_info = [0x42u8; 51];
+    assert_eq!(
+        ok(session.sign(&Mechanism::RsaPkcs, key, &digest_info)),
+        ok(session.sign(&Mechanism::RsaPkcs, copy, &digest_info))
+    );
+}
