@@ -150,7 +150,7 @@ pub trait KeyStore: Send + Sync {
     /// key. A ciphertext that does not decrypt is [`HsmError::Rejected`].
     fn rsa_decrypt(
         &self,
-        key: KeyVersionRef,
+        key: VersionObject<'_>,
         hash: HashAlg,
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, HsmError>;
@@ -192,14 +192,15 @@ pub trait KeyStore: Send + Sync {
         input: &[u8],
     ) -> Result<MessageKey, HsmError>;
 
-    /// Generates a secret key version's material (a master secret or an HMAC key) inside the
-    /// HSM and wraps it at once under the current domain key: the token gains no object. The
-    /// unwrapped object is kept for use. Fails with [`HsmError::Unsupported`] for key pairs.
+    /// Generates a key version's material inside the HSM and wraps it at once under the
+    /// current domain key: the token gains no object. Returns the wrapped material and, for
+    /// key pairs, the public key as a DER SubjectPublicKeyInfo. The unwrapped object is kept
+    /// for use.
     fn create_wrapped_version(
         &self,
         key: KeyVersionRef,
         material: KeyMaterial,
-    ) -> Result<WrappedMaterial, HsmError>;
+    ) -> Result<(WrappedMaterial, Option<Vec<u8>>), HsmError>;
 
     /// Destroys the unwrapped objects of every version of the key (it was disabled or
     /// scheduled for deletion): its material stays usable in the HSM only while the key is.

@@ -319,13 +319,7 @@ impl KeyStore for SoftKeyStore {
         &self,
         key: KeyVersionRef,
         material: KeyMaterial,
-    ) -> Result<WrappedMaterial, HsmError> {
-        let Some(len) = material.secret_len() else {
-            return Err(HsmError::Unsupported {
-                operation: "wrap key version",
-                detail: "only secrets are kept wrapped".to_owned(),
-            });
-        };
+    ) -> Result<(WrappedMaterial, Option<Vec<u8>>), HsmError> {
         if *lock(&self.fail_creation) {
             return Err(HsmError::Failed {
                 operation: "generate key",
@@ -338,8 +332,37 @@ impl KeyStore for SoftKeyStore {
                 source: Box::new(e),
             }
         };
-        let mut secret = Zeroizing::new(vec![0u8; len]);
-        getrandom::fill(secret.as_mut_slice()).map_err(fail("generate key"))?;
+        // A secret's bytes, or a P-256 key's scalar (its public key returned).
+        let (secret, public_key) = match material {
+            KeyMaterial::EcP256Sign => {
+                let signing = loop {
+                    let mut seed = Zeroizing::new([0u8; 32]);
+                    getrandom::fill(seed.as_mut_slice()).map_err(fail("generate key"))?;
+                    if let Ok(k) = SigningKey::from_slice(seed.as_slice()) {
+                        break k;
+                    }
+                };
+                let spki = p256::pkcs8::EncodePublicKey::to_public_key_der(&p256::PublicKey::from(
+                    signing.verifying_key(),
+                ))
+                .map_err(|e| HsmError::Failed {
+                    operation: "generate key",
+                    source: Box::new(e),
+                })?;
+                (
+                    Zeroizing::new(signing.to_bytes().to_vec()),
+                    Some(spki.as_bytes().to_vec()),
+                )
+            }
+            KeyMaterial::RsaDecrypt { .. } | KeyMaterial::RsaSign { .. } => {
+                return Err(unsupported("generate RSA key"));
+            }
+            _ => {
+                let mut secret = Zeroizing::new(vec![0u8; material.secret_len().unwrap_or(32)]);
+                getrandom::fill(secret.as_mut_slice()).map_err(fail("generate key"))?;
+                (secret, None)
+            }
+        };
         let mut nonce = [0u8; 12];
         getrandom::fill(&mut nonce).map_err(fail("wrap key"))?;
         let domain = self.domain()?;
@@ -360,11 +383,14 @@ impl KeyStore for SoftKeyStore {
         let mut wrapped = nonce.to_vec();
         wrapped.extend_from_slice(&sealed);
         let tag = self.wrapped_tag(key, material, 1, &wrapped)?;
-        Ok(WrappedMaterial {
-            domain_key: 1,
-            wrapped,
-            tag,
-        })
+        Ok((
+            WrappedMaterial {
+                domain_key: 1,
+                wrapped,
+                tag,
+            },
+            public_key,
+        ))
     }
 
     fn forget_unwrapped(&self, _key: KeyId) {
@@ -402,6 +428,20 @@ impl KeyStore for SoftKeyStore {
             SignMechanism::MaterialCheck => {
                 hmac_with::<Hmac<sha1::Sha1>>(&self.secret(key, material)?, data)
             }
+            SignMechanism::Ecdsa if key.wrapped.is_some() => {
+                let scalar = self.secret(key, material)?;
+                let signing = SigningKey::from_slice(&scalar).map_err(|e| HsmError::Failed {
+                    operation: "sign",
+                    source: Box::new(e),
+                })?;
+                let signature: Signature =
+                    p256::ecdsa::signature::hazmat::PrehashSigner::sign_prehash(&signing, data)
+                        .map_err(|e| HsmError::Failed {
+                            operation: "sign",
+                            source: Box::new(e),
+                        })?;
+                Ok(signature.to_bytes().to_vec())
+            }
             SignMechanism::Ecdsa => {
                 let keys = lock(&self.keys);
                 let Some(SoftKey::EcP256(signing)) = keys.get(&key.key) else {
@@ -421,7 +461,7 @@ impl KeyStore for SoftKeyStore {
 
     fn rsa_decrypt(
         &self,
-        _key: KeyVersionRef,
+        _key: VersionObject<'_>,
         _hash: HashAlg,
         _ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {

@@ -393,6 +393,12 @@ impl Handles {
     }
 }
 
+/// A fresh `len`-byte generic secret, a session object extractable for the one C_WrapKey that
+/// follows its generation, that only computes HMACs with `allowed`.
+pub(crate) fn fresh_secret_template(len: usize, allowed: Vec<MechanismType>) -> Vec<Attribute> {
+    session_secret_template(Some(len), allowed, true)
+}
+
 /// A generic secret of `len` bytes that only computes HMACs with `allowed`, as a session
 /// object: `extractable` only for the one C_WrapKey after generation.
 fn session_secret_template(
@@ -425,7 +431,9 @@ fn session_secret_template(
 }
 
 /// Generates a `len`-byte secret inside the HSM as a session object and wraps it at once under
-/// `domain` (CKM_AES_KEY_WRAP): returns the object, ready to use, and the wrapped bytes.
+/// `domain` (CKM_AES_KEY_WRAP): returns the object and the wrapped bytes. For the module probes
+/// in the tests; kmsd keeps an unwrapped copy instead of the extractable original.
+#[cfg(test)]
 pub(crate) fn generate_wrapped_secret(
     session: &Session,
     domain: ObjectHandle,
@@ -454,4 +462,55 @@ pub(crate) fn unwrap_secret(
 ) -> Result<ObjectHandle, CkError> {
     let template = session_secret_template(None, allowed, false);
     session.unwrap_key(&Mechanism::AesKeyWrap, domain, wrapped, &template)
+}
+
+/// The wrapping mechanism of a kind: AES key wrap for secrets, with padding for private keys
+/// (their PKCS#8 encoding is not a multiple of 8 bytes).
+pub(crate) fn wrap_mechanism(kind: ObjectKind) -> Mechanism<'static> {
+    if kind.is_private_key() {
+        Mechanism::AesKeyWrapPad
+    } else {
+        Mechanism::AesKeyWrap
+    }
+}
+
+/// The private key template of a wrapped key pair's unwrapped half: a session object,
+/// sensitive, never extractable, that only signs or only decrypts, as `kind` says.
+fn unwrapped_private_template(kind: ObjectKind, allowed: Vec<MechanismType>) -> Vec<Attribute> {
+    let key_type = if kind == ObjectKind::EcP256Sign {
+        KeyType::EC
+    } else {
+        KeyType::RSA
+    };
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(key_type),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(kind != ObjectKind::RsaDecrypt),
+        Attribute::SignRecover(false),
+        Attribute::Decrypt(kind == ObjectKind::RsaDecrypt),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(allowed),
+    ]
+}
+
+/// Unwraps a version's `wrapped` material of `kind` under `domain` into a session object,
+/// sensitive and never extractable, with only the use and `allowed` mechanisms of its kind.
+pub(crate) fn unwrap_version(
+    session: &Session,
+    domain: ObjectHandle,
+    wrapped: &[u8],
+    kind: ObjectKind,
+    allowed: Vec<MechanismType>,
+) -> Result<ObjectHandle, CkError> {
+    if kind.is_private_key() {
+        let template = unwrapped_private_template(kind, allowed);
+        session.unwrap_key(&wrap_mechanism(kind), domain, wrapped, &template)
+    } else {
+        unwrap_secret(session, domain, wrapped, allowed)
+    }
 }

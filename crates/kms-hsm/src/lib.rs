@@ -389,7 +389,7 @@ impl HsmKeyStore {
                 Err(e) => return Err(e),
             }
             let allowed = templates::allowed_mechanisms(kind, false);
-            match domain::unwrap_secret(s, domain.wrap, &wrapped.wrapped, allowed) {
+            match domain::unwrap_version(s, domain.wrap, &wrapped.wrapped, kind, allowed) {
                 Ok(handle) => Ok(Ok(unwrapped.handles.insert(Some(s), key, kind, handle))),
                 Err(e) if error::is_bad_input(&e) => Ok(Err("does not unwrap")),
                 Err(e) => Err(e),
@@ -612,6 +612,56 @@ impl HsmKeyStore {
     }
 }
 
+/// Generates a key pair of `material` whose private half is an extractable session object (to
+/// be wrapped at once, then destroyed); returns it and the public key's attributes. The public
+/// half is read and destroyed.
+fn fresh_pair(
+    session: &Session,
+    material: KeyMaterial,
+    kind: ObjectKind,
+    allowed: &[MechanismType],
+) -> Result<(ObjectHandle, Vec<Attribute>), CkError> {
+    let (mechanism, public, key_type, wanted) = match material {
+        KeyMaterial::EcP256Sign => (
+            Mechanism::EccKeyPairGen,
+            templates::ec_public_template(Vec::new(), String::new(), false),
+            KeyType::EC,
+            vec![AttributeType::EcPoint],
+        ),
+        KeyMaterial::RsaDecrypt { bits } | KeyMaterial::RsaSign { bits } => (
+            Mechanism::RsaPkcsKeyPairGen,
+            templates::rsa_public_template(Vec::new(), String::new(), bits),
+            KeyType::RSA,
+            vec![AttributeType::Modulus, AttributeType::PublicExponent],
+        ),
+        KeyMaterial::MasterSecret | KeyMaterial::HmacSecret(_) => {
+            return Err(CkError::Pkcs11(
+                RvError::KeyTypeInconsistent,
+                cryptoki::context::Function::GenerateKeyPair,
+            ));
+        }
+    };
+    let use_ = if kind == ObjectKind::RsaDecrypt {
+        PrivateUse::Decrypt
+    } else {
+        PrivateUse::Sign
+    };
+    let mut private =
+        templates::private_template(key_type, Vec::new(), String::new(), use_, allowed.to_vec());
+    for attribute in &mut private {
+        match attribute {
+            Attribute::Token(token) => *token = false,
+            Attribute::Extractable(extractable) => *extractable = true,
+            _ => {}
+        }
+    }
+    let (public_handle, private_handle) =
+        session.generate_key_pair(&mechanism, &public, &private)?;
+    let attributes = session.get_attributes(public_handle, &wanted);
+    let _ = session.destroy_object(public_handle);
+    Ok((private_handle, attributes?))
+}
+
 /// The custody template of DESIGN §3 for a key version's master secret: a 256-bit generic
 /// secret, on the token, private, sensitive, never extractable, not modifiable or copyable,
 /// usable only to compute HMAC-SHA-256 (CKA_SIGN, CKA_ALLOWED_MECHANISMS). Every attribute
@@ -768,20 +818,31 @@ impl KeyStore for HsmKeyStore {
         &self,
         key: KeyVersionRef,
         material: KeyMaterial,
-    ) -> Result<WrappedMaterial, HsmError> {
-        let Some(len) = material.secret_len() else {
-            return Err(HsmError::Unsupported {
-                operation: "wrap key version",
-                detail: "only secrets are kept wrapped; key pairs are token objects".to_owned(),
-            });
-        };
+    ) -> Result<(WrappedMaterial, Option<Vec<u8>>), HsmError> {
         let kind = ObjectKind::of(material);
         let allowed = templates::allowed_mechanisms(kind, false);
+        // Made as an extractable session object for the one C_WrapKey, then destroyed: the
+        // object kept for use is unwrapped from the stored bytes, like any later one, so it
+        // has the unwrap template's custody and the bytes are known to unwrap.
         self.creating(|| {
             self.with_holder("generate key", |unwrapped, s| {
                 let domain = self.current_domain(unwrapped, s)?;
-                let (handle, wrapped) =
-                    domain::generate_wrapped_secret(s, domain.wrap, len, allowed.clone())?;
+                let (fresh, public_key) = if let Some(len) = material.secret_len() {
+                    let template = domain::fresh_secret_template(len, allowed.clone());
+                    (
+                        s.generate_key(&Mechanism::GenericSecretKeyGen, &template)?,
+                        None,
+                    )
+                } else {
+                    let (fresh, attributes) = fresh_pair(s, material, kind, &allowed)?;
+                    (fresh, Some(attributes))
+                };
+                let wrapped = s.wrap_key(&domain::wrap_mechanism(kind), domain.wrap, fresh);
+                // Nothing else refers to it; its session would drop it anyway.
+                let _ = s.destroy_object(fresh);
+                let wrapped = wrapped?;
+                let handle =
+                    domain::unwrap_version(s, domain.wrap, &wrapped, kind, allowed.clone())?;
                 let message = domain::tag_message(
                     self.namespace,
                     key,
@@ -791,23 +852,32 @@ impl KeyStore for HsmKeyStore {
                 );
                 let tag = s.sign(&Mechanism::Sha256Hmac, domain.authenticate, &message)?;
                 unwrapped.handles.insert(Some(s), key, kind, handle);
-                Ok(WrappedMaterial {
-                    domain_key: domain::CURRENT_DOMAIN,
-                    wrapped,
-                    tag,
-                })
+                Ok((
+                    WrappedMaterial {
+                        domain_key: domain::CURRENT_DOMAIN,
+                        wrapped,
+                        tag,
+                    },
+                    public_key,
+                ))
             })
+        })
+        .and_then(|(wrapped, attributes)| {
+            let public_key = attributes
+                .map(|a| public_key_der(kind == ObjectKind::EcP256Sign, a))
+                .transpose()?;
+            Ok((wrapped, public_key))
         })
     }
 
     fn rsa_decrypt(
         &self,
-        key: KeyVersionRef,
+        key: VersionObject<'_>,
         hash: HashAlg,
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let oaep = templates::oaep(hash);
-        let decrypted = self.with_key("RSA decrypt", key, ObjectKind::RsaDecrypt, |s, h| {
+        let decrypted = self.with_version("RSA decrypt", key, ObjectKind::RsaDecrypt, |s, h| {
             match s.decrypt(&oaep, h, ciphertext) {
                 Ok(plaintext) => Ok(Ok(Zeroizing::new(plaintext))),
                 // The module lacks OAEP with this hash (SoftHSM2 2.6 has SHA-1 only): the HSM

@@ -586,17 +586,17 @@ fn rsa_keys_decrypt_oaep_with_sha1_and_sha256_in_the_hsm() {
     );
     for hash in [HashAlg::Sha1, HashAlg::Sha256] {
         let ciphertext = ok(asymmetric::oaep_encrypt(&spki, hash, b"for the HSM only"));
-        let plaintext = ok(store.rsa_decrypt(key, hash, &ciphertext));
+        let plaintext = ok(store.rsa_decrypt(key.into(), hash, &ciphertext));
         assert_eq!(plaintext.as_slice(), b"for the HSM only", "{hash:?}");
         let mut altered = ciphertext.clone();
         altered[10] ^= 1;
-        let result = store.rsa_decrypt(key, hash, &altered);
+        let result = store.rsa_decrypt(key.into(), hash, &altered);
         assert!(
             matches!(result, Err(HsmError::Rejected { .. })),
             "{hash:?}: {:?}",
             result.map(|p| p.len())
         );
-        let short = store.rsa_decrypt(key, hash, &ciphertext[1..]);
+        let short = store.rsa_decrypt(key.into(), hash, &ciphertext[1..]);
         assert!(
             matches!(short, Err(HsmError::Rejected { .. })),
             "{hash:?}: {:?}",
@@ -605,7 +605,7 @@ fn rsa_keys_decrypt_oaep_with_sha1_and_sha256_in_the_hsm() {
     }
     let sha1 = ok(asymmetric::oaep_encrypt(&spki, HashAlg::Sha1, b"x"));
     assert!(matches!(
-        store.rsa_decrypt(key, HashAlg::Sha256, &sha1),
+        store.rsa_decrypt(key.into(), HashAlg::Sha256, &sha1),
         Err(HsmError::Rejected { .. })
     ));
 }

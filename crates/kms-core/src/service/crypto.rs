@@ -112,7 +112,7 @@ impl Kms {
         let version = current_version(&record)?;
         caller.note_key(record.id, Some(version.key.version));
         let hash = algorithm.oaep_hash().ok_or(KmsError::InvalidCiphertext)?;
-        let plaintext = match self.hsm.rsa_decrypt(version.key, hash, ciphertext) {
+        let plaintext = match self.hsm.rsa_decrypt(version, hash, ciphertext) {
             Ok(plaintext) => plaintext,
             Err(HsmError::Rejected { .. }) => return Err(KmsError::InvalidCiphertext),
             Err(error) => return Err(error.into()),

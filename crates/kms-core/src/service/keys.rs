@@ -111,16 +111,17 @@ impl Kms {
         info!(key_id = %record.id, spec = record.spec.as_str(), "created key");
         Ok(record)
     }
-    /// Makes a key version's material in the HSM, where the configured storage says: wrapped
-    /// under the domain key (secrets; returned for the record), or a token object (key pairs,
-    /// and every kind under `KeyStorage::Token`), whose public key is returned for key pairs.
+    /// Makes a key version's material in the HSM where the configured storage says: wrapped
+    /// under the domain key (returned for the record), or a token object. A key pair's public
+    /// key is returned either way.
     pub(super) fn make_material(
         &self,
         key: KeyVersionRef,
         material: KeyMaterial,
     ) -> Result<(Option<Vec<u8>>, Option<WrappedMaterial>), HsmError> {
-        if self.storage == KeyStorage::Wrapped && material.secret_len().is_some() {
-            Ok((None, Some(self.hsm.create_wrapped_version(key, material)?)))
+        if self.storage == KeyStorage::Wrapped {
+            let (wrapped, public_key) = self.hsm.create_wrapped_version(key, material)?;
+            Ok((public_key, Some(wrapped)))
         } else {
             Ok((self.hsm.create_key_version(key, material)?, None))
         }

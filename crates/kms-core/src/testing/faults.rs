@@ -115,7 +115,7 @@ impl KeyStore for FaultyKeyStore {
 
     fn rsa_decrypt(
         &self,
-        key: KeyVersionRef,
+        key: VersionObject<'_>,
         hash: HashAlg,
         ciphertext: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
@@ -170,7 +170,7 @@ impl KeyStore for FaultyKeyStore {
         &self,
         key: KeyVersionRef,
         material: KeyMaterial,
-    ) -> Result<WrappedMaterial, HsmError> {
+    ) -> Result<(WrappedMaterial, Option<Vec<u8>>), HsmError> {
         self.call("create_key_version", |k| {
             k.create_wrapped_version(key, material)
         })

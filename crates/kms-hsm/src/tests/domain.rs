@@ -291,10 +291,10 @@ mod key_store {
         let keys: Vec<KeyVersionRef> = (1..=5).map(|v| version(KeyId::random(), v)).collect();
         let wrapped: Vec<WrappedMaterial> = keys
             .iter()
-            .map(|k| ok(store.create_wrapped_version(*k, KeyMaterial::MasterSecret)))
+            .map(|k| ok(store.create_wrapped_version(*k, KeyMaterial::MasterSecret)).0)
             .collect();
         let mac_key = version(KeyId::random(), 1);
-        let mac_wrapped = ok(store
+        let (mac_wrapped, _) = ok(store
             .create_wrapped_version(mac_key, KeyMaterial::HmacSecret(MacAlgorithm::HmacSha384)));
         assert_eq!(
             token_secrets(slot),
@@ -343,7 +343,7 @@ mod key_store {
         let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
         let a = version(KeyId::random(), 1);
         let b = version(KeyId::random(), 1);
-        let wrapped = ok(store.create_wrapped_version(a, KeyMaterial::MasterSecret));
+        let (wrapped, _) = ok(store.create_wrapped_version(a, KeyMaterial::MasterSecret));
         // A fresh process, so that nothing is unwrapped yet (an unwrapped version is used by
         // its key and version, as it was checked when unwrapped).
         drop(store);
@@ -364,7 +364,7 @@ mod key_store {
         assert!(refused(a, &other_domain), "another domain key");
         // The kind: an HMAC key's material is never a master secret.
         let mac = version(KeyId::random(), 1);
-        let mac_wrapped =
+        let (mac_wrapped, _) =
             ok(store
                 .create_wrapped_version(mac, KeyMaterial::HmacSecret(MacAlgorithm::HmacSha256)));
         assert!(refused(mac, &mac_wrapped), "an HMAC key as a master secret");
@@ -386,7 +386,7 @@ mod key_store {
         let other = version(KeyId::random(), 1);
         let wrapped: Vec<_> = [first, second, other]
             .iter()
-            .map(|k| ok(store.create_wrapped_version(*k, KeyMaterial::MasterSecret)))
+            .map(|k| ok(store.create_wrapped_version(*k, KeyMaterial::MasterSecret)).0)
             .collect();
         let before =
             *ok(store.derive_message_key(object(first, &wrapped[0]), b"x")).expose_secret();
@@ -402,6 +402,98 @@ mod key_store {
             before
         );
         assert_eq!(store.unwrapped_versions(), 2);
+    }
+    #[test]
+    fn wrapped_key_pairs_sign_and_decrypt_after_a_restart_and_leave_no_token_object() {
+        use kms_core::asymmetric::{self, HashAlg, SigningAlgorithm};
+        use kms_core::hsm::SignMechanism;
+
+        let (label, slot) = fresh_token();
+        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let rsa_decrypt = version(KeyId::random(), 1);
+        let rsa_sign = version(KeyId::random(), 1);
+        let ec_sign = version(KeyId::random(), 1);
+        let decrypting = KeyMaterial::RsaDecrypt { bits: 2048 };
+        let signing = KeyMaterial::RsaSign { bits: 2048 };
+        let (decrypt_wrapped, decrypt_spki) =
+            ok(store.create_wrapped_version(rsa_decrypt, decrypting));
+        let (sign_wrapped, sign_spki) = ok(store.create_wrapped_version(rsa_sign, signing));
+        let (ec_wrapped, ec_spki) =
+            ok(store.create_wrapped_version(ec_sign, KeyMaterial::EcP256Sign));
+        let session = inspector(slot);
+        assert!(
+            ok(session.find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Token(true),
+            ]))
+            .is_empty(),
+            "no private key on the token (the audit key is kmsd's, not made here)"
+        );
+        drop(store);
+
+        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let spki = decrypt_spki.unwrap_or_else(|| panic!("an RSA key has a public key"));
+        let ciphertext = ok(asymmetric::oaep_encrypt(
+            &spki,
+            HashAlg::Sha1,
+            b"wrapped pair",
+        ));
+        let plaintext = ok(store.rsa_decrypt(
+            object(rsa_decrypt, &decrypt_wrapped),
+            HashAlg::Sha1,
+            &ciphertext,
+        ));
+        assert_eq!(plaintext.as_slice(), b"wrapped pair");
+
+        let digest = ok(asymmetric::message_digest(
+            SigningAlgorithm::RsassaPssSha256,
+            kms_core::asymmetric::MessageType::Raw,
+            b"message",
+        ));
+        let signature = ok(store.sign(
+            object(rsa_sign, &sign_wrapped),
+            signing,
+            SignMechanism::RsaPss(HashAlg::Sha256),
+            &digest,
+        ));
+        let spki = sign_spki.unwrap_or_else(|| panic!("an RSA key has a public key"));
+        assert!(ok(asymmetric::verify(
+            &spki,
+            SigningAlgorithm::RsassaPssSha256,
+            &digest,
+            &signature
+        )));
+
+        let digest = ok(asymmetric::message_digest(
+            SigningAlgorithm::EcdsaSha256,
+            kms_core::asymmetric::MessageType::Raw,
+            b"message",
+        ));
+        let raw = ok(store.sign(
+            object(ec_sign, &ec_wrapped),
+            KeyMaterial::EcP256Sign,
+            SignMechanism::Ecdsa,
+            &digest,
+        ));
+        let der = ok(asymmetric::ecdsa_raw_to_der(&raw));
+        let spki = ec_spki.unwrap_or_else(|| panic!("a P-256 key has a public key"));
+        assert!(ok(asymmetric::verify(
+            &spki,
+            SigningAlgorithm::EcdsaSha256,
+            &digest,
+            &der
+        )));
+        // A decrypting key's material is never a signing key's.
+        assert!(
+            store
+                .sign(
+                    object(rsa_decrypt, &decrypt_wrapped),
+                    signing,
+                    SignMechanism::RsaPss(HashAlg::Sha256),
+                    &digest,
+                )
+                .is_err()
+        );
     }
 }
 
