@@ -261,6 +261,10 @@ fn check_config_says_whether_kmsd_could_start_and_touches_nothing() {
     assert!(stdout.contains("the configuration is valid"), "{stdout}");
     assert!(stdout.contains(TOKEN_LABEL), "{stdout}");
     assert!(
+        stdout.contains("key storage     wrapped under the domain key"),
+        "{stdout}"
+    );
+    assert!(
         !stdout.contains(&env.pin()),
         "never prints the PIN: {stdout}"
     );

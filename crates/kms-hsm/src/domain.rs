@@ -31,6 +31,23 @@ use kms_core::{KeyId, KeyVersionRef};
 
 use crate::object_id::ObjectKind;
 
+/// What the wrapped key storage needs of the module, by name.
+pub(crate) const WRAPPED_STORAGE_NEEDS: [(MechanismType, &str); 4] = [
+    (MechanismType::AES_KEY_GEN, "CKM_AES_KEY_GEN"),
+    (MechanismType::AES_KEY_WRAP, "CKM_AES_KEY_WRAP"),
+    (MechanismType::AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"),
+    (MechanismType::SHA256_HMAC, "CKM_SHA256_HMAC"),
+];
+
+/// The names of the mechanisms of [`WRAPPED_STORAGE_NEEDS`] that `offered` lacks.
+pub(crate) fn missing_for_wrapped_storage(offered: &[MechanismType]) -> Vec<&'static str> {
+    WRAPPED_STORAGE_NEEDS
+        .iter()
+        .filter(|(mechanism, _)| !offered.contains(mechanism))
+        .map(|(_, name)| *name)
+        .collect()
+}
+
 /// The first bytes of a domain object's CKA_ID.
 const DOMAIN_MAGIC: &[u8; 4] = b"kmsd";
 /// The domain key in use for new versions.

@@ -135,6 +135,25 @@ impl HsmKeyStore {
         self
     }
 
+    /// The mechanisms the wrapped key storage needs that the token's module does not offer
+    /// (none on SoftHSM2 2.6): kmsd refuses to start with `--key-storage wrapped` on a module
+    /// that lacks any, rather than fail every key creation.
+    pub fn missing_for_wrapped_storage(&self) -> Result<Vec<&'static str>, HsmError> {
+        let connection = self
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(pool) = connection.as_ref() else {
+            return Err(HsmError::Unavailable(
+                "kmsd is not connected to the HSM".into(),
+            ));
+        };
+        let offered = pool
+            .mechanisms()
+            .map_err(|e| error::classify("list mechanisms", e))?;
+        Ok(domain::missing_for_wrapped_storage(&offered))
+    }
+
     /// How many key versions are unwrapped now.
     pub fn unwrapped_versions(&self) -> usize {
         self.unwrapped

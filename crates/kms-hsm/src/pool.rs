@@ -148,6 +148,11 @@ impl SessionPool {
         }
     }
 
+    /// The mechanisms the token's slot offers.
+    pub(crate) fn mechanisms(&self) -> Result<Vec<cryptoki::mechanism::MechanismType>, CkError> {
+        self.pkcs11.get_mechanism_list(self.slot)
+    }
+
     /// A logged-in session of its own, outside the pool: the one that holds unwrapped key
     /// versions, which live as long as it does.
     pub(crate) fn open_dedicated(&self) -> Result<Session, CkError> {

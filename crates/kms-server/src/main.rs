@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use kms_audit::AuditLog;
+use kms_core::key::KeyStorage;
 use kms_core::service::Authorization;
 use kms_core::{Kms, MetadataStore, SystemClock};
 use kms_hsm::{HsmAuditSigner, HsmConfig, HsmKeyStore};
@@ -109,6 +110,15 @@ fn open_hsm(
     namespace: [u8; 16],
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<HsmKeyStore> {
+    let hsm = open_checked_hsm(config, namespace)?;
+    Ok(hsm
+        .with_observer(metrics.hsm_observer())
+        .with_unwrapped_capacity(config.unwrapped_cache))
+}
+
+/// The HSM, logged in, refused when the configured key storage needs mechanisms its module
+/// lacks.
+fn open_checked_hsm(config: &Config, namespace: [u8; 16]) -> anyhow::Result<HsmKeyStore> {
     let hsm = HsmKeyStore::open(
         HsmConfig {
             module: config.pkcs11_module.clone(),
@@ -119,27 +129,25 @@ fn open_hsm(
         },
         namespace,
     )?;
-    Ok(hsm
-        .with_observer(metrics.hsm_observer())
-        .with_unwrapped_capacity(config.unwrapped_cache))
+    if config.key_storage == KeyStorage::Wrapped {
+        let missing = hsm.missing_for_wrapped_storage()?;
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "the HSM's module lacks {}, which --key-storage wrapped (the default) needs to \
+                 keep key versions wrapped under a domain key; use --key-storage token (one \
+                 token object per key version) with this HSM",
+                missing.join(", ")
+            );
+        }
+    }
+    Ok(hsm)
 }
 
 /// `--check-config`: everything kmsd checks before it serves, short of opening the store and
 /// the audit log: the PIN, the module, the token and the login, the TLS files, the data dir's
 /// place. Prints what kmsd would use.
 fn check_config(config: &Config) -> anyhow::Result<()> {
-    let pin = config.read_pin()?;
-    let hsm = HsmKeyStore::open(
-        HsmConfig {
-            module: config.pkcs11_module.clone(),
-            token_label: config.token_label.clone(),
-            pin,
-            max_sessions: 1,
-            session_wait: HSM_SESSION_WAIT,
-        },
-        [0; 16],
-    )?;
-    drop(hsm);
+    drop(open_checked_hsm(config, [0; 16])?);
     if let Transport::Tls(files) = &config.transport {
         auth::mtls(files, None).context("cannot set up TLS")?;
     }
@@ -186,6 +194,16 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     println!(
         "  administrators  {}",
         config.effective_administrators().join(", ")
+    );
+    println!(
+        "  key storage     {}",
+        match config.key_storage {
+            KeyStorage::Wrapped => format!(
+                "wrapped under the domain key (the module has AES key wrap); {} kept unwrapped",
+                config.unwrapped_cache
+            ),
+            KeyStorage::Token => "one token object per key version".to_owned(),
+        }
     );
     println!("  audit log       {}", config.audit_log.display());
     if let Some(metrics) = config.metrics_listen {

@@ -237,6 +237,24 @@ fn an_unwrapped_version_cannot_be_rewrapped_under_the_next_domain_key() {
     assert!(session.wrap_key(&Mechanism::AesKeyWrap, new, copy).is_err());
 }
 
+#[test]
+fn softhsm2_offers_what_wrapped_storage_needs_and_a_module_without_it_is_named() {
+    let (label, _) = fresh_token();
+    let store = ok(crate::HsmKeyStore::open(
+        super::config(&label, PIN),
+        super::NAMESPACE,
+    ));
+    assert!(ok(store.missing_for_wrapped_storage()).is_empty());
+    assert_eq!(
+        crate::domain::missing_for_wrapped_storage(&[MechanismType::AES_KEY_GEN]),
+        [
+            "CKM_AES_KEY_WRAP",
+            "CKM_AES_KEY_WRAP_PAD",
+            "CKM_SHA256_HMAC"
+        ]
+    );
+}
+
 /// The handle cache's premise: a version unwrapped in one session (kept open) serves the
 /// pool's other sessions of the process, and goes when that session closes.
 #[test]
