@@ -163,24 +163,29 @@ async fn imported_material_makes_blobs_that_open_offline_and_never_changes() {
     let plaintext = c.decrypt(&blob, &context, None).await.unwrap();
     assert_eq!(plaintext.plaintext.as_slice(), b"made with my own key");
 
-    // The token holds the material sensitive and never extractable; no wrapping key is left.
+    // The material is kept wrapped under the domain key: the token holds the domain's two
+    // keys, sensitive and never extractable, and nothing of the import; no wrapping key is
+    // left.
     let listing = env.pkcs11_tool(&["--list-objects"]);
     let text = String::from_utf8_lossy(&listing.stdout);
     let secrets: Vec<&str> = text.split("Secret Key Object").skip(1).collect();
-    assert_eq!(secrets.len(), 1, "{text}");
-    let access = secrets[0]
-        .lines()
-        .find(|l| l.trim_start().starts_with("Access:"))
-        .unwrap();
-    assert!(access.contains("sensitive"), "{access}");
-    assert!(
-        !access
-            .trim_start()
-            .trim_start_matches("Access:")
-            .split(',')
-            .any(|flag| flag.trim() == "extractable"),
-        "{access}"
-    );
+    assert_eq!(secrets.len(), 2, "{text}");
+    assert!(env.hsm_key_labels().is_empty(), "{text}");
+    for secret in secrets {
+        let access = secret
+            .lines()
+            .find(|l| l.trim_start().starts_with("Access:"))
+            .unwrap();
+        assert!(access.contains("sensitive"), "{access}");
+        assert!(
+            !access
+                .trim_start()
+                .trim_start_matches("Access:")
+                .split(',')
+                .any(|flag| flag.trim() == "extractable"),
+            "{access}"
+        );
+    }
     let private: Vec<&str> = text.split("Private Key Object").skip(1).collect();
     assert_eq!(
         private.len(),

@@ -178,6 +178,19 @@ pub trait KeyStore: Send + Sync {
         wrapped: &[u8],
     ) -> Result<Option<usize>, HsmError>;
 
+    /// Unwraps imported material as [`KeyStore::unwrap_key_version`] does, but into a session
+    /// object that is wrapped at once under the current domain key (then used from an
+    /// unwrapped copy): the token gains no object. Returns the wrapped material and the
+    /// material's length when the HSM reports it.
+    fn import_wrapped_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+        wrapping: WrappingKeyRef,
+        algorithm: WrappingAlgorithm,
+        wrapped: &[u8],
+    ) -> Result<(WrappedMaterial, Option<usize>), HsmError>;
+
     /// Destroys a wrapping key pair. Succeeds when there is none.
     fn destroy_wrapping_key(&self, key: WrappingKeyRef) -> Result<(), HsmError>;
 

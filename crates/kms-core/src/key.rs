@@ -402,8 +402,7 @@ pub struct WrappedMaterial {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum KeyStorage {
     /// Wrapped under a domain key, in the key's record: the token holds only the domain keys,
-    /// whatever the number of keys. Every generated kind (secrets and key pairs); imported
-    /// material stays a token object for now.
+    /// whatever the number of keys. Every kind: secrets, key pairs and imported material.
     #[default]
     Wrapped,
     /// One token object per version.

@@ -230,6 +230,35 @@ impl SoftKeyStore {
             .map_err(|_| refused())
     }
 
+    /// `secret` wrapped under the soft domain key (AES-256-GCM), with its authenticator.
+    fn seal(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+        secret: &[u8],
+    ) -> Result<WrappedMaterial, HsmError> {
+        let failed = |e: String| HsmError::Failed {
+            operation: "wrap key",
+            source: e.into(),
+        };
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|e| failed(e.to_string()))?;
+        let domain = self.domain()?;
+        let cipher = <aes_gcm::Aes256Gcm as aes_gcm::KeyInit>::new_from_slice(&domain[..32])
+            .map_err(|e| failed(e.to_string()))?;
+        let sealed =
+            aes_gcm::aead::Aead::encrypt(&cipher, aes_gcm::Nonce::from_slice(&nonce), secret)
+                .map_err(|e| failed(e.to_string()))?;
+        let mut wrapped = nonce.to_vec();
+        wrapped.extend_from_slice(&sealed);
+        let tag = self.wrapped_tag(key, material, 1, &wrapped)?;
+        Ok(WrappedMaterial {
+            domain_key: 1,
+            wrapped,
+            tag,
+        })
+    }
+
     fn hmac(
         &self,
         key: VersionObject<'_>,
@@ -363,34 +392,7 @@ impl KeyStore for SoftKeyStore {
                 (secret, None)
             }
         };
-        let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).map_err(fail("wrap key"))?;
-        let domain = self.domain()?;
-        let cipher = <aes_gcm::Aes256Gcm as aes_gcm::KeyInit>::new_from_slice(&domain[..32])
-            .map_err(|e| HsmError::Failed {
-                operation: "wrap key",
-                source: e.to_string().into(),
-            })?;
-        let sealed = aes_gcm::aead::Aead::encrypt(
-            &cipher,
-            aes_gcm::Nonce::from_slice(&nonce),
-            secret.as_slice(),
-        )
-        .map_err(|e| HsmError::Failed {
-            operation: "wrap key",
-            source: e.to_string().into(),
-        })?;
-        let mut wrapped = nonce.to_vec();
-        wrapped.extend_from_slice(&sealed);
-        let tag = self.wrapped_tag(key, material, 1, &wrapped)?;
-        Ok((
-            WrappedMaterial {
-                domain_key: 1,
-                wrapped,
-                tag,
-            },
-            public_key,
-        ))
+        Ok((self.seal(key, material, &secret)?, public_key))
     }
 
     fn forget_unwrapped(&self, _key: KeyId) {
@@ -502,6 +504,28 @@ impl KeyStore for SoftKeyStore {
             SoftKey::Secret(material, Zeroizing::new(wrapped.to_vec())),
         );
         Ok(Some(wrapped.len()))
+    }
+
+    fn import_wrapped_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+        wrapping: WrappingKeyRef,
+        _algorithm: WrappingAlgorithm,
+        wrapped: &[u8],
+    ) -> Result<(WrappedMaterial, Option<usize>), HsmError> {
+        if !lock(&self.wrapping_keys).contains(&wrapping) {
+            return Err(HsmError::Failed {
+                operation: "unwrap key",
+                source: "no such wrapping key".into(),
+            });
+        }
+        if wrapped.is_empty() {
+            return Err(HsmError::Rejected {
+                operation: "unwrap key",
+            });
+        }
+        Ok((self.seal(key, material, wrapped)?, Some(wrapped.len())))
     }
 
     fn destroy_wrapping_key(&self, key: WrappingKeyRef) -> Result<(), HsmError> {

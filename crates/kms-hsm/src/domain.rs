@@ -416,6 +416,13 @@ pub(crate) fn fresh_secret_template(len: usize, allowed: Vec<MechanismType>) -> 
     session_secret_template(Some(len), allowed, true)
 }
 
+/// Imported material as C_UnwrapKey makes it from the caller's wrapped bytes: a generic
+/// secret, a session object extractable for the one C_WrapKey under the domain key that
+/// follows, that only computes HMACs with `allowed`.
+pub(crate) fn fresh_import_template(allowed: Vec<MechanismType>) -> Vec<Attribute> {
+    session_secret_template(None, allowed, true)
+}
+
 /// A generic secret of `len` bytes that only computes HMACs with `allowed`, as a session
 /// object: `extractable` only for the one C_WrapKey after generation.
 fn session_secret_template(
@@ -448,7 +455,7 @@ fn session_secret_template(
 }
 
 /// Generates a `len`-byte secret inside the HSM as a session object and wraps it at once under
-/// `domain` (CKM_AES_KEY_WRAP): returns the object and the wrapped bytes. For the module probes
+/// `domain` (CKM_AES_KEY_WRAP_PAD): returns the object and the wrapped bytes. For the module probes
 /// in the tests; kmsd keeps an unwrapped copy instead of the extractable original.
 #[cfg(test)]
 pub(crate) fn generate_wrapped_secret(
@@ -459,7 +466,7 @@ pub(crate) fn generate_wrapped_secret(
 ) -> Result<(ObjectHandle, Vec<u8>), CkError> {
     let template = session_secret_template(Some(len), allowed, true);
     let secret = session.generate_key(&Mechanism::GenericSecretKeyGen, &template)?;
-    match session.wrap_key(&Mechanism::AesKeyWrap, domain, secret) {
+    match session.wrap_key(&wrap_mechanism(), domain, secret) {
         Ok(wrapped) => Ok((secret, wrapped)),
         Err(error) => {
             // Nothing refers to it; the session would drop it anyway.
@@ -478,17 +485,13 @@ pub(crate) fn unwrap_secret(
     allowed: Vec<MechanismType>,
 ) -> Result<ObjectHandle, CkError> {
     let template = session_secret_template(None, allowed, false);
-    session.unwrap_key(&Mechanism::AesKeyWrap, domain, wrapped, &template)
+    session.unwrap_key(&wrap_mechanism(), domain, wrapped, &template)
 }
 
-/// The wrapping mechanism of a kind: AES key wrap for secrets, with padding for private keys
-/// (their PKCS#8 encoding is not a multiple of 8 bytes).
-pub(crate) fn wrap_mechanism(kind: ObjectKind) -> Mechanism<'static> {
-    if kind.is_private_key() {
-        Mechanism::AesKeyWrapPad
-    } else {
-        Mechanism::AesKeyWrap
-    }
+/// The wrapping mechanism of every kind: AES key wrap with padding (RFC 5649), since private
+/// keys' PKCS#8 encodings and imported HMAC keys need not be multiples of 8 bytes.
+pub(crate) fn wrap_mechanism() -> Mechanism<'static> {
+    Mechanism::AesKeyWrapPad
 }
 
 /// The private key template of a wrapped key pair's unwrapped half: a session object,
@@ -526,7 +529,7 @@ pub(crate) fn unwrap_version(
 ) -> Result<ObjectHandle, CkError> {
     if kind.is_private_key() {
         let template = unwrapped_private_template(kind, allowed);
-        session.unwrap_key(&wrap_mechanism(kind), domain, wrapped, &template)
+        session.unwrap_key(&wrap_mechanism(), domain, wrapped, &template)
     } else {
         unwrap_secret(session, domain, wrapped, allowed)
     }

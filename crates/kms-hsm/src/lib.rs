@@ -856,7 +856,7 @@ impl KeyStore for HsmKeyStore {
                     let (fresh, attributes) = fresh_pair(s, material, kind, &allowed)?;
                     (fresh, Some(attributes))
                 };
-                let wrapped = s.wrap_key(&domain::wrap_mechanism(kind), domain.wrap, fresh);
+                let wrapped = s.wrap_key(&domain::wrap_mechanism(), domain.wrap, fresh);
                 // Nothing else refers to it; its session would drop it anyway.
                 let _ = s.destroy_object(fresh);
                 let wrapped = wrapped?;
@@ -1049,6 +1049,90 @@ impl KeyStore for HsmKeyStore {
         Ok(length
             .and_then(|l| usize::try_from(l).ok())
             .filter(|l| *l > 0))
+    }
+
+    fn import_wrapped_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+        wrapping: WrappingKeyRef,
+        algorithm: WrappingAlgorithm,
+        wrapped: &[u8],
+    ) -> Result<(WrappedMaterial, Option<usize>), HsmError> {
+        if material.secret_len().is_none() {
+            return Err(HsmError::Unsupported {
+                operation: "unwrapping imported key material",
+                detail: "only secret keys are imported".to_owned(),
+            });
+        }
+        // Material of an earlier import that is not destroyed yet: forget it.
+        self.destroy_key_version(key)?;
+        let kind = ObjectKind::of(material);
+        let allowed = templates::allowed_mechanisms(kind, true);
+        let wrapping_id = object_id::wrapping_id(self.namespace, wrapping);
+        let oaep = templates::oaep(algorithm.hash());
+        self.creating(|| {
+            self.with_holder("unwrap key", |unwrapped, s| {
+                let Some(unwrapping) = s
+                    .find_objects(&[
+                        Attribute::Class(ObjectClass::PRIVATE_KEY),
+                        Attribute::Id(wrapping_id.clone()),
+                    ])?
+                    .into_iter()
+                    .next()
+                else {
+                    return Ok(Err(HsmError::Failed {
+                        operation: "unwrap key",
+                        source: "the import's wrapping key is gone".into(),
+                    }));
+                };
+                // Extractable for the one C_WrapKey under the domain key, then destroyed.
+                let template = domain::fresh_import_template(allowed.clone());
+                let fresh = match s.unwrap_key(&oaep, unwrapping, wrapped, &template) {
+                    Ok(handle) => handle,
+                    // SoftHSM2 reports a bad OAEP padding as CKR_GENERAL_ERROR.
+                    Err(e) if error::is_bad_input(&e) || is_general_error(&e) => {
+                        return Ok(Err(HsmError::Rejected {
+                            operation: "unwrap key",
+                        }));
+                    }
+                    Err(e) => return Err(e),
+                };
+                let length = s
+                    .get_attributes(fresh, &[AttributeType::ValueLen])
+                    .ok()
+                    .and_then(|attributes| {
+                        attributes.into_iter().find_map(|a| match a {
+                            Attribute::ValueLen(len) => usize::try_from(u64::from(len)).ok(),
+                            _ => None,
+                        })
+                    })
+                    .filter(|len| *len > 0);
+                let domain = self.current_domain(unwrapped, s)?;
+                let rewrapped = s.wrap_key(&domain::wrap_mechanism(), domain.wrap, fresh);
+                let _ = s.destroy_object(fresh);
+                let rewrapped = rewrapped?;
+                let handle =
+                    domain::unwrap_version(s, domain.wrap, &rewrapped, kind, allowed.clone())?;
+                let message = domain::tag_message(
+                    self.namespace,
+                    key,
+                    kind,
+                    domain::CURRENT_DOMAIN,
+                    &rewrapped,
+                );
+                let tag = s.sign(&Mechanism::Sha256Hmac, domain.authenticate, &message)?;
+                unwrapped.handles.insert(Some(s), key, kind, handle);
+                Ok(Ok((
+                    WrappedMaterial {
+                        domain_key: domain::CURRENT_DOMAIN,
+                        wrapped: rewrapped,
+                        tag,
+                    },
+                    length,
+                )))
+            })
+        })?
     }
 
     fn destroy_wrapping_key(&self, key: WrappingKeyRef) -> Result<(), HsmError> {

@@ -50,7 +50,7 @@ pub struct Args {
     pub max_keys: Option<usize>,
     /// Where new key versions keep their material: `wrapped` under a domain key in the
     /// metadata store (the token holds only the domain keys), or one `token` object each
-    /// [default: wrapped]. Imported material is a token object either way.
+    /// [default: wrapped].
     #[arg(long, value_name = "STORAGE")]
     pub key_storage: Option<KeyStorageName>,
     /// The most wrapped key versions kept unwrapped in the HSM at once [default: 10000].

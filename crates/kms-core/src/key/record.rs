@@ -730,13 +730,15 @@ impl KeyRecord {
             .and_then(|i| i.parameters.take_if(|p| p.valid_to_ms <= now_ms))
     }
 
-    /// PendingImport → Enabled, once the HSM holds material whose check value is `check`:
+    /// PendingImport → Enabled, once the HSM holds material (`wrapped` when it is kept outside
+    /// the token) whose check value is `check`:
     /// the import parameters are used up, and the first import's check value is kept, so a
     /// later import of different material is refused.
     pub fn material_imported(
         &mut self,
         check: &[u8],
         valid_to_ms: Option<i64>,
+        wrapped: Option<WrappedMaterial>,
     ) -> Result<(), KmsError> {
         self.check_external()?;
         self.check_importable()?;
@@ -753,6 +755,10 @@ impl KeyRecord {
         import.has_material = true;
         import.valid_to_ms = valid_to_ms;
         import.parameters = None;
+        let current = self.current_version;
+        if let Some(version) = self.versions.iter_mut().find(|v| v.version == current) {
+            version.wrapped = wrapped;
+        }
         self.state = KeyState::Enabled;
         Ok(())
     }
@@ -764,6 +770,9 @@ impl KeyRecord {
         if let Some(import) = self.import.as_mut() {
             import.has_material = false;
             import.valid_to_ms = None;
+        }
+        for version in &mut self.versions {
+            version.wrapped = None;
         }
         if matches!(self.state, KeyState::Enabled | KeyState::Disabled) {
             self.state = KeyState::PendingImport;

@@ -14,10 +14,10 @@ use tracing::{info, warn};
 use super::{ImportKeyMaterialInput, Kms};
 use crate::caller::Caller;
 use crate::error::KmsError;
-use crate::hsm::{HsmError, KeyVersionRef, SignMechanism, WrappingKeyRef};
+use crate::hsm::{HsmError, KeyVersionRef, SignMechanism, VersionObject, WrappingKeyRef};
 use crate::ids::{KeyId, KeyRef};
 use crate::key::{
-    ExpirationModel, ImportParameters, KeyMaterial, KeyRecord, KeyState, MacAlgorithm,
+    ExpirationModel, ImportParameters, KeyMaterial, KeyRecord, KeyState, KeyStorage, MacAlgorithm,
     WrappingAlgorithm,
 };
 use crate::policy::Action;
@@ -179,20 +179,39 @@ impl Kms {
         };
         let material = record.material();
         caller.note_key(record.id, Some(version.version));
-        let length = match self.hsm.unwrap_key_version(
-            version,
-            material,
-            wrapping,
-            parameters.algorithm,
-            encrypted_key_material,
-        ) {
-            Ok(length) => length,
+        let unwrapped = if self.storage == KeyStorage::Wrapped {
+            self.hsm
+                .import_wrapped_version(
+                    version,
+                    material,
+                    wrapping,
+                    parameters.algorithm,
+                    encrypted_key_material,
+                )
+                .map(|(wrapped, length)| (Some(wrapped), length))
+        } else {
+            self.hsm
+                .unwrap_key_version(
+                    version,
+                    material,
+                    wrapping,
+                    parameters.algorithm,
+                    encrypted_key_material,
+                )
+                .map(|length| (None, length))
+        };
+        let (wrapped, length) = match unwrapped {
+            Ok(unwrapped) => unwrapped,
             Err(HsmError::Rejected { .. }) => return Err(KmsError::InvalidCiphertext),
             Err(error) => return Err(error.into()),
         };
+        let object = VersionObject {
+            key: version,
+            wrapped: wrapped.as_ref(),
+        };
         let checked = self
-            .check_material(&record, version, material, length)
-            .and_then(|check| record.material_imported(&check, valid_to_ms));
+            .check_material(&record, object, material, length)
+            .and_then(|check| record.material_imported(&check, valid_to_ms, wrapped.clone()));
         if let Err(error) = checked {
             self.destroy_material_logged(version);
             return Err(error);
@@ -212,7 +231,7 @@ impl Kms {
     fn check_material(
         &self,
         record: &KeyRecord,
-        version: KeyVersionRef,
+        version: VersionObject<'_>,
         material: KeyMaterial,
         length: Option<usize>,
     ) -> Result<Vec<u8>, KmsError> {
@@ -249,14 +268,14 @@ impl Kms {
         };
         match self
             .hsm
-            .sign(version.into(), material, mechanism, MATERIAL_CHECK_INPUT)
+            .sign(version, material, mechanism, MATERIAL_CHECK_INPUT)
         {
             Ok(_) => {}
             Err(HsmError::Rejected { .. }) => return Err(too_short()),
             Err(error) => return Err(error.into()),
         }
         match self.hsm.sign(
-            version.into(),
+            version,
             material,
             SignMechanism::MaterialCheck,
             MATERIAL_CHECK_INPUT,
@@ -559,6 +578,13 @@ mod tests {
             key_id: id,
             version: 1,
         };
+        // Kept wrapped in the record (the default storage), or a token object.
+        let material_kept = |f: &Fixture| {
+            f.hsm.contains(object)
+                || ok(f.kms.describe_key(&admin(), &key)).versions()[0]
+                    .wrapped
+                    .is_some()
+        };
         ok(encrypt(&f.kms, &key));
         f.clock.set_millis(2_000_000);
         assert!(matches!(
@@ -570,11 +596,11 @@ mod tests {
             KeyState::PendingImport
         );
         assert!(
-            f.hsm.contains(object),
+            material_kept(&f),
             "destroyed by the scheduler, not by a read"
         );
         assert_eq!(ok(f.kms.run_due_expirations()), 1);
-        assert!(!f.hsm.contains(object));
+        assert!(!material_kept(&f));
         let record = ok(f.kms.describe_key(&admin(), &key));
         assert!(!record.has_material());
         assert_eq!(ok(f.kms.run_due_expirations()), 0);

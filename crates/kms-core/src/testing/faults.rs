@@ -146,6 +146,19 @@ impl KeyStore for FaultyKeyStore {
         })
     }
 
+    fn import_wrapped_version(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+        wrapping: WrappingKeyRef,
+        algorithm: WrappingAlgorithm,
+        wrapped: &[u8],
+    ) -> Result<(WrappedMaterial, Option<usize>), HsmError> {
+        self.call("unwrap_key_version", |k| {
+            k.import_wrapped_version(key, material, wrapping, algorithm, wrapped)
+        })
+    }
+
     fn destroy_wrapping_key(&self, key: WrappingKeyRef) -> Result<(), HsmError> {
         self.call("destroy_wrapping_key", |k| k.destroy_wrapping_key(key))
     }

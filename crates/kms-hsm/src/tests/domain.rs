@@ -44,7 +44,11 @@ fn a_secret_wrapped_under_a_domain_key_unwraps_to_the_same_hmac_key() {
         "domain 1".into(),
     ));
     let (fresh, wrapped) = ok(generate_wrapped_secret(&session, domain, 32, hmac_only()));
-    assert_eq!(wrapped.len(), 40, "AES key wrap adds 8 bytes to 32");
+    assert_eq!(
+        wrapped.len(),
+        40,
+        "AES key wrap with padding adds 8 bytes to 32"
+    );
     let copy = ok(unwrap_secret(&session, domain, &wrapped, hmac_only()));
     let input = b"derivation input";
     assert_eq!(
@@ -93,7 +97,7 @@ fn a_pin_holder_cannot_unwrap_a_stored_version_into_a_readable_or_lasting_object
         ("a token object", Attribute::Token(true)),
     ] {
         let refused = session.unwrap_key(
-            &Mechanism::AesKeyWrap,
+            &Mechanism::AesKeyWrapPad,
             domain,
             &wrapped,
             &unwrap_request(&[change]),
@@ -108,7 +112,7 @@ fn a_pin_holder_cannot_unwrap_a_stored_version_into_a_readable_or_lasting_object
     assert!(
         session
             .unwrap_key(
-                &Mechanism::AesKeyWrap,
+                &Mechanism::AesKeyWrapPad,
                 domain,
                 &wrapped,
                 &unwrap_request(&[])
@@ -117,7 +121,7 @@ fn a_pin_holder_cannot_unwrap_a_stored_version_into_a_readable_or_lasting_object
     );
     // ...and what it allows cannot be read.
     let copy = ok(session.unwrap_key(
-        &Mechanism::AesKeyWrap,
+        &Mechanism::AesKeyWrapPad,
         domain,
         &wrapped,
         &unwrap_request(&[
@@ -145,7 +149,11 @@ fn a_pin_holder_cannot_unwrap_a_stored_version_into_a_readable_or_lasting_object
             Attribute::Decrypt(true),
         ],
     ));
-    assert!(session.wrap_key(&Mechanism::AesKeyWrap, own, copy).is_err());
+    assert!(
+        session
+            .wrap_key(&Mechanism::AesKeyWrapPad, own, copy)
+            .is_err()
+    );
 }
 
 #[test]
@@ -168,7 +176,7 @@ fn a_domain_key_cannot_be_read_wrapped_out_or_used_to_encrypt() {
     ));
     assert!(
         session
-            .wrap_key(&Mechanism::AesKeyWrap, other, domain)
+            .wrap_key(&Mechanism::AesKeyWrapPad, other, domain)
             .is_err()
     );
     assert!(
@@ -206,7 +214,7 @@ fn without_the_unwrap_template_a_pin_holder_could_read_a_stored_version() {
     let bare = ok(session.generate_key(&Mechanism::AesKeyGen, &template));
     let (_, wrapped) = ok(generate_wrapped_secret(&session, bare, 32, hmac_only()));
     let copy = ok(session.unwrap_key(
-        &Mechanism::AesKeyWrap,
+        &Mechanism::AesKeyWrapPad,
         bare,
         &wrapped,
         &unwrap_request(&[Attribute::Extractable(true), Attribute::Sensitive(false)]),
@@ -234,7 +242,11 @@ fn an_unwrapped_version_cannot_be_rewrapped_under_the_next_domain_key() {
     ));
     let (_, wrapped) = ok(generate_wrapped_secret(&session, old, 32, hmac_only()));
     let copy = ok(unwrap_secret(&session, old, &wrapped, hmac_only()));
-    assert!(session.wrap_key(&Mechanism::AesKeyWrap, new, copy).is_err());
+    assert!(
+        session
+            .wrap_key(&Mechanism::AesKeyWrapPad, new, copy)
+            .is_err()
+    );
 }
 
 #[test]

@@ -180,10 +180,10 @@ fn imported_material_moves_an_external_key_and_may_never_change() {
     assert!(message.contains("newer import parameters"), "{message}");
     assert_eq!(record.import_parameters().map(|p| p.serial), Some(2));
 
-    ok(record.material_imported(b"check", Some(100)));
+    ok(record.material_imported(b"check", Some(100), None));
     assert_eq!(record.state(), KeyState::Enabled);
     assert_eq!(record.import_parameters(), None, "used up");
-    invalid_state(record.material_imported(b"check", None));
+    invalid_state(record.material_imported(b"check", None, None));
     assert!(record.material_expired(100));
     assert_eq!(
         record.clone().as_seen_at(100).state(),
@@ -194,10 +194,10 @@ fn imported_material_moves_an_external_key_and_may_never_change() {
     ok(record.forget_material());
     assert_eq!(record.state(), KeyState::PendingImport);
     assert!(matches!(
-        record.material_imported(b"other", None),
+        record.material_imported(b"other", None, None),
         Err(KmsError::IncorrectKeyMaterial(_))
     ));
-    ok(record.material_imported(b"check", None));
+    ok(record.material_imported(b"check", None, None));
 
     let mut generated = enabled();
     assert!(matches!(
