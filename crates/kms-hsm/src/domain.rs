@@ -3,7 +3,7 @@
 //! of keys.
 //!
 //! A domain key is a private, sensitive, never-extractable token object that only wraps and
-//! unwraps (CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD). It carries a CKA_UNWRAP_TEMPLATE: a key
+//! unwraps (CKM_AES_KEY_WRAP_PAD). It carries a CKA_UNWRAP_TEMPLATE: a key
 //! unwrapped with it is a session object, sensitive and never extractable, whatever the caller
 //! of C_UnwrapKey asks. On a module that enforces the template (SoftHSM2 2.6 does: see the
 //! tests), a PIN holder who calls C_UnwrapKey on a stored wrapped version cannot get an object
@@ -32,9 +32,8 @@ use kms_core::{KeyId, KeyVersionRef};
 use crate::object_id::ObjectKind;
 
 /// What the wrapped key storage needs of the module, by name.
-pub(crate) const WRAPPED_STORAGE_NEEDS: [(MechanismType, &str); 4] = [
+pub(crate) const WRAPPED_STORAGE_NEEDS: [(MechanismType, &str); 3] = [
     (MechanismType::AES_KEY_GEN, "CKM_AES_KEY_GEN"),
-    (MechanismType::AES_KEY_WRAP, "CKM_AES_KEY_WRAP"),
     (MechanismType::AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"),
     (MechanismType::SHA256_HMAC, "CKM_SHA256_HMAC"),
 ];
@@ -144,7 +143,7 @@ pub(crate) fn unwrap_template() -> BoolTemplate {
 }
 
 /// The template of a domain key: AES-256 on the token, private, sensitive, never extractable,
-/// only wrapping and unwrapping with AES key wrap, with [`unwrap_template`] as its
+/// only wrapping and unwrapping with AES key wrap with padding, with [`unwrap_template`] as its
 /// CKA_UNWRAP_TEMPLATE.
 pub(crate) fn domain_key_template(
     id: Vec<u8>,
@@ -169,10 +168,7 @@ pub(crate) fn domain_key_template(
         Attribute::Sign(false),
         Attribute::Verify(false),
         Attribute::Derive(false),
-        Attribute::AllowedMechanisms(vec![
-            MechanismType::AES_KEY_WRAP,
-            MechanismType::AES_KEY_WRAP_PAD,
-        ]),
+        Attribute::AllowedMechanisms(vec![MechanismType::AES_KEY_WRAP_PAD]),
         Attribute::Id(id),
         Attribute::Label(label.into_bytes()),
         unwrapped.attribute(CKA_UNWRAP_TEMPLATE),
