@@ -54,14 +54,16 @@ pub(crate) const CURRENT_DOMAIN: u32 = 1;
 
 /// What a domain object is for, the last byte of its CKA_ID.
 #[derive(Clone, Copy)]
-enum DomainRole {
+pub(crate) enum DomainRole {
+    /// The AES key that wraps and unwraps.
     Wrap = 1,
+    /// The HMAC key of the authenticators.
     Authenticate = 2,
 }
 
 /// CKA_ID of a domain object: `"kmsd"` || instance id (16) || domain version (u32 big-endian)
 /// || role (1).
-fn domain_id(namespace: [u8; 16], version: u32, role: DomainRole) -> Vec<u8> {
+pub(crate) fn domain_id(namespace: [u8; 16], version: u32, role: DomainRole) -> Vec<u8> {
     let mut id = DOMAIN_MAGIC.to_vec();
     id.extend_from_slice(&namespace);
     id.extend_from_slice(&version.to_be_bytes());
@@ -222,50 +224,136 @@ pub(crate) struct Domain {
     pub(crate) authenticate: ObjectHandle,
 }
 
-/// The domain `version` of the instance `namespace`, if the token holds it.
+/// Why kmsd refuses a domain object it found on the token: a PIN holder may have planted it
+/// under the CKA_ID kmsd looks for, so that new versions get wrapped under a key they know or
+/// whose unwrapped copies they can read.
+pub(crate) type Distrust = &'static str;
+
+/// The domain `version` of the instance `namespace`, if the token holds it; refused when one
+/// of its objects is not as kmsd makes them (see [`find_trusted`]).
 pub(crate) fn find_domain(
     session: &Session,
     namespace: [u8; 16],
     version: u32,
-) -> Result<Option<Domain>, CkError> {
-    let wrap = find_object(session, domain_id(namespace, version, DomainRole::Wrap))?;
-    let authenticate = find_object(
+) -> Result<Result<Option<Domain>, Distrust>, CkError> {
+    let wrap = match find_trusted(session, domain_id(namespace, version, DomainRole::Wrap))? {
+        Ok(found) => found,
+        Err(why) => return Ok(Err(why)),
+    };
+    let authenticate = match find_trusted(
         session,
         domain_id(namespace, version, DomainRole::Authenticate),
-    )?;
-    Ok(wrap
+    )? {
+        Ok(found) => found,
+        Err(why) => return Ok(Err(why)),
+    };
+    Ok(Ok(wrap
         .zip(authenticate)
-        .map(|(wrap, authenticate)| Domain { wrap, authenticate }))
+        .map(|(wrap, authenticate)| Domain { wrap, authenticate })))
 }
 
 /// The domain `version` of the instance `namespace`, made on the token where it lacks any of
-/// its two keys.
+/// its two keys; refused as [`find_domain`] refuses.
 pub(crate) fn find_or_create_domain(
     session: &Session,
     namespace: [u8; 16],
     version: u32,
-) -> Result<Domain, CkError> {
+) -> Result<Result<Domain, Distrust>, CkError> {
     let label = |what| format!("kms/domain/{version}/{what}");
     let wrap_id = domain_id(namespace, version, DomainRole::Wrap);
-    let wrap = match find_object(session, wrap_id.clone())? {
-        Some(handle) => handle,
-        None => create_domain_key(session, wrap_id, label("wrap"))?,
+    let wrap = match find_trusted(session, wrap_id.clone())? {
+        Ok(Some(handle)) => handle,
+        Ok(None) => create_domain_key(session, wrap_id, label("wrap"))?,
+        Err(why) => return Ok(Err(why)),
     };
     let authenticate_id = domain_id(namespace, version, DomainRole::Authenticate);
-    let authenticate = match find_object(session, authenticate_id.clone())? {
-        Some(handle) => handle,
-        None => session.generate_key(
+    let authenticate = match find_trusted(session, authenticate_id.clone())? {
+        Ok(Some(handle)) => handle,
+        Ok(None) => session.generate_key(
             &Mechanism::GenericSecretKeyGen,
             &authenticator_template(authenticate_id, label("authenticate")),
         )?,
+        Err(why) => return Ok(Err(why)),
     };
-    Ok(Domain { wrap, authenticate })
+    Ok(Ok(Domain { wrap, authenticate }))
 }
 
-/// The secret-key token object whose CKA_ID is `id`, if any.
-fn find_object(session: &Session, id: Vec<u8>) -> Result<Option<ObjectHandle>, CkError> {
+/// The domain object whose CKA_ID is `id`, if the token holds one, checked as kmsd makes it:
+/// the only object with that id; generated on the token (CKA_LOCAL), always sensitive and never
+/// extractable, so that no one knows its value; not modifiable; and, for a wrap key, holding its
+/// unwrap template (an unwrapped copy asked to be readable is refused).
+fn find_trusted(
+    session: &Session,
+    id: Vec<u8>,
+) -> Result<Result<Option<ObjectHandle>, Distrust>, CkError> {
+    let wrap = id.last() == Some(&(DomainRole::Wrap as u8));
     let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(id)];
-    Ok(session.find_objects(&template)?.into_iter().next())
+    let found = session.find_objects(&template)?;
+    let handle = match found.as_slice() {
+        [] => return Ok(Ok(None)),
+        [handle] => *handle,
+        _ => return Ok(Err("is on the token more than once")),
+    };
+    let attributes = session.get_attributes(
+        handle,
+        &[
+            AttributeType::Local,
+            AttributeType::AlwaysSensitive,
+            AttributeType::NeverExtractable,
+            AttributeType::Extractable,
+            AttributeType::Modifiable,
+            AttributeType::Token,
+            AttributeType::Private,
+        ],
+    )?;
+    let custody = [
+        Attribute::Local(true),
+        Attribute::AlwaysSensitive(true),
+        Attribute::NeverExtractable(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Token(true),
+        Attribute::Private(true),
+    ];
+    if !custody.iter().all(|a| attributes.contains(a)) {
+        return Ok(Err(
+            "was not generated on the token as a never-extractable, unmodifiable key",
+        ));
+    }
+    if wrap && !holds_unwrap_template(session, handle)? {
+        return Ok(Err("lets a key it unwraps be read"));
+    }
+    Ok(Ok(Some(handle)))
+}
+
+/// Whether the wrap key `domain` holds its unwrap template: a secret wrapped under it does not
+/// unwrap into an extractable, non-sensitive copy. The probe secret and any copy are destroyed.
+fn holds_unwrap_template(session: &Session, domain: ObjectHandle) -> Result<bool, CkError> {
+    let probe = session.generate_key(
+        &Mechanism::GenericSecretKeyGen,
+        &fresh_secret_template(32, vec![MechanismType::SHA256_HMAC]),
+    )?;
+    let wrapped = session.wrap_key(&wrap_mechanism(), domain, probe);
+    // A session object nothing else refers to; its session would drop it anyway.
+    let _ = session.destroy_object(probe);
+    let readable = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+    ];
+    // PKCS#11 says an unwrap template conflict is CKR_TEMPLATE_INCONSISTENT; any other
+    // refusal proves nothing about the template.
+    match session.unwrap_key(&wrap_mechanism(), domain, &wrapped?, &readable) {
+        Ok(copy) => {
+            let _ = session.destroy_object(copy);
+            Ok(false)
+        }
+        Err(CkError::Pkcs11(cryptoki::error::RvError::TemplateInconsistent, _)) => Ok(true),
+        Err(error) => Err(error),
+    }
 }
 
 /// The unwrapped key versions: session objects of `holder`, the oldest destroyed past the

@@ -326,36 +326,43 @@ impl HsmKeyStore {
         }
     }
 
-    /// The domain `version`, found with the holding session (and kept).
+    /// The domain `version`, found with the holding session (and kept); refused (logged) when
+    /// the token's objects are not as kmsd makes them.
     fn domain(
         &self,
         unwrapped: &mut Unwrapped,
         session: &Session,
         version: u32,
-    ) -> Result<Option<Domain>, CkError> {
+    ) -> Result<Result<Option<Domain>, HsmError>, CkError> {
         if let Some(domain) = unwrapped.domains.get(&version) {
-            return Ok(Some(*domain));
+            return Ok(Ok(Some(*domain)));
         }
-        let found = domain::find_domain(session, self.namespace, version)?;
+        let found = match domain::find_domain(session, self.namespace, version)? {
+            Ok(found) => found,
+            Err(why) => return Ok(Err(distrusted(version, why))),
+        };
         if let Some(domain) = found {
             unwrapped.domains.insert(version, domain);
         }
-        Ok(found)
+        Ok(Ok(found))
     }
 
-    /// The current domain, made on the token on first use.
+    /// The current domain, made on the token on first use; refused as [`Self::domain`].
     fn current_domain(
         &self,
         unwrapped: &mut Unwrapped,
         session: &Session,
-    ) -> Result<Domain, CkError> {
+    ) -> Result<Result<Domain, HsmError>, CkError> {
         let version = domain::CURRENT_DOMAIN;
         if let Some(domain) = unwrapped.domains.get(&version) {
-            return Ok(*domain);
+            return Ok(Ok(*domain));
         }
-        let domain = domain::find_or_create_domain(session, self.namespace, version)?;
+        let domain = match domain::find_or_create_domain(session, self.namespace, version)? {
+            Ok(domain) => domain,
+            Err(why) => return Ok(Err(distrusted(version, why))),
+        };
         unwrapped.domains.insert(version, domain);
-        Ok(domain)
+        Ok(Ok(domain))
     }
 
     /// The unwrapped object of `key`'s `wrapped` material of `kind`: from the cache, or checked
@@ -381,12 +388,14 @@ impl HsmKeyStore {
             operation: "unwrap key version",
             source: format!("the wrapped material of {key} {why}").into(),
         };
-        let outcome = self.with_holder("unwrap key", |unwrapped, s| {
+        self.with_holder("unwrap key", |unwrapped, s| {
             if let Some(handle) = unwrapped.handles.get(key, kind) {
                 return Ok(Ok(handle));
             }
-            let Some(domain) = self.domain(unwrapped, s, wrapped.domain_key)? else {
-                return Ok(Err("names a domain key the HSM does not hold"));
+            let domain = match self.domain(unwrapped, s, wrapped.domain_key)? {
+                Ok(Some(domain)) => domain,
+                Ok(None) => return Ok(Err(refused("names a domain key the HSM does not hold"))),
+                Err(distrust) => return Ok(Err(distrust)),
             };
             let message = domain::tag_message(
                 self.namespace,
@@ -403,18 +412,17 @@ impl HsmKeyStore {
             ) {
                 Ok(()) => {}
                 Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
-                    return Ok(Err("does not authenticate"));
+                    return Ok(Err(refused("does not authenticate")));
                 }
                 Err(e) => return Err(e),
             }
             let allowed = templates::allowed_mechanisms(kind, false);
             match domain::unwrap_version(s, domain.wrap, &wrapped.wrapped, kind, allowed) {
                 Ok(handle) => Ok(Ok(unwrapped.handles.insert(Some(s), key, kind, handle))),
-                Err(e) if error::is_bad_input(&e) => Ok(Err("does not unwrap")),
+                Err(e) if error::is_bad_input(&e) => Ok(Err(refused("does not unwrap"))),
                 Err(e) => Err(e),
             }
-        })?;
-        outcome.map_err(refused)
+        })?
     }
 
     /// Runs `f` with the object of `key`'s material of `kind`: its token object, or its
@@ -678,7 +686,14 @@ fn fresh_pair(
         session.generate_key_pair(&mechanism, &public, &private)?;
     let attributes = session.get_attributes(public_handle, &wanted);
     let _ = session.destroy_object(public_handle);
-    Ok((private_handle, attributes?))
+    match attributes {
+        Ok(attributes) => Ok((private_handle, attributes)),
+        Err(error) => {
+            // The extractable private half must not outlive the failure in the held session.
+            let _ = session.destroy_object(private_handle);
+            Err(error)
+        }
+    }
 }
 
 /// The custody template of DESIGN §3 for a key version's master secret: a 256-bit generic
@@ -720,6 +735,19 @@ fn public_key_der(ec: bool, attributes: Vec<Attribute>) -> Result<Vec<u8>, HsmEr
         operation: "read public key",
         source: Box::new(e),
     })
+}
+
+/// The refusal of a domain key found on the token, logged: see [`domain::Distrust`].
+fn distrusted(version: u32, why: domain::Distrust) -> HsmError {
+    warn!(
+        domain = version,
+        why,
+        "refusing the token's domain key: it is not as kmsd made it (planted by a PIN holder?)"
+    );
+    HsmError::Failed {
+        operation: "find domain key",
+        source: format!("domain key {version} {why}").into(),
+    }
 }
 
 /// Whether the module failed without saying why; SoftHSM2 does so for bad OAEP padding.
@@ -845,7 +873,10 @@ impl KeyStore for HsmKeyStore {
         // has the unwrap template's custody and the bytes are known to unwrap.
         self.creating(|| {
             self.with_holder("generate key", |unwrapped, s| {
-                let domain = self.current_domain(unwrapped, s)?;
+                let domain = match self.current_domain(unwrapped, s)? {
+                    Ok(domain) => domain,
+                    Err(distrust) => return Ok(Err(distrust)),
+                };
                 let (fresh, public_key) = if let Some(len) = material.secret_len() {
                     let template = domain::fresh_secret_template(len, allowed.clone());
                     (
@@ -871,16 +902,17 @@ impl KeyStore for HsmKeyStore {
                 );
                 let tag = s.sign(&Mechanism::Sha256Hmac, domain.authenticate, &message)?;
                 unwrapped.handles.insert(Some(s), key, kind, handle);
-                Ok((
+                Ok(Ok((
                     WrappedMaterial {
                         domain_key: domain::CURRENT_DOMAIN,
                         wrapped,
                         tag,
                     },
                     public_key,
-                ))
+                )))
             })
         })
+        .and_then(|made| made)
         .and_then(|(wrapped, attributes)| {
             let public_key = attributes
                 .map(|a| public_key_der(kind == ObjectKind::EcP256Sign, a))
@@ -1108,7 +1140,13 @@ impl KeyStore for HsmKeyStore {
                         })
                     })
                     .filter(|len| *len > 0);
-                let domain = self.current_domain(unwrapped, s)?;
+                let domain = match self.current_domain(unwrapped, s)? {
+                    Ok(domain) => domain,
+                    Err(distrust) => {
+                        let _ = s.destroy_object(fresh);
+                        return Ok(Err(distrust));
+                    }
+                };
                 let rewrapped = s.wrap_key(&domain::wrap_mechanism(), domain.wrap, fresh);
                 let _ = s.destroy_object(fresh);
                 let rewrapped = rewrapped?;

@@ -22,6 +22,7 @@ use super::{HsmConfig, HsmKeyStore, ObjectId, ObjectKind, OpenError};
 
 mod domain;
 mod faults;
+mod planted;
 
 pub(super) const PIN: &str = "user-pin-1234";
 const SO_PIN: &str = "so-pin-5678";
