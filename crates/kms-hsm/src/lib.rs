@@ -365,6 +365,40 @@ impl HsmKeyStore {
         Ok(Ok(domain))
     }
 
+    /// Wraps the extractable session object `fresh` (new or imported material of `key`, of
+    /// `kind`) under the current `domain`, destroys it, keeps an unwrapped copy (which proves
+    /// the bytes unwrap, and has the unwrap template's custody), and returns the wrapped
+    /// material with its authenticator.
+    fn seal(
+        &self,
+        unwrapped: &mut Unwrapped,
+        session: &Session,
+        domain: Domain,
+        key: KeyVersionRef,
+        fresh: Fresh<'_>,
+    ) -> Result<WrappedMaterial, CkError> {
+        let Fresh {
+            handle: fresh,
+            kind,
+            allowed,
+        } = fresh;
+        let wrapped = session.wrap_key(&domain::wrap_mechanism(), domain.wrap, fresh);
+        // Nothing else refers to it; its session would drop it anyway.
+        let _ = session.destroy_object(fresh);
+        let wrapped = wrapped?;
+        let handle =
+            domain::unwrap_version(session, domain.wrap, &wrapped, kind, allowed.to_vec())?;
+        let message =
+            domain::tag_message(self.namespace, key, kind, domain::CURRENT_DOMAIN, &wrapped);
+        let tag = session.sign(&Mechanism::Sha256Hmac, domain.authenticate, &message)?;
+        unwrapped.handles.insert(Some(session), key, kind, handle);
+        Ok(WrappedMaterial {
+            domain_key: domain::CURRENT_DOMAIN,
+            wrapped,
+            tag,
+        })
+    }
+
     /// The unwrapped object of `key`'s `wrapped` material of `kind`: from the cache, or checked
     /// against its authenticator and unwrapped into the holding session.
     fn unwrapped_object(
@@ -639,6 +673,17 @@ impl HsmKeyStore {
     }
 }
 
+/// Material just made or imported as an extractable session object, before it is sealed.
+#[derive(Clone, Copy)]
+struct Fresh<'a> {
+    /// The object.
+    handle: ObjectHandle,
+    /// Its kind.
+    kind: ObjectKind,
+    /// The mechanisms its unwrapped copy may be used with.
+    allowed: &'a [MechanismType],
+}
+
 /// Generates a key pair of `material` whose private half is an extractable session object (to
 /// be wrapped at once, then destroyed); returns it and the public key's attributes. The public
 /// half is read and destroyed.
@@ -887,29 +932,13 @@ impl KeyStore for HsmKeyStore {
                     let (fresh, attributes) = fresh_pair(s, material, kind, &allowed)?;
                     (fresh, Some(attributes))
                 };
-                let wrapped = s.wrap_key(&domain::wrap_mechanism(), domain.wrap, fresh);
-                // Nothing else refers to it; its session would drop it anyway.
-                let _ = s.destroy_object(fresh);
-                let wrapped = wrapped?;
-                let handle =
-                    domain::unwrap_version(s, domain.wrap, &wrapped, kind, allowed.clone())?;
-                let message = domain::tag_message(
-                    self.namespace,
-                    key,
+                let fresh = Fresh {
+                    handle: fresh,
                     kind,
-                    domain::CURRENT_DOMAIN,
-                    &wrapped,
-                );
-                let tag = s.sign(&Mechanism::Sha256Hmac, domain.authenticate, &message)?;
-                unwrapped.handles.insert(Some(s), key, kind, handle);
-                Ok(Ok((
-                    WrappedMaterial {
-                        domain_key: domain::CURRENT_DOMAIN,
-                        wrapped,
-                        tag,
-                    },
-                    public_key,
-                )))
+                    allowed: &allowed,
+                };
+                let wrapped = self.seal(unwrapped, s, domain, key, fresh)?;
+                Ok(Ok((wrapped, public_key)))
             })
         })
         .and_then(|made| made)
@@ -1147,28 +1176,13 @@ impl KeyStore for HsmKeyStore {
                         return Ok(Err(distrust));
                     }
                 };
-                let rewrapped = s.wrap_key(&domain::wrap_mechanism(), domain.wrap, fresh);
-                let _ = s.destroy_object(fresh);
-                let rewrapped = rewrapped?;
-                let handle =
-                    domain::unwrap_version(s, domain.wrap, &rewrapped, kind, allowed.clone())?;
-                let message = domain::tag_message(
-                    self.namespace,
-                    key,
+                let fresh = Fresh {
+                    handle: fresh,
                     kind,
-                    domain::CURRENT_DOMAIN,
-                    &rewrapped,
-                );
-                let tag = s.sign(&Mechanism::Sha256Hmac, domain.authenticate, &message)?;
-                unwrapped.handles.insert(Some(s), key, kind, handle);
-                Ok(Ok((
-                    WrappedMaterial {
-                        domain_key: domain::CURRENT_DOMAIN,
-                        wrapped: rewrapped,
-                        tag,
-                    },
-                    length,
-                )))
+                    allowed: &allowed,
+                };
+                let wrapped = self.seal(unwrapped, s, domain, key, fresh)?;
+                Ok(Ok((wrapped, length)))
             })
         })?
     }
