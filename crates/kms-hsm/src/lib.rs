@@ -673,6 +673,51 @@ impl HsmKeyStore {
     }
 }
 
+/// Unwraps a caller's `wrapped` material with the import's wrapping key (CKA_ID
+/// `wrapping_id`) into an object of `template`, and returns it with the material's length
+/// when the module reports it (SoftHSM2 leaves CKA_VALUE_LEN at 0 on unwrapped keys). Data
+/// that does not unwrap is [`HsmError::Rejected`]; a wrapping key gone from the HSM fails.
+fn unwrap_import(
+    session: &Session,
+    wrapping_id: &[u8],
+    oaep: &Mechanism<'_>,
+    wrapped: &[u8],
+    template: &[Attribute],
+) -> Result<Result<(ObjectHandle, Option<usize>), HsmError>, CkError> {
+    let Some(unwrapping) = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(wrapping_id.to_vec()),
+        ])?
+        .into_iter()
+        .next()
+    else {
+        return Ok(Err(HsmError::Failed {
+            operation: "unwrap key",
+            source: "the wrapping key is gone from the HSM".into(),
+        }));
+    };
+    let handle = match session.unwrap_key(oaep, unwrapping, wrapped, template) {
+        Ok(handle) => handle,
+        // SoftHSM2 reports a bad OAEP padding as CKR_GENERAL_ERROR.
+        Err(e) if error::is_bad_input(&e) || is_general_error(&e) => {
+            return Ok(Err(HsmError::Rejected {
+                operation: "unwrap key",
+            }));
+        }
+        Err(e) => return Err(e),
+    };
+    let length = session
+        .get_attributes(handle, &[AttributeType::ValueLen])?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::ValueLen(len) => usize::try_from(u64::from(len)).ok(),
+            _ => None,
+        })
+        .filter(|len| *len > 0);
+    Ok(Ok((handle, length)))
+}
+
 /// Material just made or imported as an extractable session object, before it is sealed.
 #[derive(Clone, Copy)]
 struct Fresh<'a> {
@@ -1068,48 +1113,13 @@ impl KeyStore for HsmKeyStore {
         );
         let wrapping_id = object_id::wrapping_id(self.namespace, wrapping);
         let oaep = templates::oaep(algorithm.hash());
-        let (handle, length) = self
-            .creating(|| {
-                self.with_session("unwrap key", false, |s| {
-                    let unwrapping = s
-                        .find_objects(&[
-                            Attribute::Class(ObjectClass::PRIVATE_KEY),
-                            Attribute::Id(wrapping_id.clone()),
-                        ])?
-                        .into_iter()
-                        .next();
-                    let Some(unwrapping) = unwrapping else {
-                        return Ok(Ok(None));
-                    };
-                    let handle = match s.unwrap_key(&oaep, unwrapping, wrapped, &template) {
-                        Ok(handle) => handle,
-                        // SoftHSM2 reports a bad OAEP padding as CKR_GENERAL_ERROR.
-                        Err(e) if error::is_bad_input(&e) || is_general_error(&e) => {
-                            return Ok(Err(HsmError::Rejected {
-                                operation: "unwrap key",
-                            }));
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    let length = s
-                        .get_attributes(handle, &[AttributeType::ValueLen])?
-                        .into_iter()
-                        .find_map(|a| match a {
-                            Attribute::ValueLen(len) => Some(u64::from(len)),
-                            _ => None,
-                        });
-                    Ok(Ok(Some((handle, length))))
-                })
-            })??
-            .ok_or_else(|| HsmError::Failed {
-                operation: "unwrap key",
-                source: "the wrapping key is gone from the HSM".into(),
-            })?;
+        let (handle, length) = self.creating(|| {
+            self.with_session("unwrap key", false, |s| {
+                unwrap_import(s, &wrapping_id, &oaep, wrapped, &template)
+            })
+        })??;
         self.remember(key, kind, handle);
-        // SoftHSM2 leaves CKA_VALUE_LEN at 0 on unwrapped keys: then the length is unknown.
-        Ok(length
-            .and_then(|l| usize::try_from(l).ok())
-            .filter(|l| *l > 0))
+        Ok(length)
     }
 
     fn import_wrapped_version(
@@ -1134,41 +1144,13 @@ impl KeyStore for HsmKeyStore {
         let oaep = templates::oaep(algorithm.hash());
         self.creating(|| {
             self.with_holder("unwrap key", |unwrapped, s| {
-                let Some(unwrapping) = s
-                    .find_objects(&[
-                        Attribute::Class(ObjectClass::PRIVATE_KEY),
-                        Attribute::Id(wrapping_id.clone()),
-                    ])?
-                    .into_iter()
-                    .next()
-                else {
-                    return Ok(Err(HsmError::Failed {
-                        operation: "unwrap key",
-                        source: "the import's wrapping key is gone".into(),
-                    }));
-                };
                 // Extractable for the one C_WrapKey under the domain key, then destroyed.
                 let template = domain::fresh_import_template(allowed.clone());
-                let fresh = match s.unwrap_key(&oaep, unwrapping, wrapped, &template) {
-                    Ok(handle) => handle,
-                    // SoftHSM2 reports a bad OAEP padding as CKR_GENERAL_ERROR.
-                    Err(e) if error::is_bad_input(&e) || is_general_error(&e) => {
-                        return Ok(Err(HsmError::Rejected {
-                            operation: "unwrap key",
-                        }));
-                    }
-                    Err(e) => return Err(e),
-                };
-                let length = s
-                    .get_attributes(fresh, &[AttributeType::ValueLen])
-                    .ok()
-                    .and_then(|attributes| {
-                        attributes.into_iter().find_map(|a| match a {
-                            Attribute::ValueLen(len) => usize::try_from(u64::from(len)).ok(),
-                            _ => None,
-                        })
-                    })
-                    .filter(|len| *len > 0);
+                let (fresh, length) =
+                    match unwrap_import(s, &wrapping_id, &oaep, wrapped, &template)? {
+                        Ok(unwrapped) => unwrapped,
+                        Err(refused) => return Ok(Err(refused)),
+                    };
                 let domain = match self.current_domain(unwrapped, s)? {
                     Ok(domain) => domain,
                     Err(distrust) => {
