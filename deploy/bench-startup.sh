@@ -3,6 +3,8 @@
 # counts the token's objects and times a restart until kmsd listens.
 #   deploy/bench-startup.sh wrapped 100000
 #   deploy/bench-startup.sh token 100000
+# With KMS_BENCH_ENCRYPT=1 it then measures Encrypt of 4 KiB on the bench's own (hot) keys at
+# 1 and 16 clients, 5 s each, in the restarted kmsd.
 # Uses the kmsd and kms-bench of $KMS_BIN_DIR (default: the debug build in
 # $CARGO_TARGET_DIR, ~/.cache/kms/target); build them first (`cargo build --bins`).
 set -euo pipefail
@@ -56,6 +58,10 @@ objects=$(pkcs11-tool --module "$module" --token-label bench --login \
 started=$(date +%s.%N)
 start
 listening=$(date +%s.%N)
+if [ "${KMS_BENCH_ENCRYPT:-0}" = 1 ]; then
+    "$bin/kms-bench" --endpoint "http://$address" --concurrency 1,16 --seconds 5 \
+        --warmup 1 --ops encrypt 2>/dev/null | grep -i "encrypt" || true
+fi
 stop
 printf 'storage %s, %s keys: %s token objects, restart to listening %.1f s\n' \
     "$storage" "$keys" "$objects" "$(echo "$listening - $started" | bc)"
