@@ -30,6 +30,7 @@ use cryptoki::session::Session;
 use kms_core::{KeyId, KeyVersionRef};
 
 use crate::object_id::ObjectKind;
+use crate::templates;
 
 /// What the wrapped key storage needs of the module, by name.
 pub(crate) const WRAPPED_STORAGE_NEEDS: [(MechanismType, &str); 3] = [
@@ -497,45 +498,14 @@ impl Handles {
 /// A fresh `len`-byte generic secret, a session object extractable for the one C_WrapKey that
 /// follows its generation, that only computes HMACs with `allowed`.
 pub(crate) fn fresh_secret_template(len: usize, allowed: Vec<MechanismType>) -> Vec<Attribute> {
-    session_secret_template(Some(len), allowed, true)
+    templates::session_secret_template(Some(len), allowed, true)
 }
 
 /// Imported material as C_UnwrapKey makes it from the caller's wrapped bytes: a generic
 /// secret, a session object extractable for the one C_WrapKey under the domain key that
 /// follows, that only computes HMACs with `allowed`.
 pub(crate) fn fresh_import_template(allowed: Vec<MechanismType>) -> Vec<Attribute> {
-    session_secret_template(None, allowed, true)
-}
-
-/// A generic secret of `len` bytes that only computes HMACs with `allowed`, as a session
-/// object: `extractable` only for the one C_WrapKey after generation.
-fn session_secret_template(
-    len: Option<usize>,
-    allowed: Vec<MechanismType>,
-    extractable: bool,
-) -> Vec<Attribute> {
-    let mut template = vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-    ];
-    if let Some(len) = len {
-        template.push(Attribute::ValueLen((len as u64).into()));
-    }
-    template.extend([
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(extractable),
-        Attribute::Sign(true),
-        Attribute::Verify(false),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-        Attribute::AllowedMechanisms(allowed),
-    ]);
-    template
+    templates::session_secret_template(None, allowed, true)
 }
 
 /// Generates a `len`-byte secret inside the HSM as a session object and wraps it at once under
@@ -548,7 +518,7 @@ pub(crate) fn generate_wrapped_secret(
     len: usize,
     allowed: Vec<MechanismType>,
 ) -> Result<(ObjectHandle, Vec<u8>), CkError> {
-    let template = session_secret_template(Some(len), allowed, true);
+    let template = templates::session_secret_template(Some(len), allowed, true);
     let secret = session.generate_key(&Mechanism::GenericSecretKeyGen, &template)?;
     match session.wrap_key(&wrap_mechanism(), domain, secret) {
         Ok(wrapped) => Ok((secret, wrapped)),
@@ -568,7 +538,7 @@ pub(crate) fn unwrap_secret(
     wrapped: &[u8],
     allowed: Vec<MechanismType>,
 ) -> Result<ObjectHandle, CkError> {
-    let template = session_secret_template(None, allowed, false);
+    let template = templates::session_secret_template(None, allowed, false);
     session.unwrap_key(&wrap_mechanism(), domain, wrapped, &template)
 }
 

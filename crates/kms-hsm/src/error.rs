@@ -133,3 +133,20 @@ pub(crate) fn is_bad_input(error: &CkError) -> bool {
         )
     )
 }
+
+/// Whether the module failed without saying why; SoftHSM2 does so for bad OAEP padding.
+pub(crate) fn is_general_error(error: &CkError) -> bool {
+    matches!(error, CkError::Pkcs11(RvError::GeneralError, _))
+}
+
+/// Whether the module refused the mechanism's parameters (as SoftHSM2 2.6 does for OAEP with
+/// SHA-256) rather than the data.
+pub(crate) fn is_unsupported_parameter(error: &CkError) -> bool {
+    matches!(
+        error,
+        CkError::Pkcs11(
+            RvError::ArgumentsBad | RvError::MechanismParamInvalid | RvError::MechanismInvalid,
+            _
+        )
+    )
+}

@@ -49,12 +49,11 @@ pub(crate) fn allowed_mechanisms(kind: ObjectKind, imported: bool) -> Vec<Mechan
     allowed
 }
 
-/// A generic secret that only computes HMACs (CKA_SIGN), with the mechanisms `allowed`.
-/// `len` is given when generating and left out when unwrapping (the material decides it).
-pub(crate) fn secret_template(
-    id: Vec<u8>,
-    label: String,
+/// A generic secret of `len` bytes (the material's own length when `None`) with the custody
+/// attributes `custody`, that only computes HMACs (CKA_SIGN) with the mechanisms `allowed`.
+fn hmac_secret(
     len: Option<usize>,
+    custody: impl IntoIterator<Item = Attribute>,
     allowed: Vec<MechanismType>,
 ) -> Vec<Attribute> {
     let mut template = vec![
@@ -64,13 +63,8 @@ pub(crate) fn secret_template(
     if let Some(len) = len {
         template.push(Attribute::ValueLen((len as u64).into()));
     }
+    template.extend(custody);
     template.extend([
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Copyable(false),
-        Attribute::Destroyable(true),
         Attribute::Sign(true),
         Attribute::Verify(false),
         Attribute::Encrypt(false),
@@ -79,12 +73,51 @@ pub(crate) fn secret_template(
         Attribute::Unwrap(false),
         Attribute::Derive(false),
         Attribute::AllowedMechanisms(allowed),
+    ]);
+    template
+}
+
+/// A generic secret on the token that only computes HMACs (CKA_SIGN), with the mechanisms
+/// `allowed`. `len` is given when generating and left out when unwrapping (the material
+/// decides it).
+pub(crate) fn secret_template(
+    id: Vec<u8>,
+    label: String,
+    len: Option<usize>,
+    allowed: Vec<MechanismType>,
+) -> Vec<Attribute> {
+    let custody = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Copyable(false),
+        Attribute::Destroyable(true),
+    ];
+    let mut template = hmac_secret(len, custody, allowed);
+    template.extend([
         Attribute::Id(id),
         Attribute::Label(label.into_bytes()),
         // Last: SoftHSM2 refuses every attribute of an unwrap template that follows it.
         Attribute::Modifiable(false),
     ]);
     template
+}
+
+/// A generic secret as a session object that only computes HMACs with `allowed`:
+/// `extractable` only for the one C_WrapKey that follows its making.
+pub(crate) fn session_secret_template(
+    len: Option<usize>,
+    allowed: Vec<MechanismType>,
+    extractable: bool,
+) -> Vec<Attribute> {
+    let custody = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(extractable),
+    ];
+    hmac_secret(len, custody, allowed)
 }
 
 /// The private half of a key pair: one use only, with the mechanisms `allowed`.
