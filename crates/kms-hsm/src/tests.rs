@@ -59,10 +59,23 @@ fn admin() -> &'static Pkcs11 {
 }
 
 /// Initialises a fresh token in SoftHSM2's free slot; returns its label and slot.
+/// Held while a token is initialised or a store lists the slots to open one: SoftHSM2 2.6
+/// aborts the process (an assertion in SlotManager::insertToken) when one thread lists the
+/// slots while another initialises a token.
+static SLOTS: Mutex<()> = Mutex::new(());
+
+/// [`HsmKeyStore::open`], never while a token is being initialised (see [`SLOTS`]).
+pub(super) fn open_store_with(
+    config: HsmConfig,
+    namespace: [u8; 16],
+) -> Result<HsmKeyStore, OpenError> {
+    let _guard = SLOTS.lock().unwrap_or_else(PoisonError::into_inner);
+    HsmKeyStore::open(config, namespace)
+}
+
 fn fresh_token() -> (String, Slot) {
-    static LOCK: Mutex<()> = Mutex::new(());
     static COUNT: AtomicUsize = AtomicUsize::new(0);
-    let _guard = LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let _guard = SLOTS.lock().unwrap_or_else(PoisonError::into_inner);
     let pkcs11 = admin();
     let slots = pkcs11.get_all_slots().unwrap_or_else(|e| panic!("{e}"));
     let slot = slots
@@ -108,7 +121,7 @@ pub(super) fn config(label: &str, pin: &str) -> HsmConfig {
 fn open_store() -> (HsmKeyStore, Slot) {
     let (label, slot) = fresh_token();
     let store =
-        HsmKeyStore::open(config(&label, PIN), NAMESPACE).unwrap_or_else(|e| panic!("open: {e}"));
+        open_store_with(config(&label, PIN), NAMESPACE).unwrap_or_else(|e| panic!("open: {e}"));
     (store, slot)
 }
 
@@ -262,8 +275,8 @@ fn destroy_is_idempotent_and_list_sees_only_this_instance() {
 #[test]
 fn another_instance_never_sees_these_objects() {
     let (label, _) = fresh_token();
-    let mine = ok(HsmKeyStore::open(config(&label, PIN), NAMESPACE));
-    let theirs = ok(HsmKeyStore::open(config(&label, PIN), [0x24; 16]));
+    let mine = ok(open_store_with(config(&label, PIN), NAMESPACE));
+    let theirs = ok(open_store_with(config(&label, PIN), [0x24; 16]));
     let key = version(KeyId::random(), 1);
     ok(mine.create_key_version(key, KeyMaterial::MasterSecret));
     assert!(ok(theirs.list_key_versions()).is_empty());
@@ -323,7 +336,7 @@ fn a_lost_session_is_reopened_and_an_idempotent_call_retried_once() {
 #[test]
 fn wrong_pin_label_or_module_are_refused_with_a_clear_message() {
     let (label, _) = fresh_token();
-    let wrong_pin = HsmKeyStore::open(config(&label, "not-the-pin"), NAMESPACE).err();
+    let wrong_pin = open_store_with(config(&label, "not-the-pin"), NAMESPACE).err();
     let message = wrong_pin
         .as_ref()
         .map(ToString::to_string)
@@ -331,7 +344,7 @@ fn wrong_pin_label_or_module_are_refused_with_a_clear_message() {
     assert!(matches!(wrong_pin, Some(OpenError::Login(_))), "{message}");
     assert!(message.contains("PIN is wrong"), "{message}");
 
-    let missing = HsmKeyStore::open(config("no-such-token", PIN), NAMESPACE)
+    let missing = open_store_with(config("no-such-token", PIN), NAMESPACE)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -346,7 +359,7 @@ fn wrong_pin_label_or_module_are_refused_with_a_clear_message() {
 
     let mut bad_module = config(&label, PIN);
     bad_module.module = PathBuf::from("/nonexistent/libpkcs11.so");
-    let error = HsmKeyStore::open(bad_module, NAMESPACE)
+    let error = open_store_with(bad_module, NAMESPACE)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -386,7 +399,7 @@ fn a_call_that_finds_every_session_busy_times_out() {
     let mut one = config(&label, PIN);
     one.max_sessions = 1;
     one.session_wait = std::time::Duration::from_millis(200);
-    let store = ok(HsmKeyStore::open(one, NAMESPACE));
+    let store = ok(open_store_with(one, NAMESPACE));
     let connection = store
         .connection
         .read()

@@ -252,7 +252,7 @@ fn an_unwrapped_version_cannot_be_rewrapped_under_the_next_domain_key() {
 #[test]
 fn softhsm2_offers_what_wrapped_storage_needs_and_a_module_without_it_is_named() {
     let (label, _) = fresh_token();
-    let store = ok(crate::HsmKeyStore::open(
+    let store = ok(crate::tests::open_store_with(
         super::config(&label, PIN),
         super::NAMESPACE,
     ));
@@ -290,7 +290,6 @@ mod key_store {
     use kms_core::{HsmError, KeyId, KeyStore, KeyVersionRef};
 
     use super::super::{NAMESPACE, config, fresh_token, inspector, ok, version};
-    use crate::HsmKeyStore;
     use cryptoki::object::{Attribute, ObjectClass};
 
     fn object(key: KeyVersionRef, wrapped: &WrappedMaterial) -> VersionObject<'_> {
@@ -313,7 +312,10 @@ mod key_store {
     #[test]
     fn wrapped_versions_serve_after_a_restart_and_the_token_holds_only_the_domain() {
         let (label, slot) = fresh_token();
-        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let store = ok(crate::tests::open_store_with(
+            config(&label, super::PIN),
+            NAMESPACE,
+        ));
         let keys: Vec<KeyVersionRef> = (1..=5).map(|v| version(KeyId::random(), v)).collect();
         let wrapped: Vec<WrappedMaterial> = keys
             .iter()
@@ -342,8 +344,11 @@ mod key_store {
         drop(store);
 
         // A new process: the domain is found on the token, the versions unwrap, two at a time.
-        let store =
-            ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE)).with_unwrapped_capacity(2);
+        let store = ok(crate::tests::open_store_with(
+            config(&label, super::PIN),
+            NAMESPACE,
+        ))
+        .with_unwrapped_capacity(2);
         for ((k, w), expected) in keys.iter().zip(&wrapped).zip(&before) {
             assert_eq!(
                 ok(store.derive_message_key(object(*k, w), b"input")).expose_secret(),
@@ -366,14 +371,20 @@ mod key_store {
     #[test]
     fn wrapped_material_is_bound_to_its_key_version_and_kind() {
         let (label, _) = fresh_token();
-        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let store = ok(crate::tests::open_store_with(
+            config(&label, super::PIN),
+            NAMESPACE,
+        ));
         let a = version(KeyId::random(), 1);
         let b = version(KeyId::random(), 1);
         let (wrapped, _) = ok(store.create_wrapped_version(a, KeyMaterial::MasterSecret));
         // A fresh process, so that nothing is unwrapped yet (an unwrapped version is used by
         // its key and version, as it was checked when unwrapped).
         drop(store);
-        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let store = ok(crate::tests::open_store_with(
+            config(&label, super::PIN),
+            NAMESPACE,
+        ));
         let refused = |key, wrapped: &WrappedMaterial| {
             matches!(
                 store.derive_message_key(object(key, wrapped), b"x"),
@@ -405,7 +416,10 @@ mod key_store {
     #[test]
     fn forgetting_a_key_destroys_its_unwrapped_versions_and_the_next_use_unwraps_again() {
         let (label, _) = fresh_token();
-        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let store = ok(crate::tests::open_store_with(
+            config(&label, super::PIN),
+            NAMESPACE,
+        ));
         let key = KeyId::random();
         let first = version(key, 1);
         let second = version(key, 2);
@@ -435,7 +449,10 @@ mod key_store {
         use kms_core::hsm::SignMechanism;
 
         let (label, slot) = fresh_token();
-        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let store = ok(crate::tests::open_store_with(
+            config(&label, super::PIN),
+            NAMESPACE,
+        ));
         let rsa_decrypt = version(KeyId::random(), 1);
         let rsa_sign = version(KeyId::random(), 1);
         let ec_sign = version(KeyId::random(), 1);
@@ -457,7 +474,10 @@ mod key_store {
         );
         drop(store);
 
-        let store = ok(HsmKeyStore::open(config(&label, super::PIN), NAMESPACE));
+        let store = ok(crate::tests::open_store_with(
+            config(&label, super::PIN),
+            NAMESPACE,
+        ));
         let spki = decrypt_spki.unwrap_or_else(|| panic!("an RSA key has a public key"));
         let ciphertext = ok(asymmetric::oaep_encrypt(
             &spki,

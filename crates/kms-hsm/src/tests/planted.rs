@@ -11,7 +11,6 @@ use kms_core::key::{KeyMaterial, WrappedMaterial};
 use kms_core::{KeyId, KeyStore};
 
 use super::{NAMESPACE, PIN, admin, config, fresh_token, ok, version};
-use crate::HsmKeyStore;
 use crate::domain::{self, DomainRole, domain_key_template, unwrap_template};
 
 /// The PIN holder's own logged-in session.
@@ -62,7 +61,7 @@ fn plant_without_template(session: &Session, id: Vec<u8>) -> ObjectHandle {
 /// Makes a master secret through kmsd's key store: the wrapped material, or `None` when the
 /// store refused.
 fn make_version(label: &str) -> Option<WrappedMaterial> {
-    let store = ok(HsmKeyStore::open(config(label, PIN), NAMESPACE));
+    let store = ok(crate::tests::open_store_with(config(label, PIN), NAMESPACE));
     store
         .create_wrapped_version(version(KeyId::random(), 1), KeyMaterial::MasterSecret)
         .ok()
