@@ -3,6 +3,9 @@
 #   DIR/softhsm2.conf   the SoftHSM2 configuration (export SOFTHSM2_CONF=DIR/softhsm2.conf)
 #   DIR/tokens/         the token store
 #   DIR/pin             the user PIN (mode 600), for kmsd --pin-file
+#   DIR/so-pin          the security officer's PIN (mode 600), for the domain-key ceremony
+#                       (kmsctl hsm make-domain-key). A development token's convenience: on a
+#                       real HSM the officer's PIN never sits on kmsd's machine.
 # Usage: hsm-config/init-token.sh DIR [LABEL]   (LABEL defaults to kms-dev)
 # Running it again with the same DIR and LABEL changes nothing.
 set -euo pipefail
@@ -26,5 +29,6 @@ if [ ! -s "$dir/pin" ]; then
     od -An -N8 -tx1 /dev/urandom | tr -d ' \n' > "$dir/pin"
 fi
 so_pin=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+printf '%s' "$so_pin" > "$dir/so-pin"
 softhsm2-util --init-token --free --label "$label" --so-pin "$so_pin" --pin "$(cat "$dir/pin")" >/dev/null
 echo "init-token: created token '$label' in $dir/tokens (user PIN in $dir/pin)"

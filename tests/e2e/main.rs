@@ -15,6 +15,7 @@ mod cli;
 mod cli_import;
 mod cli_keys;
 mod custody;
+mod domains;
 mod durability;
 mod hardening;
 mod import;

@@ -103,6 +103,8 @@ pub struct TestEnv {
     /// `--key-storage token` on every kmsd: one token object per key version, for the tests
     /// of those objects' life beside the records.
     token_storage: bool,
+    /// `--domain-custody trusted` on every kmsd: domain keys come from the ceremony.
+    trusted_domains: bool,
 }
 
 impl Default for TestEnv {
@@ -125,6 +127,7 @@ impl TestEnv {
         TestEnv {
             dir,
             token_storage: false,
+            trusted_domains: false,
         }
     }
 
@@ -139,6 +142,29 @@ impl TestEnv {
     pub fn with_token_storage(mut self) -> Self {
         self.token_storage = true;
         self
+    }
+
+    /// Every kmsd of this environment takes its domain keys from the ceremony
+    /// (`--domain-custody trusted`): see [`TestEnv::make_domain_key`].
+    #[must_use]
+    pub fn with_trusted_domains(mut self) -> Self {
+        self.trusted_domains = true;
+        self
+    }
+
+    /// The ceremony: `kmsctl hsm make-domain-key` as the token's security officer, for the
+    /// kmsd instance `instance` (hex) and domain key `version`.
+    pub fn make_domain_key(&self, instance: &str, version: u32) -> Output {
+        Command::new(bin("kmsctl"))
+            .args(["hsm", "make-domain-key", "--module"])
+            .arg(module())
+            .args(["--token-label", TOKEN_LABEL, "--pin-file"])
+            .arg(self.path().join("hsm/so-pin"))
+            .args(["--instance", instance, "--version", &version.to_string()])
+            .env("SOFTHSM2_CONF", self.softhsm_conf())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("kmsctl hsm make-domain-key: {e}"))
     }
 
     /// The temp dir.
@@ -251,6 +277,9 @@ impl TestEnv {
         .to_vec();
         if self.token_storage {
             args.extend(["--key-storage".to_owned(), "token".to_owned()]);
+        }
+        if self.trusted_domains {
+            args.extend(["--domain-custody".to_owned(), "trusted".to_owned()]);
         }
         args
     }

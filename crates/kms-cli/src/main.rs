@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod hsm;
 mod import;
 mod io;
 mod names;
@@ -192,6 +193,9 @@ enum OnlineCommand {
     /// Key policies, evaluated locally.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The key hierarchy's domain keys: status, rotation, and the ceremony that makes them.
+    #[command(subcommand)]
+    Hsm(hsm::HsmCommand),
     /// Show a key's metadata.
     DescribeKey(KeyArg),
     /// List key ids.
@@ -514,6 +518,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..
             },
         ))) => return policy::simulate(format, &read_text(file)?, args),
+        // The ceremony talks to the HSM, not to kmsd.
+        Command::Online(OnlineCommand::Hsm(hsm::HsmCommand::MakeDomainKey(ref args))) => {
+            return hsm::make_domain_key(format, args);
+        }
         Command::Online(command) => command,
     };
     let tls = cli.tls.load(&cli.endpoint)?;

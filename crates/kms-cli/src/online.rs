@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::io::{b64, emit_blob, emit_secret, read_input, write_output};
 use crate::output::{self, Format, print_aliases, print_metadata, print_rotations, print_tags};
 use crate::policy::PolicyCommand;
-use crate::{OnlineCommand, import, parse_context, parse_pairs, policy, read_text, sign};
+use crate::{OnlineCommand, hsm, import, parse_context, parse_pairs, policy, read_text, sign};
 
 /// Runs a subcommand on kmsd through `client`.
 #[allow(clippy::too_many_lines)] // one arm per subcommand reads best as one match
@@ -70,6 +70,7 @@ pub(crate) async fn run_online(
                 );
             }
         }
+        OnlineCommand::Hsm(command) => hsm::run_online(format, client, command).await?,
         OnlineCommand::Policy(PolicyCommand::Simulate(args)) => {
             // With --policy-file it ran offline above.
             let Some(key_id) = &args.key_id else {

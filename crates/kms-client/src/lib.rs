@@ -8,6 +8,7 @@
 mod aliases;
 mod connection;
 mod crypto;
+mod domain;
 mod error;
 mod import;
 mod keys;

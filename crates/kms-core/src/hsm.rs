@@ -121,6 +121,16 @@ pub enum HsmError {
     },
 }
 
+/// A domain key the HSM holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainKeyInfo {
+    /// Its version (1 for a deployment's first).
+    pub version: u32,
+    /// Whether what it unwraps can be wrapped again under a newer domain key (a trusted
+    /// domain key; a sealed one never lets go of what it unwraps).
+    pub rewrappable: bool,
+}
+
 /// The HSM that holds the master secrets. Every method blocks; call it from a blocking thread.
 ///
 /// Implementations create key material inside the HSM, non-extractable, and never return it:
@@ -214,6 +224,26 @@ pub trait KeyStore: Send + Sync {
         key: KeyVersionRef,
         material: KeyMaterial,
     ) -> Result<(WrappedMaterial, Option<Vec<u8>>), HsmError>;
+
+    /// Makes domain key `version` the one new material is wrapped under, once the HSM is
+    /// found to hold it (its authenticator key made where missing; with sealed domain keys
+    /// the wrap key too). Fails, naming the ceremony, when a trusted domain key is missing.
+    fn use_domain(&self, version: u32) -> Result<DomainKeyInfo, HsmError>;
+
+    /// Domain key `version`, if the HSM holds its wrap key. Makes nothing.
+    fn domain_key(&self, version: u32) -> Result<Option<DomainKeyInfo>, HsmError>;
+
+    /// Wraps the version's wrapped material again under the current domain key (the same
+    /// material when it already is): only material of a rewrappable domain key can be.
+    fn rewrap_version(
+        &self,
+        key: VersionObject<'_>,
+        material: KeyMaterial,
+    ) -> Result<WrappedMaterial, HsmError>;
+
+    /// Destroys the objects of domain key `version`, never the current one; returns whether
+    /// there were any. Material wrapped under it can never be unwrapped again.
+    fn destroy_domain(&self, version: u32) -> Result<bool, HsmError>;
 
     /// Destroys the unwrapped objects of every version of the key (it was disabled or
     /// scheduled for deletion): its material stays usable in the HSM only while the key is.

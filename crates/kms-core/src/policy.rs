@@ -92,7 +92,7 @@ actions! {
     ListResourceTags, RotateKeyOnDemand, ListKeyRotations, EnableKeyRotation, DisableKeyRotation,
     GetKeyRotationStatus, ScheduleKeyDeletion, CancelKeyDeletion, GetKeyPolicy, PutKeyPolicy,
     GetPublicKey, Sign, Verify, GenerateMac, VerifyMac, GetParametersForImport, ImportKeyMaterial,
-    DeleteImportedKeyMaterial,
+    DeleteImportedKeyMaterial, RotateDomainKey, GetDomainKeyStatus,
 }
 
 // `ActionSet` keeps one bit per action.
@@ -111,7 +111,12 @@ impl Action {
     pub fn is_server_level(self) -> bool {
         matches!(
             self,
-            Action::CreateKey | Action::ListKeys | Action::ListAliases | Action::GenerateRandom
+            Action::CreateKey
+                | Action::ListKeys
+                | Action::ListAliases
+                | Action::GenerateRandom
+                | Action::RotateDomainKey
+                | Action::GetDomainKeyStatus
         )
     }
 }

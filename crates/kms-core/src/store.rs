@@ -77,4 +77,11 @@ pub trait MetadataStore: Send + Sync {
 
     /// Records the CRL number put in force for `issuer`, durably.
     fn put_crl_number(&self, issuer: &[u8], number: &[u8]) -> Result<(), StoreError>;
+
+    /// The version of the domain key new material is wrapped under, once a domain key
+    /// rotation recorded one (`None`: the first, 1).
+    fn current_domain(&self) -> Result<Option<u32>, StoreError>;
+
+    /// Records the current domain key version, durably.
+    fn put_current_domain(&self, version: u32) -> Result<(), StoreError>;
 }

@@ -40,6 +40,7 @@ pub struct MemoryStore {
     audit_pins: Mutex<HashMap<[u8; 16], SealPin>>,
     fail_pins: AtomicBool,
     crl_numbers: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+    current_domain: Mutex<Option<u32>>,
 }
 
 impl MemoryStore {
@@ -114,6 +115,13 @@ impl MetadataStore for MemoryStore {
         lock(&self.crl_numbers).insert(issuer.to_vec(), number.to_vec());
         Ok(())
     }
+    fn current_domain(&self) -> Result<Option<u32>, StoreError> {
+        Ok(*lock(&self.current_domain))
+    }
+    fn put_current_domain(&self, version: u32) -> Result<(), StoreError> {
+        *lock(&self.current_domain) = Some(version);
+        Ok(())
+    }
 }
 
 /// A key the software HSM holds. A secret knows its kind (master secret or HMAC key), as
@@ -135,9 +143,13 @@ pub struct SoftKeyStore {
     wrapping_keys: Mutex<std::collections::BTreeSet<WrappingKeyRef>>,
     derivations: AtomicUsize,
     fail_creation: Mutex<bool>,
-    /// The domain key (AES-256-GCM here) and the authenticator key of wrapped versions, made
-    /// on first use.
-    domain: Mutex<Option<Zeroizing<[u8; 64]>>>,
+    /// The domain keys (AES-256-GCM here) with their authenticator keys, by version, made on
+    /// first use.
+    domains: Mutex<std::collections::BTreeMap<u32, Zeroizing<[u8; 64]>>>,
+    /// The current domain version (0 stands for 1, a deployment's first).
+    current_domain: std::sync::atomic::AtomicU32,
+    /// Whether domain keys are sealed (never rewrapped), as kmsd's default on a real HSM.
+    sealed_domains: std::sync::atomic::AtomicBool,
 }
 
 impl SoftKeyStore {
@@ -164,18 +176,51 @@ impl SoftKeyStore {
         *lock(&self.fail_creation) = fail;
     }
 
-    /// The domain key and authenticator key, made on first use.
-    fn domain(&self) -> Result<Zeroizing<[u8; 64]>, HsmError> {
-        let mut domain = lock(&self.domain);
-        if domain.is_none() {
-            let mut keys = Zeroizing::new([0u8; 64]);
-            getrandom::fill(keys.as_mut_slice()).map_err(|e| HsmError::Failed {
-                operation: "generate domain key",
-                source: Box::new(e),
-            })?;
-            *domain = Some(keys);
+    /// Makes domain keys sealed (their material is never rewrapped), or trusted (the default
+    /// here).
+    pub fn set_sealed_domains(&self, sealed: bool) {
+        self.sealed_domains.store(sealed, Ordering::SeqCst);
+    }
+
+    /// Gives domain key `version` to the soft HSM, as the ceremony does on a real one.
+    pub fn add_domain(&self, version: u32) -> Result<(), HsmError> {
+        let mut keys = Zeroizing::new([0u8; 64]);
+        getrandom::fill(keys.as_mut_slice()).map_err(|e| HsmError::Failed {
+            operation: "generate domain key",
+            source: Box::new(e),
+        })?;
+        lock(&self.domains).entry(version).or_insert(keys);
+        Ok(())
+    }
+
+    /// The versions of the domain keys the soft HSM holds.
+    pub fn domain_versions(&self) -> Vec<u32> {
+        lock(&self.domains).keys().copied().collect()
+    }
+
+    fn current(&self) -> u32 {
+        self.current_domain.load(Ordering::SeqCst).max(1)
+    }
+
+    /// Domain key `version` with its authenticator key; the current one is made on first use.
+    fn domain(&self, version: u32) -> Result<Zeroizing<[u8; 64]>, HsmError> {
+        if version == self.current() {
+            self.add_domain(version)?;
         }
-        Ok(domain.clone().unwrap_or_else(|| Zeroizing::new([0; 64])))
+        lock(&self.domains)
+            .get(&version)
+            .cloned()
+            .ok_or_else(|| HsmError::Failed {
+                operation: "unwrap key version",
+                source: format!("the HSM holds no domain key {version}").into(),
+            })
+    }
+
+    fn domain_info(&self, version: u32) -> crate::hsm::DomainKeyInfo {
+        crate::hsm::DomainKeyInfo {
+            version,
+            rewrappable: !self.sealed_domains.load(Ordering::SeqCst),
+        }
     }
 
     /// The authenticator of wrapped material: HMAC-SHA-256 over what it is bound to.
@@ -186,7 +231,7 @@ impl SoftKeyStore {
         domain_key: u32,
         wrapped: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
-        let domain = self.domain()?;
+        let domain = self.domain(domain_key)?;
         let mut message = b"kms soft wrapped v1\0".to_vec();
         message.extend_from_slice(key.key_id.as_bytes());
         message.extend_from_slice(&key.version.to_be_bytes());
@@ -221,7 +266,7 @@ impl SoftKeyStore {
         )) {
             return Err(refused());
         }
-        let domain = self.domain()?;
+        let domain = self.domain(wrapped.domain_key)?;
         let (nonce, sealed) = wrapped.wrapped.split_at_checked(12).ok_or_else(refused)?;
         let cipher = <aes_gcm::Aes256Gcm as aes_gcm::KeyInit>::new_from_slice(&domain[..32])
             .map_err(|_| refused())?;
@@ -243,7 +288,8 @@ impl SoftKeyStore {
         };
         let mut nonce = [0u8; 12];
         getrandom::fill(&mut nonce).map_err(|e| failed(e.to_string()))?;
-        let domain = self.domain()?;
+        let version = self.current();
+        let domain = self.domain(version)?;
         let cipher = <aes_gcm::Aes256Gcm as aes_gcm::KeyInit>::new_from_slice(&domain[..32])
             .map_err(|e| failed(e.to_string()))?;
         let sealed =
@@ -251,9 +297,9 @@ impl SoftKeyStore {
                 .map_err(|e| failed(e.to_string()))?;
         let mut wrapped = nonce.to_vec();
         wrapped.extend_from_slice(&sealed);
-        let tag = self.wrapped_tag(key, material, 1, &wrapped)?;
+        let tag = self.wrapped_tag(key, material, version, &wrapped)?;
         Ok(WrappedMaterial {
-            domain_key: 1,
+            domain_key: version,
             wrapped,
             tag,
         })
@@ -397,6 +443,60 @@ impl KeyStore for SoftKeyStore {
 
     fn forget_unwrapped(&self, _key: KeyId) {
         // Nothing is kept unwrapped: every use checks and opens the wrapped material.
+    }
+
+    fn use_domain(&self, version: u32) -> Result<crate::hsm::DomainKeyInfo, HsmError> {
+        if version == 1 || self.sealed_domains.load(Ordering::SeqCst) {
+            self.add_domain(version)?;
+        }
+        if !lock(&self.domains).contains_key(&version) {
+            return Err(HsmError::Failed {
+                operation: "find domain key",
+                source: format!("domain key {version} is not on the token").into(),
+            });
+        }
+        self.current_domain.store(version, Ordering::SeqCst);
+        Ok(self.domain_info(version))
+    }
+
+    fn domain_key(&self, version: u32) -> Result<Option<crate::hsm::DomainKeyInfo>, HsmError> {
+        Ok(lock(&self.domains)
+            .contains_key(&version)
+            .then(|| self.domain_info(version)))
+    }
+
+    fn rewrap_version(
+        &self,
+        key: VersionObject<'_>,
+        material: KeyMaterial,
+    ) -> Result<WrappedMaterial, HsmError> {
+        let Some(wrapped) = key.wrapped else {
+            return Err(HsmError::Unsupported {
+                operation: "rewrap key version",
+                detail: format!("{} is a token object", key.key),
+            });
+        };
+        if wrapped.domain_key == self.current() {
+            return Ok(wrapped.clone());
+        }
+        if self.sealed_domains.load(Ordering::SeqCst) {
+            return Err(HsmError::Unsupported {
+                operation: "rewrap key version",
+                detail: "what a sealed domain key unwraps is never wrapped again".to_owned(),
+            });
+        }
+        let secret = self.secret(key, material)?;
+        self.seal(key.key, material, &secret)
+    }
+
+    fn destroy_domain(&self, version: u32) -> Result<bool, HsmError> {
+        if version == self.current() {
+            return Err(HsmError::Failed {
+                operation: "destroy domain key",
+                source: format!("domain key {version} is the current one").into(),
+            });
+        }
+        Ok(lock(&self.domains).remove(&version).is_some())
     }
 
     fn derive_message_key(

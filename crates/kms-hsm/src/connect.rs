@@ -61,7 +61,7 @@ pub(crate) fn connect(
     }
 }
 
-fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<Slot, OpenError> {
+pub(crate) fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<Slot, OpenError> {
     let slots = pkcs11.get_slots_with_token().map_err(OpenError::Slots)?;
     let mut labels = Vec::new();
     for slot in slots {

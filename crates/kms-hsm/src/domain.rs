@@ -2,12 +2,17 @@
 //! wrap key versions kept outside it, so that the token holds a few objects whatever the number
 //! of keys.
 //!
-//! A domain key is a private, sensitive, never-extractable token object that only wraps and
-//! unwraps (CKM_AES_KEY_WRAP_PAD). It carries a CKA_UNWRAP_TEMPLATE: a key
-//! unwrapped with it is a session object, sensitive and never extractable, whatever the caller
-//! of C_UnwrapKey asks. On a module that enforces the template (SoftHSM2 2.6 does: see the
-//! tests), a PIN holder who calls C_UnwrapKey on a stored wrapped version cannot get an object
-//! whose value can be read or wrapped out again.
+//! A domain key is a sensitive, never-extractable token object that only wraps and unwraps
+//! (CKM_AES_KEY_WRAP_PAD). It carries a CKA_UNWRAP_TEMPLATE, so that what a PIN holder
+//! unwraps with it on a module that enforces the template (SoftHSM2 2.6 does: see the tests)
+//! can never be read. It is kept one of two ways ([`DomainCustody`]):
+//! - **sealed**: made by kmsd, private; a key unwrapped with it is a session object, sensitive
+//!   and never extractable. Nothing can wrap it again, so a sealed domain is never rotated.
+//! - **trusted**: made by the token's security officer in a ceremony (`kmsctl hsm
+//!   make-domain-key`), CKA_TRUSTED; a key unwrapped with it is a private session object,
+//!   sensitive, extractable only under a trusted key (CKA_WRAP_WITH_TRUSTED, which no one can
+//!   clear, and which only the security officer can grant). A newer trusted domain key can
+//!   therefore rewrap it, and a PIN holder cannot wrap it under a key they know.
 //!
 //! A version's material is generated as a session object, wrapped at once, and used from that
 //! object; afterwards it is unwrapped from the stored bytes into a session object. Generating
@@ -20,14 +25,11 @@
 //! The wrapped bytes are bound to their key, version and kind by an HMAC-SHA-256 the HSM
 //! computes with the domain's authenticator key, checked before every unwrap.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use kms_core::{KeyId, KeyVersionRef};
+use kms_core::KeyVersionRef;
 
 use crate::object_id::ObjectKind;
 use crate::templates;
@@ -50,8 +52,29 @@ pub(crate) fn missing_for_wrapped_storage(offered: &[MechanismType]) -> Vec<&'st
 
 /// The first bytes of a domain object's CKA_ID.
 const DOMAIN_MAGIC: &[u8; 4] = b"kmsd";
-/// The domain key in use for new versions.
-pub(crate) const CURRENT_DOMAIN: u32 = 1;
+/// The domain key of a deployment that never rotated one.
+pub(crate) const FIRST_DOMAIN: u32 = 1;
+
+/// How a domain keeps the keys it unwraps: see the module header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainCustody {
+    /// Made by kmsd; its unwrapped keys can never be wrapped again, so it is never rotated.
+    Sealed,
+    /// Made (or marked CKA_TRUSTED) by the token's security officer; its unwrapped keys can
+    /// be wrapped again under a trusted key only, so a newer domain key can replace it.
+    Trusted,
+}
+
+/// Who makes a trusted domain key in the ceremony.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainKeyMaker {
+    /// The security officer, as a public object marked CKA_TRUSTED (SoftHSM2: the officer
+    /// cannot make private objects). Usable only with a login, since what it unwraps is private.
+    SecurityOfficer,
+    /// The user, as a private object an administrator then marks CKA_TRUSTED with the HSM's
+    /// own tool (AWS CloudHSM's crypto officer, for one); kmsd refuses it until then.
+    User,
+}
 
 /// What a domain object is for, the last byte of its CKA_ID.
 #[derive(Clone, Copy)]
@@ -92,10 +115,12 @@ pub(crate) fn tag_message(
 
 /// CKA_UNWRAP_TEMPLATE (CKF_ARRAY_ATTRIBUTE | 0x212). cryptoki 0.12 has no variant for it.
 const CKA_UNWRAP_TEMPLATE: u64 = 0x4000_0212;
-/// CKA_TOKEN, CKA_SENSITIVE, CKA_EXTRACTABLE.
+/// CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED.
 const CKA_TOKEN: u64 = 0x01;
+const CKA_PRIVATE: u64 = 0x02;
 const CKA_SENSITIVE: u64 = 0x103;
 const CKA_EXTRACTABLE: u64 = 0x162;
+const CKA_WRAP_WITH_TRUSTED: u64 = 0x210;
 
 // The array attribute below is laid out for LP64 (CK_ULONG and pointers of 8 bytes), as on
 // every 64-bit Linux and macOS the service builds for.
@@ -135,30 +160,67 @@ impl BoolTemplate {
     }
 }
 
-/// What every key unwrapped with a domain key is, whatever C_UnwrapKey's caller asks: a
-/// session object, sensitive, never extractable.
-pub(crate) fn unwrap_template() -> BoolTemplate {
-    BoolTemplate::new(&[
-        (CKA_TOKEN, false),
-        (CKA_SENSITIVE, true),
-        (CKA_EXTRACTABLE, false),
-    ])
+/// What every key unwrapped with a domain key of `custody` is, whatever C_UnwrapKey's caller
+/// asks: [`copy_custody`].
+pub(crate) fn unwrap_template(custody: DomainCustody) -> BoolTemplate {
+    match custody {
+        DomainCustody::Sealed => BoolTemplate::new(&[
+            (CKA_TOKEN, false),
+            (CKA_SENSITIVE, true),
+            (CKA_EXTRACTABLE, false),
+        ]),
+        DomainCustody::Trusted => BoolTemplate::new(&[
+            (CKA_TOKEN, false),
+            (CKA_PRIVATE, true),
+            (CKA_SENSITIVE, true),
+            (CKA_EXTRACTABLE, true),
+            (CKA_WRAP_WITH_TRUSTED, true),
+        ]),
+    }
 }
 
-/// The template of a domain key: AES-256 on the token, private, sensitive, never extractable,
-/// only wrapping and unwrapping with AES key wrap with padding, with [`unwrap_template`] as its
-/// CKA_UNWRAP_TEMPLATE.
+/// The custody of a key unwrapped with a domain key of `custody`, as C_UnwrapKey must be asked
+/// for it (SoftHSM2 wants every attribute of the unwrap template in the request): a private
+/// session object, sensitive; never extractable under a sealed domain, extractable only under
+/// a trusted key under a trusted one.
+pub(crate) fn copy_custody(custody: DomainCustody) -> Vec<Attribute> {
+    let mut attributes = vec![
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(custody == DomainCustody::Trusted),
+    ];
+    if custody == DomainCustody::Trusted {
+        attributes.push(Attribute::WrapWithTrusted(true));
+    }
+    attributes
+}
+
+/// The custody of fresh material, made to be wrapped at once under a domain key of `custody`:
+/// extractable, and under a trusted domain only under a trusted key.
+pub(crate) fn fresh_custody(custody: DomainCustody) -> Vec<Attribute> {
+    let mut attributes = copy_custody(custody);
+    attributes[3] = Attribute::Extractable(true);
+    attributes
+}
+
+/// The template of a domain key: AES-256 on the token, sensitive, never extractable, only
+/// wrapping and unwrapping with AES key wrap with padding, with `unwrapped` as its
+/// CKA_UNWRAP_TEMPLATE. Sealed, or made by the user, it is private; made by the security
+/// officer it is public and trusted (see [`DomainKeyMaker`]).
 pub(crate) fn domain_key_template(
     id: Vec<u8>,
     label: String,
     unwrapped: &BoolTemplate,
+    maker: Option<DomainKeyMaker>,
 ) -> Vec<Attribute> {
-    vec![
+    let officer = maker == Some(DomainKeyMaker::SecurityOfficer);
+    let mut template = vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
         Attribute::ValueLen(32u64.into()),
         Attribute::Token(true),
-        Attribute::Private(true),
+        Attribute::Private(!officer),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Copyable(false),
@@ -175,18 +237,48 @@ pub(crate) fn domain_key_template(
         Attribute::Id(id),
         Attribute::Label(label.into_bytes()),
         unwrapped.attribute(CKA_UNWRAP_TEMPLATE),
-    ]
+    ];
+    if officer {
+        template.push(Attribute::Trusted(true));
+    }
+    template
 }
 
-/// Makes a domain key on the token.
+/// Makes a sealed domain key on the token.
 pub(crate) fn create_domain_key(
     session: &Session,
     id: Vec<u8>,
     label: String,
 ) -> Result<ObjectHandle, CkError> {
-    let unwrapped = unwrap_template();
-    let template = domain_key_template(id, label, &unwrapped);
+    let unwrapped = unwrap_template(DomainCustody::Sealed);
+    let template = domain_key_template(id, label, &unwrapped, None);
     session.generate_key(&Mechanism::AesKeyGen, &template)
+}
+
+/// The ceremony's step: makes the wrap key of trusted domain `version` of the instance
+/// `namespace` in `session` (logged in as `maker` says). Refuses when the token holds it.
+pub(crate) fn create_trusted_domain_key(
+    session: &Session,
+    namespace: [u8; 16],
+    version: u32,
+    maker: DomainKeyMaker,
+) -> Result<Result<ObjectHandle, &'static str>, CkError> {
+    let id = domain_id(namespace, version, DomainRole::Wrap);
+    if !session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Id(id.clone()),
+        ])?
+        .is_empty()
+    {
+        return Ok(Err("the token already holds this domain key"));
+    }
+    let unwrapped = unwrap_template(DomainCustody::Trusted);
+    let label = format!("kms/domain/{version}/wrap");
+    let template = domain_key_template(id, label, &unwrapped, Some(maker));
+    session
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .map(Ok)
 }
 
 /// The authenticator key of a domain: an HMAC-SHA-256 generic secret on the token, private,
@@ -219,8 +311,12 @@ fn authenticator_template(id: Vec<u8>, label: String) -> Vec<Attribute> {
 /// A domain's two token objects, as handles of the holding session.
 #[derive(Clone, Copy)]
 pub(crate) struct Domain {
+    /// Its version.
+    pub(crate) version: u32,
     /// The AES key that wraps and unwraps.
     pub(crate) wrap: ObjectHandle,
+    /// How the wrap key keeps what it unwraps.
+    pub(crate) custody: DomainCustody,
     /// The HMAC key of the authenticators.
     pub(crate) authenticate: ObjectHandle,
 }
@@ -237,59 +333,130 @@ pub(crate) fn find_domain(
     namespace: [u8; 16],
     version: u32,
 ) -> Result<Result<Option<Domain>, Distrust>, CkError> {
-    let wrap = match find_trusted(session, domain_id(namespace, version, DomainRole::Wrap))? {
+    let wrap = match find_trusted(session, &domain_id(namespace, version, DomainRole::Wrap))? {
         Ok(found) => found,
         Err(why) => return Ok(Err(why)),
     };
     let authenticate = match find_trusted(
         session,
-        domain_id(namespace, version, DomainRole::Authenticate),
+        &domain_id(namespace, version, DomainRole::Authenticate),
     )? {
         Ok(found) => found,
         Err(why) => return Ok(Err(why)),
     };
-    Ok(Ok(wrap
-        .zip(authenticate)
-        .map(|(wrap, authenticate)| Domain { wrap, authenticate })))
+    Ok(Ok(wrap.zip(authenticate).map(
+        |((wrap, custody), (authenticate, _))| Domain {
+            version,
+            wrap,
+            custody,
+            authenticate,
+        },
+    )))
 }
 
-/// The domain `version` of the instance `namespace`, made on the token where it lacks any of
-/// its two keys; refused as [`find_domain`] refuses.
+/// The domain `version` of the instance `namespace`, its authenticator key made on the token
+/// where it lacks one, and its wrap key too when `make_sealed` (a trusted one comes from the
+/// ceremony); `None` when the wrap key is missing. Refused as [`find_domain`] refuses.
 pub(crate) fn find_or_create_domain(
     session: &Session,
     namespace: [u8; 16],
     version: u32,
-) -> Result<Result<Domain, Distrust>, CkError> {
+    make_sealed: bool,
+) -> Result<Result<Option<Domain>, Distrust>, CkError> {
     let label = |what| format!("kms/domain/{version}/{what}");
     let wrap_id = domain_id(namespace, version, DomainRole::Wrap);
-    let wrap = match find_trusted(session, wrap_id.clone())? {
-        Ok(Some(handle)) => handle,
-        Ok(None) => create_domain_key(session, wrap_id, label("wrap"))?,
+    let (wrap, custody) = match find_trusted(session, &wrap_id)? {
+        Ok(Some(found)) => found,
+        Ok(None) if make_sealed => (
+            create_domain_key(session, wrap_id, label("wrap"))?,
+            DomainCustody::Sealed,
+        ),
+        Ok(None) => return Ok(Ok(None)),
         Err(why) => return Ok(Err(why)),
     };
     let authenticate_id = domain_id(namespace, version, DomainRole::Authenticate);
-    let authenticate = match find_trusted(session, authenticate_id.clone())? {
-        Ok(Some(handle)) => handle,
+    let authenticate = match find_trusted(session, &authenticate_id)? {
+        Ok(Some((handle, _))) => handle,
         Ok(None) => session.generate_key(
             &Mechanism::GenericSecretKeyGen,
             &authenticator_template(authenticate_id, label("authenticate")),
         )?,
         Err(why) => return Ok(Err(why)),
     };
-    Ok(Ok(Domain { wrap, authenticate }))
+    Ok(Ok(Some(Domain {
+        version,
+        wrap,
+        custody,
+        authenticate,
+    })))
 }
 
-/// The domain object whose CKA_ID is `id`, if the token holds one, checked as kmsd makes it:
-/// the only object with that id; generated on the token (CKA_LOCAL), always sensitive and never
-/// extractable, so that no one knows its value; not modifiable; and, for a wrap key, holding its
-/// unwrap template (an unwrapped copy asked to be readable is refused).
+/// The custody of the wrap key of domain `version` of the instance `namespace`, if the token
+/// holds it; refused as [`find_domain`] refuses.
+pub(crate) fn find_wrap_key(
+    session: &Session,
+    namespace: [u8; 16],
+    version: u32,
+) -> Result<Result<Option<DomainCustody>, Distrust>, CkError> {
+    Ok(
+        find_trusted(session, &domain_id(namespace, version, DomainRole::Wrap))?
+            .map(|found| found.map(|(_, custody)| custody)),
+    )
+}
+
+/// Destroys the objects of domain `version` of the instance `namespace`; returns how many
+/// there were.
+pub(crate) fn destroy_domain(
+    session: &Session,
+    namespace: [u8; 16],
+    version: u32,
+) -> Result<usize, CkError> {
+    let mut destroyed = 0;
+    for role in [DomainRole::Wrap, DomainRole::Authenticate] {
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Id(domain_id(namespace, version, role)),
+        ];
+        for handle in session.find_objects(&template)? {
+            session.destroy_object(handle)?;
+            destroyed += 1;
+        }
+    }
+    Ok(destroyed)
+}
+
+/// The domain object whose CKA_ID is `id`, if the token holds one, checked as kmsd (or the
+/// ceremony) makes it: the only object with that id; generated on the token (CKA_LOCAL),
+/// always sensitive and never extractable, so that no one knows its value; not modifiable. An
+/// authenticator key is private. A wrap key is trusted (CKA_TRUSTED, which only the security
+/// officer can set) or else private and sealed, and holds the unwrap template of its custody:
+/// an unwrapped copy asked to be readable, or wrappable under any key, is refused. Returns the
+/// handle with the custody of a wrap key (sealed for an authenticator key).
 fn find_trusted(
     session: &Session,
-    id: Vec<u8>,
-) -> Result<Result<Option<ObjectHandle>, Distrust>, CkError> {
+    id: &[u8],
+) -> Result<Result<Option<(ObjectHandle, DomainCustody)>, Distrust>, CkError> {
     let wrap = id.last() == Some(&(DomainRole::Wrap as u8));
-    let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(id)];
-    let found = session.find_objects(&template)?;
+    // Only private objects (which take the PIN to make) and, for a wrap key, trusted ones
+    // (which take the security officer): a public object planted under the id by a process
+    // without the PIN is not even looked at.
+    let mut found = Vec::new();
+    let mut searches = vec![Attribute::Private(true)];
+    if wrap {
+        searches.push(Attribute::Trusted(true));
+    }
+    for search in searches {
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Id(id.to_vec()),
+            search,
+        ];
+        for handle in session.find_objects(&template)? {
+            if !found.contains(&handle) {
+                found.push(handle);
+            }
+        }
+    }
     let handle = match found.as_slice() {
         [] => return Ok(Ok(None)),
         [handle] => *handle,
@@ -305,6 +472,7 @@ fn find_trusted(
             AttributeType::Modifiable,
             AttributeType::Token,
             AttributeType::Private,
+            AttributeType::Trusted,
         ],
     )?;
     let custody = [
@@ -314,198 +482,101 @@ fn find_trusted(
         Attribute::Extractable(false),
         Attribute::Modifiable(false),
         Attribute::Token(true),
-        Attribute::Private(true),
     ];
     if !custody.iter().all(|a| attributes.contains(a)) {
         return Ok(Err(
             "was not generated on the token as a never-extractable, unmodifiable key",
         ));
     }
-    if wrap && !holds_unwrap_template(session, handle)? {
+    let trusted = wrap && attributes.contains(&Attribute::Trusted(true));
+    if !trusted && !attributes.contains(&Attribute::Private(true)) {
+        return Ok(Err("is public but not trusted"));
+    }
+    let custody = if trusted {
+        DomainCustody::Trusted
+    } else {
+        DomainCustody::Sealed
+    };
+    if wrap && !holds_unwrap_template(session, handle, custody)? {
         return Ok(Err("lets a key it unwraps be read"));
     }
-    Ok(Ok(Some(handle)))
+    Ok(Ok(Some((handle, custody))))
 }
 
-/// Whether the wrap key `domain` holds its unwrap template: a secret wrapped under it does not
-/// unwrap into an extractable, non-sensitive copy. The probe secret and any copy are destroyed.
-fn holds_unwrap_template(session: &Session, domain: ObjectHandle) -> Result<bool, CkError> {
+/// Whether the wrap key `domain` of `custody` holds its unwrap template: a secret wrapped
+/// under it unwraps neither into a non-sensitive copy nor (sealed) into an extractable one
+/// nor (trusted) into one any key may wrap. The probe secret and any copy are destroyed.
+fn holds_unwrap_template(
+    session: &Session,
+    domain: ObjectHandle,
+    custody: DomainCustody,
+) -> Result<bool, CkError> {
     let probe = session.generate_key(
         &Mechanism::GenericSecretKeyGen,
-        &fresh_secret_template(32, vec![MechanismType::SHA256_HMAC]),
+        &fresh_secret_template(32, vec![MechanismType::SHA256_HMAC], custody),
     )?;
     let wrapped = session.wrap_key(&wrap_mechanism(), domain, probe);
     // A session object nothing else refers to; its session would drop it anyway.
     let _ = session.destroy_object(probe);
-    let readable = [
+    let wrapped = wrapped?;
+    let base = [
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::Token(false),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
         Attribute::Sign(true),
     ];
-    // PKCS#11 says an unwrap template conflict is CKR_TEMPLATE_INCONSISTENT; any other
-    // refusal proves nothing about the template.
-    match session.unwrap_key(&wrap_mechanism(), domain, &wrapped?, &readable) {
-        Ok(copy) => {
-            let _ = session.destroy_object(copy);
-            Ok(false)
-        }
-        Err(CkError::Pkcs11(cryptoki::error::RvError::TemplateInconsistent, _)) => Ok(true),
-        Err(error) => Err(error),
-    }
-}
-
-/// The unwrapped key versions: session objects of `holder`, the oldest destroyed past the
-/// capacity. Made afresh (the old objects gone with their session) when the connection's
-/// generation changes.
-pub(crate) struct Unwrapped {
-    /// The session the objects live in; `None` until first needed.
-    pub(crate) holder: Option<Session>,
-    /// The connection generation `holder` belongs to.
-    pub(crate) generation: u64,
-    /// The domains found, by version, as handles of `holder`.
-    pub(crate) domains: HashMap<u32, Domain>,
-    /// The unwrapped objects.
-    pub(crate) handles: Handles,
-}
-
-/// Unwrapped objects by key version and kind, oldest first. A caller holds an object's
-/// [`Arc`] while it uses the handle; an object evicted or forgotten meanwhile waits in the
-/// graveyard until no one holds it, so a handle is never destroyed (and its number perhaps
-/// reused by the module for another key) under a call that is using it.
-pub(crate) struct Handles {
-    objects: HashMap<(KeyVersionRef, ObjectKind), Arc<ObjectHandle>>,
-    order: VecDeque<(KeyVersionRef, ObjectKind)>,
-    graveyard: Vec<Arc<ObjectHandle>>,
-    capacity: usize,
-}
-
-impl Unwrapped {
-    /// An empty cache of at most `capacity` objects (at least one).
-    pub(crate) fn new(capacity: usize) -> Self {
-        Unwrapped {
-            holder: None,
-            generation: 0,
-            domains: HashMap::new(),
-            handles: Handles {
-                objects: HashMap::new(),
-                order: VecDeque::new(),
-                graveyard: Vec::new(),
-                capacity: capacity.max(1),
-            },
+    // Each forbidden change alone: a template that pins only some attributes refuses a
+    // request changing two of them at once, and would pass a joint probe.
+    let mut changes = vec![
+        (0, Attribute::Token(true)),
+        (2, Attribute::Sensitive(false)),
+    ];
+    match custody {
+        DomainCustody::Sealed => changes.push((3, Attribute::Extractable(true))),
+        DomainCustody::Trusted => {
+            changes.push((1, Attribute::Private(false)));
+            changes.push((4, Attribute::WrapWithTrusted(false)));
         }
     }
-
-    /// Closes the holding session (its objects go with it) and forgets everything.
-    pub(crate) fn reset(&mut self) {
-        if let Some(holder) = self.holder.take() {
-            // A dead session fails to close; its objects are gone either way.
-            let _ = holder.close();
-        }
-        self.domains.clear();
-        self.handles.objects.clear();
-        self.handles.order.clear();
-        self.handles.graveyard.clear();
-    }
-}
-
-impl Handles {
-    /// The object of `key`'s material of `kind`, if it is unwrapped: hold it while using it.
-    pub(crate) fn get(&self, key: KeyVersionRef, kind: ObjectKind) -> Option<Arc<ObjectHandle>> {
-        self.objects.get(&(key, kind)).cloned()
-    }
-
-    /// Keeps `handle`; the oldest objects past the capacity go to the graveyard.
-    pub(crate) fn insert(
-        &mut self,
-        holder: Option<&Session>,
-        key: KeyVersionRef,
-        kind: ObjectKind,
-        handle: ObjectHandle,
-    ) -> Arc<ObjectHandle> {
-        let handle = Arc::new(handle);
-        if let Some(old) = self.objects.insert((key, kind), Arc::clone(&handle)) {
-            self.graveyard.push(old);
-        } else {
-            self.order.push_back((key, kind));
-        }
-        while self.objects.len() > self.capacity {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(old) = self.objects.remove(&oldest) {
-                self.graveyard.push(old);
+    let requests = changes.into_iter().map(|(index, change)| {
+        let mut request = copy_custody(custody);
+        request[index] = change;
+        request
+    });
+    for request in requests {
+        let template: Vec<Attribute> = base.iter().cloned().chain(request).collect();
+        // PKCS#11 says an unwrap template conflict is CKR_TEMPLATE_INCONSISTENT; any other
+        // refusal proves nothing about the template.
+        match session.unwrap_key(&wrap_mechanism(), domain, &wrapped, &template) {
+            Ok(copy) => {
+                let _ = session.destroy_object(copy);
+                return Ok(false);
             }
-        }
-        self.bury(holder);
-        handle
-    }
-
-    /// Forgets the unwrapped objects of `key`: they are destroyed once no call uses them (a
-    /// deleted key's material must not stay usable).
-    pub(crate) fn forget(&mut self, holder: Option<&Session>, key: KeyVersionRef) {
-        self.order.retain(|(k, _)| *k != key);
-        let gone: Vec<_> = self
-            .objects
-            .keys()
-            .filter(|(k, _)| *k == key)
-            .copied()
-            .collect();
-        for entry in gone {
-            if let Some(old) = self.objects.remove(&entry) {
-                self.graveyard.push(old);
-            }
-        }
-        self.bury(holder);
-    }
-
-    /// Destroys, in `holder`, the forgotten objects no call holds any more.
-    fn bury(&mut self, holder: Option<&Session>) {
-        let Some(holder) = holder else {
-            return;
-        };
-        self.graveyard.retain(|handle| {
-            if Arc::strong_count(handle) > 1 {
-                return true;
-            }
-            // A failure leaves a session object that goes with its session.
-            let _ = holder.destroy_object(**handle);
-            false
-        });
-    }
-
-    /// Forgets the unwrapped objects of every version of `key_id`, as [`Handles::forget`].
-    pub(crate) fn forget_key(&mut self, holder: Option<&Session>, key_id: KeyId) {
-        let versions: Vec<KeyVersionRef> = self
-            .objects
-            .keys()
-            .filter(|(k, _)| k.key_id == key_id)
-            .map(|(k, _)| *k)
-            .collect();
-        for version in versions {
-            self.forget(holder, version);
+            Err(CkError::Pkcs11(cryptoki::error::RvError::TemplateInconsistent, _)) => {}
+            Err(error) => return Err(error),
         }
     }
-
-    /// How many versions are unwrapped.
-    pub(crate) fn len(&self) -> usize {
-        self.objects.len()
-    }
+    Ok(true)
 }
 
-/// A fresh `len`-byte generic secret, a session object extractable for the one C_WrapKey that
-/// follows its generation, that only computes HMACs with `allowed`.
-pub(crate) fn fresh_secret_template(len: usize, allowed: Vec<MechanismType>) -> Vec<Attribute> {
-    templates::session_secret_template(Some(len), allowed, true)
+/// A fresh `len`-byte generic secret, a session object extractable for the one C_WrapKey
+/// under a domain key of `custody` that follows its generation, that only computes HMACs with
+/// `allowed`.
+pub(crate) fn fresh_secret_template(
+    len: usize,
+    allowed: Vec<MechanismType>,
+    custody: DomainCustody,
+) -> Vec<Attribute> {
+    templates::session_secret_template(Some(len), allowed, fresh_custody(custody))
 }
 
 /// Imported material as C_UnwrapKey makes it from the caller's wrapped bytes: a generic
-/// secret, a session object extractable for the one C_WrapKey under the domain key that
-/// follows, that only computes HMACs with `allowed`.
-pub(crate) fn fresh_import_template(allowed: Vec<MechanismType>) -> Vec<Attribute> {
-    templates::session_secret_template(None, allowed, true)
+/// secret, a session object extractable for the one C_WrapKey under a domain key of `custody`
+/// that follows, that only computes HMACs with `allowed`.
+pub(crate) fn fresh_import_template(
+    allowed: Vec<MechanismType>,
+    custody: DomainCustody,
+) -> Vec<Attribute> {
+    templates::session_secret_template(None, allowed, fresh_custody(custody))
 }
 
 /// Generates a `len`-byte secret inside the HSM as a session object and wraps it at once under
@@ -515,10 +586,11 @@ pub(crate) fn fresh_import_template(allowed: Vec<MechanismType>) -> Vec<Attribut
 pub(crate) fn generate_wrapped_secret(
     session: &Session,
     domain: ObjectHandle,
+    custody: DomainCustody,
     len: usize,
     allowed: Vec<MechanismType>,
 ) -> Result<(ObjectHandle, Vec<u8>), CkError> {
-    let template = templates::session_secret_template(Some(len), allowed, true);
+    let template = fresh_secret_template(len, allowed, custody);
     let secret = session.generate_key(&Mechanism::GenericSecretKeyGen, &template)?;
     match session.wrap_key(&wrap_mechanism(), domain, secret) {
         Ok(wrapped) => Ok((secret, wrapped)),
@@ -530,15 +602,16 @@ pub(crate) fn generate_wrapped_secret(
     }
 }
 
-/// Unwraps `wrapped` under `domain` into a session object that only computes HMACs with
-/// `allowed`, sensitive and never extractable.
+/// Unwraps `wrapped` under the wrap key `domain` of `custody` into a session object that only
+/// computes HMACs with `allowed`, kept as [`copy_custody`] says.
 pub(crate) fn unwrap_secret(
     session: &Session,
     domain: ObjectHandle,
+    custody: DomainCustody,
     wrapped: &[u8],
     allowed: Vec<MechanismType>,
 ) -> Result<ObjectHandle, CkError> {
-    let template = templates::session_secret_template(None, allowed, false);
+    let template = templates::session_secret_template(None, allowed, copy_custody(custody));
     session.unwrap_key(&wrap_mechanism(), domain, wrapped, &template)
 }
 
@@ -548,43 +621,47 @@ pub(crate) fn wrap_mechanism() -> Mechanism<'static> {
     Mechanism::AesKeyWrapPad
 }
 
-/// The private key template of a wrapped key pair's unwrapped half: a session object,
-/// sensitive, never extractable, that only signs or only decrypts, as `kind` says.
-fn unwrapped_private_template(kind: ObjectKind, allowed: Vec<MechanismType>) -> Vec<Attribute> {
+/// The private key template of a wrapped key pair's unwrapped half: a session object kept as
+/// [`copy_custody`] says, that only signs or only decrypts, as `kind` says.
+fn unwrapped_private_template(
+    kind: ObjectKind,
+    allowed: Vec<MechanismType>,
+    custody: DomainCustody,
+) -> Vec<Attribute> {
     let key_type = if kind == ObjectKind::EcP256Sign {
         KeyType::EC
     } else {
         KeyType::RSA
     };
-    vec![
+    let mut template = vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::KeyType(key_type),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
+    ];
+    template.extend(copy_custody(custody));
+    template.extend([
         Attribute::Sign(kind != ObjectKind::RsaDecrypt),
         Attribute::SignRecover(false),
         Attribute::Decrypt(kind == ObjectKind::RsaDecrypt),
         Attribute::Unwrap(false),
         Attribute::Derive(false),
         Attribute::AllowedMechanisms(allowed),
-    ]
+    ]);
+    template
 }
 
-/// Unwraps a version's `wrapped` material of `kind` under `domain` into a session object,
-/// sensitive and never extractable, with only the use and `allowed` mechanisms of its kind.
+/// Unwraps a version's `wrapped` material of `kind` under `domain` into a session object kept
+/// as [`copy_custody`] says, with only the use and `allowed` mechanisms of its kind.
 pub(crate) fn unwrap_version(
     session: &Session,
-    domain: ObjectHandle,
+    domain: Domain,
     wrapped: &[u8],
     kind: ObjectKind,
     allowed: Vec<MechanismType>,
 ) -> Result<ObjectHandle, CkError> {
     if kind.is_private_key() {
-        let template = unwrapped_private_template(kind, allowed);
-        session.unwrap_key(&wrap_mechanism(), domain, wrapped, &template)
+        let template = unwrapped_private_template(kind, allowed, domain.custody);
+        session.unwrap_key(&wrap_mechanism(), domain.wrap, wrapped, &template)
     } else {
-        unwrap_secret(session, domain, wrapped, allowed)
+        unwrap_secret(session, domain.wrap, domain.custody, wrapped, allowed)
     }
 }

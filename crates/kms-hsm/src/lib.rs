@@ -13,17 +13,19 @@
 #![forbid(unsafe_code)]
 
 mod audit_key;
+mod ceremony;
 mod connect;
 mod domain;
 mod error;
 mod object_id;
 mod pool;
 mod templates;
+mod unwrapped;
 mod wrapped;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,19 +34,21 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use kms_core::asymmetric::{self, HashAlg};
-use kms_core::hsm::{SignMechanism, VersionObject, WrappingKeyRef};
+use kms_core::hsm::{DomainKeyInfo, SignMechanism, VersionObject, WrappingKeyRef};
 use kms_core::key::{KeyMaterial, WrappedMaterial, WrappingAlgorithm};
 use kms_core::{HsmError, KeyId, KeyStore, KeyVersionRef, MessageKey};
 use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
 pub use audit_key::HsmAuditSigner;
+pub use ceremony::make_domain_key;
 use connect::connect;
-use domain::Unwrapped;
+pub use domain::{DomainCustody, DomainKeyMaker};
 pub use error::OpenError;
 pub use object_id::{ObjectId, ObjectKind};
 use pool::SessionPool;
 use templates::PrivateUse;
+use unwrapped::Unwrapped;
 use wrapped::unwrap_import;
 
 /// Where the HSM is and how to log in.
@@ -107,6 +111,10 @@ pub struct HsmKeyStore {
     object_store: RwLock<()>,
     /// Key versions kept wrapped, unwrapped on first use: see [`domain`].
     unwrapped: Mutex<Unwrapped>,
+    /// How new domain keys come: made by kmsd (sealed) or by the ceremony (trusted).
+    custody: DomainCustody,
+    /// The domain key new material is wrapped under.
+    current_domain: AtomicU32,
 }
 
 impl HsmKeyStore {
@@ -126,6 +134,8 @@ impl HsmKeyStore {
             observer: None,
             object_store: RwLock::new(()),
             unwrapped: Mutex::new(Unwrapped::new(Self::DEFAULT_UNWRAPPED)),
+            custody: DomainCustody::Sealed,
+            current_domain: AtomicU32::new(domain::FIRST_DOMAIN),
         })
     }
 
@@ -137,6 +147,13 @@ impl HsmKeyStore {
             .unwrapped
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Unwrapped::new(capacity);
+        self
+    }
+
+    /// Sets how new domain keys come (sealed, made by kmsd, by default): see [`domain`].
+    #[must_use]
+    pub fn with_domain_custody(mut self, custody: DomainCustody) -> Self {
+        self.custody = custody;
         self
     }
 
@@ -249,7 +266,7 @@ impl HsmKeyStore {
     }
 
     /// Runs `f` while objects may be made, but no token object destroyed.
-    fn creating<T>(&self, f: impl FnOnce() -> T) -> T {
+    pub(crate) fn creating<T>(&self, f: impl FnOnce() -> T) -> T {
         let _shared = self
             .object_store
             .read()
@@ -258,7 +275,7 @@ impl HsmKeyStore {
     }
 
     /// Runs `f` while no object is being made.
-    fn destroying<T>(&self, f: impl FnOnce() -> T) -> T {
+    pub(crate) fn destroying<T>(&self, f: impl FnOnce() -> T) -> T {
         let _alone = self
             .object_store
             .write()
@@ -597,6 +614,26 @@ impl KeyStore for HsmKeyStore {
         material: KeyMaterial,
     ) -> Result<(WrappedMaterial, Option<Vec<u8>>), HsmError> {
         self.create_wrapped(key, material)
+    }
+
+    fn use_domain(&self, version: u32) -> Result<DomainKeyInfo, HsmError> {
+        HsmKeyStore::use_domain(self, version)
+    }
+
+    fn domain_key(&self, version: u32) -> Result<Option<DomainKeyInfo>, HsmError> {
+        HsmKeyStore::domain_key(self, version)
+    }
+
+    fn rewrap_version(
+        &self,
+        key: VersionObject<'_>,
+        material: KeyMaterial,
+    ) -> Result<WrappedMaterial, HsmError> {
+        self.rewrap(key, material)
+    }
+
+    fn destroy_domain(&self, version: u32) -> Result<bool, HsmError> {
+        HsmKeyStore::destroy_domain(self, version)
     }
 
     fn rsa_decrypt(

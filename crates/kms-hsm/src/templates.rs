@@ -104,19 +104,13 @@ pub(crate) fn secret_template(
     template
 }
 
-/// A generic secret as a session object that only computes HMACs with `allowed`:
-/// `extractable` only for the one C_WrapKey that follows its making.
+/// A generic secret as a session object that only computes HMACs with `allowed`, kept as
+/// `custody` says (see [`crate::domain::copy_custody`]).
 pub(crate) fn session_secret_template(
     len: Option<usize>,
     allowed: Vec<MechanismType>,
-    extractable: bool,
+    custody: Vec<Attribute>,
 ) -> Vec<Attribute> {
-    let custody = [
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(extractable),
-    ];
     hmac_secret(len, custody, allowed)
 }
 

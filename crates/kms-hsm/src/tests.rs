@@ -23,12 +23,13 @@ use super::{HsmConfig, HsmKeyStore, ObjectId, ObjectKind, OpenError};
 mod domain;
 mod faults;
 mod planted;
+mod trusted;
 
 pub(super) const PIN: &str = "user-pin-1234";
-const SO_PIN: &str = "so-pin-5678";
+pub(super) const SO_PIN: &str = "so-pin-5678";
 pub(super) const NAMESPACE: [u8; 16] = [0x42; 16];
 
-fn module() -> PathBuf {
+pub(super) fn module() -> PathBuf {
     let module = std::env::var_os("TEST_PKCS11_MODULE").map_or_else(
         || PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
         PathBuf::from,
@@ -46,7 +47,7 @@ fn module() -> PathBuf {
     module
 }
 
-fn admin() -> &'static Pkcs11 {
+pub(super) fn admin() -> &'static Pkcs11 {
     static ADMIN: OnceLock<Pkcs11> = OnceLock::new();
     ADMIN.get_or_init(|| {
         let pkcs11 = Pkcs11::new(module()).unwrap_or_else(|e| panic!("load SoftHSM2: {e}"));
@@ -62,7 +63,7 @@ fn admin() -> &'static Pkcs11 {
 /// Held while a token is initialised or a store lists the slots to open one: SoftHSM2 2.6
 /// aborts the process (an assertion in SlotManager::insertToken) when one thread lists the
 /// slots while another initialises a token.
-static SLOTS: Mutex<()> = Mutex::new(());
+pub(super) static SLOTS: Mutex<()> = Mutex::new(());
 
 /// [`HsmKeyStore::open`], never while a token is being initialised (see [`SLOTS`]).
 pub(super) fn open_store_with(
@@ -73,7 +74,7 @@ pub(super) fn open_store_with(
     HsmKeyStore::open(config, namespace)
 }
 
-fn fresh_token() -> (String, Slot) {
+pub(super) fn fresh_token() -> (String, Slot) {
     static COUNT: AtomicUsize = AtomicUsize::new(0);
     let _guard = SLOTS.lock().unwrap_or_else(PoisonError::into_inner);
     let pkcs11 = admin();
@@ -140,7 +141,7 @@ pub(super) fn version(key_id: KeyId, version: u32) -> KeyVersionRef {
     KeyVersionRef { key_id, version }
 }
 
-fn ok<T, E: std::fmt::Display + std::fmt::Debug>(r: Result<T, E>) -> T {
+pub(super) fn ok<T, E: std::fmt::Display + std::fmt::Debug>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}: {e:?}"))
 }
 

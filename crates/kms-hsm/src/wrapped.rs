@@ -2,6 +2,7 @@
 //! unwrapped versions, the domain found or made with it, sealing new and imported material
 //! under the domain key, and unwrapping a stored version on first use.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
@@ -9,14 +10,15 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use kms_core::hsm::{VersionObject, WrappingKeyRef};
+use kms_core::hsm::{DomainKeyInfo, VersionObject, WrappingKeyRef};
 use kms_core::key::{KeyMaterial, WrappedMaterial, WrappingAlgorithm};
 use kms_core::{HsmError, KeyStore as _, KeyVersionRef};
 use tracing::warn;
 
-use crate::domain::{self, Domain, Unwrapped};
+use crate::domain::{self, Domain, DomainCustody};
 use crate::object_id::{self, ObjectKind};
 use crate::templates::{self, PrivateUse};
+use crate::unwrapped::Unwrapped;
 use crate::{HsmKeyStore, error, public_key_der};
 
 impl HsmKeyStore {
@@ -93,22 +95,157 @@ impl HsmKeyStore {
         Ok(Ok(found))
     }
 
-    /// The current domain, made on the token on first use; refused as [`Self::domain`].
+    /// The current domain; refused as [`Self::usable_domain`].
     fn current_domain(
         &self,
         unwrapped: &mut Unwrapped,
         session: &Session,
     ) -> Result<Result<Domain, HsmError>, CkError> {
-        let version = domain::CURRENT_DOMAIN;
+        let version = self.current_domain.load(Ordering::SeqCst);
+        self.usable_domain(unwrapped, session, version)
+    }
+
+    /// The domain `version`, its authenticator key made on first use, and its wrap key too
+    /// with sealed custody (a trusted one comes from the ceremony: its absence is an error
+    /// that says so); refused as [`Self::domain`].
+    fn usable_domain(
+        &self,
+        unwrapped: &mut Unwrapped,
+        session: &Session,
+        version: u32,
+    ) -> Result<Result<Domain, HsmError>, CkError> {
         if let Some(domain) = unwrapped.domains.get(&version) {
             return Ok(Ok(*domain));
         }
-        let domain = match domain::find_or_create_domain(session, self.namespace, version)? {
-            Ok(domain) => domain,
-            Err(why) => return Ok(Err(distrusted(version, why))),
-        };
+        let make_sealed = self.custody == DomainCustody::Sealed;
+        let domain =
+            match domain::find_or_create_domain(session, self.namespace, version, make_sealed)? {
+                Ok(Some(domain)) => domain,
+                Ok(None) => return Ok(Err(missing_domain(self.namespace, version))),
+                Err(why) => return Ok(Err(distrusted(version, why))),
+            };
+        if self.custody == DomainCustody::Trusted && domain.custody == DomainCustody::Sealed {
+            // Anyone with the PIN can make a sealed key; only the officer a trusted one.
+            return Ok(Err(distrusted(
+                version,
+                "is not trusted, where the configured custody is trusted",
+            )));
+        }
         unwrapped.domains.insert(version, domain);
         Ok(Ok(domain))
+    }
+
+    /// [`KeyStore::use_domain`](kms_core::KeyStore::use_domain).
+    pub(crate) fn use_domain(&self, version: u32) -> Result<DomainKeyInfo, HsmError> {
+        // Under `creating`: it may make the domain's keys, and its probe makes objects.
+        let domain = self.creating(|| {
+            self.with_holder("find domain key", |unwrapped, s| {
+                self.usable_domain(unwrapped, s, version)
+            })
+        })??;
+        self.current_domain.store(version, Ordering::SeqCst);
+        Ok(domain_info(version, domain.custody))
+    }
+
+    /// [`KeyStore::domain_key`](kms_core::KeyStore::domain_key).
+    pub(crate) fn domain_key(&self, version: u32) -> Result<Option<DomainKeyInfo>, HsmError> {
+        self.creating(|| {
+            self.with_holder("find domain key", |unwrapped, s| {
+                if let Some(domain) = unwrapped.domains.get(&version) {
+                    return Ok(Ok(Some(domain_info(version, domain.custody))));
+                }
+                Ok(match domain::find_wrap_key(s, self.namespace, version)? {
+                    Ok(custody) => Ok(custody.map(|c| domain_info(version, c))),
+                    Err(why) => Err(distrusted(version, why)),
+                })
+            })
+        })?
+    }
+
+    /// [`KeyStore::destroy_domain`](kms_core::KeyStore::destroy_domain).
+    pub(crate) fn destroy_domain(&self, version: u32) -> Result<bool, HsmError> {
+        if version == self.current_domain.load(Ordering::SeqCst) {
+            return Err(HsmError::Failed {
+                operation: "destroy domain key",
+                source: format!("domain key {version} is the current one").into(),
+            });
+        }
+        self.destroying(|| {
+            self.with_holder("destroy domain key", |unwrapped, s| {
+                unwrapped.domains.remove(&version);
+                domain::destroy_domain(s, self.namespace, version).map(|n| n > 0)
+            })
+        })
+    }
+
+    /// [`KeyStore::rewrap_version`](kms_core::KeyStore::rewrap_version): wraps the unwrapped
+    /// copy of `key`'s material again under the current domain key, which only a trusted
+    /// domain's copies allow, and keeps the copy of the new bytes.
+    pub(crate) fn rewrap(
+        &self,
+        key: VersionObject<'_>,
+        material: KeyMaterial,
+    ) -> Result<WrappedMaterial, HsmError> {
+        let Some(wrapped) = key.wrapped else {
+            return Err(HsmError::Unsupported {
+                operation: "rewrap key version",
+                detail: format!("{} is a token object, not wrapped material", key.key),
+            });
+        };
+        let kind = ObjectKind::of(material);
+        self.creating(|| {
+            self.with_holder("rewrap key", |unwrapped, s| {
+                let to = match self.current_domain(unwrapped, s)? {
+                    Ok(domain) => domain,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                if to.version == wrapped.domain_key {
+                    return Ok(Ok(wrapped.clone()));
+                }
+                // A copy made only for the rewrap does not stay: the key may be disabled or
+                // being deleted, whose copies are destroyed, and it would push hot keys out.
+                let was_unwrapped = unwrapped.handles.get(key.key, kind).is_some();
+                let (handle, from_custody) =
+                    match self.unwrap_stored(unwrapped, s, key.key, kind, wrapped)? {
+                        Ok(found) => found,
+                        Err(refused) => return Ok(Err(refused)),
+                    };
+                let sealed =
+                    from_custody != DomainCustody::Trusted || to.custody != DomainCustody::Trusted;
+                let bytes = if sealed {
+                    None
+                } else {
+                    Some(s.wrap_key(&domain::wrap_mechanism(), to.wrap, *handle))
+                };
+                drop(handle);
+                if !was_unwrapped {
+                    unwrapped.handles.forget(Some(s), key.key);
+                }
+                let Some(bytes) = bytes else {
+                    return Ok(Err(HsmError::Unsupported {
+                        operation: "rewrap key version",
+                        detail: format!(
+                            "domain key {} or {} is sealed: what a sealed domain key unwraps \
+                             can never be wrapped again",
+                            wrapped.domain_key, to.version
+                        ),
+                    }));
+                };
+                let bytes = bytes?;
+                // The new bytes must unwrap before they replace the record's.
+                let allowed = templates::allowed_mechanisms(kind, false);
+                let check = domain::unwrap_version(s, to, &bytes, kind, allowed)?;
+                let _ = s.destroy_object(check);
+                let message =
+                    domain::tag_message(self.namespace, key.key, kind, to.version, &bytes);
+                let tag = s.sign(&Mechanism::Sha256Hmac, to.authenticate, &message)?;
+                Ok(Ok(WrappedMaterial {
+                    domain_key: to.version,
+                    wrapped: bytes,
+                    tag,
+                }))
+            })
+        })?
     }
 
     /// Wraps the extractable session object `fresh` (new or imported material of `key`, of
@@ -132,14 +269,12 @@ impl HsmKeyStore {
         // Nothing else refers to it; its session would drop it anyway.
         let _ = session.destroy_object(fresh);
         let wrapped = wrapped?;
-        let handle =
-            domain::unwrap_version(session, domain.wrap, &wrapped, kind, allowed.to_vec())?;
-        let message =
-            domain::tag_message(self.namespace, key, kind, domain::CURRENT_DOMAIN, &wrapped);
+        let handle = domain::unwrap_version(session, domain, &wrapped, kind, allowed.to_vec())?;
+        let message = domain::tag_message(self.namespace, key, kind, domain.version, &wrapped);
         let tag = session.sign(&Mechanism::Sha256Hmac, domain.authenticate, &message)?;
         unwrapped.handles.insert(Some(session), key, kind, handle);
         Ok(WrappedMaterial {
-            domain_key: domain::CURRENT_DOMAIN,
+            domain_key: domain.version,
             wrapped,
             tag,
         })
@@ -182,45 +317,67 @@ impl HsmKeyStore {
                 return Ok(handle);
             }
         }
+        // Under `creating`: it makes an object, and may probe a domain key (making more).
+        self.creating(|| {
+            self.with_holder("unwrap key", |unwrapped, s| {
+                Ok(self
+                    .unwrap_stored(unwrapped, s, key, kind, wrapped)?
+                    .map(|(handle, _)| handle))
+            })
+        })?
+    }
+
+    /// The unwrapped object of `key`'s `wrapped` material of `kind` in the holding session
+    /// `s`, with the custody of the domain it was wrapped under: from the cache, or checked
+    /// against its authenticator and unwrapped.
+    fn unwrap_stored(
+        &self,
+        unwrapped: &mut Unwrapped,
+        s: &Session,
+        key: KeyVersionRef,
+        kind: ObjectKind,
+        wrapped: &WrappedMaterial,
+    ) -> Result<Result<(Arc<ObjectHandle>, DomainCustody), HsmError>, CkError> {
         let refused = |why: &str| HsmError::Failed {
             operation: "unwrap key version",
             source: format!("the wrapped material of {key} {why}").into(),
         };
-        self.with_holder("unwrap key", |unwrapped, s| {
-            if let Some(handle) = unwrapped.handles.get(key, kind) {
-                return Ok(Ok(handle));
+        let domain = match self.domain(unwrapped, s, wrapped.domain_key)? {
+            Ok(Some(domain)) => domain,
+            Ok(None) => return Ok(Err(refused("names a domain key the HSM does not hold"))),
+            Err(distrust) => return Ok(Err(distrust)),
+        };
+        if let Some(handle) = unwrapped.handles.get(key, kind) {
+            return Ok(Ok((handle, domain.custody)));
+        }
+        let message = domain::tag_message(
+            self.namespace,
+            key,
+            kind,
+            wrapped.domain_key,
+            &wrapped.wrapped,
+        );
+        match s.verify(
+            &Mechanism::Sha256Hmac,
+            domain.authenticate,
+            &message,
+            &wrapped.tag,
+        ) {
+            Ok(()) => {}
+            Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
+                return Ok(Err(refused("does not authenticate")));
             }
-            let domain = match self.domain(unwrapped, s, wrapped.domain_key)? {
-                Ok(Some(domain)) => domain,
-                Ok(None) => return Ok(Err(refused("names a domain key the HSM does not hold"))),
-                Err(distrust) => return Ok(Err(distrust)),
-            };
-            let message = domain::tag_message(
-                self.namespace,
-                key,
-                kind,
-                wrapped.domain_key,
-                &wrapped.wrapped,
-            );
-            match s.verify(
-                &Mechanism::Sha256Hmac,
-                domain.authenticate,
-                &message,
-                &wrapped.tag,
-            ) {
-                Ok(()) => {}
-                Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
-                    return Ok(Err(refused("does not authenticate")));
-                }
-                Err(e) => return Err(e),
-            }
-            let allowed = templates::allowed_mechanisms(kind, false);
-            match domain::unwrap_version(s, domain.wrap, &wrapped.wrapped, kind, allowed) {
-                Ok(handle) => Ok(Ok(unwrapped.handles.insert(Some(s), key, kind, handle))),
-                Err(e) if error::is_bad_input(&e) => Ok(Err(refused("does not unwrap"))),
-                Err(e) => Err(e),
-            }
-        })?
+            Err(e) => return Err(e),
+        }
+        let allowed = templates::allowed_mechanisms(kind, false);
+        match domain::unwrap_version(s, domain, &wrapped.wrapped, kind, allowed) {
+            Ok(handle) => Ok(Ok((
+                unwrapped.handles.insert(Some(s), key, kind, handle),
+                domain.custody,
+            ))),
+            Err(e) if error::is_bad_input(&e) => Ok(Err(refused("does not unwrap"))),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs `f` with the object of `key`'s material of `kind`: its token object, or its
@@ -278,13 +435,15 @@ impl HsmKeyStore {
                     Err(distrust) => return Ok(Err(distrust)),
                 };
                 let (fresh, public_key) = if let Some(len) = material.secret_len() {
-                    let template = domain::fresh_secret_template(len, allowed.clone());
+                    let template =
+                        domain::fresh_secret_template(len, allowed.clone(), domain.custody);
                     (
                         s.generate_key(&Mechanism::GenericSecretKeyGen, &template)?,
                         None,
                     )
                 } else {
-                    let (fresh, attributes) = fresh_pair(s, material, kind, &allowed)?;
+                    let (fresh, attributes) =
+                        fresh_pair(s, material, kind, &allowed, domain.custody)?;
                     (fresh, Some(attributes))
                 };
                 let fresh = Fresh {
@@ -320,20 +479,17 @@ impl HsmKeyStore {
         let oaep = templates::oaep(algorithm.hash());
         self.creating(|| {
             self.with_holder("unwrap key", |unwrapped, s| {
+                let domain = match self.current_domain(unwrapped, s)? {
+                    Ok(domain) => domain,
+                    Err(refused) => return Ok(Err(refused)),
+                };
                 // Extractable for the one C_WrapKey under the domain key, then destroyed.
-                let template = domain::fresh_import_template(allowed.clone());
+                let template = domain::fresh_import_template(allowed.clone(), domain.custody);
                 let (fresh, length) =
                     match unwrap_import(s, &wrapping_id, &oaep, wrapped, &template)? {
                         Ok(unwrapped) => unwrapped,
                         Err(refused) => return Ok(Err(refused)),
                     };
-                let domain = match self.current_domain(unwrapped, s)? {
-                    Ok(domain) => domain,
-                    Err(distrust) => {
-                        let _ = s.destroy_object(fresh);
-                        return Ok(Err(distrust));
-                    }
-                };
                 let fresh = Fresh {
                     handle: fresh,
                     kind,
@@ -410,6 +566,7 @@ fn fresh_pair(
     material: KeyMaterial,
     kind: ObjectKind,
     allowed: &[MechanismType],
+    custody: DomainCustody,
 ) -> Result<(ObjectHandle, Vec<Attribute>), CkError> {
     let (mechanism, public, key_type, wanted) = match material {
         KeyMaterial::EcP256Sign => (
@@ -438,13 +595,13 @@ fn fresh_pair(
     };
     let mut private =
         templates::private_template(key_type, Vec::new(), String::new(), use_, allowed.to_vec());
-    for attribute in &mut private {
-        match attribute {
-            Attribute::Token(token) => *token = false,
-            Attribute::Extractable(extractable) => *extractable = true,
-            _ => {}
-        }
-    }
+    let fresh = domain::fresh_custody(custody);
+    private.retain(|a| {
+        !fresh
+            .iter()
+            .any(|f| f.attribute_type() == a.attribute_type())
+    });
+    private.extend(fresh);
     let (public_handle, private_handle) =
         session.generate_key_pair(&mechanism, &public, &private)?;
     let attributes = session.get_attributes(public_handle, &wanted);
@@ -456,6 +613,28 @@ fn fresh_pair(
             let _ = session.destroy_object(private_handle);
             Err(error)
         }
+    }
+}
+
+/// What kmsd tells of domain key `version` of `custody`.
+fn domain_info(version: u32, custody: DomainCustody) -> DomainKeyInfo {
+    DomainKeyInfo {
+        version,
+        rewrappable: custody == DomainCustody::Trusted,
+    }
+}
+
+/// The refusal of a domain whose wrap key is missing, with what makes it.
+fn missing_domain(namespace: [u8; 16], version: u32) -> HsmError {
+    let instance = hex::encode(namespace);
+    HsmError::Failed {
+        operation: "find domain key",
+        source: format!(
+            "domain key {version} is not on the token; with trusted domain keys the token's \
+             security officer makes it: kmsctl hsm make-domain-key --instance {instance} \
+             --version {version} (see the README's key hierarchy)"
+        )
+        .into(),
     }
 }
 

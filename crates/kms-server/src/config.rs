@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use kms_core::key::KeyStorage;
 use kms_core::policy::KeyPolicy;
-use kms_hsm::HsmKeyStore;
+use kms_hsm::{DomainCustody, HsmKeyStore};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -56,6 +56,11 @@ pub struct Args {
     /// The most wrapped key versions kept unwrapped in the HSM at once [default: 10000].
     #[arg(long, value_name = "N")]
     pub unwrapped_cache: Option<usize>,
+    /// How domain keys are kept: `sealed` (kmsd makes them; never rotated) or `trusted`
+    /// (the token's security officer makes them with `kmsctl hsm make-domain-key`; rotated
+    /// with `kmsctl hsm rotate-domain`) [default: sealed].
+    #[arg(long, value_name = "CUSTODY")]
+    pub domain_custody: Option<DomainCustodyName>,
     /// Log filter, e.g. info or kms_core=debug [default: info; RUST_LOG also works].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -155,6 +160,7 @@ pub struct RawConfig {
     max_keys: Option<usize>,
     key_storage: Option<KeyStorageName>,
     unwrapped_cache: Option<usize>,
+    domain_custody: Option<DomainCustodyName>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     request_timeout: Option<String>,
@@ -215,6 +221,26 @@ pub enum KeyStorageName {
     Token,
 }
 
+/// `domain_custody`: how domain keys are kept (see the README's key hierarchy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainCustodyName {
+    /// Made by kmsd; what they unwrap is never wrapped again, so they are never rotated.
+    #[default]
+    Sealed,
+    /// Made by the token's security officer (CKA_TRUSTED); rotatable.
+    Trusted,
+}
+
+impl From<DomainCustodyName> for DomainCustody {
+    fn from(name: DomainCustodyName) -> Self {
+        match name {
+            DomainCustodyName::Sealed => DomainCustody::Sealed,
+            DomainCustodyName::Trusted => DomainCustody::Trusted,
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -265,6 +291,8 @@ pub struct Config {
     pub key_storage: KeyStorage,
     /// The most key versions kept unwrapped.
     pub unwrapped_cache: usize,
+    /// How domain keys are kept.
+    pub domain_custody: DomainCustody,
     /// The log filter.
     pub log_level: String,
     /// How log lines are written.
@@ -382,6 +410,8 @@ impl Config {
             args.max_concurrent_key_generations
                 .or(raw.max_concurrent_key_generations),
         )?;
+        let key_storage = args.key_storage.or(raw.key_storage).unwrap_or_default();
+        let custody = args.domain_custody.or(raw.domain_custody);
         Ok(Config {
             listen,
             audit_log: args
@@ -400,12 +430,9 @@ impl Config {
                 .map_or(PinSource::Env, PinSource::File),
             hsm_max_sessions,
             max_keys,
-            key_storage: args
-                .key_storage
-                .or(raw.key_storage)
-                .unwrap_or_default()
-                .into(),
+            key_storage: key_storage.into(),
             unwrapped_cache: unwrapped_cache(args.unwrapped_cache.or(raw.unwrapped_cache))?,
+            domain_custody: custody.unwrap_or_default().into(),
             log_level: args
                 .log_level
                 .or(raw.log_level)

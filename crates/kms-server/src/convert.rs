@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use kms_core::asymmetric::{MessageType, SigningAlgorithm};
 use kms_core::key::{ExpirationModel, MacAlgorithm, WrappingAlgorithm};
 use kms_core::service::{
-    CreateKeyInput, DataKeyLength, DataKeySpec, ImportKeyMaterialInput, ReEncryptInput, VerifyInput,
+    CreateKeyInput, DataKeyLength, DataKeySpec, DomainStatus, ImportKeyMaterialInput,
+    ReEncryptInput, RewrapProgress, VerifyInput,
 };
 use kms_core::tags::NewTags;
 use kms_core::{
@@ -331,6 +332,32 @@ pub(crate) fn algorithm(algorithm: EncryptionAlgorithm) -> pb::EncryptionAlgorit
         EncryptionAlgorithm::SymmetricDefault => pb::EncryptionAlgorithm::SymmetricDefault,
         EncryptionAlgorithm::RsaesOaepSha1 => pb::EncryptionAlgorithm::RsaesOaepSha1,
         EncryptionAlgorithm::RsaesOaepSha256 => pb::EncryptionAlgorithm::RsaesOaepSha256,
+    }
+}
+
+/// Where domain key rotation stands, for GetDomainKeyStatus and RotateDomainKey.
+pub(crate) fn domain_status(status: DomainStatus) -> pb::DomainKeyStatus {
+    let RewrapProgress {
+        running,
+        finished,
+        keys_scanned,
+        versions_rewrapped,
+        versions_left,
+        destroyed,
+        error,
+    } = status.rewrap;
+    pb::DomainKeyStatus {
+        current_version: status.current,
+        rewrappable: status.rewrappable,
+        rewrap_running: running,
+        rewrap_finished: finished,
+        keys_scanned,
+        key_count: status.key_count,
+        versions_rewrapped,
+        versions_left,
+        destroyed_versions: destroyed,
+        error: error.unwrap_or_default(),
+        instance_id: status.instance_id,
     }
 }
 

@@ -15,6 +15,7 @@ use kms_audit::AuditLog;
 use kms_core::key::KeyStorage;
 use kms_core::service::Authorization;
 use kms_core::{Kms, MetadataStore, SystemClock};
+use kms_hsm::DomainCustody;
 use kms_hsm::{HsmAuditSigner, HsmConfig, HsmKeyStore};
 use kms_proto::v1::key_management_service_server::KeyManagementServiceServer;
 use kms_server::auth::{self, Authenticator};
@@ -113,7 +114,8 @@ fn open_hsm(
     let hsm = open_checked_hsm(config, namespace)?;
     Ok(hsm
         .with_observer(metrics.hsm_observer())
-        .with_unwrapped_capacity(config.unwrapped_cache))
+        .with_unwrapped_capacity(config.unwrapped_cache)
+        .with_domain_custody(config.domain_custody))
 }
 
 /// The HSM, logged in, refused when the configured key storage needs mechanisms its module
@@ -203,6 +205,15 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
                 config.unwrapped_cache
             ),
             KeyStorage::Token => "one token object per key version".to_owned(),
+        }
+    );
+    println!(
+        "  domain keys     {}",
+        match config.domain_custody {
+            DomainCustody::Sealed => "sealed: made by kmsd, never rotated",
+            DomainCustody::Trusted => {
+                "trusted: made by the security officer (kmsctl hsm make-domain-key), rotatable"
+            }
         }
     );
     println!("  audit log       {}", config.audit_log.display());
@@ -306,6 +317,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         },
     };
     runtime.spawn(scheduler(Arc::clone(&parts.kms)));
+    runtime.spawn(rewrapper(Arc::clone(&parts.kms)));
     runtime.block_on(serve(config, parts))?;
     // Waits for blocking work still running (a request past its timeout, scheduled work).
     drop(runtime);
@@ -409,6 +421,16 @@ fn add_gauges(
 /// Reconciles the store with the HSM, then runs the deletions, expiries and rotations that
 /// fell due while kmsd was down.
 fn run_due_work(kms: &Kms) -> anyhow::Result<()> {
+    let domain = kms
+        .open_domain()
+        .context("the current domain key is not usable")?;
+    if let Some(domain) = domain {
+        info!(
+            domain = domain.version,
+            rewrappable = domain.rewrappable,
+            "using the current domain key"
+        );
+    }
     let report = kms.reconcile().context("startup reconciliation failed")?;
     if report.abandoned_keys > 0
         || !report.unreferenced_objects.is_empty()
@@ -723,6 +745,34 @@ async fn scheduler(kms: Arc<Kms>) {
         }
     }
 }
+
+/// Rewraps key versions under the current domain key whenever a pass is wanted: after the
+/// start (which resumes a rotation a crash interrupted) and after each domain key rotation. A
+/// failed pass is tried again after [`REWRAP_RETRY`].
+async fn rewrapper(kms: Arc<Kms>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if !kms.rewrap_wanted() {
+            continue;
+        }
+        let pass = Arc::clone(&kms);
+        match tokio::task::spawn_blocking(move || pass.run_rewrap_pass()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "rewrapping under the current domain key failed; will retry");
+                tokio::time::sleep(REWRAP_RETRY).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "rewrapping panicked; will retry");
+                tokio::time::sleep(REWRAP_RETRY).await;
+            }
+        }
+    }
+}
+
+/// How long a failed rewrapping pass waits before the next.
+const REWRAP_RETRY: Duration = Duration::from_secs(30);
 
 /// Puts the client CRL file's revocations in force when it changes (checked every
 /// [`CRL_CHECK_INTERVAL`]) and on SIGHUP, until `stop`. A file that does not load leaves the

@@ -3,7 +3,8 @@
 //! Layout (one column family): `meta/instance_id` holds the 16-byte instance id made when the
 //! store is created; `key/<16-byte key id>` holds a key record as JSON; `als/<alias name>`
 //! holds an alias record as JSON; `meta/audit_pin/<log id>` pins the audit log's last sealed
-//! checkpoint; `meta/crl_number/<issuer>` the client CA's last CRL number. Every write but the
+//! checkpoint; `meta/crl_number/<issuer>` the client CA's last CRL number;
+//! `meta/current_domain` the current domain key version (u32 big-endian). Every write but the
 //! audit pin's goes through the WAL with `sync = true`, so an acknowledged change survives a
 //! crash or a power loss. The database's LOCK file keeps a second kmsd off the same data dir.
 //!
@@ -22,6 +23,7 @@ const ALIAS_PREFIX: &[u8] = b"als/";
 const HEALTH_MARK: &[u8] = b"meta/health";
 const AUDIT_PIN_PREFIX: &[u8] = b"meta/audit_pin/";
 const CRL_NUMBER_PREFIX: &[u8] = b"meta/crl_number/";
+const CURRENT_DOMAIN: &[u8] = b"meta/current_domain";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +258,29 @@ impl MetadataStore for RocksStore {
         self.db
             .put_opt(crl_number_key(issuer), number, &synced())
             .map_err(|e| StoreError::new("write a CRL number", e))
+    }
+
+    fn current_domain(&self) -> Result<Option<u32>, StoreError> {
+        let Some(value) = self
+            .db
+            .get(CURRENT_DOMAIN)
+            .map_err(|e| StoreError::new("read the current domain key", e))?
+        else {
+            return Ok(None);
+        };
+        let bytes: [u8; 4] = value.as_slice().try_into().map_err(|_| {
+            StoreError::new(
+                "read the current domain key",
+                format!("{} bytes where 4 belong", value.len()),
+            )
+        })?;
+        Ok(Some(u32::from_be_bytes(bytes)))
+    }
+
+    fn put_current_domain(&self, version: u32) -> Result<(), StoreError> {
+        self.db
+            .put_opt(CURRENT_DOMAIN, version.to_be_bytes(), &synced())
+            .map_err(|e| StoreError::new("write the current domain key", e))
     }
 }
 

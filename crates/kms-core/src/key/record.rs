@@ -678,7 +678,38 @@ impl KeyRecord {
         self.description.clear();
         self.policy = None;
         self.import = None;
+        self.forget_deleted_material();
         Ok(())
+    }
+
+    /// Drops the wrapped material of a deleted key's versions (tombstones written before
+    /// deletion did so kept it); returns whether there was any. A tombstone holds no material.
+    pub fn forget_deleted_material(&mut self) -> bool {
+        if self.state != KeyState::Deleted {
+            return false;
+        }
+        let mut forgot = false;
+        for version in &mut self.versions {
+            forgot |= version.wrapped.take().is_some();
+        }
+        forgot
+    }
+
+    /// Replaces version `version`'s wrapped material `old` by `new` (the same material,
+    /// wrapped again under a newer domain key); returns false, changing nothing, when the
+    /// version no longer holds `old`.
+    pub fn rewrapped(&mut self, version: u32, old: &WrappedMaterial, new: WrappedMaterial) -> bool {
+        match self
+            .versions
+            .iter_mut()
+            .find(|v| v.version == version && v.wrapped.as_ref() == Some(old))
+        {
+            Some(v) => {
+                v.wrapped = Some(new);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Fails unless the key takes import parameters: EXTERNAL, visible (not deleted while

@@ -58,7 +58,7 @@ fn action_names_round_trip_and_ignore_case() {
         assert_eq!(Action::parse(action.name()), Some(*action));
         assert_eq!(action.to_string(), action.name());
     }
-    assert_eq!(Action::ALL.len(), 37);
+    assert_eq!(Action::ALL.len(), 39);
     assert_eq!(Action::Encrypt.name(), "kms:Encrypt");
     assert_eq!(Action::parse("KMS:encrypt"), Some(Action::Encrypt));
     assert_eq!(Action::parse("kms:Encrypt*"), None);
@@ -74,7 +74,9 @@ fn action_names_round_trip_and_ignore_case() {
             Action::CreateKey,
             Action::ListKeys,
             Action::GenerateRandom,
-            Action::ListAliases
+            Action::ListAliases,
+            Action::RotateDomainKey,
+            Action::GetDomainKeyStatus
         ]
     );
 }

@@ -128,6 +128,8 @@ impl Kms {
             expiration,
             valid_to_ms,
         } = input;
+        // Material is made: taken before the write lock, the order of every such path.
+        let _making = self.making_material();
         // Under the write lock throughout: the unwrap makes the key's one version object, which
         // a concurrent import or deletion of material would otherwise race for. RSA-OAEP
         // unwrapping takes the HSM milliseconds.

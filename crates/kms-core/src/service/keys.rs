@@ -88,6 +88,7 @@ impl Kms {
             key_id: record.id,
             version: 1,
         };
+        let _making = self.making_material();
         let (public_key, wrapped) = match self.make_material(first, record.material()) {
             Ok(made) => made,
             Err(error) => {

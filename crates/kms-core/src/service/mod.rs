@@ -11,6 +11,7 @@ mod access;
 mod aliases;
 mod crypto;
 mod deletion;
+mod domains;
 mod import;
 mod key_policy;
 mod keys;
@@ -19,6 +20,7 @@ mod resource_tags;
 mod rotation;
 mod sign;
 
+pub use domains::{DomainStatus, RewrapProgress};
 pub use import::{ImportParametersIssued, MATERIAL_CHECK_INPUT};
 pub use sign::{MacOutput, PublicKeyInfo, SignatureOutput};
 
@@ -26,8 +28,8 @@ use crypto::{current_version, public_key_of};
 use key_policy::check_no_lockout;
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::alias::AliasRecord;
 use crate::asymmetric::{MessageType, SigningAlgorithm};
@@ -395,6 +397,14 @@ pub struct Kms {
     /// The keys whose due deletion is destroying their HSM objects in this process:
     /// CancelKeyDeletion is refused for them even if the clock stepped back meanwhile.
     deletions: Mutex<HashSet<KeyId>>,
+    /// The domain key new material is wrapped under (0 until `open_domain`: the first).
+    current_domain: AtomicU32,
+    /// Whether the current domain key lets a newer one rewrap what it wraps.
+    rewrappable: AtomicBool,
+    /// Shared while material is made and recorded, alone while the domain key changes.
+    domain_switch: RwLock<()>,
+    /// The rewrapping under the current domain key.
+    rewrap: Mutex<RewrapProgress>,
 }
 
 /// The server-level part of authorization, from the configuration.
@@ -427,6 +437,10 @@ impl Kms {
             storage: KeyStorage::default(),
             rotations: Mutex::new(HashSet::new()),
             deletions: Mutex::new(HashSet::new()),
+            current_domain: AtomicU32::new(0),
+            rewrappable: AtomicBool::new(false),
+            domain_switch: RwLock::new(()),
+            rewrap: Mutex::new(RewrapProgress::default()),
         }
     }
 

@@ -101,6 +101,7 @@ impl Kms {
     }
     fn make_version_under_way(&self, object: KeyVersionRef) -> Result<KeyRecord, KmsError> {
         let (id, next) = (object.key_id, object.version);
+        let _making = self.making_material();
         let wrapped = match self.make_material(object, KeyMaterial::MasterSecret) {
             Ok((_, wrapped)) => wrapped,
             Err(error) => {

@@ -189,6 +189,26 @@ impl KeyStore for FaultyKeyStore {
         })
     }
 
+    fn use_domain(&self, version: u32) -> Result<crate::hsm::DomainKeyInfo, HsmError> {
+        self.call("use_domain", |k| k.use_domain(version))
+    }
+
+    fn domain_key(&self, version: u32) -> Result<Option<crate::hsm::DomainKeyInfo>, HsmError> {
+        self.call("domain_key", |k| k.domain_key(version))
+    }
+
+    fn rewrap_version(
+        &self,
+        key: VersionObject<'_>,
+        material: KeyMaterial,
+    ) -> Result<WrappedMaterial, HsmError> {
+        self.call("rewrap_version", |k| k.rewrap_version(key, material))
+    }
+
+    fn destroy_domain(&self, version: u32) -> Result<bool, HsmError> {
+        self.call("destroy_domain", |k| k.destroy_domain(version))
+    }
+
     fn random_bytes(&self, len: usize) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         self.call("random_bytes", |k| k.random_bytes(len))
     }

@@ -9,7 +9,8 @@ use cryptoki::types::AuthPin;
 
 use super::{PIN, admin, fresh_token, ok};
 use crate::domain::{
-    create_domain_key, domain_key_template, generate_wrapped_secret, unwrap_secret, unwrap_template,
+    DomainCustody, create_domain_key, domain_key_template, generate_wrapped_secret, unwrap_secret,
+    unwrap_template,
 };
 
 /// A read-write session of the user on a fresh token: the PIN holder's view.
@@ -43,13 +44,25 @@ fn a_secret_wrapped_under_a_domain_key_unwraps_to_the_same_hmac_key() {
         b"domain-1".to_vec(),
         "domain 1".into(),
     ));
-    let (fresh, wrapped) = ok(generate_wrapped_secret(&session, domain, 32, hmac_only()));
+    let (fresh, wrapped) = ok(generate_wrapped_secret(
+        &session,
+        domain,
+        DomainCustody::Sealed,
+        32,
+        hmac_only(),
+    ));
     assert_eq!(
         wrapped.len(),
         40,
         "AES key wrap with padding adds 8 bytes to 32"
     );
-    let copy = ok(unwrap_secret(&session, domain, &wrapped, hmac_only()));
+    let copy = ok(unwrap_secret(
+        &session,
+        domain,
+        DomainCustody::Sealed,
+        &wrapped,
+        hmac_only(),
+    ));
     let input = b"derivation input";
     assert_eq!(
         ok(session.sign(&Mechanism::Sha256Hmac, fresh, input)),
@@ -58,7 +71,16 @@ fn a_secret_wrapped_under_a_domain_key_unwraps_to_the_same_hmac_key() {
     // Altered wrapped bytes do not unwrap (AES key wrap's integrity check).
     let mut altered = wrapped.clone();
     altered[5] ^= 1;
-    assert!(unwrap_secret(&session, domain, &altered, hmac_only()).is_err());
+    assert!(
+        unwrap_secret(
+            &session,
+            domain,
+            DomainCustody::Sealed,
+            &altered,
+            hmac_only()
+        )
+        .is_err()
+    );
     // The unwrapped copy is a session object, sensitive and never extractable.
     let attributes = ok(session.get_attributes(
         copy,
@@ -90,7 +112,13 @@ fn a_pin_holder_cannot_unwrap_a_stored_version_into_a_readable_or_lasting_object
         b"domain-1".to_vec(),
         "domain 1".into(),
     ));
-    let (_, wrapped) = ok(generate_wrapped_secret(&session, domain, 32, hmac_only()));
+    let (_, wrapped) = ok(generate_wrapped_secret(
+        &session,
+        domain,
+        DomainCustody::Sealed,
+        32,
+        hmac_only(),
+    ));
     for (what, change) in [
         ("extractable", Attribute::Extractable(true)),
         ("not sensitive", Attribute::Sensitive(false)),
@@ -208,11 +236,18 @@ fn a_domain_key_cannot_be_read_wrapped_out_or_used_to_encrypt() {
 #[test]
 fn without_the_unwrap_template_a_pin_holder_could_read_a_stored_version() {
     let (session, _) = user_session();
-    let unwrapped = unwrap_template();
-    let mut template = domain_key_template(b"domain-0".to_vec(), "no template".into(), &unwrapped);
+    let unwrapped = unwrap_template(DomainCustody::Sealed);
+    let mut template =
+        domain_key_template(b"domain-0".to_vec(), "no template".into(), &unwrapped, None);
     template.retain(|a| !matches!(a, Attribute::VendorDefined(_)));
     let bare = ok(session.generate_key(&Mechanism::AesKeyGen, &template));
-    let (_, wrapped) = ok(generate_wrapped_secret(&session, bare, 32, hmac_only()));
+    let (_, wrapped) = ok(generate_wrapped_secret(
+        &session,
+        bare,
+        DomainCustody::Sealed,
+        32,
+        hmac_only(),
+    ));
     let copy = ok(session.unwrap_key(
         &Mechanism::AesKeyWrapPad,
         bare,
@@ -240,8 +275,20 @@ fn an_unwrapped_version_cannot_be_rewrapped_under_the_next_domain_key() {
         b"domain-2".to_vec(),
         "domain 2".into(),
     ));
-    let (_, wrapped) = ok(generate_wrapped_secret(&session, old, 32, hmac_only()));
-    let copy = ok(unwrap_secret(&session, old, &wrapped, hmac_only()));
+    let (_, wrapped) = ok(generate_wrapped_secret(
+        &session,
+        old,
+        DomainCustody::Sealed,
+        32,
+        hmac_only(),
+    ));
+    let copy = ok(unwrap_secret(
+        &session,
+        old,
+        DomainCustody::Sealed,
+        &wrapped,
+        hmac_only(),
+    ));
     assert!(
         session
             .wrap_key(&Mechanism::AesKeyWrapPad, new, copy)
@@ -273,8 +320,20 @@ fn an_unwrapped_version_serves_other_sessions_while_its_session_lives() {
         b"domain-1".to_vec(),
         "domain 1".into(),
     ));
-    let (_, wrapped) = ok(generate_wrapped_secret(&holder, domain, 32, hmac_only()));
-    let copy = ok(unwrap_secret(&holder, domain, &wrapped, hmac_only()));
+    let (_, wrapped) = ok(generate_wrapped_secret(
+        &holder,
+        domain,
+        DomainCustody::Sealed,
+        32,
+        hmac_only(),
+    ));
+    let copy = ok(unwrap_secret(
+        &holder,
+        domain,
+        DomainCustody::Sealed,
+        &wrapped,
+        hmac_only(),
+    ));
     let other = ok(admin().open_rw_session(slot));
     let mac = ok(other.sign(&Mechanism::Sha256Hmac, copy, b"x"));
     assert_eq!(mac, ok(holder.sign(&Mechanism::Sha256Hmac, copy, b"x")));

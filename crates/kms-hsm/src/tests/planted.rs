@@ -2,7 +2,7 @@
 //! for, so that new key versions get wrapped under a key whose unwrapped copies they can
 //! read. kmsd must refuse such a domain rather than wrap under it.
 
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -11,7 +11,9 @@ use kms_core::key::{KeyMaterial, WrappedMaterial};
 use kms_core::{KeyId, KeyStore};
 
 use super::{NAMESPACE, PIN, admin, config, fresh_token, ok, version};
-use crate::domain::{self, DomainRole, domain_key_template, unwrap_template};
+use crate::domain::{
+    self, BoolTemplate, DomainCustody, DomainRole, domain_key_template, unwrap_template,
+};
 
 /// The PIN holder's own logged-in session.
 fn pin_holder(slot: Slot) -> Session {
@@ -27,7 +29,7 @@ fn pin_holder(slot: Slot) -> Session {
 
 /// The CKA_ID of kmsd's current wrap key.
 fn wrap_id() -> Vec<u8> {
-    domain::domain_id(NAMESPACE, domain::CURRENT_DOMAIN, DomainRole::Wrap)
+    domain::domain_id(NAMESPACE, domain::FIRST_DOMAIN, DomainRole::Wrap)
 }
 
 /// Whether the PIN holder, with `key` (a domain key or a twin of it), unwraps `wrapped` into
@@ -52,8 +54,8 @@ fn readable_under(session: &Session, key: ObjectHandle, wrapped: &WrappedMateria
 
 /// A wrap key generated on the token, custody as kmsd's but without the unwrap template.
 fn plant_without_template(session: &Session, id: Vec<u8>) -> ObjectHandle {
-    let unwrapped = unwrap_template();
-    let mut template = domain_key_template(id, "kms/domain/1/wrap".into(), &unwrapped);
+    let unwrapped = unwrap_template(DomainCustody::Sealed);
+    let mut template = domain_key_template(id, "kms/domain/1/wrap".into(), &unwrapped, None);
     template.retain(|a| !matches!(a, Attribute::VendorDefined(_)));
     ok(session.generate_key(&Mechanism::AesKeyGen, &template))
 }
@@ -88,8 +90,8 @@ fn a_planted_wrap_key_of_a_known_value_is_never_used() {
     // The value is the PIN holder's: the planted key has kmsd's template, unwrap template
     // included, but a twin without it (or software AES key wrap) reads what it wraps.
     let value = vec![0x5a; 32];
-    let unwrapped = unwrap_template();
-    let mut template = domain_key_template(wrap_id(), "kms/domain/1/wrap".into(), &unwrapped);
+    let unwrapped = unwrap_template(DomainCustody::Sealed);
+    let mut template = domain_key_template(wrap_id(), "kms/domain/1/wrap".into(), &unwrapped, None);
     template.retain(|a| !matches!(a, Attribute::ValueLen(_)));
     template.push(Attribute::Value(value.clone()));
     ok(session.create_object(&template));
@@ -145,10 +147,91 @@ fn a_planted_authenticator_of_a_known_value_is_refused() {
         Attribute::Verify(true),
         Attribute::Id(domain::domain_id(
             NAMESPACE,
-            domain::CURRENT_DOMAIN,
+            domain::FIRST_DOMAIN,
             DomainRole::Authenticate,
         )),
         Attribute::Value(vec![0x17; 32]),
     ]));
     assert!(make_version(&label).is_none());
+}
+
+/// A wrap key generated on the token whose unwrap template pins only CKA_SENSITIVE: a copy
+/// may still be extractable, so the PIN holder wraps it under a key of their own.
+fn plant_with_partial_template(session: &Session, id: Vec<u8>) -> ObjectHandle {
+    let partial = BoolTemplate::new(&[(0x103, true)]);
+    let template = domain_key_template(id, "kms/domain/1/wrap".into(), &partial, None);
+    ok(session.generate_key(&Mechanism::AesKeyGen, &template))
+}
+
+/// Whether the PIN holder gets `wrapped`'s value out through `planted`: an extractable,
+/// sensitive copy, wrapped under their own AES key and unwrapped readable with it.
+fn extracted_through(session: &Session, planted: ObjectHandle, wrapped: &WrappedMaterial) -> bool {
+    let copy = session.unwrap_key(
+        &Mechanism::AesKeyWrapPad,
+        planted,
+        &wrapped.wrapped,
+        &[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::Token(false),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(true),
+        ],
+    );
+    let Ok(copy) = copy else {
+        return false;
+    };
+    let own = ok(session.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(32u64.into()),
+            Attribute::Token(false),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+        ],
+    ));
+    let Ok(out) = session.wrap_key(&Mechanism::AesKeyWrapPad, own, copy) else {
+        return false;
+    };
+    let material = WrappedMaterial {
+        wrapped: out,
+        ..wrapped.clone()
+    };
+    readable_under(session, own, &material)
+}
+
+#[test]
+fn a_planted_wrap_key_whose_template_pins_only_some_attributes_is_never_used() {
+    let (label, slot) = fresh_token();
+    let session = pin_holder(slot);
+    let planted = plant_with_partial_template(&session, wrap_id());
+    // The attack works where the key is used: shown on a version the PIN holder wraps.
+    let secret = ok(session.generate_key(
+        &Mechanism::GenericSecretKeyGen,
+        &domain::fresh_secret_template(32, vec![MechanismType::SHA256_HMAC], DomainCustody::Sealed),
+    ));
+    let own = WrappedMaterial {
+        domain_key: 1,
+        wrapped: ok(session.wrap_key(&Mechanism::AesKeyWrapPad, planted, secret)),
+        tag: Vec::new(),
+    };
+    assert!(
+        extracted_through(&session, planted, &own),
+        "the control extraction failed"
+    );
+    // kmsd refuses the key, so nothing of its own is ever wrapped under it.
+    assert!(make_version(&label).is_none(), "kmsd used the planted key");
+    // Nor as a later domain, named by a rewritten store.
+    let two = domain::domain_id(NAMESPACE, 2, DomainRole::Wrap);
+    plant_with_partial_template(&session, two);
+    let store = ok(crate::tests::open_store_with(
+        config(&label, PIN),
+        NAMESPACE,
+    ));
+    assert!(
+        store.use_domain(2).is_err(),
+        "kmsd adopted the planted domain 2"
+    );
 }

@@ -456,4 +456,22 @@ handlers! {
         kms.delete_imported_key_material(caller, &key)?;
         Ok(pb::DeleteImportedKeyMaterialResponse {})
     }
+
+    rotate_domain_key: RotateDomainKey(RotateDomainKeyRequest) -> RotateDomainKeyResponse
+    |kms, caller, _req| {
+        let status = kms.rotate_domain(caller)?;
+        Ok(pb::RotateDomainKeyResponse {
+            status: Some(convert::domain_status(status)),
+        })
+    }
+
+    get_domain_key_status: GetDomainKeyStatus(
+        GetDomainKeyStatusRequest,
+    ) -> GetDomainKeyStatusResponse
+    |kms, caller, _req| {
+        let status = kms.domain_status(caller)?;
+        Ok(pb::GetDomainKeyStatusResponse {
+            status: Some(convert::domain_status(status)),
+        })
+    }
 }
