@@ -1,5 +1,5 @@
 //! What an operator relies on in production: one caller's flood does not starve another, and
-//! JSON logs carry request ids and never a plaintext.
+//! JSON logs carry request ids and never a plaintext; a slow startup does not hold back serving.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -215,4 +215,72 @@ async fn an_oversized_message_is_refused_and_kmsd_goes_on() {
     assert_eq!(refused.code(), Code::OutOfRange, "{refused}");
     let fits = client.encrypt(&key, &[7u8; 4096], &ctx(&[])).await;
     assert!(fits.is_ok(), "{:?}", fits.err());
+}
+
+/// With `--startup-budget 1ms` kmsd serves before its startup work is done and finishes it in
+/// the background: keys are usable at once, and creation comes back once the keys are
+/// counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_its_startup_budget_kmsd_serves_and_finishes_startup_in_the_background() {
+    let env = TestEnv::new();
+    // Enough keys that reading them takes far longer than the budget.
+    let kmsd = env
+        .start_with(&env.bulk_key_args(), &[])
+        .unwrap_or_else(|log| panic!("{log}"));
+    let mut tasks = Vec::new();
+    for t in 0..6 {
+        let mut c = kmsd.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut blobs = Vec::new();
+            for i in 0..50 {
+                let key = c.create_key(&format!("k{t}-{i}")).await.unwrap().key_id;
+                blobs.push(
+                    c.encrypt(&key, b"early", &ctx(&[]))
+                        .await
+                        .unwrap()
+                        .ciphertext_blob,
+                );
+            }
+            blobs
+        }));
+    }
+    let mut blobs = Vec::new();
+    for task in tasks {
+        blobs.extend(task.await.unwrap());
+    }
+    drop(kmsd);
+
+    let mut args = env.bulk_key_args();
+    args.extend(["--startup-budget".to_owned(), "1ms".to_owned()]);
+    let kmsd = env
+        .start_with(&args, &[])
+        .unwrap_or_else(|log| panic!("{log}"));
+    let mut c = kmsd.client().await;
+    for blob in blobs.iter().take(20) {
+        let back = c.decrypt(blob, &ctx(&[]), None).await.unwrap();
+        assert_eq!(*back.plaintext, *b"early");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !kmsd
+        .log()
+        .contains("the startup work finished in the background")
+    {
+        assert!(Instant::now() < deadline, "{}", kmsd.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = kmsd.log();
+    let background = log
+        .find("continues in the background")
+        .unwrap_or_else(|| panic!("{log}"));
+    let listening = log
+        .find("kmsd listening")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(background < listening, "{log}");
+    assert!(
+        log.contains("the startup work finished in the background"),
+        "{log}"
+    );
+    // Counted: creation works again, and the count holds the keys.
+    c.create_key("after").await.unwrap();
+    assert_eq!(c.list_all_keys().await.unwrap().len(), 301);
 }

@@ -74,6 +74,10 @@ pub struct Args {
     /// How long in-flight requests get to finish after SIGTERM [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<String>,
+    /// How long kmsd waits for its startup work (reconciliation and due work) before it
+    /// serves anyway and finishes the work in the background [default: 3s].
+    #[arg(long, value_name = "DURATION")]
+    pub startup_budget: Option<String>,
     /// The most requests running at once; more get ThrottlingException [default: 512].
     #[arg(long, value_name = "N")]
     pub max_concurrent_requests: Option<usize>,
@@ -165,6 +169,7 @@ pub struct RawConfig {
     log_format: Option<LogFormat>,
     request_timeout: Option<String>,
     drain_timeout: Option<String>,
+    startup_budget: Option<String>,
     max_concurrent_requests: Option<usize>,
     rate_limit_per_principal: Option<u32>,
     rate_limit_burst: Option<u32>,
@@ -303,6 +308,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// How long in-flight requests get after SIGTERM.
     pub drain_timeout: Duration,
+    /// How long startup work may hold back serving.
+    pub startup_budget: Duration,
     /// TLS, or `--dev`.
     pub transport: Transport,
     /// Principals that "#administrators" stands for, allowed the server-level actions.
@@ -347,6 +354,7 @@ pub enum ConfigError {
 
 impl Config {
     /// Merges the flags over the config file (if any) and validates the result.
+    #[allow(clippy::too_many_lines)] // one setting after another reads best as one function
     pub fn load(args: Args) -> Result<Self, ConfigError> {
         let raw = match &args.config {
             Some(path) => RawConfig::read(path)?,
@@ -394,6 +402,11 @@ impl Config {
             .data_dir
             .or(raw.data_dir)
             .ok_or(ConfigError::Missing("data-dir", "data_dir"))?;
+        let startup_budget = duration_setting(
+            "startup-budget",
+            args.startup_budget.or(raw.startup_budget),
+            Duration::from_secs(3),
+        )?;
         let drain_timeout = duration_setting(
             "drain-timeout",
             args.drain_timeout.or(raw.drain_timeout),
@@ -441,6 +454,7 @@ impl Config {
             limits,
             connections,
             drain_timeout,
+            startup_budget,
             transport,
             administrators,
             server_policy,

@@ -299,7 +299,8 @@ fn run(config: &Config) -> anyhow::Result<()> {
                 server_policy: config.server_policy.clone(),
             }),
     );
-    run_due_work(&kms)?;
+    open_domain(&kms)?;
+    let unfinished = start_due_work(&runtime, &kms, config.startup_budget)?;
 
     let admission = Arc::new(Admission::new(config.limits));
     add_gauges(&metrics, &hsm, &kms, &admission);
@@ -316,7 +317,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
             audit: Arc::clone(&audit),
         },
     };
-    runtime.spawn(scheduler(Arc::clone(&parts.kms)));
+    runtime.spawn(scheduler(Arc::clone(&parts.kms), unfinished));
     runtime.spawn(rewrapper(Arc::clone(&parts.kms)));
     runtime.block_on(serve(config, parts))?;
     // Waits for blocking work still running (a request past its timeout, scheduled work).
@@ -418,9 +419,35 @@ fn add_gauges(
     }));
 }
 
-/// Reconciles the store with the HSM, then runs the deletions, expiries and rotations that
-/// fell due while kmsd was down.
-fn run_due_work(kms: &Kms) -> anyhow::Result<()> {
+/// Runs the startup work ([`run_due_work`]) for at most `budget`; returns it, still running,
+/// when it takes longer (it then finishes in the background): a store of a million keys
+/// takes longer to read than a readiness probe should wait. Until reconciliation has
+/// counted the keys, CreateKey and CreateAlias are refused.
+fn start_due_work(
+    runtime: &tokio::runtime::Runtime,
+    kms: &Arc<Kms>,
+    budget: Duration,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    kms.begin_counting();
+    let mut startup = {
+        let kms = Arc::clone(kms);
+        runtime.spawn_blocking(move || run_due_work(&kms))
+    };
+    let Ok(done) = runtime.block_on(async { tokio::time::timeout(budget, &mut startup).await })
+    else {
+        info!(
+            "the startup work (reconciliation, due deletions, expiries and rotations) continues \
+             in the background; keys cannot be created until it has counted them"
+        );
+        return Ok(Some(startup));
+    };
+    done.context("the startup work panicked")??;
+    Ok(None)
+}
+
+/// Makes the recorded domain key current in the HSM (for trusted custody, fails naming the
+/// ceremony when the token lacks it).
+fn open_domain(kms: &Kms) -> anyhow::Result<()> {
     let domain = kms
         .open_domain()
         .context("the current domain key is not usable")?;
@@ -431,6 +458,12 @@ fn run_due_work(kms: &Kms) -> anyhow::Result<()> {
             "using the current domain key"
         );
     }
+    Ok(())
+}
+
+/// Reconciles the store with the HSM, then runs the deletions, expiries and rotations that
+/// fell due while kmsd was down.
+fn run_due_work(kms: &Kms) -> anyhow::Result<()> {
     let report = kms.reconcile().context("startup reconciliation failed")?;
     if report.abandoned_keys > 0
         || !report.unreferenced_objects.is_empty()
@@ -470,6 +503,7 @@ fn run_due_work(kms: &Kms) -> anyhow::Result<()> {
             "ran the key rotations that fell due while kmsd was down"
         );
     }
+    info!("startup work done: the store is reconciled and due work has run");
     Ok(())
 }
 
@@ -722,13 +756,24 @@ fn write_audit_public_key(config: &Config, signer: &HsmAuditSigner) -> anyhow::R
 
 /// Runs due deletions, expiries of imported material and automatic rotations every
 /// [`SCHEDULER_INTERVAL`].
-async fn scheduler(kms: Arc<Kms>) {
+async fn scheduler(kms: Arc<Kms>, startup: Option<tokio::task::JoinHandle<anyhow::Result<()>>>) {
+    if let Some(startup) = startup {
+        match startup.await {
+            Ok(Ok(())) => info!("the startup work finished in the background"),
+            Ok(Err(e)) => warn!(error = %e, "the startup work failed; it is tried again"),
+            Err(e) => warn!(error = %e, "the startup work panicked; it is tried again"),
+        }
+    }
     let mut interval = tokio::time::interval(SCHEDULER_INTERVAL);
     interval.tick().await; // the first tick is immediate; startup already ran due work
     loop {
         interval.tick().await;
         let kms = Arc::clone(&kms);
         let work = tokio::task::spawn_blocking(move || {
+            if !kms.counted() {
+                // The startup reconciliation failed: until it succeeds, no key is created.
+                kms.reconcile()?;
+            }
             Ok::<_, kms_core::KmsError>((
                 kms.run_due_deletions()?,
                 kms.run_due_expirations()?,

@@ -316,10 +316,15 @@ impl KeyRecord {
         self.import.as_ref().and_then(|i| i.parameters.as_ref())
     }
 
-    /// The record as callers see it at `now_ms`: an EXTERNAL key whose material has expired
-    /// is PendingImport at once, before the expiry job destroys the material.
+    /// The record as callers see it at `now_ms`: a key whose deletion date has passed is
+    /// Deleted at once, and an EXTERNAL key whose material has expired is PendingImport at
+    /// once, before the jobs that destroy them run (after a start, they run in the background
+    /// once kmsd serves).
     #[must_use]
     pub fn as_seen_at(mut self, now_ms: i64) -> KeyRecord {
+        if self.deletion_due(now_ms) {
+            self.state = KeyState::Deleted;
+        }
         if self.material_expired(now_ms)
             && matches!(self.state, KeyState::Enabled | KeyState::Disabled)
         {

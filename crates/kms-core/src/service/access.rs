@@ -21,8 +21,8 @@ impl Kms {
             KeyRef::Id(id) => self
                 .store
                 .get_key(*id)?
-                .filter(KeyRecord::is_visible)
                 .map(|r| r.as_seen_at(self.clock.now_millis()))
+                .filter(KeyRecord::is_visible)
                 .ok_or_else(|| KmsError::NotFound(format!("key {id} not found"))),
             KeyRef::Alias(alias) => {
                 let target = self

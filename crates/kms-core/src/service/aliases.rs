@@ -31,6 +31,7 @@ impl Kms {
                 "alias {name} already exists"
             )));
         }
+        self.check_counted()?;
         if self.alias_count.load(Ordering::SeqCst) >= self.max_keys {
             return Err(KmsError::LimitExceeded(format!(
                 "the limit of {} aliases (the key limit) is reached",

@@ -48,6 +48,7 @@ impl Kms {
             )?;
         }
         // Reserve a place under the limit; given back if creation fails.
+        self.check_counted()?;
         self.key_count
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.max_keys).then_some(n + 1)
@@ -142,9 +143,10 @@ impl Kms {
         let after = page_after(page_token, "ListKeys", str::parse::<KeyId>)?;
         let mut scanned = self.store.list_keys(after, limit.fetch())?;
         let next_page_token = limit.cut(&mut scanned, |r| r.id.to_string());
+        let now = self.clock.now_millis();
         let keys = scanned
             .iter()
-            .filter(|r| r.is_visible())
+            .filter(|r| r.is_visible() && !r.deletion_due(now))
             .map(|r| r.id)
             .collect();
         Ok(KeyPage {

@@ -399,6 +399,9 @@ pub struct Kms {
     deletions: Mutex<HashSet<KeyId>>,
     /// The domain key new material is wrapped under (0 until `open_domain`: the first).
     current_domain: AtomicU32,
+    /// Whether `key_count` and `alias_count` are known: false from
+    /// [`Kms::begin_counting`] until [`Kms::reconcile`] has counted.
+    counted: AtomicBool,
     /// Whether the current domain key lets a newer one rewrap what it wraps.
     rewrappable: AtomicBool,
     /// Shared while material is made and recorded, alone while the domain key changes.
@@ -439,6 +442,7 @@ impl Kms {
             deletions: Mutex::new(HashSet::new()),
             current_domain: AtomicU32::new(0),
             rewrappable: AtomicBool::new(false),
+            counted: AtomicBool::new(true),
             domain_switch: RwLock::new(()),
             rewrap: Mutex::new(RewrapProgress::default()),
         }
