@@ -100,6 +100,11 @@ struct Args {
     /// Progress goes to stderr: a bar on a terminal, else a line every 10,000 keys.
     #[arg(long, default_value_t = 0)]
     populate: usize,
+    /// Encrypt under a key drawn at random from every key of the store (listed first), not
+    /// under one key: with more keys than kmsd keeps unwrapped, nearly every call unwraps
+    /// a key version first.
+    #[arg(long)]
+    spread: bool,
     /// Sample this process's resident memory (kmsd's pid) every second of every run, and
     /// print its first, highest and last value.
     #[arg(long)]
@@ -109,6 +114,8 @@ struct Args {
 /// What every worker needs: the keys and a blob to decrypt.
 struct Fixture {
     key: String,
+    /// With `--spread`: every key of the store, for Encrypt.
+    spread: Vec<String>,
     other_key: String,
     plaintext: Vec<u8>,
     blob: Vec<u8>,
@@ -212,6 +219,13 @@ async fn fixture(args: &Args) -> anyhow::Result<Fixture> {
         .create_key("kms-bench re-encrypt target")
         .await?
         .key_id;
+    let spread = if args.spread {
+        let keys = client.list_all_keys().await?;
+        println!("spread: Encrypt under a key drawn from {} keys", keys.len());
+        keys
+    } else {
+        Vec::new()
+    };
     let plaintext = vec![0x5a; 4096];
     let context: Context = [("bench".to_owned(), "kms".to_owned())].into();
     let blob = client
@@ -220,6 +234,7 @@ async fn fixture(args: &Args) -> anyhow::Result<Fixture> {
         .ciphertext_blob;
     Ok(Fixture {
         key,
+        spread,
         other_key,
         plaintext,
         blob,
@@ -297,8 +312,9 @@ async fn run_op(
             let mut health = HealthClient::new(channel);
             let window = Window::new(warmup, seconds);
             let mut sample = Sample::default();
+            let mut draw = Draw::seeded();
             while let Some(t0) = window.next() {
-                let ok = one_call(op, &mut client, &mut health, &fixture).await;
+                let ok = one_call(op, &mut client, &mut health, &fixture, &mut draw).await;
                 window.record(&mut sample, t0, ok);
             }
             sample
@@ -312,6 +328,7 @@ async fn one_call(
     client: &mut KmsClient,
     health: &mut HealthClient<Channel>,
     f: &Fixture,
+    draw: &mut Draw,
 ) -> bool {
     match op {
         Op::Empty => health
@@ -320,10 +337,14 @@ async fn one_call(
             })
             .await
             .is_ok(),
-        Op::Encrypt => client
-            .encrypt(&f.key, &f.plaintext, &f.context)
-            .await
-            .is_ok(),
+        Op::Encrypt => {
+            let key = if f.spread.is_empty() {
+                &f.key
+            } else {
+                &f.spread[draw.below(f.spread.len())]
+            };
+            client.encrypt(key, &f.plaintext, &f.context).await.is_ok()
+        }
         Op::Decrypt => client.decrypt(&f.blob, &f.context, None).await.is_ok(),
         Op::GenerateDataKey => client
             .generate_data_key(&f.key, &f.context, DataKeySize::Aes256)
@@ -339,6 +360,28 @@ async fn one_call(
             })
             .await
             .is_ok(),
+    }
+}
+
+/// A worker's draws of a key (xorshift64*: uniform enough for picking keys, and no call to
+/// the OS per draw).
+struct Draw(u64);
+
+impl Draw {
+    fn seeded() -> Self {
+        let mut seed = [0u8; 8];
+        // A failed seed draws from a fixed sequence: still a spread over the keys.
+        let _ = getrandom::fill(&mut seed);
+        Draw(u64::from_le_bytes(seed) | 1)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        usize::try_from(x % n as u64).unwrap_or(0)
     }
 }
 

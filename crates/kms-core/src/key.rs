@@ -394,8 +394,14 @@ pub struct WrappedMaterial {
     pub domain_key: u32,
     /// The wrapped material (CKM_AES_KEY_WRAP).
     pub wrapped: Vec<u8>,
-    /// The HSM's authenticator over the key id, version, kind, domain key and wrapped bytes.
+    /// The HSM's authenticator over the key id, version, kind, domain key and wrapped bytes,
+    /// and, for a key pair made since it is bound, `public_key_sha256`.
     pub tag: Vec<u8>,
+    /// For a key pair: the SHA-256 of its public key (the record's DER SubjectPublicKeyInfo),
+    /// bound to the material by the tag, so that a public key swapped into the record is
+    /// refused. `None` for secrets, and for key pairs made before the binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_sha256: Option<[u8; 32]>,
 }
 
 /// Where new key versions keep their material.

@@ -228,17 +228,34 @@ impl SoftKeyStore {
         &self,
         key: KeyVersionRef,
         material: KeyMaterial,
-        domain_key: u32,
-        wrapped: &[u8],
+        wrapped: &WrappedMaterial,
     ) -> Result<Vec<u8>, HsmError> {
-        let domain = self.domain(domain_key)?;
+        let domain = self.domain(wrapped.domain_key)?;
         let mut message = b"kms soft wrapped v1\0".to_vec();
         message.extend_from_slice(key.key_id.as_bytes());
         message.extend_from_slice(&key.version.to_be_bytes());
         message.extend_from_slice(format!("{material:?}").as_bytes());
-        message.extend_from_slice(&domain_key.to_be_bytes());
-        message.extend_from_slice(wrapped);
+        message.extend_from_slice(&wrapped.domain_key.to_be_bytes());
+        if let Some(hash) = &wrapped.public_key_sha256 {
+            message.extend_from_slice(b"public key");
+            message.extend_from_slice(hash);
+        }
+        message.extend_from_slice(&wrapped.wrapped);
         hmac_with::<Hmac<Sha256>>(&domain[32..], &message)
+    }
+
+    /// Whether `wrapped` authenticates as `key`'s material of kind `material`.
+    fn authenticates(
+        &self,
+        key: KeyVersionRef,
+        material: KeyMaterial,
+        wrapped: &WrappedMaterial,
+    ) -> Result<bool, HsmError> {
+        let expected = self.wrapped_tag(key, material, wrapped)?;
+        Ok(bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_slice(),
+            wrapped.tag.as_slice(),
+        )))
     }
 
     /// The secret of `key`: its token object's, or its wrapped material's once the
@@ -255,15 +272,12 @@ impl SoftKeyStore {
                 _ => Err(HsmError::ObjectNotFound(key.key)),
             };
         };
-        let expected = self.wrapped_tag(key.key, material, wrapped.domain_key, &wrapped.wrapped)?;
+        let authentic = self.authenticates(key.key, material, wrapped)?;
         let refused = || HsmError::Failed {
             operation: "unwrap key version",
             source: format!("the wrapped material of {} does not authenticate", key.key).into(),
         };
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            expected.as_slice(),
-            wrapped.tag.as_slice(),
-        )) {
+        if !authentic {
             return Err(refused());
         }
         let domain = self.domain(wrapped.domain_key)?;
@@ -281,6 +295,7 @@ impl SoftKeyStore {
         key: KeyVersionRef,
         material: KeyMaterial,
         secret: &[u8],
+        public_key_sha256: Option<[u8; 32]>,
     ) -> Result<WrappedMaterial, HsmError> {
         let failed = |e: String| HsmError::Failed {
             operation: "wrap key",
@@ -297,12 +312,14 @@ impl SoftKeyStore {
                 .map_err(|e| failed(e.to_string()))?;
         let mut wrapped = nonce.to_vec();
         wrapped.extend_from_slice(&sealed);
-        let tag = self.wrapped_tag(key, material, version, &wrapped)?;
-        Ok(WrappedMaterial {
+        let mut material_out = WrappedMaterial {
             domain_key: version,
             wrapped,
-            tag,
-        })
+            tag: Vec::new(),
+            public_key_sha256,
+        };
+        material_out.tag = self.wrapped_tag(key, material, &material_out)?;
+        Ok(material_out)
     }
 
     fn hmac(
@@ -438,11 +455,27 @@ impl KeyStore for SoftKeyStore {
                 (secret, None)
             }
         };
-        Ok((self.seal(key, material, &secret)?, public_key))
+        let bound = public_key
+            .as_deref()
+            .map(|der| <Sha256 as sha2::Digest>::digest(der).into());
+        Ok((self.seal(key, material, &secret, bound)?, public_key))
     }
 
     fn forget_unwrapped(&self, _key: KeyId) {
         // Nothing is kept unwrapped: every use checks and opens the wrapped material.
+    }
+
+    fn check_wrapped(&self, key: VersionObject<'_>, material: KeyMaterial) -> Result<(), HsmError> {
+        match key.wrapped {
+            Some(wrapped) if !self.authenticates(key.key, material, wrapped)? => {
+                Err(HsmError::Failed {
+                    operation: "check key version",
+                    source: format!("the wrapped material of {} does not authenticate", key.key)
+                        .into(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn use_domain(&self, version: u32) -> Result<crate::hsm::DomainKeyInfo, HsmError> {
@@ -486,7 +519,7 @@ impl KeyStore for SoftKeyStore {
             });
         }
         let secret = self.secret(key, material)?;
-        self.seal(key.key, material, &secret)
+        self.seal(key.key, material, &secret, wrapped.public_key_sha256)
     }
 
     fn destroy_domain(&self, version: u32) -> Result<bool, HsmError> {
@@ -625,7 +658,10 @@ impl KeyStore for SoftKeyStore {
                 operation: "unwrap key",
             });
         }
-        Ok((self.seal(key, material, wrapped)?, Some(wrapped.len())))
+        Ok((
+            self.seal(key, material, wrapped, None)?,
+            Some(wrapped.len()),
+        ))
     }
 
     fn destroy_wrapping_key(&self, key: WrappingKeyRef) -> Result<(), HsmError> {

@@ -30,6 +30,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use kms_core::KeyVersionRef;
+use kms_core::key::WrappedMaterial;
 
 use crate::object_id::ObjectKind;
 use crate::templates;
@@ -95,21 +96,29 @@ pub(crate) fn domain_id(namespace: [u8; 16], version: u32, role: DomainRole) -> 
     id
 }
 
-/// The message the authenticator of wrapped material covers.
+/// The message the authenticator of wrapped material covers: v1 for secrets (and key pairs
+/// made before the binding), v2 with the SHA-256 of a key pair's public key.
 pub(crate) fn tag_message(
     namespace: [u8; 16],
     key: KeyVersionRef,
     kind: ObjectKind,
     domain: u32,
-    wrapped: &[u8],
+    material: &WrappedMaterial,
 ) -> Vec<u8> {
-    let mut message = b"kms wrapped key version v1\0".to_vec();
+    let mut message = match material.public_key_sha256 {
+        None => b"kms wrapped key version v1\0".to_vec(),
+        Some(_) => b"kms wrapped key version v2\0".to_vec(),
+    };
     message.extend_from_slice(&namespace);
     message.extend_from_slice(key.key_id.as_bytes());
     message.extend_from_slice(&key.version.to_be_bytes());
     message.push(kind.byte());
     message.extend_from_slice(&domain.to_be_bytes());
-    message.extend_from_slice(wrapped);
+    if let Some(hash) = &material.public_key_sha256 {
+        message.extend_from_slice(hash);
+    }
+    // Last: the one field of variable length.
+    message.extend_from_slice(&material.wrapped);
     message
 }
 

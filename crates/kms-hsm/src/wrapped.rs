@@ -13,6 +13,7 @@ use cryptoki::session::Session;
 use kms_core::hsm::{DomainKeyInfo, VersionObject, WrappingKeyRef};
 use kms_core::key::{KeyMaterial, WrappedMaterial, WrappingAlgorithm};
 use kms_core::{HsmError, KeyStore as _, KeyVersionRef};
+use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::domain::{self, Domain, DomainCustody};
@@ -236,14 +237,15 @@ impl HsmKeyStore {
                 let allowed = templates::allowed_mechanisms(kind, false);
                 let check = domain::unwrap_version(s, to, &bytes, kind, allowed)?;
                 let _ = s.destroy_object(check);
-                let message =
-                    domain::tag_message(self.namespace, key.key, kind, to.version, &bytes);
-                let tag = s.sign(&Mechanism::Sha256Hmac, to.authenticate, &message)?;
-                Ok(Ok(WrappedMaterial {
+                let mut new = WrappedMaterial {
                     domain_key: to.version,
                     wrapped: bytes,
-                    tag,
-                }))
+                    tag: Vec::new(),
+                    public_key_sha256: wrapped.public_key_sha256,
+                };
+                let message = domain::tag_message(self.namespace, key.key, kind, to.version, &new);
+                new.tag = s.sign(&Mechanism::Sha256Hmac, to.authenticate, &message)?;
+                Ok(Ok(new))
             })
         })?
     }
@@ -264,20 +266,23 @@ impl HsmKeyStore {
             handle: fresh,
             kind,
             allowed,
+            public_key_sha256,
         } = fresh;
         let wrapped = session.wrap_key(&domain::wrap_mechanism(), domain.wrap, fresh);
         // Nothing else refers to it; its session would drop it anyway.
         let _ = session.destroy_object(fresh);
         let wrapped = wrapped?;
         let handle = domain::unwrap_version(session, domain, &wrapped, kind, allowed.to_vec())?;
-        let message = domain::tag_message(self.namespace, key, kind, domain.version, &wrapped);
-        let tag = session.sign(&Mechanism::Sha256Hmac, domain.authenticate, &message)?;
         unwrapped.handles.insert(Some(session), key, kind, handle);
-        Ok(WrappedMaterial {
+        let mut material = WrappedMaterial {
             domain_key: domain.version,
             wrapped,
-            tag,
-        })
+            tag: Vec::new(),
+            public_key_sha256,
+        };
+        let message = domain::tag_message(self.namespace, key, kind, domain.version, &material);
+        material.tag = session.sign(&Mechanism::Sha256Hmac, domain.authenticate, &message)?;
+        Ok(material)
     }
 
     /// Refuses to import `material` unless it is a secret, and destroys what an earlier import
@@ -350,13 +355,7 @@ impl HsmKeyStore {
         if let Some(handle) = unwrapped.handles.get(key, kind) {
             return Ok(Ok((handle, domain.custody)));
         }
-        let message = domain::tag_message(
-            self.namespace,
-            key,
-            kind,
-            wrapped.domain_key,
-            &wrapped.wrapped,
-        );
+        let message = domain::tag_message(self.namespace, key, kind, wrapped.domain_key, wrapped);
         match s.verify(
             &Mechanism::Sha256Hmac,
             domain.authenticate,
@@ -444,24 +443,68 @@ impl HsmKeyStore {
                 } else {
                     let (fresh, attributes) =
                         fresh_pair(s, material, kind, &allowed, domain.custody)?;
-                    (fresh, Some(attributes))
+                    match public_key_der(kind == ObjectKind::EcP256Sign, attributes) {
+                        Ok(der) => (fresh, Some(der)),
+                        Err(error) => {
+                            let _ = s.destroy_object(fresh);
+                            return Ok(Err(error));
+                        }
+                    }
                 };
+                // A key pair's public key is bound to its material by the tag.
                 let fresh = Fresh {
                     handle: fresh,
                     kind,
                     allowed: &allowed,
+                    public_key_sha256: public_key.as_deref().map(|der| Sha256::digest(der).into()),
                 };
                 let wrapped = self.seal(unwrapped, s, domain, key, fresh)?;
                 Ok(Ok((wrapped, public_key)))
             })
-        })
-        .and_then(|made| made)
-        .and_then(|(wrapped, attributes)| {
-            let public_key = attributes
-                .map(|a| public_key_der(kind == ObjectKind::EcP256Sign, a))
-                .transpose()?;
-            Ok((wrapped, public_key))
-        })
+        })?
+    }
+
+    /// [`KeyStore::check_wrapped`](kms_core::KeyStore::check_wrapped): the tag, checked in the
+    /// HSM, without unwrapping.
+    pub(crate) fn check_wrapped(
+        &self,
+        key: VersionObject<'_>,
+        material: KeyMaterial,
+    ) -> Result<(), HsmError> {
+        let Some(wrapped) = key.wrapped else {
+            return Ok(());
+        };
+        let kind = ObjectKind::of(material);
+        let refused = |why: &str| HsmError::Failed {
+            operation: "check key version",
+            source: format!("the wrapped material of {} {why}", key.key).into(),
+        };
+        self.creating(|| {
+            self.with_holder("check key version", |unwrapped, s| {
+                let domain = match self.domain(unwrapped, s, wrapped.domain_key)? {
+                    Ok(Some(domain)) => domain,
+                    Ok(None) => {
+                        return Ok(Err(refused("names a domain key the HSM does not hold")));
+                    }
+                    Err(distrust) => return Ok(Err(distrust)),
+                };
+                let message =
+                    domain::tag_message(self.namespace, key.key, kind, wrapped.domain_key, wrapped);
+                match s.verify(
+                    &Mechanism::Sha256Hmac,
+                    domain.authenticate,
+                    &message,
+                    &wrapped.tag,
+                ) {
+                    Ok(()) => Ok(Ok(())),
+                    Err(CkError::Pkcs11(
+                        RvError::SignatureInvalid | RvError::SignatureLenRange,
+                        _,
+                    )) => Ok(Err(refused("does not authenticate"))),
+                    Err(e) => Err(e),
+                }
+            })
+        })?
     }
 
     /// [`KeyStore::import_wrapped_version`](kms_core::KeyStore::import_wrapped_version).
@@ -494,6 +537,7 @@ impl HsmKeyStore {
                     handle: fresh,
                     kind,
                     allowed: &allowed,
+                    public_key_sha256: None,
                 };
                 let wrapped = self.seal(unwrapped, s, domain, key, fresh)?;
                 Ok(Ok((wrapped, length)))
@@ -556,6 +600,8 @@ struct Fresh<'a> {
     kind: ObjectKind,
     /// The mechanisms its unwrapped copy may be used with.
     allowed: &'a [MechanismType],
+    /// For a key pair, the SHA-256 of its public key, bound by the tag.
+    public_key_sha256: Option<[u8; 32]>,
 }
 
 /// Generates a key pair of `material` whose private half is an extractable session object (to

@@ -1,13 +1,15 @@
 //! SYMMETRIC_DEFAULT and RSAES-OAEP encryption: Encrypt, Decrypt, ReEncrypt, data keys
 //! and random bytes.
 
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tracing::debug;
 
 use crate::blob;
 use crate::caller::Caller;
 use crate::context::EncryptionContext;
 use crate::error::KmsError;
-use crate::hsm::{HsmError, VersionObject};
+use crate::hsm::{HsmError, KeyVersionRef, VersionObject};
 use crate::ids::KeyRef;
 use crate::key::{EncryptionAlgorithm, KeyRecord, KeyState};
 use crate::policy::Action;
@@ -51,7 +53,7 @@ impl Kms {
                 check_encryption_algorithm(&record, algorithm)?;
                 check_no_context(context, algorithm)?;
                 caller.note_key(record.id, Some(record.current_version()));
-                let public_key = public_key_of(&record)?;
+                let public_key = self.public_key_of(&record)?;
                 crate::asymmetric::oaep_encrypt(public_key, hash, plaintext.0.expose_secret())?
             }
         };
@@ -316,11 +318,57 @@ pub(super) fn current_version(record: &KeyRecord) -> Result<VersionObject<'_>, K
 }
 
 /// The public key of a key pair.
-pub(super) fn public_key_of(record: &KeyRecord) -> Result<&[u8], KmsError> {
-    record.public_key().ok_or_else(|| {
-        KmsError::Internal(format!("key {} has no public key on record", record.id).into())
-    })
+impl Kms {
+    /// The public key of `record`'s current version, checked against its material: a key
+    /// pair's wrapped material binds the SHA-256 of its public key under the HSM's tag, so a
+    /// public key swapped into the record (to have Verify accept the swapper's signatures, or
+    /// Encrypt encrypt to them) is refused. The tag is checked in the HSM once per version in
+    /// this process. Key pairs made before the binding (and token objects) have nothing to
+    /// check against.
+    pub(super) fn public_key_of<'r>(&self, record: &'r KeyRecord) -> Result<&'r [u8], KmsError> {
+        let public_key = record.public_key().ok_or_else(|| {
+            KmsError::Internal(format!("key {} has no public key on record", record.id).into())
+        })?;
+        let Some(object) = record.version_object(record.current_version()) else {
+            return Ok(public_key);
+        };
+        let Some(bound) = object.wrapped.and_then(|w| w.public_key_sha256) else {
+            return Ok(public_key);
+        };
+        let hash: [u8; 32] = Sha256::digest(public_key).into();
+        if !bool::from(hash.ct_eq(&bound)) {
+            return Err(KmsError::Internal(
+                format!(
+                    "the public key on record for key {} is not the one its material binds",
+                    record.id
+                )
+                .into(),
+            ));
+        }
+        let checked = (object.key, bound);
+        if self.checked_public_keys().contains(&checked) {
+            return Ok(public_key);
+        }
+        self.hsm.check_wrapped(object, record.material())?;
+        let mut known = self.checked_public_keys();
+        if known.len() >= CHECKED_PUBLIC_KEYS {
+            known.clear();
+        }
+        known.insert(checked);
+        Ok(public_key)
+    }
+
+    fn checked_public_keys(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<(KeyVersionRef, [u8; 32])>> {
+        self.checked_public_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
+
+/// How many checked public keys are remembered (then forgotten all at once).
+const CHECKED_PUBLIC_KEYS: usize = 100_000;
 
 /// Fails with InvalidKeyUsageException unless the key supports `algorithm`.
 pub(super) fn check_encryption_algorithm(

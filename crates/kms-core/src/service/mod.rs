@@ -24,7 +24,7 @@ pub use domains::{DomainStatus, RewrapProgress};
 pub use import::{ImportParametersIssued, MATERIAL_CHECK_INPUT};
 pub use sign::{MacOutput, PublicKeyInfo, SignatureOutput};
 
-use crypto::{current_version, public_key_of};
+use crypto::current_version;
 use key_policy::check_no_lockout;
 
 use std::collections::HashSet;
@@ -399,6 +399,8 @@ pub struct Kms {
     deletions: Mutex<HashSet<KeyId>>,
     /// The domain key new material is wrapped under (0 until `open_domain`: the first).
     current_domain: AtomicU32,
+    /// Key pair versions whose public key was checked against their material's tag.
+    checked_public_keys: Mutex<HashSet<(KeyVersionRef, [u8; 32])>>,
     /// Whether `key_count` and `alias_count` are known: false from
     /// [`Kms::begin_counting`] until [`Kms::reconcile`] has counted.
     counted: AtomicBool,
@@ -443,6 +445,7 @@ impl Kms {
             current_domain: AtomicU32::new(0),
             rewrappable: AtomicBool::new(false),
             counted: AtomicBool::new(true),
+            checked_public_keys: Mutex::new(HashSet::new()),
             domain_switch: RwLock::new(()),
             rewrap: Mutex::new(RewrapProgress::default()),
         }

@@ -7,7 +7,7 @@
 use subtle::ConstantTimeEq;
 use tracing::debug;
 
-use super::{Kms, VerifyInput, current_version, public_key_of};
+use super::{Kms, VerifyInput, current_version};
 use crate::asymmetric::{self, MessageType, SigningAlgorithm};
 use crate::caller::Caller;
 use crate::error::KmsError;
@@ -58,7 +58,7 @@ impl Kms {
                 record.spec.as_str()
             )));
         }
-        let public_key = public_key_of(&record)?.to_vec();
+        let public_key = self.public_key_of(&record)?.to_vec();
         caller.note_key(record.id, Some(record.current_version()));
         Ok(PublicKeyInfo { record, public_key })
     }
@@ -118,7 +118,7 @@ impl Kms {
         let digest = asymmetric::message_digest(algorithm, input.message_type, &input.message)?;
         caller.note_key(record.id, Some(record.current_version()));
         if asymmetric::verify(
-            public_key_of(&record)?,
+            self.public_key_of(&record)?,
             algorithm,
             &digest,
             &input.signature,

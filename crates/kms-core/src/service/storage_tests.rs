@@ -150,10 +150,6 @@ fn a_record_stripped_of_its_wrapped_material_serves_nothing_and_loses_nothing() 
 }
 
 #[test]
-#[ignore = "open: a key pair's public key in its record is not bound to its material; one who \
-            writes the data dir swaps in a key of their own and Verify accepts their signatures \
-            (and GetPublicKey hands it out). Binding it needs the public key in the wrapped \
-            version's tag (a tag format change) or a check against the HSM at use."]
 fn a_public_key_swapped_in_the_record_is_refused() {
     use crate::asymmetric::{MessageType, SigningAlgorithm};
     let (kms, store, _) = memory_kms();

@@ -216,6 +216,7 @@ fn a_planted_wrap_key_whose_template_pins_only_some_attributes_is_never_used() {
         domain_key: 1,
         wrapped: ok(session.wrap_key(&Mechanism::AesKeyWrapPad, planted, secret)),
         tag: Vec::new(),
+        public_key_sha256: None,
     };
     assert!(
         extracted_through(&session, planted, &own),

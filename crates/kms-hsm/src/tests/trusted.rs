@@ -400,3 +400,40 @@ fn a_public_object_planted_without_the_pin_under_a_domain_id_is_ignored() {
     let key = version(KeyId::random(), 1);
     ok(store.create_wrapped_version(key, KeyMaterial::MasterSecret));
 }
+
+#[test]
+fn a_key_pairs_public_key_is_bound_to_its_material_and_stays_bound_when_rewrapped() {
+    use sha2::Digest as _;
+    let (store, _) = trusted_store();
+    let key = version(KeyId::random(), 1);
+    let (wrapped, public_key) = ok(store.create_wrapped_version(key, KeyMaterial::EcP256Sign));
+    let public_key = public_key.unwrap_or_else(|| panic!("no public key"));
+    let hash: [u8; 32] = sha2::Sha256::digest(&public_key).into();
+    assert_eq!(wrapped.public_key_sha256, Some(hash));
+    let check = |w: &kms_core::key::WrappedMaterial| {
+        store.check_wrapped(
+            VersionObject {
+                key,
+                wrapped: Some(w),
+            },
+            KeyMaterial::EcP256Sign,
+        )
+    };
+    ok(check(&wrapped));
+    // Another public key's hash, or none at all, does not authenticate.
+    for swapped in [Some([7u8; 32]), None] {
+        let forged = kms_core::key::WrappedMaterial {
+            public_key_sha256: swapped,
+            ..wrapped.clone()
+        };
+        assert!(check(&forged).is_err());
+    }
+    ok(store.use_domain(2));
+    let object = VersionObject {
+        key,
+        wrapped: Some(&wrapped),
+    };
+    let new = ok(store.rewrap_version(object, KeyMaterial::EcP256Sign));
+    assert_eq!(new.public_key_sha256, Some(hash));
+    ok(check(&new));
+}
