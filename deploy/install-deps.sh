@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing kmsd needs on Debian 12 (or Ubuntu), when missing:
-# SoftHSM2, OpenSC's pkcs11-tool, libfaketime and OpenSSL (the tests check signatures and
+# SoftHSM2 and opencryptoki (its soft token is the second PKCS#11 implementation of the
+# end-to-end tests: hsm-config/init-opencryptoki.sh), OpenSC's pkcs11-tool, libfaketime and OpenSSL (the tests check signatures and
 # key wrapping with it); libclang for the RocksDB bindings; a C++ compiler; protoc with the
 # well-known .proto files; Python's cryptography, grpcio and protobuf (the test vectors and
 # the interop client; python3-venv for deploy/bench.sh's OpenBao and deploy/check.sh's linters);
@@ -9,7 +10,7 @@
 # for fuzz/run.sh.
 set -euo pipefail
 min_rust=1.88
-packages=(softhsm2 opensc libfaketime openssl libclang-dev clang build-essential protobuf-compiler libprotobuf-dev
+packages=(softhsm2 opencryptoki opensc libfaketime openssl libclang-dev clang build-essential protobuf-compiler libprotobuf-dev
           pkg-config python3 python3-cryptography python3-grpcio python3-protobuf python3-venv curl
           ca-certificates systemd)
 sudo=""

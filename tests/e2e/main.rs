@@ -21,6 +21,7 @@ mod hardening;
 mod import;
 mod interop;
 mod metrics;
+mod opencryptoki;
 mod production;
 mod rotation;
 mod shutdown;

@@ -97,9 +97,21 @@ fn shifted_clock<'a>(preload: &'a str, offset: &'a str) -> [(&'static str, &'a s
     ]
 }
 
+/// The slot of opencryptoki's soft token: `OCK_SLOT`, else 3 (Debian's opencryptoki.conf).
+pub fn opencryptoki_slot() -> String {
+    std::env::var("OCK_SLOT").unwrap_or_else(|_| "3".to_owned())
+}
+
+/// Held by the one [`TestEnv::opencryptoki`] of this process at a time: the soft token is
+/// one per machine, and each environment initialises it afresh.
+static OPENCRYPTOKI: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A fresh token and data dir, in a temp dir removed at drop.
 pub struct TestEnv {
     dir: TempDir,
+    /// opencryptoki's module, and the hold on its one soft token, when this environment is
+    /// on it instead of a SoftHSM2 token of its own.
+    opencryptoki: Option<(PathBuf, std::sync::MutexGuard<'static, ()>)>,
     /// `--key-storage token` on every kmsd: one token object per key version, for the tests
     /// of those objects' life beside the records.
     token_storage: bool,
@@ -126,7 +138,42 @@ impl TestEnv {
         assert!(status.success(), "init-token.sh failed");
         TestEnv {
             dir,
+            opencryptoki: None,
             token_storage: false,
+            trusted_domains: false,
+        }
+    }
+
+    /// Initialises opencryptoki's soft token afresh with hsm-config/init-opencryptoki.sh
+    /// (starting pkcsslotd when it is not running), and keeps key versions as token objects:
+    /// the soft token has no AES key wrap and no unwrap template. Fails, with the script's
+    /// reason, when the token cannot be set up; waits while another environment of this
+    /// process uses the token.
+    pub fn opencryptoki() -> Self {
+        let hold = OPENCRYPTOKI
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let hsm = dir.path().join("hsm");
+        let out = Command::new(repo_root().join("hsm-config/init-opencryptoki.sh"))
+            .arg(&hsm)
+            .arg(TOKEN_LABEL)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run init-opencryptoki.sh: {e}"));
+        assert!(
+            out.status.success(),
+            "init-opencryptoki.sh failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let module = std::fs::read_to_string(hsm.join("module"))
+            .unwrap_or_else(|e| panic!("read the module path: {e}"));
+        TestEnv {
+            dir,
+            opencryptoki: Some((PathBuf::from(module.trim()), hold)),
+            token_storage: true,
             trusted_domains: false,
         }
     }
@@ -165,6 +212,13 @@ impl TestEnv {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("kmsctl hsm make-domain-key: {e}"))
+    }
+
+    /// The PKCS#11 module kmsd loads here: SoftHSM2's, or opencryptoki's.
+    pub fn module(&self) -> PathBuf {
+        self.opencryptoki
+            .as_ref()
+            .map_or_else(module, |(path, _)| path.clone())
     }
 
     /// The temp dir.
@@ -267,7 +321,7 @@ impl TestEnv {
             "--data-dir",
             &self.data_dir().to_string_lossy(),
             "--pkcs11-module",
-            &module().to_string_lossy(),
+            &self.module().to_string_lossy(),
             "--token-label",
             TOKEN_LABEL,
             "--pin-file",
@@ -275,6 +329,9 @@ impl TestEnv {
         ]
         .map(str::to_owned)
         .to_vec();
+        if self.opencryptoki.is_some() {
+            args.extend(["--pkcs11-slot".to_owned(), opencryptoki_slot()]);
+        }
         if self.token_storage {
             args.extend(["--key-storage".to_owned(), "token".to_owned()]);
         }

@@ -12,11 +12,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use p256::ecdsa::signature::Verifier;
-use p256::ecdsa::{Signature, VerifyingKey};
-
 use kms_core::audit::line::{Line, line_hash, parse_line};
-use kms_core::audit::{AuditError, GENESIS_PREV, SealPin, checkpoint_message};
+use kms_core::audit::{AuditError, AuditPublicKey, GENESIS_PREV, SealPin, checkpoint_message};
 
 /// How far back [`line_start`] reads at a time.
 const CHUNK: usize = 8192;
@@ -67,7 +64,7 @@ fn io(what: &'static str) -> impl FnOnce(io::Error) -> Recovery {
 pub(crate) struct Chain<'a> {
     pub(crate) file: &'a File,
     pub(crate) log_id: [u8; 16],
-    pub(crate) verifying_key: &'a VerifyingKey,
+    pub(crate) public_key: &'a AuditPublicKey,
 }
 
 impl Chain<'_> {
@@ -261,12 +258,10 @@ impl Chain<'_> {
                 found: hex::encode(log_id),
             });
         }
-        let verified = Signature::from_slice(signature).is_ok_and(|signature| {
-            self.verifying_key
-                .verify(&checkpoint_message(log_id, *seq, prev), &signature)
-                .is_ok()
-        });
-        if verified {
+        let verified = self
+            .public_key
+            .verify(&checkpoint_message(log_id, *seq, prev), signature);
+        if verified.is_ok() {
             Ok(())
         } else {
             Err(AuditError::KeyMismatch { offset })

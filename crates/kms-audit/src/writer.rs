@@ -12,7 +12,6 @@ use kms_core::MetadataStore;
 use kms_core::audit::{
     AuditError, AuditEvent, AuditSink, CheckpointSigner, SealPin, Tail, check_signer, encode_batch,
 };
-use p256::ecdsa::VerifyingKey;
 
 use crate::recovery::{Chain, Recovery, sync_parent_dir};
 
@@ -100,12 +99,12 @@ impl AuditLog {
         if !existed {
             sync_parent_dir(path).map_err(io_error("syncing the directory of"))?;
         }
-        let verifying_key = VerifyingKey::from(signer.public_key());
-        check_signer(&log_id, signer.as_ref(), &verifying_key)?;
+        let public_key = signer.public_key();
+        check_signer(&log_id, signer.as_ref(), &public_key)?;
         let chain = Chain {
             file: &file,
             log_id,
-            verifying_key: &verifying_key,
+            public_key: &public_key,
         };
         let pin = pins.audit_pin(log_id).map_err(AuditError::Pin)?;
         let sealed = chain.recover(path, pin).map_err(|e| match e {

@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use kms_core::audit::{self, EventFilter, Outcome, ParsedEvent};
-use p256::pkcs8::DecodePublicKey as _;
 use serde_json::json;
 
 use crate::output::Format;
@@ -72,13 +71,12 @@ pub struct LogArg {
 }
 
 /// The SHA-256 of the key's DER SubjectPublicKeyInfo, in hex: what an operator pins.
-fn fingerprint(key: &p256::PublicKey) -> anyhow::Result<String> {
-    use p256::pkcs8::EncodePublicKey as _;
+fn fingerprint(key: &audit::AuditPublicKey) -> anyhow::Result<String> {
     use sha2::Digest as _;
     let der = key
         .to_public_key_der()
         .context("cannot encode the public key")?;
-    Ok(hex::encode(sha2::Sha256::digest(der.as_bytes())))
+    Ok(hex::encode(sha2::Sha256::digest(der)))
 }
 
 fn parse_log_id(text: &str) -> anyhow::Result<[u8; 16]> {
@@ -134,8 +132,9 @@ pub fn run(format: Format, command: &AuditCommand) -> anyhow::Result<()> {
         } => {
             let pem = std::fs::read_to_string(public_key)
                 .with_context(|| format!("cannot read {}", public_key.display()))?;
-            let key = p256::PublicKey::from_public_key_pem(&pem)
-                .with_context(|| format!("{} is not a P-256 public key", public_key.display()))?;
+            let key = audit::AuditPublicKey::from_public_key_pem(&pem).with_context(|| {
+                format!("{} is not a P-256 or RSA public key", public_key.display())
+            })?;
             let fingerprint = fingerprint(&key)?;
             let expected_log_id = expect_log_id.as_deref().map(parse_log_id).transpose()?;
             let bytes = read(&log.path)?;

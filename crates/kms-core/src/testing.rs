@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::alias::AliasRecord;
 use crate::asymmetric::HashAlg;
-use crate::audit::{CheckpointSigner, SealPin};
+use crate::audit::{AuditPublicKey, CheckpointSigner, SealPin};
 use crate::clock::Clock;
 use crate::hsm::{
     HsmError, KeyStore, KeyVersionRef, MessageKey, SignMechanism, VersionObject, WrappingKeyRef,
@@ -720,11 +720,17 @@ pub fn memory_kms() -> (crate::Kms, Arc<MemoryStore>, Arc<SoftKeyStore>) {
     (kms, store, hsm)
 }
 
-/// A software audit checkpoint signer: an ECDSA P-256 key in memory. No `Debug`: it holds the
-/// private key.
+/// A software audit checkpoint signer: an ECDSA P-256 key in memory, or an RSA-PSS one
+/// ([`SoftCheckpointSigner::rsa_pss`]). No `Debug`: it holds the private key.
 pub struct SoftCheckpointSigner {
-    key: SigningKey,
+    key: SoftSigningKey,
     failing: AtomicBool,
+}
+
+/// The private key of a [`SoftCheckpointSigner`].
+enum SoftSigningKey {
+    P256(SigningKey),
+    RsaPss(Box<rsa::RsaPrivateKey>),
 }
 
 impl SoftCheckpointSigner {
@@ -755,9 +761,19 @@ impl SoftCheckpointSigner {
             counter = counter.wrapping_add(1);
         };
         SoftCheckpointSigner {
-            key,
+            key: SoftSigningKey::P256(key),
             failing: AtomicBool::new(false),
         }
+    }
+
+    /// A signer with a fresh RSA-PSS key, as kmsd makes on an HSM without elliptic curves
+    /// (2048 bits rather than kmsd's 3072, to generate quickly in debug builds).
+    pub fn rsa_pss() -> Result<Self, rsa::Error> {
+        let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048)?;
+        Ok(SoftCheckpointSigner {
+            key: SoftSigningKey::RsaPss(Box::new(key)),
+            failing: AtomicBool::new(false),
+        })
     }
 
     /// A signer whose every signature fails, as an HSM that refuses would.
@@ -780,21 +796,36 @@ impl Default for SoftCheckpointSigner {
 }
 
 impl CheckpointSigner for SoftCheckpointSigner {
-    fn sign(&self, message: &[u8]) -> Result<[u8; 64], HsmError> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(HsmError::Failed {
                 operation: "sign audit checkpoint",
                 source: "injected failure".into(),
             });
         }
-        let signature: Signature = self.key.sign(message);
-        let mut out = [0u8; 64];
-        out.copy_from_slice(&signature.to_bytes());
-        Ok(out)
+        match &self.key {
+            SoftSigningKey::P256(key) => {
+                let signature: Signature = key.sign(message);
+                Ok(signature.to_bytes().to_vec())
+            }
+            SoftSigningKey::RsaPss(key) => key
+                .sign_with_rng(
+                    &mut rand_core::OsRng,
+                    rsa::Pss::new::<Sha256>(),
+                    &Sha256::digest(message),
+                )
+                .map_err(|e| HsmError::Failed {
+                    operation: "sign audit checkpoint",
+                    source: Box::new(e),
+                }),
+        }
     }
 
-    fn public_key(&self) -> p256::PublicKey {
-        p256::PublicKey::from(self.key.verifying_key())
+    fn public_key(&self) -> AuditPublicKey {
+        match &self.key {
+            SoftSigningKey::P256(key) => AuditPublicKey::P256(key.verifying_key().into()),
+            SoftSigningKey::RsaPss(key) => AuditPublicKey::RsaPss(key.to_public_key()),
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! The audit log's signing key: one ECDSA P-256 key pair per service instance, generated in
-//! the HSM at first start. The private half signs the audit log's checkpoints and never
-//! leaves the HSM; the public half is read back to give to verifiers.
+//! The audit log's signing key: one key pair per service instance, generated in the HSM at
+//! first start: ECDSA P-256, or RSA-PSS (3072 bits, SHA-256) on a module without elliptic
+//! curves (opencryptoki's soft token). The private half signs the audit log's checkpoints and
+//! never leaves the HSM; the public half is read back to give to verifiers. A pair found on the
+//! token is used whatever its type, so a log keeps its key.
 //!
 //! CKA_ID: `"kmsa"` || instance id (16 bytes); CKA_LABEL: `kms/audit/<instance id in hex>`.
 //! The `kmsa` prefix keeps the pair out of the key versions that reconciliation lists.
@@ -8,22 +10,23 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use kms_core::HsmError;
-use kms_core::audit::CheckpointSigner;
+use kms_core::audit::{AUDIT_RSA_BITS, AuditPublicKey, CheckpointSigner};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use crate::HsmKeyStore;
 use crate::templates::{self, PrivateUse};
+use crate::{HsmKeyStore, public_key_der};
 
 /// Signs audit checkpoints with the instance's HSM-held key.
 pub struct HsmAuditSigner {
     hsm: Arc<HsmKeyStore>,
     id: Vec<u8>,
-    public_key: p256::PublicKey,
+    public_key: AuditPublicKey,
     /// The private key's handle, found once: searching the token for every checkpoint costs
     /// a scan of all its objects.
     /// with the HSM store's generation it was found in: a handle of an older generation may
@@ -43,38 +46,55 @@ impl HsmAuditSigner {
         let public = if let Some(handle) = public {
             handle
         } else {
-            let handle = hsm.with_session("generate audit key", false, |s| {
-                s.generate_key_pair(
-                    &Mechanism::EccKeyPairGen,
-                    &templates::ec_public_template(id.clone(), label.clone(), true),
-                    &templates::private_template(
+            let ec = hsm.capabilities.has_ec();
+            let (mechanism, public, private) = if ec {
+                (
+                    Mechanism::EccKeyPairGen,
+                    templates::ec_public_template(id.clone(), label.clone(), true),
+                    templates::private_template(
                         KeyType::EC,
                         id.clone(),
                         label.clone(),
                         PrivateUse::Sign,
-                        vec![cryptoki::mechanism::MechanismType::ECDSA],
+                        vec![MechanismType::ECDSA],
                     ),
                 )
-                .map(|(public, _)| public)
+            } else {
+                (
+                    Mechanism::RsaPkcsKeyPairGen,
+                    templates::rsa_verify_public_template(
+                        id.clone(),
+                        label.clone(),
+                        AUDIT_RSA_BITS,
+                    ),
+                    templates::private_template(
+                        KeyType::RSA,
+                        id.clone(),
+                        label.clone(),
+                        PrivateUse::Sign,
+                        vec![MechanismType::RSA_PKCS_PSS],
+                    ),
+                )
+            };
+            let (public, private) = (hsm.fit(public), hsm.fit(private));
+            let handle = hsm.with_session("generate audit key", false, |s| {
+                s.generate_key_pair(&mechanism, &public, &private)
+                    .map(|(public, _)| public)
             })?;
-            info!(label, "generated the audit signing key pair in the HSM");
+            let scheme = if ec { "ECDSA P-256" } else { "RSA-PSS 3072" };
+            info!(
+                label,
+                scheme, "generated the audit signing key pair in the HSM"
+            );
             handle
         };
-        let point = hsm.with_session("read audit public key", true, |s| {
-            let attributes = s.get_attributes(public, &[AttributeType::EcPoint])?;
-            Ok(attributes.into_iter().find_map(|a| match a {
-                Attribute::EcPoint(point) => Some(point),
-                _ => None,
-            }))
+        let public_key = hsm.with_session("read audit public key", true, |s| {
+            read_public_key(s, public)
         })?;
-        let public_key = point
-            .as_deref()
-            .and_then(unwrap_octet_string)
-            .and_then(|sec1| p256::PublicKey::from_sec1_bytes(sec1).ok())
-            .ok_or_else(|| HsmError::Failed {
-                operation: "read audit public key",
-                source: "the HSM returned no usable P-256 point".into(),
-            })?;
+        let public_key = public_key.ok_or_else(|| HsmError::Failed {
+            operation: "read audit public key",
+            source: "the HSM returned no usable P-256 point or RSA public key".into(),
+        })?;
         Ok(HsmAuditSigner {
             hsm,
             id,
@@ -92,13 +112,21 @@ impl HsmAuditSigner {
             .map(|_| ())
     }
 
-    fn sign_as(&self, operation: &'static str, message: &[u8]) -> Result<[u8; 64], HsmError> {
+    fn sign_as(&self, operation: &'static str, message: &[u8]) -> Result<Vec<u8>, HsmError> {
         let digest = Sha256::digest(message);
+        let mechanism = match self.public_key {
+            AuditPublicKey::P256(_) => Mechanism::Ecdsa,
+            AuditPublicKey::RsaPss(_) => Mechanism::RsaPkcsPss(PkcsPssParams {
+                hash_alg: MechanismType::SHA256,
+                mgf: PkcsMgfType::MGF1_SHA256,
+                s_len: 32u64.into(),
+            }),
+        };
         let signature = self.hsm.with_session(operation, true, |s| {
             let generation = self.hsm.generation();
             let cached = *self.handle.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((_, key)) = cached.filter(|(g, _)| *g == generation) {
-                match s.sign(&Mechanism::Ecdsa, key, &digest) {
+                match s.sign(&mechanism, key, &digest) {
                     Err(CkError::Pkcs11(
                         RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
                         _,
@@ -110,7 +138,7 @@ impl HsmAuditSigner {
             *self.handle.lock().unwrap_or_else(PoisonError::into_inner) =
                 found.map(|key| (generation, key));
             match found {
-                Some(key) => s.sign(&Mechanism::Ecdsa, key, &digest).map(Some),
+                Some(key) => s.sign(&mechanism, key, &digest).map(Some),
                 None => Ok(None),
             }
         })?;
@@ -118,30 +146,64 @@ impl HsmAuditSigner {
             operation,
             source: "the audit signing key is gone from the HSM".into(),
         })?;
-        let signature =
-            p256::ecdsa::Signature::from_slice(&signature).map_err(|e| HsmError::Failed {
+        // The HSM may return either of the two valid ECDSA `s`; verifiers want the low one.
+        self.public_key
+            .normalize(&signature)
+            .ok_or_else(|| HsmError::Failed {
                 operation,
-                source: Box::new(e),
-            })?;
-        // The HSM may return either of the two valid `s`; verifiers want the low one.
-        let signature = signature.normalize_s().unwrap_or(signature);
-        Ok(signature.to_bytes().into())
+                source: "the HSM returned a malformed signature".into(),
+            })
     }
 }
 
 impl CheckpointSigner for HsmAuditSigner {
-    fn sign(&self, message: &[u8]) -> Result<[u8; 64], HsmError> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
         self.sign_as("sign audit checkpoint", message)
     }
 
-    fn public_key(&self) -> p256::PublicKey {
-        self.public_key
+    fn public_key(&self) -> AuditPublicKey {
+        self.public_key.clone()
     }
 }
 
 fn find(session: &Session, id: &[u8], class: ObjectClass) -> Result<Option<ObjectHandle>, CkError> {
     let template = [Attribute::Class(class), Attribute::Id(id.to_vec())];
     Ok(session.find_objects(&template)?.into_iter().next())
+}
+
+/// The public key of the audit pair's public half `public`: a P-256 point, or an RSA modulus
+/// and exponent; `None` when the HSM returns neither in a usable form.
+fn read_public_key(
+    session: &Session,
+    public: ObjectHandle,
+) -> Result<Option<AuditPublicKey>, CkError> {
+    let key_type = session
+        .get_attributes(public, &[AttributeType::KeyType])?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::KeyType(key_type) => Some(key_type),
+            _ => None,
+        });
+    if key_type == Some(KeyType::RSA) {
+        let attributes = session.get_attributes(
+            public,
+            &[AttributeType::Modulus, AttributeType::PublicExponent],
+        )?;
+        return Ok(public_key_der(false, attributes)
+            .ok()
+            .and_then(|der| AuditPublicKey::from_public_key_der(&der).ok()));
+    }
+    let attributes = session.get_attributes(public, &[AttributeType::EcPoint])?;
+    Ok(attributes
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::EcPoint(point) => Some(point),
+            _ => None,
+        })
+        .as_deref()
+        .and_then(unwrap_octet_string)
+        .and_then(|sec1| p256::PublicKey::from_sec1_bytes(sec1).ok())
+        .map(AuditPublicKey::P256))
 }
 
 /// The uncompressed P-256 point in CKA_EC_POINT: a DER OCTET STRING around it (PKCS#11

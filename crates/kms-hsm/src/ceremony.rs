@@ -79,7 +79,7 @@ fn make_in(
     namespace: [u8; 16],
     version: u32,
 ) -> Result<(), CeremonyError> {
-    let slot = find_token(pkcs11, token_label)?;
+    let slot = find_token(pkcs11, token_label, None)?;
     let session = pkcs11
         .open_rw_session(slot)
         .map_err(|e| CeremonyError::Open(OpenError::Login(e)))?;

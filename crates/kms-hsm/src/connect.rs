@@ -26,7 +26,7 @@ pub(crate) fn connect(
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(source) => return Err(OpenError::Initialize(source)),
     }
-    let slot = match find_token(&pkcs11, &config.token_label) {
+    let slot = match find_token(&pkcs11, &config.token_label, config.slot) {
         Ok(slot) => slot,
         Err(e) => {
             if finalize_on_failure {
@@ -61,11 +61,41 @@ pub(crate) fn connect(
     }
 }
 
-pub(crate) fn find_token(pkcs11: &Pkcs11, label: &str) -> Result<Slot, OpenError> {
+/// The slot of the token labelled `label`, in slot `wanted` when given. A token whose
+/// information cryptoki cannot decode (opencryptoki 3.8's soft token writes its clock as
+/// `hh:mm:ss`, where PKCS#11 wants `YYYYMMDDhhmmss`) has no readable label: it is used only
+/// when its slot is named, and listed with a hint otherwise.
+pub(crate) fn find_token(
+    pkcs11: &Pkcs11,
+    label: &str,
+    wanted: Option<u64>,
+) -> Result<Slot, OpenError> {
     let slots = pkcs11.get_slots_with_token().map_err(OpenError::Slots)?;
     let mut labels = Vec::new();
     for slot in slots {
-        let info = pkcs11.get_token_info(slot).map_err(OpenError::Slots)?;
+        if wanted.is_some_and(|id| id != slot.id()) {
+            continue;
+        }
+        let info = match pkcs11.get_token_info(slot) {
+            Ok(info) => info,
+            Err(CkError::ParseInt(_) | CkError::Utf8(_)) if wanted.is_some() => {
+                tracing::warn!(
+                    slot = slot.id(),
+                    label,
+                    "cryptoki cannot decode this slot's token information; using the slot \
+                     named by --pkcs11-slot without checking its label"
+                );
+                return Ok(slot);
+            }
+            Err(CkError::ParseInt(_) | CkError::Utf8(_)) => {
+                labels.push(format!(
+                    "<slot {0}: token information unreadable; name it with --pkcs11-slot {0}>",
+                    slot.id()
+                ));
+                continue;
+            }
+            Err(e) => return Err(OpenError::Slots(e)),
+        };
         let this = info.label().trim_end();
         if this == label {
             if !info.token_initialized() {

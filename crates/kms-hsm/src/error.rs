@@ -39,6 +39,9 @@ pub enum OpenError {
     /// Opening a session or logging in failed.
     #[error("cannot log in to the token: {}", login_hint(.0))]
     Login(#[source] CkError),
+    /// Reading what the module can do (its mechanisms, the attributes it knows) failed.
+    #[error("cannot read the mechanisms and attributes the PKCS#11 module supports")]
+    Capabilities(#[source] CkError),
     /// No session could be opened in time.
     #[error("timed out opening a session on the token")]
     Timeout,

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod audit_key;
+mod capabilities;
 mod ceremony;
 mod connect;
 mod domain;
@@ -41,6 +42,8 @@ use tracing::{debug, warn};
 use zeroize::Zeroizing;
 
 pub use audit_key::HsmAuditSigner;
+use capabilities::Capabilities;
+pub use capabilities::UnservedKeySpec;
 pub use ceremony::make_domain_key;
 use connect::connect;
 pub use domain::{DomainCustody, DomainKeyMaker};
@@ -57,6 +60,9 @@ pub struct HsmConfig {
     pub module: PathBuf,
     /// Label of the token holding the keys.
     pub token_label: String,
+    /// The slot of that token, for a module whose token information cryptoki cannot read:
+    /// see [`OpenError::TokenNotFound`].
+    pub slot: Option<u64>,
     /// The user PIN.
     pub pin: Zeroizing<String>,
     /// The most sessions open at once (1 or more).
@@ -115,6 +121,8 @@ pub struct HsmKeyStore {
     custody: DomainCustody,
     /// The domain key new material is wrapped under.
     current_domain: AtomicU32,
+    /// What the module can do, read at open.
+    capabilities: Capabilities,
 }
 
 impl HsmKeyStore {
@@ -125,6 +133,14 @@ impl HsmKeyStore {
     /// only HSM objects carrying it are ever listed or destroyed.
     pub fn open(config: HsmConfig, namespace: [u8; 16]) -> Result<Self, OpenError> {
         let pool = connect(&config, false)?;
+        let capabilities = {
+            let session = pool.get().map_err(|e| match e {
+                pool::GetError::Open(e) => OpenError::Login(e),
+                pool::GetError::Timeout => OpenError::Timeout,
+            })?;
+            let mechanisms = pool.mechanisms().map_err(OpenError::Capabilities)?;
+            Capabilities::probe(&session, mechanisms).map_err(OpenError::Capabilities)?
+        };
         Ok(HsmKeyStore {
             config,
             connection: RwLock::new(Some(pool)),
@@ -136,6 +152,7 @@ impl HsmKeyStore {
             unwrapped: Mutex::new(Unwrapped::new(Self::DEFAULT_UNWRAPPED)),
             custody: DomainCustody::Sealed,
             current_domain: AtomicU32::new(domain::FIRST_DOMAIN),
+            capabilities,
         })
     }
 
@@ -174,6 +191,23 @@ impl HsmKeyStore {
             .mechanisms()
             .map_err(|e| error::classify("list mechanisms", e))?;
         Ok(domain::missing_for_wrapped_storage(&offered))
+    }
+
+    /// The key specs the module cannot serve (none on SoftHSM2 2.6; ECC_NIST_P256 on
+    /// opencryptoki's soft token, which has no EC mechanism): kmsd refuses to create them.
+    pub fn unserved_key_specs(&self) -> Vec<UnservedKeySpec> {
+        self.capabilities.unserved_key_specs()
+    }
+
+    /// The names of the attributes of kmsd's templates the module does not know, which kmsd
+    /// leaves out (none on SoftHSM2 2.6): see `capabilities`.
+    pub fn unknown_attributes(&self) -> Vec<String> {
+        self.capabilities.unknown_attributes()
+    }
+
+    /// `template` without the attributes the module does not know.
+    pub(crate) fn fit(&self, template: Vec<Attribute>) -> Vec<Attribute> {
+        self.capabilities.fit(template)
     }
 
     /// How many key versions are unwrapped now.
@@ -526,8 +560,12 @@ impl KeyStore for HsmKeyStore {
         let allowed = templates::allowed_mechanisms(kind, false);
         let (handle, public_key) = match material {
             KeyMaterial::MasterSecret | KeyMaterial::HmacSecret(_) => {
-                let template =
-                    templates::secret_template(bytes, label, material.secret_len(), allowed);
+                let template = self.fit(templates::secret_template(
+                    bytes,
+                    label,
+                    material.secret_len(),
+                    allowed,
+                ));
                 // Not idempotent: see generate_pair.
                 let handle = self.creating(|| {
                     self.with_session("generate key", false, |s| {
@@ -543,20 +581,25 @@ impl KeyStore for HsmKeyStore {
                     PrivateUse::Decrypt
                 };
                 let public = templates::rsa_public_template(bytes.clone(), label.clone(), bits);
-                let private =
-                    templates::private_template(KeyType::RSA, bytes, label.clone(), use_, allowed);
+                let private = self.fit(templates::private_template(
+                    KeyType::RSA,
+                    bytes,
+                    label.clone(),
+                    use_,
+                    allowed,
+                ));
                 let (handle, public_key) = self.generate_pair(&label, false, &public, &private)?;
                 (handle, Some(public_key))
             }
             KeyMaterial::EcP256Sign => {
                 let public = templates::ec_public_template(bytes.clone(), label.clone(), false);
-                let private = templates::private_template(
+                let private = self.fit(templates::private_template(
                     KeyType::EC,
                     bytes,
                     label.clone(),
                     PrivateUse::Sign,
                     allowed,
-                );
+                ));
                 let (handle, public_key) = self.generate_pair(&label, true, &public, &private)?;
                 (handle, Some(public_key))
             }
@@ -690,22 +733,22 @@ impl KeyStore for HsmKeyStore {
             &label,
             false,
             &templates::rsa_public_template(id.clone(), label.clone(), bits),
-            &templates::private_template(
+            &self.fit(templates::private_template(
                 KeyType::RSA,
                 id.clone(),
                 label.clone(),
                 PrivateUse::Unwrap,
                 vec![MechanismType::RSA_PKCS_OAEP],
-            ),
+            )),
         )?;
         // Can the module unwrap with this algorithm? An all-zero block is never a valid
         // ciphertext, so a module that supports the parameters refuses the data instead.
-        let probe_template = templates::secret_template(
+        let probe_template = self.fit(templates::secret_template(
             id,
             label,
             None,
             templates::allowed_mechanisms(ObjectKind::MasterSecret, true),
-        );
+        ));
         let zero = vec![0u8; bits as usize / 8];
         // It makes and destroys a token object: alone, like any destruction; and not retried
         // after a lost session, which could leave a second probe object behind.
@@ -742,12 +785,12 @@ impl KeyStore for HsmKeyStore {
     ) -> Result<Option<usize>, HsmError> {
         let kind = self.clear_for_import(key, material)?;
         let id = self.object_id(key, kind);
-        let template = templates::secret_template(
+        let template = self.fit(templates::secret_template(
             id.to_bytes(),
             id.label(),
             None,
             templates::allowed_mechanisms(kind, true),
-        );
+        ));
         let wrapping_id = object_id::wrapping_id(self.namespace, wrapping);
         let oaep = templates::oaep(algorithm.hash());
         let (handle, length) = self.creating(|| {

@@ -162,6 +162,26 @@ pub(crate) fn rsa_public_template(id: Vec<u8>, label: String, bits: u32) -> Vec<
     ]
 }
 
+/// The public half of an RSA pair that only verifies, on the token: the audit key's, which
+/// verifiers read back.
+pub(crate) fn rsa_verify_public_template(id: Vec<u8>, label: String, bits: u32) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::ModulusBits(u64::from(bits).into()),
+        Attribute::PublicExponent(RSA_EXPONENT.to_vec()),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::VerifyRecover(false),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+        Attribute::Id(id),
+        Attribute::Label(label.into_bytes()),
+    ]
+}
+
 /// The public half of a P-256 pair: verify only; a session object unless `on_token` (the
 /// audit key's, which verifiers read back).
 pub(crate) fn ec_public_template(id: Vec<u8>, label: String, on_token: bool) -> Vec<Attribute> {

@@ -111,6 +111,7 @@ pub(super) fn fresh_token() -> (String, Slot) {
 
 pub(super) fn config(label: &str, pin: &str) -> HsmConfig {
     HsmConfig {
+        slot: None,
         module: module(),
         token_label: label.to_owned(),
         pin: Zeroizing::new(pin.to_owned()),

@@ -39,6 +39,10 @@ pub struct Args {
     /// Label of the token that holds the keys.
     #[arg(long, value_name = "LABEL")]
     pub token_label: Option<String>,
+    /// The slot of that token, for a module whose token information cryptoki cannot read
+    /// (opencryptoki 3.8's soft token, slot 3): kmsd then checks the label where it can.
+    #[arg(long, value_name = "ID")]
+    pub pkcs11_slot: Option<u64>,
     /// File holding the token's user PIN (else the KMS_HSM_PIN environment variable).
     #[arg(long, value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
@@ -159,6 +163,7 @@ pub struct RawConfig {
     data_dir: Option<PathBuf>,
     pkcs11_module: Option<PathBuf>,
     token_label: Option<String>,
+    pkcs11_slot: Option<u64>,
     pin_file: Option<PathBuf>,
     hsm_max_sessions: Option<usize>,
     max_keys: Option<usize>,
@@ -286,6 +291,8 @@ pub struct Config {
     pub pkcs11_module: PathBuf,
     /// The token label.
     pub token_label: String,
+    /// The token's slot, when given.
+    pub pkcs11_slot: Option<u64>,
     /// Where the PIN comes from (never the PIN itself).
     pub pin: PinSource,
     /// Most HSM sessions.
@@ -437,6 +444,7 @@ impl Config {
                 .or(raw.pkcs11_module)
                 .ok_or(ConfigError::Missing("pkcs11-module", "pkcs11_module"))?,
             token_label,
+            pkcs11_slot: args.pkcs11_slot.or(raw.pkcs11_slot),
             pin: args
                 .pin_file
                 .or(raw.pin_file)

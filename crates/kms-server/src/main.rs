@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use kms_audit::AuditLog;
-use kms_core::key::KeyStorage;
+use kms_core::key::{KeySpec, KeyStorage};
 use kms_core::service::Authorization;
 use kms_core::{Kms, MetadataStore, SystemClock};
 use kms_hsm::DomainCustody;
@@ -36,6 +36,9 @@ use tracing_subscriber::EnvFilter;
 
 /// How often kmsd looks for keys whose deletion or automatic rotation is due.
 const SCHEDULER_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The log directive that silences cryptoki's complaints about unnamed mechanisms.
+const QUIET_CRYPTOKI: &str = "cryptoki::mechanism=off";
 
 /// How often the health service checks that the HSM answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -81,7 +84,10 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&config.log_level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new("info"))
+        // cryptoki logs an ERROR for every mechanism of the module's list it has no name for
+        // (vendor mechanisms, and some standard ones): noise, not kmsd's errors.
+        .add_directive(QUIET_CRYPTOKI.parse().unwrap_or_default());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -125,6 +131,7 @@ fn open_checked_hsm(config: &Config, namespace: [u8; 16]) -> anyhow::Result<HsmK
         HsmConfig {
             module: config.pkcs11_module.clone(),
             token_label: config.token_label.clone(),
+            slot: config.pkcs11_slot,
             pin: config.read_pin()?,
             max_sessions: config.hsm_max_sessions,
             session_wait: HSM_SESSION_WAIT,
@@ -149,7 +156,7 @@ fn open_checked_hsm(config: &Config, namespace: [u8; 16]) -> anyhow::Result<HsmK
 /// the audit log: the PIN, the module, the token and the login, the TLS files, the data dir's
 /// place. Prints what kmsd would use.
 fn check_config(config: &Config) -> anyhow::Result<()> {
-    drop(open_checked_hsm(config, [0; 16])?);
+    let capabilities = capability_lines(&open_checked_hsm(config, [0; 16])?);
     if let Transport::Tls(files) = &config.transport {
         auth::mtls(files, None).context("cannot set up TLS")?;
     }
@@ -197,6 +204,9 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
         "  administrators  {}",
         config.effective_administrators().join(", ")
     );
+    for line in capabilities {
+        println!("  {line}");
+    }
     println!(
         "  key storage     {}",
         match config.key_storage {
@@ -239,6 +249,65 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
         config.log_format, config.log_level
     );
     Ok(())
+}
+
+/// What `--check-config` says of the module: the key specs it serves, and the template
+/// attributes it does not know (when there are any).
+fn capability_lines(hsm: &HsmKeyStore) -> Vec<String> {
+    let mut lines = vec![format!("key specs       {}", key_specs_line(hsm))];
+    let unknown = hsm.unknown_attributes();
+    if !unknown.is_empty() {
+        lines.push(format!(
+            "attributes      the module does not know {}; kmsd leaves them out of its templates",
+            unknown.join(", ")
+        ));
+    }
+    lines
+}
+
+/// The key specs the HSM serves, and those it cannot with the mechanisms its module lacks.
+fn key_specs_line(hsm: &HsmKeyStore) -> String {
+    let unserved = hsm.unserved_key_specs();
+    if unserved.is_empty() {
+        return "all (the module has every mechanism they need)".to_owned();
+    }
+    let served: Vec<&str> = ALL_KEY_SPECS
+        .iter()
+        .filter(|spec| !unserved.iter().any(|u| u.spec == **spec))
+        .map(|spec| spec.as_str())
+        .collect();
+    let refused: Vec<String> = unserved
+        .iter()
+        .map(|u| format!("{} (lacks {})", u.spec.as_str(), u.missing.join(", ")))
+        .collect();
+    format!("{}; refused: {}", served.join(", "), refused.join("; "))
+}
+
+/// Every key spec, in the order `--check-config` lists them.
+const ALL_KEY_SPECS: [KeySpec; 8] = [
+    KeySpec::SymmetricDefault,
+    KeySpec::Hmac256,
+    KeySpec::Hmac384,
+    KeySpec::Hmac512,
+    KeySpec::Rsa2048,
+    KeySpec::Rsa3072,
+    KeySpec::Rsa4096,
+    KeySpec::EccNistP256,
+];
+
+/// The key specs the HSM cannot make, with why, for the service to refuse; logged.
+fn unserved_key_specs(hsm: &HsmKeyStore) -> Vec<(KeySpec, String)> {
+    hsm.unserved_key_specs()
+        .into_iter()
+        .map(|u| {
+            let why = format!("its module lacks {}", u.missing.join(", "));
+            warn!(
+                key_spec = u.spec.as_str(),
+                why, "the HSM cannot make keys of this spec; CreateKey refuses them"
+            );
+            (u.spec, why)
+        })
+        .collect()
 }
 
 fn run(config: &Config) -> anyhow::Result<()> {
@@ -294,6 +363,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
         Kms::new(store.clone(), hsm.clone(), Arc::new(SystemClock))
             .with_max_keys(config.max_keys)
             .with_key_storage(config.key_storage)
+            .with_unserved_key_specs(unserved_key_specs(&hsm))
             .with_authorization(Authorization {
                 administrators,
                 server_policy: config.server_policy.clone(),
@@ -742,10 +812,9 @@ async fn drain_bounded(
 /// HSM holds the private half. Returns the file.
 fn write_audit_public_key(config: &Config, signer: &HsmAuditSigner) -> anyhow::Result<PathBuf> {
     use kms_core::audit::CheckpointSigner as _;
-    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
     let pem = signer
         .public_key()
-        .to_public_key_pem(LineEnding::LF)
+        .to_public_key_pem()
         .context("cannot encode the audit public key")?;
     let path = config.audit_log.with_extension("pub.pem");
     if std::fs::read_to_string(&path).ok().as_deref() != Some(pem.as_str()) {

@@ -87,6 +87,32 @@ fn audit_round_trip() {
 }
 
 #[test]
+fn audit_round_trip_with_an_rsa_pss_signer() {
+    let (_dir, path, _) = scratch();
+    let signer = Arc::new(SoftCheckpointSigner::rsa_pss().unwrap());
+    let pins = Arc::new(MemoryStore::default());
+    let log = open_pinned(&path, &signer, &pins).unwrap();
+    for n in 0..3 {
+        log.append(event(n)).unwrap();
+    }
+    log.close().unwrap();
+    // Reopening checks the pinned checkpoint's RSA-PSS signature and appends after it.
+    let log = open_pinned(&path, &signer, &pins).unwrap();
+    log.append(event(3)).unwrap();
+    log.close().unwrap();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let report = verify(&bytes, &signer.public_key()).unwrap();
+    assert_eq!((report.records, report.checkpoints), (4, 4));
+    // Another key's log is refused at open, as with ECDSA.
+    let other: Arc<dyn CheckpointSigner> = Arc::new(SoftCheckpointSigner::rsa_pss().unwrap());
+    assert!(matches!(
+        open_as(&path, LOG_ID, other),
+        Err(AuditError::KeyMismatch { .. })
+    ));
+}
+
+#[test]
 fn audit_group_commit_signs_each_batch_once() {
     let (_dir, path, signer) = scratch();
     let log = open(&path, &signer);
@@ -497,10 +523,10 @@ fn audit_fails_the_calls_of_a_signer_failure_and_recovers_with_the_signer() {
 fn audit_refuses_a_signer_whose_signatures_do_not_verify() {
     struct Liar(SoftCheckpointSigner, SoftCheckpointSigner);
     impl CheckpointSigner for Liar {
-        fn sign(&self, message: &[u8]) -> Result<[u8; 64], kms_core::HsmError> {
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, kms_core::HsmError> {
             self.0.sign(message)
         }
-        fn public_key(&self) -> p256::PublicKey {
+        fn public_key(&self) -> kms_core::audit::AuditPublicKey {
             self.1.public_key()
         }
     }

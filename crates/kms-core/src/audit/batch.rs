@@ -2,11 +2,8 @@
 //! new end of the chain. The file writer (kms-audit) appends what [`encode_batch`] returns; the
 //! tests build whole logs in memory with it.
 
-use p256::ecdsa::signature::Verifier;
-use p256::ecdsa::{Signature, VerifyingKey};
-
 use super::line::{encode_checkpoint, encode_event, line_hash};
-use super::{AuditError, AuditEvent, CheckpointSigner, checkpoint_message};
+use super::{AuditError, AuditEvent, AuditPublicKey, CheckpointSigner, checkpoint_message};
 
 /// The end of the chain: the last seq written and the hash of the last line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,23 +41,27 @@ pub fn encode_batch(
     Ok((bytes, tail))
 }
 
-/// Has the checkpoint signed, normalises the signature to low-S (so the line has one valid
-/// form), and checks it with the public key the verifier will use.
+/// Has the checkpoint signed, with an ECDSA signature normalised to low-S (so the line has one
+/// valid form).
 fn sign_checkpoint(
     log_id: &[u8; 16],
     seq: u64,
     prev: &[u8; 32],
     signer: &dyn CheckpointSigner,
-) -> Result<[u8; 64], AuditError> {
+) -> Result<Vec<u8>, AuditError> {
     let message = checkpoint_message(log_id, seq, prev);
-    Ok(sign_low_s(&message, signer)?.to_bytes().into())
+    sign_normalized(&message, signer, &signer.public_key())
 }
 
-/// The signer's signature of `message`, with `s` normalised to the low half.
-fn sign_low_s(message: &[u8], signer: &dyn CheckpointSigner) -> Result<Signature, AuditError> {
+/// The signer's signature of `message` in the form a checkpoint carries (see
+/// [`AuditPublicKey::normalize`]), for the scheme of `key`.
+fn sign_normalized(
+    message: &[u8],
+    signer: &dyn CheckpointSigner,
+    key: &AuditPublicKey,
+) -> Result<Vec<u8>, AuditError> {
     let raw = signer.sign(message).map_err(AuditError::Sign)?;
-    let signature = Signature::from_slice(&raw).map_err(|_| AuditError::BadSignature)?;
-    Ok(signature.normalize_s().unwrap_or(signature))
+    key.normalize(&raw).ok_or(AuditError::BadSignature)
 }
 
 /// Refuses, at open, a signer whose signatures do not verify with the public key it gives
@@ -69,12 +70,12 @@ fn sign_low_s(message: &[u8], signer: &dyn CheckpointSigner) -> Result<Signature
 pub fn check_signer(
     log_id: &[u8; 16],
     signer: &dyn CheckpointSigner,
-    verifying_key: &VerifyingKey,
+    public_key: &AuditPublicKey,
 ) -> Result<(), AuditError> {
     let mut message = b"kms audit signer self-test ".to_vec();
     message.extend_from_slice(log_id);
-    let signature = sign_low_s(&message, signer)?;
-    verifying_key
+    let signature = sign_normalized(&message, signer, public_key)?;
+    public_key
         .verify(&message, &signature)
         .map_err(|_| AuditError::BadSignature)
 }

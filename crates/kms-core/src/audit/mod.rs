@@ -6,8 +6,9 @@
 //! It never holds a plaintext, a data key, a ciphertext or a PIN: [`AuditEvent`] has no field
 //! that could carry one.
 //!
-//! Records are hash-chained, and the chain is checkpointed with ECDSA P-256 signatures made by a
-//! key the HSM holds ([`CheckpointSigner`]). [`verify`] needs only the file and the public key:
+//! Records are hash-chained, and the chain is checkpointed with signatures made by a key the HSM
+//! holds ([`CheckpointSigner`]): ECDSA P-256, or RSA-PSS on an HSM without elliptic curves
+//! ([`AuditPublicKey`]). [`verify`] needs only the file and the public key:
 //! it detects any altered, removed, inserted or reordered line and names the line. The service
 //! hands its records to an [`AuditSink`]; kmsd's is the file writer of the kms-audit crate, which
 //! acknowledges a record once it is on disk (`fdatasync`) and covered by a signed checkpoint.
@@ -67,7 +68,9 @@
 //!   digits. It is the same in every checkpoint of a file.
 //! - `signature`: an ECDSA P-256 signature with SHA-256, raw `r || s` (32 bytes each,
 //!   big-endian), 128 lowercase hex digits, with `s` in the lower half of the group order
-//!   ("low-S"), over the message (see [`checkpoint_message`])
+//!   ("low-S"); or, where the HSM has no elliptic curves, an RSASSA-PSS signature with SHA-256,
+//!   MGF1-SHA-256 and a 32-byte salt, as long as the modulus (768 hex digits for RSA 3072). The
+//!   public key's type says which. Either is over the message (see [`checkpoint_message`])
 //!
 //!   ```text
 //!   "kms audit checkpoint v1" 0x00  ||  log_id (16 bytes)
@@ -97,6 +100,7 @@
 //! for the caller to compare.
 
 mod batch;
+mod key;
 pub mod line;
 mod time;
 mod verify;
@@ -111,6 +115,7 @@ use serde::{Deserialize, Serialize};
 use crate::hsm::HsmError;
 
 pub use batch::{Tail, check_signer, encode_batch};
+pub use key::{AUDIT_RSA_BITS, AuditPublicKey, EncodeAuditKey, UnknownAuditKey};
 pub use time::{MAX_TIME_MS, MIN_TIME_MS, format_time, parse_time};
 pub use verify::{EventFilter, ParsedEvent, VerifyFailure, VerifyReport, read_events, verify};
 
@@ -133,7 +138,7 @@ pub const GENESIS_PREV: [u8; 32] = [0; 32];
 
 /// The message a checkpoint signs: [`CHECKPOINT_DOMAIN`] `|| log_id || seq (u64 big-endian) ||
 /// prev`, where `seq` is the checkpoint line's own seq and `prev` the SHA-256 of the line before
-/// it. The signature is ECDSA P-256 over SHA-256 of this message.
+/// it. The signature (ECDSA P-256 or RSA-PSS) is over SHA-256 of this message.
 pub fn checkpoint_message(log_id: &[u8; 16], seq: u64, prev: &[u8; 32]) -> Vec<u8> {
     let mut message = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 16 + 8 + 32);
     message.extend_from_slice(CHECKPOINT_DOMAIN);
@@ -254,11 +259,12 @@ impl AuditEvent {
 
 /// Signs checkpoints; the HSM implements it (kms-hsm), tests use a software key.
 pub trait CheckpointSigner: Send + Sync {
-    /// ECDSA P-256 signature, raw `r || s` (64 bytes), over SHA-256(`message`).
-    fn sign(&self, message: &[u8]) -> Result<[u8; 64], HsmError>;
+    /// The signature over SHA-256(`message`) of the scheme of [`Self::public_key`]: ECDSA
+    /// P-256 as raw `r || s` (64 bytes), or RSA-PSS.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError>;
 
     /// The public key, to check at open that it matches what the verifier will be given.
-    fn public_key(&self) -> p256::PublicKey;
+    fn public_key(&self) -> AuditPublicKey;
 }
 
 /// The last sealed checkpoint of a log: its seq, the SHA-256 of its line, and where the line
@@ -437,8 +443,29 @@ mod tests {
 
         let signer = crate::testing::SoftCheckpointSigner::new();
         let key = signer.public_key();
-        let pem = key.to_public_key_pem(LineEnding::LF).unwrap();
+        let pem = key.to_public_key_pem().unwrap();
         assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
-        assert_eq!(p256::PublicKey::from_public_key_pem(&pem).unwrap(), key);
+        let AuditPublicKey::P256(p256_key) = key else {
+            panic!("not a P-256 key");
+        };
+        // Byte for byte what kmsd wrote before RSA-PSS audit keys existed.
+        assert_eq!(p256_key.to_public_key_pem(LineEnding::LF).unwrap(), pem);
+        assert_eq!(
+            p256::PublicKey::from_public_key_pem(&pem).unwrap(),
+            p256_key
+        );
+        assert_eq!(
+            AuditPublicKey::from_public_key_pem(&pem).unwrap(),
+            AuditPublicKey::P256(p256_key)
+        );
+
+        let rsa = crate::testing::SoftCheckpointSigner::rsa_pss()
+            .unwrap()
+            .public_key();
+        let pem = rsa.to_public_key_pem().unwrap();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert_eq!(AuditPublicKey::from_public_key_pem(&pem).unwrap(), rsa);
+        assert_eq!(rsa.scheme(), "RSA-PSS 2048");
+        assert!(AuditPublicKey::from_public_key_pem("-----BEGIN PUBLIC KEY-----\n").is_err());
     }
 }

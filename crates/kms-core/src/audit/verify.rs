@@ -1,11 +1,8 @@
 //! Offline checks and reads of a log's bytes: [`verify`] for `kmsctl audit verify`,
 //! [`read_events`] and [`EventFilter`] for tail and search. Pure functions, no I/O.
 
-use p256::ecdsa::signature::Verifier;
-use p256::ecdsa::{Signature, VerifyingKey};
-
 use super::line::{Line, line_hash, parse_line};
-use super::{AuditEvent, GENESIS_PREV, Outcome, checkpoint_message};
+use super::{AuditEvent, AuditPublicKey, GENESIS_PREV, Outcome, checkpoint_message};
 
 /// What a successful [`verify`] found.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -58,8 +55,7 @@ pub struct ParsedEvent {
 ///
 /// Removing whole batches from the end of the file cannot be detected from the file alone:
 /// compare [`VerifyReport::last_seq`] with a value recorded earlier.
-pub fn verify(bytes: &[u8], public_key: &p256::PublicKey) -> Result<VerifyReport, VerifyFailure> {
-    let verifying_key = VerifyingKey::from(public_key);
+pub fn verify(bytes: &[u8], public_key: &AuditPublicKey) -> Result<VerifyReport, VerifyFailure> {
     let mut report = VerifyReport::default();
     let mut prev_hash = GENESIS_PREV;
     let mut last_checkpoint_line = 0;
@@ -121,12 +117,9 @@ pub fn verify(bytes: &[u8], public_key: &p256::PublicKey) -> Result<VerifyReport
                         hex::encode(earlier)
                     )));
                 }
-                check_signature(
-                    &verifying_key,
-                    &checkpoint_message(&log_id, seq, &prev),
-                    &signature,
-                )
-                .map_err(|m| fail(m.to_owned()))?;
+                public_key
+                    .verify(&checkpoint_message(&log_id, seq, &prev), &signature)
+                    .map_err(|m| fail(m.to_owned()))?;
                 report.log_id = Some(log_id);
                 report.checkpoints += 1;
                 last_checkpoint_line = number;
@@ -158,26 +151,6 @@ pub fn verify(bytes: &[u8], public_key: &p256::PublicKey) -> Result<VerifyReport
         return Err(VerifyFailure::new(first_uncovered_line, message));
     }
     Ok(report)
-}
-
-/// Checks a checkpoint signature: well formed, low-S, and valid for `message`.
-fn check_signature(
-    key: &VerifyingKey,
-    message: &[u8],
-    signature: &[u8; 64],
-) -> Result<(), &'static str> {
-    let signature = Signature::from_slice(signature)
-        .map_err(|_| "the checkpoint signature is malformed (r or s out of range)")?;
-    if signature.normalize_s().is_some() {
-        return Err(
-            "the checkpoint signature is not in low-S form, as the writer emits it: it \
-                    was altered",
-        );
-    }
-    key.verify(message, &signature).map_err(|_| {
-        "the checkpoint signature does not verify with the public key: the checkpoint or a line \
-         before it was altered, or the log was signed with another key"
-    })
 }
 
 /// The event lines of a log, in order, with their line numbers; checkpoints are skipped. The
@@ -264,7 +237,7 @@ mod tests {
     use crate::testing::audit_logs::{LOG_ID, build_log, build_log_with, event};
 
     /// 6 events in batches of 2, 1 and 3: events on lines 1-2, 4, 6-8, checkpoints on 3, 5, 9.
-    fn sample() -> (Vec<u8>, p256::PublicKey) {
+    fn sample() -> (Vec<u8>, AuditPublicKey) {
         let signer = SoftCheckpointSigner::new();
         (build_log(&signer, &[2, 1, 3]).unwrap(), signer.public_key())
     }
@@ -435,6 +408,9 @@ mod tests {
 
     #[test]
     fn audit_verify_rejects_high_s_signatures() {
+        use p256::ecdsa::signature::Verifier as _;
+        use p256::ecdsa::{Signature, VerifyingKey};
+
         let (log, key) = sample();
         let mut lines = split(&log);
         let last = lines.pop().unwrap();
@@ -451,7 +427,10 @@ mod tests {
         let high = Signature::from_scalars(r, -s).unwrap();
         // The malleated signature is valid ECDSA; only the low-S rule rejects it.
         let message = checkpoint_message(&log_id, seq, &prev);
-        assert!(VerifyingKey::from(&key).verify(&message, &high).is_ok());
+        let AuditPublicKey::P256(p256_key) = &key else {
+            panic!("the sample log is not signed with ECDSA");
+        };
+        assert!(VerifyingKey::from(p256_key).verify(&message, &high).is_ok());
         let high: [u8; 64] = high.to_bytes().into();
         lines.push(
             [
@@ -570,5 +549,46 @@ mod tests {
             }
             .matches(&parsed)
         );
+    }
+
+    #[test]
+    fn audit_verify_checks_rsa_pss_checkpoints() {
+        let signer = SoftCheckpointSigner::rsa_pss().unwrap();
+        let key = signer.public_key();
+        let log = build_log(&signer, &[2, 1]).unwrap();
+        assert_eq!(
+            verify(&log, &key),
+            Ok(VerifyReport {
+                records: 3,
+                checkpoints: 2,
+                last_seq: 5,
+                log_id: Some(LOG_ID)
+            })
+        );
+        // Every byte of the last checkpoint's signature is covered.
+        let last = split(&log).pop().unwrap();
+        let start = log.len() - last.len();
+        let hex_start = start
+            + last
+                .windows(13)
+                .position(|w| w == b"\"signature\":\"")
+                .unwrap()
+            + 13;
+        for pos in (hex_start..log.len() - 3).step_by(7) {
+            let mut tampered = log.clone();
+            tampered[pos] = if tampered[pos] == b'0' { b'1' } else { b'0' };
+            let failure = verify(&tampered, &key).expect_err(&format!("flip at byte {pos}"));
+            assert_eq!(failure.line, 5, "{failure}");
+        }
+        // Another RSA key, or an ECDSA key, does not verify it.
+        let failure = verify(&log, &SoftCheckpointSigner::new().public_key()).unwrap_err();
+        assert_eq!(failure.line, 3, "{failure}");
+        let other = SoftCheckpointSigner::rsa_pss().unwrap().public_key();
+        let failure = verify(&log, &other).unwrap_err();
+        assert!(failure.message.contains("does not verify"), "{failure}");
+        // An ECDSA log does not verify with an RSA key: the signature is too short.
+        let (ecdsa_log, _) = sample();
+        let failure = verify(&ecdsa_log, &key).unwrap_err();
+        assert!(failure.message.contains("as long as"), "{failure}");
     }
 }

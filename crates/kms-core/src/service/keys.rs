@@ -32,6 +32,12 @@ impl Kms {
             .transpose()?;
         KeyRecord::validate_description(&input.description)?;
         let usage = input.spec.usage(input.usage)?;
+        if let Some((spec, why)) = self.unserved.iter().find(|(spec, _)| *spec == input.spec) {
+            return Err(KmsError::UnsupportedOperation(format!(
+                "{} keys cannot be created on this HSM: {why}",
+                spec.as_str()
+            )));
+        }
         if input.origin == Origin::External && input.spec.is_asymmetric() {
             return Err(KmsError::UnsupportedOperation(format!(
                 "key material of {} keys cannot be imported; only SYMMETRIC_DEFAULT and HMAC keys \

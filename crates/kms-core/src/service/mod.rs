@@ -390,6 +390,8 @@ pub struct Kms {
     policies: PolicyCache,
     /// Where new key versions keep their material.
     storage: KeyStorage,
+    /// The key specs the HSM cannot make, each with why (refused at CreateKey).
+    unserved: Vec<(KeySpec, String)>,
     /// The pending versions whose rotation is under way in this process. A pending version
     /// not in here is left from a rotation whose cleanup failed: the next rotation or
     /// deletion of the key removes it, rather than waiting for a restart.
@@ -440,6 +442,7 @@ impl Kms {
             authorization: Authorization::default(),
             policies: PolicyCache::default(),
             storage: KeyStorage::default(),
+            unserved: Vec::new(),
             rotations: Mutex::new(HashSet::new()),
             deletions: Mutex::new(HashSet::new()),
             current_domain: AtomicU32::new(0),
@@ -475,6 +478,14 @@ impl Kms {
     #[must_use]
     pub fn with_key_storage(mut self, storage: KeyStorage) -> Self {
         self.storage = storage;
+        self
+    }
+
+    /// Refuses to create keys of these specs, each with why (the HSM's module lacks what they
+    /// need): CreateKey fails with UnsupportedOperationException saying so.
+    #[must_use]
+    pub fn with_unserved_key_specs(mut self, unserved: Vec<(KeySpec, String)>) -> Self {
+        self.unserved = unserved;
         self
     }
 

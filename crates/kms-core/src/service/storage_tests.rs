@@ -190,3 +190,25 @@ fn a_public_key_swapped_in_the_record_is_refused() {
         "the victim key verified the attacker's signature"
     );
 }
+
+#[test]
+fn key_specs_the_hsm_cannot_make_are_refused_and_the_others_served() {
+    let (kms, store, _hsm) = memory_kms();
+    let kms = kms.with_unserved_key_specs(vec![(
+        KeySpec::EccNistP256,
+        "its module lacks CKM_EC_KEY_PAIR_GEN, CKM_ECDSA".to_owned(),
+    )]);
+    let refused = kms.create_key(&admin(), CreateKeyInput::new(KeySpec::EccNistP256));
+    let Err(KmsError::UnsupportedOperation(message)) = refused else {
+        panic!("an ECC key was not refused: {refused:?}");
+    };
+    assert_eq!(
+        message,
+        "ECC_NIST_P256 keys cannot be created on this HSM: its module lacks \
+         CKM_EC_KEY_PAIR_GEN, CKM_ECDSA"
+    );
+    // Nothing was recorded.
+    assert!(ok(store.list_keys(None, 10).map_err(KmsError::from)).is_empty());
+    ok(kms.create_key(&admin(), CreateKeyInput::new(KeySpec::Hmac256)));
+    ok(kms.create_key(&admin(), plain_input()));
+}
