@@ -54,6 +54,10 @@ pub(crate) struct MakeDomainKeyArgs {
     /// The domain key version: 1 for a new deployment, the current one + 1 for a rotation.
     #[arg(long, value_name = "N")]
     version: u32,
+    /// The mechanism the key wraps with: CKM_AES_KEY_WRAP_PAD, or a vendor's number
+    /// (0x8000...) where the HSM's AES key wrap with padding has its own.
+    #[arg(long, value_name = "MECHANISM", default_value = "CKM_AES_KEY_WRAP_PAD")]
+    wrap_mechanism: String,
 }
 
 /// Runs the ceremony.
@@ -73,13 +77,23 @@ pub(crate) fn make_domain_key(format: Format, args: &MakeDomainKeyArgs) -> anyho
     } else {
         DomainKeyMaker::SecurityOfficer
     };
+    let mechanism = kms_hsm::parse_wrap_mechanism(&args.wrap_mechanism).with_context(|| {
+        format!(
+            "--wrap-mechanism takes CKM_AES_KEY_WRAP_PAD or a vendor mechanism number \
+             (0x80000000 or more), not {}",
+            args.wrap_mechanism
+        )
+    })?;
     kms_hsm::make_domain_key(
         &args.module,
         &args.token_label,
         &pin,
-        maker,
-        instance,
-        args.version,
+        kms_hsm::DomainKeyRequest {
+            namespace: instance,
+            version: args.version,
+            maker,
+            mechanism,
+        },
     )?;
     match format {
         Format::Json => println!(

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::MechanismType;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
@@ -41,16 +42,28 @@ pub enum CeremonyError {
     },
 }
 
-/// Makes the wrap key of trusted domain `version` of the kmsd instance `namespace` on the
-/// token labelled `token_label` of `module`, logged in with `pin` as `maker` says. kmsd makes
-/// the domain's authenticator key itself when it first uses the domain.
+/// What the ceremony makes: the wrap key of trusted domain `version` of the kmsd instance
+/// `namespace`, by `maker`, wrapping with `mechanism`.
+#[derive(Clone, Copy, Debug)]
+pub struct DomainKeyRequest {
+    /// The kmsd instance id (its store's).
+    pub namespace: [u8; 16],
+    /// The domain version.
+    pub version: u32,
+    /// Who logs in and makes it.
+    pub maker: DomainKeyMaker,
+    /// The mechanism it wraps with (CKM_AES_KEY_WRAP_PAD, or a vendor's).
+    pub mechanism: MechanismType,
+}
+
+/// Makes the domain key `request` names on the token labelled `token_label` of `module`,
+/// logged in with `pin`. kmsd makes the domain's authenticator key itself when it first uses
+/// the domain.
 pub fn make_domain_key(
     module: &Path,
     token_label: &str,
     pin: &Zeroizing<String>,
-    maker: DomainKeyMaker,
-    namespace: [u8; 16],
-    version: u32,
+    request: DomainKeyRequest,
 ) -> Result<(), CeremonyError> {
     let pkcs11 = Pkcs11::new(module).map_err(|source| OpenError::Module {
         path: module.to_path_buf(),
@@ -64,7 +77,7 @@ pub fn make_domain_key(
             Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => false,
             Err(source) => return Err(OpenError::Initialize(source).into()),
         };
-    let made = make_in(&pkcs11, token_label, pin, maker, namespace, version);
+    let made = make_in(&pkcs11, token_label, pin, request);
     if initialized_here {
         let _ = pkcs11.finalize();
     }
@@ -75,10 +88,14 @@ fn make_in(
     pkcs11: &Pkcs11,
     token_label: &str,
     pin: &Zeroizing<String>,
-    maker: DomainKeyMaker,
-    namespace: [u8; 16],
-    version: u32,
+    request: DomainKeyRequest,
 ) -> Result<(), CeremonyError> {
+    let DomainKeyRequest {
+        namespace,
+        version,
+        maker,
+        mechanism,
+    } = request;
     let slot = find_token(pkcs11, token_label, None)?;
     let session = pkcs11
         .open_rw_session(slot)
@@ -90,7 +107,7 @@ fn make_in(
     session
         .login(user, Some(&AuthPin::from(pin.as_str())))
         .map_err(CeremonyError::Login)?;
-    let made = domain::create_trusted_domain_key(&session, namespace, version, maker);
+    let made = domain::create_trusted_domain_key(&session, namespace, version, maker, mechanism);
     let _ = session.logout();
     match made {
         Ok(Ok(_)) => Ok(()),

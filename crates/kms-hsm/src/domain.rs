@@ -26,6 +26,7 @@
 //! computes with the domain's authenticator key, checked before every unwrap.
 
 use cryptoki::error::Error as CkError;
+use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -35,20 +36,44 @@ use kms_core::key::WrappedMaterial;
 use crate::object_id::ObjectKind;
 use crate::templates;
 
-/// What the wrapped key storage needs of the module, by name.
-pub(crate) const WRAPPED_STORAGE_NEEDS: [(MechanismType, &str); 3] = [
-    (MechanismType::AES_KEY_GEN, "CKM_AES_KEY_GEN"),
-    (MechanismType::AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"),
-    (MechanismType::SHA256_HMAC, "CKM_SHA256_HMAC"),
-];
+/// The names of the mechanisms the wrapped key storage needs, with `wrap` the mechanism new
+/// domain keys wrap with, that `offered` lacks.
+pub(crate) fn missing_for_wrapped_storage(
+    offered: &[MechanismType],
+    wrap: MechanismType,
+) -> Vec<String> {
+    [
+        (MechanismType::AES_KEY_GEN, "CKM_AES_KEY_GEN".to_owned()),
+        (wrap, mechanism_name(wrap)),
+        (MechanismType::SHA256_HMAC, "CKM_SHA256_HMAC".to_owned()),
+    ]
+    .into_iter()
+    .filter(|(mechanism, _)| !offered.contains(mechanism))
+    .map(|(_, name)| name)
+    .collect()
+}
 
-/// The names of the mechanisms of [`WRAPPED_STORAGE_NEEDS`] that `offered` lacks.
-pub(crate) fn missing_for_wrapped_storage(offered: &[MechanismType]) -> Vec<&'static str> {
-    WRAPPED_STORAGE_NEEDS
-        .iter()
-        .filter(|(mechanism, _)| !offered.contains(mechanism))
-        .map(|(_, name)| *name)
-        .collect()
+/// A wrap mechanism's name: CKM_AES_KEY_WRAP_PAD, or a vendor's number.
+pub fn mechanism_name(mechanism: MechanismType) -> String {
+    if mechanism == MechanismType::AES_KEY_WRAP_PAD {
+        "CKM_AES_KEY_WRAP_PAD".to_owned()
+    } else {
+        format!("vendor mechanism {:#x}", u64::from(mechanism))
+    }
+}
+
+/// The wrap mechanism named `name`: `CKM_AES_KEY_WRAP_PAD`, or a vendor-defined mechanism
+/// number (`0x8000...`, at least CKM_VENDOR_DEFINED). PKCS#11 3.0's CKM_AES_KEY_WRAP_KWP
+/// (0x210b) cannot be named: the cryptoki release kmsd builds on has no such mechanism.
+pub fn parse_wrap_mechanism(name: &str) -> Option<MechanismType> {
+    if name.eq_ignore_ascii_case("CKM_AES_KEY_WRAP_PAD") {
+        return Some(MechanismType::AES_KEY_WRAP_PAD);
+    }
+    let hex = name
+        .strip_prefix("0x")
+        .or_else(|| name.strip_prefix("0X"))?;
+    let value = u64::from_str_radix(hex, 16).ok()?;
+    MechanismType::new_vendor_defined(value).ok()
 }
 
 /// The first bytes of a domain object's CKA_ID.
@@ -222,6 +247,7 @@ pub(crate) fn domain_key_template(
     label: String,
     unwrapped: &BoolTemplate,
     maker: Option<DomainKeyMaker>,
+    mechanism: MechanismType,
 ) -> Vec<Attribute> {
     let officer = maker == Some(DomainKeyMaker::SecurityOfficer);
     let mut template = vec![
@@ -242,7 +268,8 @@ pub(crate) fn domain_key_template(
         Attribute::Sign(false),
         Attribute::Verify(false),
         Attribute::Derive(false),
-        Attribute::AllowedMechanisms(vec![MechanismType::AES_KEY_WRAP_PAD]),
+        // The one mechanism it wraps with, which kmsd reads back to know it.
+        Attribute::AllowedMechanisms(vec![mechanism]),
         Attribute::Id(id),
         Attribute::Label(label.into_bytes()),
         unwrapped.attribute(CKA_UNWRAP_TEMPLATE),
@@ -253,14 +280,15 @@ pub(crate) fn domain_key_template(
     template
 }
 
-/// Makes a sealed domain key on the token.
+/// Makes a sealed domain key on the token that wraps with `mechanism`.
 pub(crate) fn create_domain_key(
     session: &Session,
     id: Vec<u8>,
     label: String,
+    mechanism: MechanismType,
 ) -> Result<ObjectHandle, CkError> {
     let unwrapped = unwrap_template(DomainCustody::Sealed);
-    let template = domain_key_template(id, label, &unwrapped, None);
+    let template = domain_key_template(id, label, &unwrapped, None, mechanism);
     session.generate_key(&Mechanism::AesKeyGen, &template)
 }
 
@@ -271,6 +299,7 @@ pub(crate) fn create_trusted_domain_key(
     namespace: [u8; 16],
     version: u32,
     maker: DomainKeyMaker,
+    mechanism: MechanismType,
 ) -> Result<Result<ObjectHandle, &'static str>, CkError> {
     let id = domain_id(namespace, version, DomainRole::Wrap);
     if !session
@@ -284,7 +313,7 @@ pub(crate) fn create_trusted_domain_key(
     }
     let unwrapped = unwrap_template(DomainCustody::Trusted);
     let label = format!("kms/domain/{version}/wrap");
-    let template = domain_key_template(id, label, &unwrapped, Some(maker));
+    let template = domain_key_template(id, label, &unwrapped, Some(maker), mechanism);
     session
         .generate_key(&Mechanism::AesKeyGen, &template)
         .map(Ok)
@@ -326,6 +355,8 @@ pub(crate) struct Domain {
     pub(crate) wrap: ObjectHandle,
     /// How the wrap key keeps what it unwraps.
     pub(crate) custody: DomainCustody,
+    /// The mechanism it wraps with.
+    pub(crate) mechanism: MechanismType,
     /// The HMAC key of the authenticators.
     pub(crate) authenticate: ObjectHandle,
 }
@@ -353,14 +384,15 @@ pub(crate) fn find_domain(
         Ok(found) => found,
         Err(why) => return Ok(Err(why)),
     };
-    Ok(Ok(wrap.zip(authenticate).map(
-        |((wrap, custody), (authenticate, _))| Domain {
+    Ok(Ok(wrap.zip(authenticate).map(|(wrap, authenticate)| {
+        Domain {
             version,
-            wrap,
-            custody,
-            authenticate,
-        },
-    )))
+            wrap: wrap.handle,
+            custody: wrap.custody,
+            mechanism: wrap.mechanism,
+            authenticate: authenticate.handle,
+        }
+    })))
 }
 
 /// The domain `version` of the instance `namespace`, its authenticator key made on the token
@@ -370,22 +402,23 @@ pub(crate) fn find_or_create_domain(
     session: &Session,
     namespace: [u8; 16],
     version: u32,
-    make_sealed: bool,
+    make_sealed: Option<MechanismType>,
 ) -> Result<Result<Option<Domain>, Distrust>, CkError> {
     let label = |what| format!("kms/domain/{version}/{what}");
     let wrap_id = domain_id(namespace, version, DomainRole::Wrap);
-    let (wrap, custody) = match find_trusted(session, &wrap_id)? {
-        Ok(Some(found)) => found,
-        Ok(None) if make_sealed => (
-            create_domain_key(session, wrap_id, label("wrap"))?,
-            DomainCustody::Sealed,
-        ),
-        Ok(None) => return Ok(Ok(None)),
-        Err(why) => return Ok(Err(why)),
+    let wrap = match (find_trusted(session, &wrap_id)?, make_sealed) {
+        (Ok(Some(found)), _) => found,
+        (Ok(None), Some(mechanism)) => Found {
+            handle: create_domain_key(session, wrap_id, label("wrap"), mechanism)?,
+            custody: DomainCustody::Sealed,
+            mechanism,
+        },
+        (Ok(None), None) => return Ok(Ok(None)),
+        (Err(why), _) => return Ok(Err(why)),
     };
     let authenticate_id = domain_id(namespace, version, DomainRole::Authenticate);
     let authenticate = match find_trusted(session, &authenticate_id)? {
-        Ok(Some((handle, _))) => handle,
+        Ok(Some(found)) => found.handle,
         Ok(None) => session.generate_key(
             &Mechanism::GenericSecretKeyGen,
             &authenticator_template(authenticate_id, label("authenticate")),
@@ -394,8 +427,9 @@ pub(crate) fn find_or_create_domain(
     };
     Ok(Ok(Some(Domain {
         version,
-        wrap,
-        custody,
+        wrap: wrap.handle,
+        custody: wrap.custody,
+        mechanism: wrap.mechanism,
         authenticate,
     })))
 }
@@ -409,7 +443,7 @@ pub(crate) fn find_wrap_key(
 ) -> Result<Result<Option<DomainCustody>, Distrust>, CkError> {
     Ok(
         find_trusted(session, &domain_id(namespace, version, DomainRole::Wrap))?
-            .map(|found| found.map(|(_, custody)| custody)),
+            .map(|found| found.map(|found| found.custody)),
     )
 }
 
@@ -441,10 +475,7 @@ pub(crate) fn destroy_domain(
 /// officer can set) or else private and sealed, and holds the unwrap template of its custody:
 /// an unwrapped copy asked to be readable, or wrappable under any key, is refused. Returns the
 /// handle with the custody of a wrap key (sealed for an authenticator key).
-fn find_trusted(
-    session: &Session,
-    id: &[u8],
-) -> Result<Result<Option<(ObjectHandle, DomainCustody)>, Distrust>, CkError> {
+fn find_trusted(session: &Session, id: &[u8]) -> Result<Result<Option<Found>, Distrust>, CkError> {
     let wrap = id.last() == Some(&(DomainRole::Wrap as u8));
     // Only private objects (which take the PIN to make) and, for a wrap key, trusted ones
     // (which take the security officer): a public object planted under the id by a process
@@ -482,6 +513,7 @@ fn find_trusted(
             AttributeType::Token,
             AttributeType::Private,
             AttributeType::Trusted,
+            AttributeType::AllowedMechanisms,
         ],
     )?;
     let custody = [
@@ -506,10 +538,31 @@ fn find_trusted(
     } else {
         DomainCustody::Sealed
     };
-    if wrap && !holds_unwrap_template(session, handle, custody)? {
+    // The mechanism it was made for (a module without CKA_ALLOWED_MECHANISMS: the default).
+    let mechanism = attributes
+        .iter()
+        .find_map(|a| match a {
+            Attribute::AllowedMechanisms(allowed) => allowed.first().copied(),
+            _ => None,
+        })
+        .unwrap_or(MechanismType::AES_KEY_WRAP_PAD);
+    if wrap && !holds_unwrap_template(session, handle, custody, mechanism)? {
         return Ok(Err("lets a key it unwraps be read"));
     }
-    Ok(Ok(Some((handle, custody))))
+    Ok(Ok(Some(Found {
+        handle,
+        custody,
+        mechanism,
+    })))
+}
+
+/// A domain object found on the token and trusted.
+struct Found {
+    handle: ObjectHandle,
+    /// For a wrap key: its custody (sealed for an authenticator key).
+    custody: DomainCustody,
+    /// For a wrap key: the mechanism it wraps with.
+    mechanism: MechanismType,
 }
 
 /// Whether the wrap key `domain` of `custody` holds its unwrap template: a secret wrapped
@@ -519,12 +572,13 @@ fn holds_unwrap_template(
     session: &Session,
     domain: ObjectHandle,
     custody: DomainCustody,
+    mechanism: MechanismType,
 ) -> Result<bool, CkError> {
     let probe = session.generate_key(
         &Mechanism::GenericSecretKeyGen,
         &fresh_secret_template(32, vec![MechanismType::SHA256_HMAC], custody),
     )?;
-    let wrapped = session.wrap_key(&wrap_mechanism(), domain, probe);
+    let wrapped = session.wrap_key(&wrap_mechanism(mechanism), domain, probe);
     // A session object nothing else refers to; its session would drop it anyway.
     let _ = session.destroy_object(probe);
     let wrapped = wrapped?;
@@ -555,7 +609,7 @@ fn holds_unwrap_template(
         let template: Vec<Attribute> = base.iter().cloned().chain(request).collect();
         // PKCS#11 says an unwrap template conflict is CKR_TEMPLATE_INCONSISTENT; any other
         // refusal proves nothing about the template.
-        match session.unwrap_key(&wrap_mechanism(), domain, &wrapped, &template) {
+        match session.unwrap_key(&wrap_mechanism(mechanism), domain, &wrapped, &template) {
             Ok(copy) => {
                 let _ = session.destroy_object(copy);
                 return Ok(false);
@@ -601,7 +655,7 @@ pub(crate) fn generate_wrapped_secret(
 ) -> Result<(ObjectHandle, Vec<u8>), CkError> {
     let template = fresh_secret_template(len, allowed, custody);
     let secret = session.generate_key(&Mechanism::GenericSecretKeyGen, &template)?;
-    match session.wrap_key(&wrap_mechanism(), domain, secret) {
+    match session.wrap_key(&wrap_mechanism(DEFAULT_WRAP), domain, secret) {
         Ok(wrapped) => Ok((secret, wrapped)),
         Err(error) => {
             // Nothing refers to it; the session would drop it anyway.
@@ -617,17 +671,27 @@ pub(crate) fn unwrap_secret(
     session: &Session,
     domain: ObjectHandle,
     custody: DomainCustody,
+    mechanism: MechanismType,
     wrapped: &[u8],
     allowed: Vec<MechanismType>,
 ) -> Result<ObjectHandle, CkError> {
     let template = templates::session_secret_template(None, allowed, copy_custody(custody));
-    session.unwrap_key(&wrap_mechanism(), domain, wrapped, &template)
+    session.unwrap_key(&wrap_mechanism(mechanism), domain, wrapped, &template)
 }
 
-/// The wrapping mechanism of every kind: AES key wrap with padding (RFC 5649), since private
-/// keys' PKCS#8 encodings and imported HMAC keys need not be multiples of 8 bytes.
-pub(crate) fn wrap_mechanism() -> Mechanism<'static> {
-    Mechanism::AesKeyWrapPad
+/// The wrapping mechanism domain keys are made for unless configured otherwise: AES key wrap
+/// with padding (RFC 5649), since private keys' PKCS#8 encodings and imported HMAC keys need
+/// not be multiples of 8 bytes.
+pub const DEFAULT_WRAP: MechanismType = MechanismType::AES_KEY_WRAP_PAD;
+
+/// The mechanism `mechanism` as C_WrapKey and C_UnwrapKey take it: the standard one, or a
+/// vendor's (which takes no parameter).
+pub(crate) fn wrap_mechanism(mechanism: MechanismType) -> Mechanism<'static> {
+    if mechanism == MechanismType::AES_KEY_WRAP_PAD {
+        Mechanism::AesKeyWrapPad
+    } else {
+        Mechanism::VendorDefined(VendorDefinedMechanism::new::<()>(mechanism, None))
+    }
 }
 
 /// The private key template of a wrapped key pair's unwrapped half: a session object kept as
@@ -669,8 +733,20 @@ pub(crate) fn unwrap_version(
 ) -> Result<ObjectHandle, CkError> {
     if kind.is_private_key() {
         let template = unwrapped_private_template(kind, allowed, domain.custody);
-        session.unwrap_key(&wrap_mechanism(), domain.wrap, wrapped, &template)
+        session.unwrap_key(
+            &wrap_mechanism(domain.mechanism),
+            domain.wrap,
+            wrapped,
+            &template,
+        )
     } else {
-        unwrap_secret(session, domain.wrap, domain.custody, wrapped, allowed)
+        unwrap_secret(
+            session,
+            domain.wrap,
+            domain.custody,
+            domain.mechanism,
+            wrapped,
+            allowed,
+        )
     }
 }

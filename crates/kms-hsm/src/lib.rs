@@ -31,7 +31,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::mechanism::Mechanism;
+/// The mechanism type of a wrap mechanism (see [`parse_wrap_mechanism`]).
+pub use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use kms_core::asymmetric::{self, HashAlg};
@@ -44,9 +46,11 @@ use zeroize::Zeroizing;
 pub use audit_key::HsmAuditSigner;
 use capabilities::Capabilities;
 pub use capabilities::UnservedKeySpec;
-pub use ceremony::make_domain_key;
+pub use ceremony::{DomainKeyRequest, make_domain_key};
 use connect::connect;
-pub use domain::{DomainCustody, DomainKeyMaker};
+pub use domain::{
+    DEFAULT_WRAP, DomainCustody, DomainKeyMaker, mechanism_name, parse_wrap_mechanism,
+};
 pub use error::OpenError;
 pub use object_id::{ObjectId, ObjectKind};
 use pool::SessionPool;
@@ -119,6 +123,8 @@ pub struct HsmKeyStore {
     unwrapped: Mutex<Unwrapped>,
     /// How new domain keys come: made by kmsd (sealed) or by the ceremony (trusted).
     custody: DomainCustody,
+    /// The mechanism new sealed domain keys wrap with.
+    wrap_mechanism: MechanismType,
     /// The domain key new material is wrapped under.
     current_domain: AtomicU32,
     /// What the module can do, read at open.
@@ -151,6 +157,7 @@ impl HsmKeyStore {
             object_store: RwLock::new(()),
             unwrapped: Mutex::new(Unwrapped::new(Self::DEFAULT_UNWRAPPED)),
             custody: DomainCustody::Sealed,
+            wrap_mechanism: domain::DEFAULT_WRAP,
             current_domain: AtomicU32::new(domain::FIRST_DOMAIN),
             capabilities,
         })
@@ -174,10 +181,19 @@ impl HsmKeyStore {
         self
     }
 
+    /// Sets the mechanism new sealed domain keys wrap with (CKM_AES_KEY_WRAP_PAD by default;
+    /// a vendor's where the HSM's differs). A domain key found on the token wraps with the
+    /// mechanism it was made for, read from its CKA_ALLOWED_MECHANISMS.
+    #[must_use]
+    pub fn with_wrap_mechanism(mut self, mechanism: MechanismType) -> Self {
+        self.wrap_mechanism = mechanism;
+        self
+    }
+
     /// The mechanisms the wrapped key storage needs that the token's module does not offer
     /// (none on SoftHSM2 2.6): kmsd refuses to start with `--key-storage wrapped` on a module
     /// that lacks any, rather than fail every key creation.
-    pub fn missing_for_wrapped_storage(&self) -> Result<Vec<&'static str>, HsmError> {
+    pub fn missing_for_wrapped_storage(&self) -> Result<Vec<String>, HsmError> {
         let connection = self
             .connection
             .read()
@@ -190,7 +206,10 @@ impl HsmKeyStore {
         let offered = pool
             .mechanisms()
             .map_err(|e| error::classify("list mechanisms", e))?;
-        Ok(domain::missing_for_wrapped_storage(&offered))
+        Ok(domain::missing_for_wrapped_storage(
+            &offered,
+            self.wrap_mechanism,
+        ))
     }
 
     /// The key specs the module cannot serve (none on SoftHSM2 2.6; ECC_NIST_P256 on

@@ -118,7 +118,7 @@ impl HsmKeyStore {
         if let Some(domain) = unwrapped.domains.get(&version) {
             return Ok(Ok(*domain));
         }
-        let make_sealed = self.custody == DomainCustody::Sealed;
+        let make_sealed = (self.custody == DomainCustody::Sealed).then_some(self.wrap_mechanism);
         let domain =
             match domain::find_or_create_domain(session, self.namespace, version, make_sealed)? {
                 Ok(Some(domain)) => domain,
@@ -216,7 +216,7 @@ impl HsmKeyStore {
                 let bytes = if sealed {
                     None
                 } else {
-                    Some(s.wrap_key(&domain::wrap_mechanism(), to.wrap, *handle))
+                    Some(s.wrap_key(&domain::wrap_mechanism(to.mechanism), to.wrap, *handle))
                 };
                 drop(handle);
                 if !was_unwrapped {
@@ -268,7 +268,11 @@ impl HsmKeyStore {
             allowed,
             public_key_sha256,
         } = fresh;
-        let wrapped = session.wrap_key(&domain::wrap_mechanism(), domain.wrap, fresh);
+        let wrapped = session.wrap_key(
+            &domain::wrap_mechanism(domain.mechanism),
+            domain.wrap,
+            fresh,
+        );
         // Nothing else refers to it; its session would drop it anyway.
         let _ = session.destroy_object(fresh);
         let wrapped = wrapped?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use kms_core::key::KeyStorage;
 use kms_core::policy::KeyPolicy;
-use kms_hsm::{DomainCustody, HsmKeyStore};
+use kms_hsm::{DomainCustody, HsmKeyStore, MechanismType};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -65,6 +65,10 @@ pub struct Args {
     /// with `kmsctl hsm rotate-domain`) [default: sealed].
     #[arg(long, value_name = "CUSTODY")]
     pub domain_custody: Option<DomainCustodyName>,
+    /// The mechanism new sealed domain keys wrap with: CKM_AES_KEY_WRAP_PAD, or a vendor's
+    /// number (0x8000...) [default: CKM_AES_KEY_WRAP_PAD].
+    #[arg(long, value_name = "MECHANISM")]
+    pub wrap_mechanism: Option<String>,
     /// Log filter, e.g. info or kms_core=debug [default: info; RUST_LOG also works].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -170,6 +174,7 @@ pub struct RawConfig {
     key_storage: Option<KeyStorageName>,
     unwrapped_cache: Option<usize>,
     domain_custody: Option<DomainCustodyName>,
+    wrap_mechanism: Option<String>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     request_timeout: Option<String>,
@@ -305,6 +310,8 @@ pub struct Config {
     pub unwrapped_cache: usize,
     /// How domain keys are kept.
     pub domain_custody: DomainCustody,
+    /// The mechanism new sealed domain keys wrap with.
+    pub wrap_mechanism: MechanismType,
     /// The log filter.
     pub log_level: String,
     /// How log lines are written.
@@ -432,6 +439,7 @@ impl Config {
         )?;
         let key_storage = args.key_storage.or(raw.key_storage).unwrap_or_default();
         let custody = args.domain_custody.or(raw.domain_custody);
+        let wrap_mechanism = wrap_mechanism(args.wrap_mechanism.or(raw.wrap_mechanism))?;
         Ok(Config {
             listen,
             audit_log: args
@@ -454,6 +462,7 @@ impl Config {
             key_storage: key_storage.into(),
             unwrapped_cache: unwrapped_cache(args.unwrapped_cache.or(raw.unwrapped_cache))?,
             domain_custody: custody.unwrap_or_default().into(),
+            wrap_mechanism,
             log_level: args
                 .log_level
                 .or(raw.log_level)
@@ -574,6 +583,19 @@ fn token_label(label: Option<String>) -> Result<String, ConfigError> {
         ));
     }
     Ok(label)
+}
+
+/// The wrap mechanism of new sealed domain keys: CKM_AES_KEY_WRAP_PAD unless named.
+fn wrap_mechanism(name: Option<String>) -> Result<MechanismType, ConfigError> {
+    let Some(name) = name else {
+        return Ok(kms_hsm::DEFAULT_WRAP);
+    };
+    kms_hsm::parse_wrap_mechanism(&name).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "wrap-mechanism takes CKM_AES_KEY_WRAP_PAD or a vendor mechanism number (0x80000000 \
+             or more), not {name}"
+        ))
+    })
 }
 
 /// The key limit (which aliases share): at least 1.

@@ -137,7 +137,8 @@ fn open_checked_hsm(config: &Config, namespace: [u8; 16]) -> anyhow::Result<HsmK
             session_wait: HSM_SESSION_WAIT,
         },
         namespace,
-    )?;
+    )?
+    .with_wrap_mechanism(config.wrap_mechanism);
     if config.key_storage == KeyStorage::Wrapped {
         let missing = hsm.missing_for_wrapped_storage()?;
         if !missing.is_empty() {

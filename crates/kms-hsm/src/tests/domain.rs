@@ -43,6 +43,7 @@ fn a_secret_wrapped_under_a_domain_key_unwraps_to_the_same_hmac_key() {
         &session,
         b"domain-1".to_vec(),
         "domain 1".into(),
+        crate::domain::DEFAULT_WRAP,
     ));
     let (fresh, wrapped) = ok(generate_wrapped_secret(
         &session,
@@ -60,6 +61,7 @@ fn a_secret_wrapped_under_a_domain_key_unwraps_to_the_same_hmac_key() {
         &session,
         domain,
         DomainCustody::Sealed,
+        crate::domain::DEFAULT_WRAP,
         &wrapped,
         hmac_only(),
     ));
@@ -76,6 +78,7 @@ fn a_secret_wrapped_under_a_domain_key_unwraps_to_the_same_hmac_key() {
             &session,
             domain,
             DomainCustody::Sealed,
+            crate::domain::DEFAULT_WRAP,
             &altered,
             hmac_only()
         )
@@ -111,6 +114,7 @@ fn a_pin_holder_cannot_unwrap_a_stored_version_into_a_readable_or_lasting_object
         &session,
         b"domain-1".to_vec(),
         "domain 1".into(),
+        crate::domain::DEFAULT_WRAP,
     ));
     let (_, wrapped) = ok(generate_wrapped_secret(
         &session,
@@ -191,6 +195,7 @@ fn a_domain_key_cannot_be_read_wrapped_out_or_used_to_encrypt() {
         &session,
         b"domain-1".to_vec(),
         "domain 1".into(),
+        crate::domain::DEFAULT_WRAP,
     ));
     let value = session.get_attributes(domain, &[AttributeType::Value]);
     assert!(
@@ -201,6 +206,7 @@ fn a_domain_key_cannot_be_read_wrapped_out_or_used_to_encrypt() {
         &session,
         b"domain-2".to_vec(),
         "domain 2".into(),
+        crate::domain::DEFAULT_WRAP,
     ));
     assert!(
         session
@@ -237,8 +243,13 @@ fn a_domain_key_cannot_be_read_wrapped_out_or_used_to_encrypt() {
 fn without_the_unwrap_template_a_pin_holder_could_read_a_stored_version() {
     let (session, _) = user_session();
     let unwrapped = unwrap_template(DomainCustody::Sealed);
-    let mut template =
-        domain_key_template(b"domain-0".to_vec(), "no template".into(), &unwrapped, None);
+    let mut template = domain_key_template(
+        b"domain-0".to_vec(),
+        "no template".into(),
+        &unwrapped,
+        None,
+        crate::domain::DEFAULT_WRAP,
+    );
     template.retain(|a| !matches!(a, Attribute::VendorDefined(_)));
     let bare = ok(session.generate_key(&Mechanism::AesKeyGen, &template));
     let (_, wrapped) = ok(generate_wrapped_secret(
@@ -269,11 +280,13 @@ fn an_unwrapped_version_cannot_be_rewrapped_under_the_next_domain_key() {
         &session,
         b"domain-1".to_vec(),
         "domain 1".into(),
+        crate::domain::DEFAULT_WRAP,
     ));
     let new = ok(create_domain_key(
         &session,
         b"domain-2".to_vec(),
         "domain 2".into(),
+        crate::domain::DEFAULT_WRAP,
     ));
     let (_, wrapped) = ok(generate_wrapped_secret(
         &session,
@@ -286,6 +299,7 @@ fn an_unwrapped_version_cannot_be_rewrapped_under_the_next_domain_key() {
         &session,
         old,
         DomainCustody::Sealed,
+        crate::domain::DEFAULT_WRAP,
         &wrapped,
         hmac_only(),
     ));
@@ -304,10 +318,36 @@ fn softhsm2_offers_what_wrapped_storage_needs_and_a_module_without_it_is_named()
         super::NAMESPACE,
     ));
     assert!(ok(store.missing_for_wrapped_storage()).is_empty());
+    // A vendor's wrap mechanism SoftHSM2 lacks is named, so kmsd refuses to start with it.
+    let vendor = crate::domain::parse_wrap_mechanism("0x80000102");
+    let store = store.with_wrap_mechanism(vendor.unwrap_or(crate::domain::DEFAULT_WRAP));
     assert_eq!(
-        crate::domain::missing_for_wrapped_storage(&[MechanismType::AES_KEY_GEN]),
+        ok(store.missing_for_wrapped_storage()),
+        ["vendor mechanism 0x80000102"]
+    );
+    assert_eq!(
+        crate::domain::missing_for_wrapped_storage(
+            &[MechanismType::AES_KEY_GEN],
+            MechanismType::AES_KEY_WRAP_PAD
+        ),
         ["CKM_AES_KEY_WRAP_PAD", "CKM_SHA256_HMAC"]
     );
+    let vendor = crate::domain::parse_wrap_mechanism("0x80000102");
+    assert!(vendor.is_some());
+    assert_eq!(
+        crate::domain::missing_for_wrapped_storage(
+            &[
+                MechanismType::AES_KEY_GEN,
+                MechanismType::AES_KEY_WRAP_PAD,
+                MechanismType::SHA256_HMAC
+            ],
+            vendor.unwrap_or(MechanismType::AES_KEY_WRAP_PAD)
+        ),
+        ["vendor mechanism 0x80000102"]
+    );
+    // Below CKM_VENDOR_DEFINED a number names no vendor's mechanism.
+    assert!(crate::domain::parse_wrap_mechanism("0x210b").is_none());
+    assert!(crate::domain::parse_wrap_mechanism("ckm_aes_key_wrap_pad").is_some());
 }
 
 /// The handle cache's premise: a version unwrapped in one session (kept open) serves the
@@ -319,6 +359,7 @@ fn an_unwrapped_version_serves_other_sessions_while_its_session_lives() {
         &holder,
         b"domain-1".to_vec(),
         "domain 1".into(),
+        crate::domain::DEFAULT_WRAP,
     ));
     let (_, wrapped) = ok(generate_wrapped_secret(
         &holder,
@@ -331,6 +372,7 @@ fn an_unwrapped_version_serves_other_sessions_while_its_session_lives() {
         &holder,
         domain,
         DomainCustody::Sealed,
+        crate::domain::DEFAULT_WRAP,
         &wrapped,
         hmac_only(),
     ));
@@ -613,6 +655,7 @@ fn an_rsa_private_key_wraps_and_unwraps_with_aes_key_wrap_pad() {
         &session,
         b"domain-1".to_vec(),
         "domain 1".into(),
+        crate::domain::DEFAULT_WRAP,
     ));
     let public = rsa_public_template(b"p".to_vec(), "p".into(), 2048);
     let mut private = private_template(

@@ -55,7 +55,13 @@ fn readable_under(session: &Session, key: ObjectHandle, wrapped: &WrappedMateria
 /// A wrap key generated on the token, custody as kmsd's but without the unwrap template.
 fn plant_without_template(session: &Session, id: Vec<u8>) -> ObjectHandle {
     let unwrapped = unwrap_template(DomainCustody::Sealed);
-    let mut template = domain_key_template(id, "kms/domain/1/wrap".into(), &unwrapped, None);
+    let mut template = domain_key_template(
+        id,
+        "kms/domain/1/wrap".into(),
+        &unwrapped,
+        None,
+        crate::domain::DEFAULT_WRAP,
+    );
     template.retain(|a| !matches!(a, Attribute::VendorDefined(_)));
     ok(session.generate_key(&Mechanism::AesKeyGen, &template))
 }
@@ -91,7 +97,13 @@ fn a_planted_wrap_key_of_a_known_value_is_never_used() {
     // included, but a twin without it (or software AES key wrap) reads what it wraps.
     let value = vec![0x5a; 32];
     let unwrapped = unwrap_template(DomainCustody::Sealed);
-    let mut template = domain_key_template(wrap_id(), "kms/domain/1/wrap".into(), &unwrapped, None);
+    let mut template = domain_key_template(
+        wrap_id(),
+        "kms/domain/1/wrap".into(),
+        &unwrapped,
+        None,
+        crate::domain::DEFAULT_WRAP,
+    );
     template.retain(|a| !matches!(a, Attribute::ValueLen(_)));
     template.push(Attribute::Value(value.clone()));
     ok(session.create_object(&template));
@@ -159,7 +171,13 @@ fn a_planted_authenticator_of_a_known_value_is_refused() {
 /// may still be extractable, so the PIN holder wraps it under a key of their own.
 fn plant_with_partial_template(session: &Session, id: Vec<u8>) -> ObjectHandle {
     let partial = BoolTemplate::new(&[(0x103, true)]);
-    let template = domain_key_template(id, "kms/domain/1/wrap".into(), &partial, None);
+    let template = domain_key_template(
+        id,
+        "kms/domain/1/wrap".into(),
+        &partial,
+        None,
+        crate::domain::DEFAULT_WRAP,
+    );
     ok(session.generate_key(&Mechanism::AesKeyGen, &template))
 }
 

@@ -23,7 +23,7 @@ use super::{
 use crate::domain::{
     self, DomainCustody, DomainKeyMaker, copy_custody, generate_wrapped_secret, unwrap_secret,
 };
-use crate::{HsmKeyStore, make_domain_key};
+use crate::{DomainKeyRequest, HsmKeyStore, make_domain_key};
 
 /// The ceremony: the security officer makes trusted domain key `version` on `label`'s token
 /// (never while a token is being initialised: it lists the slots, see [`SLOTS`]).
@@ -33,9 +33,12 @@ fn ceremony(label: &str, version: u32) {
         &module(),
         label,
         &Zeroizing::new(SO_PIN.to_owned()),
-        DomainKeyMaker::SecurityOfficer,
-        NAMESPACE,
-        version,
+        DomainKeyRequest {
+            namespace: NAMESPACE,
+            version,
+            maker: DomainKeyMaker::SecurityOfficer,
+            mechanism: domain::DEFAULT_WRAP,
+        },
     ));
 }
 
@@ -83,6 +86,7 @@ fn refused_with(result: Result<impl std::fmt::Debug, CkError>, expected: RvError
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one attempt after another reads best as one script
 fn what_a_trusted_domain_key_unwraps_can_be_wrapped_only_under_a_trusted_key() {
     let (label, slot) = fresh_token();
     ceremony(&label, 1);
@@ -114,7 +118,14 @@ fn what_a_trusted_domain_key_unwraps_can_be_wrapped_only_under_a_trusted_key() {
         32,
         hmac_only(),
     ));
-    let copy = ok(unwrap_secret(&user, one, trusted, &wrapped, hmac_only()));
+    let copy = ok(unwrap_secret(
+        &user,
+        one,
+        trusted,
+        crate::domain::DEFAULT_WRAP,
+        &wrapped,
+        hmac_only(),
+    ));
     let custody = ok(user.get_attributes(
         copy,
         &[
@@ -132,8 +143,15 @@ fn what_a_trusted_domain_key_unwraps_can_be_wrapped_only_under_a_trusted_key() {
         ]
     );
     // The next domain key rewraps it, and the result unwraps to the same key.
-    let rewrapped = ok(user.wrap_key(&domain::wrap_mechanism(), two, copy));
-    let again = ok(unwrap_secret(&user, two, trusted, &rewrapped, hmac_only()));
+    let rewrapped = ok(user.wrap_key(&domain::wrap_mechanism(domain::DEFAULT_WRAP), two, copy));
+    let again = ok(unwrap_secret(
+        &user,
+        two,
+        trusted,
+        crate::domain::DEFAULT_WRAP,
+        &rewrapped,
+        hmac_only(),
+    ));
     assert_eq!(
         ok(user.sign(&Mechanism::Sha256Hmac, copy, b"input")),
         ok(user.sign(&Mechanism::Sha256Hmac, again, b"input"))
@@ -143,7 +161,7 @@ fn what_a_trusted_domain_key_unwraps_can_be_wrapped_only_under_a_trusted_key() {
     // CKA_WRAP_WITH_TRUSTED, copy it without, or read it.
     let own = own_wrap_key(&user);
     refused_with(
-        user.wrap_key(&domain::wrap_mechanism(), own, copy),
+        user.wrap_key(&domain::wrap_mechanism(domain::DEFAULT_WRAP), own, copy),
         RvError::KeyNotWrappable,
     );
     refused_with(
@@ -179,7 +197,12 @@ fn what_a_trusted_domain_key_unwraps_can_be_wrapped_only_under_a_trusted_key() {
         request[index] = change;
         let template: Vec<Attribute> = base.iter().cloned().chain(request).collect();
         refused_with(
-            user.unwrap_key(&domain::wrap_mechanism(), one, &wrapped, &template),
+            user.unwrap_key(
+                &domain::wrap_mechanism(domain::DEFAULT_WRAP),
+                one,
+                &wrapped,
+                &template,
+            ),
             RvError::TemplateInconsistent,
         );
     }
@@ -190,7 +213,12 @@ fn what_a_trusted_domain_key_unwraps_can_be_wrapped_only_under_a_trusted_key() {
     let public = ok(admin().open_rw_session(slot));
     let template: Vec<Attribute> = base.iter().cloned().chain(copy_custody(trusted)).collect();
     refused_with(
-        public.unwrap_key(&domain::wrap_mechanism(), one, &wrapped, &template),
+        public.unwrap_key(
+            &domain::wrap_mechanism(domain::DEFAULT_WRAP),
+            one,
+            &wrapped,
+            &template,
+        ),
         RvError::UserNotLoggedIn,
     );
 }
@@ -340,6 +368,7 @@ fn with_trusted_custody_a_sealed_domain_key_a_pin_holder_made_is_refused() {
         &user,
         id,
         "kms/domain/1/wrap".into(),
+        crate::domain::DEFAULT_WRAP,
     ));
     ok(user.logout());
     let store = ok(open_store_with(config(&label, PIN), NAMESPACE))
