@@ -225,11 +225,6 @@ pub trait KeyStore: Send + Sync {
         material: KeyMaterial,
     ) -> Result<(WrappedMaterial, Option<Vec<u8>>), HsmError>;
 
-    /// Checks, in the HSM, that the version's wrapped material authenticates (with the
-    /// public key hash it binds) as `material`'s, without unwrapping it. A token object
-    /// passes (there is nothing to check).
-    fn check_wrapped(&self, key: VersionObject<'_>, material: KeyMaterial) -> Result<(), HsmError>;
-
     /// Makes domain key `version` the one new material is wrapped under, once the HSM is
     /// found to hold it (its authenticator key made where missing; with sealed domain keys
     /// the wrap key too). Fails, naming the ceremony, when a trusted domain key is missing.

@@ -212,7 +212,7 @@ impl EncryptionAlgorithm {
 }
 
 /// The MAC algorithms.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Hash, Eq, Debug, Serialize, Deserialize)]
 pub enum MacAlgorithm {
     /// HMAC with SHA-256.
     HmacSha256,
@@ -252,7 +252,7 @@ impl MacAlgorithm {
 }
 
 /// What the HSM makes for a key version, and how it may be used there.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum KeyMaterial {
     /// SYMMETRIC_DEFAULT: a 256-bit generic secret that only computes HMAC-SHA-256.
     MasterSecret,

@@ -465,19 +465,6 @@ impl KeyStore for SoftKeyStore {
         // Nothing is kept unwrapped: every use checks and opens the wrapped material.
     }
 
-    fn check_wrapped(&self, key: VersionObject<'_>, material: KeyMaterial) -> Result<(), HsmError> {
-        match key.wrapped {
-            Some(wrapped) if !self.authenticates(key.key, material, wrapped)? => {
-                Err(HsmError::Failed {
-                    operation: "check key version",
-                    source: format!("the wrapped material of {} does not authenticate", key.key)
-                        .into(),
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
     fn use_domain(&self, version: u32) -> Result<crate::hsm::DomainKeyInfo, HsmError> {
         if version == 1 || self.sealed_domains.load(Ordering::SeqCst) {
             self.add_domain(version)?;

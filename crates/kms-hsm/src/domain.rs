@@ -372,14 +372,17 @@ pub(crate) fn find_domain(
     session: &Session,
     namespace: [u8; 16],
     version: u32,
+    configured: MechanismType,
 ) -> Result<Result<Option<Domain>, Distrust>, CkError> {
-    let wrap = match find_trusted(session, &domain_id(namespace, version, DomainRole::Wrap))? {
+    let wrap_id = domain_id(namespace, version, DomainRole::Wrap);
+    let wrap = match find_trusted(session, &wrap_id, configured)? {
         Ok(found) => found,
         Err(why) => return Ok(Err(why)),
     };
     let authenticate = match find_trusted(
         session,
         &domain_id(namespace, version, DomainRole::Authenticate),
+        configured,
     )? {
         Ok(found) => found,
         Err(why) => return Ok(Err(why)),
@@ -403,10 +406,11 @@ pub(crate) fn find_or_create_domain(
     namespace: [u8; 16],
     version: u32,
     make_sealed: Option<MechanismType>,
+    configured: MechanismType,
 ) -> Result<Result<Option<Domain>, Distrust>, CkError> {
     let label = |what| format!("kms/domain/{version}/{what}");
     let wrap_id = domain_id(namespace, version, DomainRole::Wrap);
-    let wrap = match (find_trusted(session, &wrap_id)?, make_sealed) {
+    let wrap = match (find_trusted(session, &wrap_id, configured)?, make_sealed) {
         (Ok(Some(found)), _) => found,
         (Ok(None), Some(mechanism)) => Found {
             handle: create_domain_key(session, wrap_id, label("wrap"), mechanism)?,
@@ -417,7 +421,7 @@ pub(crate) fn find_or_create_domain(
         (Err(why), _) => return Ok(Err(why)),
     };
     let authenticate_id = domain_id(namespace, version, DomainRole::Authenticate);
-    let authenticate = match find_trusted(session, &authenticate_id)? {
+    let authenticate = match find_trusted(session, &authenticate_id, configured)? {
         Ok(Some(found)) => found.handle,
         Ok(None) => session.generate_key(
             &Mechanism::GenericSecretKeyGen,
@@ -440,11 +444,10 @@ pub(crate) fn find_wrap_key(
     session: &Session,
     namespace: [u8; 16],
     version: u32,
+    configured: MechanismType,
 ) -> Result<Result<Option<DomainCustody>, Distrust>, CkError> {
-    Ok(
-        find_trusted(session, &domain_id(namespace, version, DomainRole::Wrap))?
-            .map(|found| found.map(|found| found.custody)),
-    )
+    let id = domain_id(namespace, version, DomainRole::Wrap);
+    Ok(find_trusted(session, &id, configured)?.map(|found| found.map(|found| found.custody)))
 }
 
 /// Destroys the objects of domain `version` of the instance `namespace`; returns how many
@@ -475,7 +478,11 @@ pub(crate) fn destroy_domain(
 /// officer can set) or else private and sealed, and holds the unwrap template of its custody:
 /// an unwrapped copy asked to be readable, or wrappable under any key, is refused. Returns the
 /// handle with the custody of a wrap key (sealed for an authenticator key).
-fn find_trusted(session: &Session, id: &[u8]) -> Result<Result<Option<Found>, Distrust>, CkError> {
+fn find_trusted(
+    session: &Session,
+    id: &[u8],
+    configured: MechanismType,
+) -> Result<Result<Option<Found>, Distrust>, CkError> {
     let wrap = id.last() == Some(&(DomainRole::Wrap as u8));
     // Only private objects (which take the PIN to make) and, for a wrap key, trusted ones
     // (which take the security officer): a public object planted under the id by a process
@@ -514,6 +521,13 @@ fn find_trusted(session: &Session, id: &[u8]) -> Result<Result<Option<Found>, Di
             AttributeType::Private,
             AttributeType::Trusted,
             AttributeType::AllowedMechanisms,
+            AttributeType::Encrypt,
+            AttributeType::Decrypt,
+            AttributeType::Sign,
+            AttributeType::Verify,
+            AttributeType::Derive,
+            AttributeType::Wrap,
+            AttributeType::Unwrap,
         ],
     )?;
     let custody = [
@@ -538,14 +552,32 @@ fn find_trusted(session: &Session, id: &[u8]) -> Result<Result<Option<Found>, Di
     } else {
         DomainCustody::Sealed
     };
-    // The mechanism it was made for (a module without CKA_ALLOWED_MECHANISMS: the default).
-    let mechanism = attributes
-        .iter()
-        .find_map(|a| match a {
-            Attribute::AllowedMechanisms(allowed) => allowed.first().copied(),
-            _ => None,
-        })
-        .unwrap_or(MechanismType::AES_KEY_WRAP_PAD);
+    // Its one use and mechanism: a wrap key that also decrypts (C_Decrypt with AES-ECB undoes
+    // key wrap block by block) or derives would give away what it wraps.
+    let (uses, mechanisms) = if wrap {
+        ((true, false), [DEFAULT_WRAP, configured])
+    } else {
+        ((false, true), [MechanismType::SHA256_HMAC; 2])
+    };
+    let only = [
+        Attribute::Wrap(uses.0),
+        Attribute::Unwrap(uses.0),
+        Attribute::Sign(uses.1),
+        Attribute::Verify(uses.1),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+    ];
+    if !only.iter().all(|a| attributes.contains(a)) {
+        return Ok(Err("may be used for more than its one job"));
+    }
+    let mechanism = match attributes.iter().find_map(|a| match a {
+        Attribute::AllowedMechanisms(allowed) => Some(allowed.as_slice()),
+        _ => None,
+    }) {
+        Some([mechanism]) if mechanisms.contains(mechanism) => *mechanism,
+        _ => return Ok(Err("is not limited to the one mechanism of its job")),
+    };
     if wrap && !holds_unwrap_template(session, handle, custody, mechanism)? {
         return Ok(Err("lets a key it unwraps be read"));
     }

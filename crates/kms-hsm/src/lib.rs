@@ -678,10 +678,6 @@ impl KeyStore for HsmKeyStore {
         self.create_wrapped(key, material)
     }
 
-    fn check_wrapped(&self, key: VersionObject<'_>, material: KeyMaterial) -> Result<(), HsmError> {
-        HsmKeyStore::check_wrapped(self, key, material)
-    }
-
     fn use_domain(&self, version: u32) -> Result<DomainKeyInfo, HsmError> {
         HsmKeyStore::use_domain(self, version)
     }

@@ -86,10 +86,11 @@ impl HsmKeyStore {
         if let Some(domain) = unwrapped.domains.get(&version) {
             return Ok(Ok(Some(*domain)));
         }
-        let found = match domain::find_domain(session, self.namespace, version)? {
-            Ok(found) => found,
-            Err(why) => return Ok(Err(distrusted(version, why))),
-        };
+        let found =
+            match domain::find_domain(session, self.namespace, version, self.wrap_mechanism)? {
+                Ok(found) => found,
+                Err(why) => return Ok(Err(distrusted(version, why))),
+            };
         if let Some(domain) = found {
             unwrapped.domains.insert(version, domain);
         }
@@ -119,12 +120,17 @@ impl HsmKeyStore {
             return Ok(Ok(*domain));
         }
         let make_sealed = (self.custody == DomainCustody::Sealed).then_some(self.wrap_mechanism);
-        let domain =
-            match domain::find_or_create_domain(session, self.namespace, version, make_sealed)? {
-                Ok(Some(domain)) => domain,
-                Ok(None) => return Ok(Err(missing_domain(self.namespace, version))),
-                Err(why) => return Ok(Err(distrusted(version, why))),
-            };
+        let domain = match domain::find_or_create_domain(
+            session,
+            self.namespace,
+            version,
+            make_sealed,
+            self.wrap_mechanism,
+        )? {
+            Ok(Some(domain)) => domain,
+            Ok(None) => return Ok(Err(missing_domain(self.namespace, version))),
+            Err(why) => return Ok(Err(distrusted(version, why))),
+        };
         if self.custody == DomainCustody::Trusted && domain.custody == DomainCustody::Sealed {
             // Anyone with the PIN can make a sealed key; only the officer a trusted one.
             return Ok(Err(distrusted(
@@ -155,10 +161,12 @@ impl HsmKeyStore {
                 if let Some(domain) = unwrapped.domains.get(&version) {
                     return Ok(Ok(Some(domain_info(version, domain.custody))));
                 }
-                Ok(match domain::find_wrap_key(s, self.namespace, version)? {
-                    Ok(custody) => Ok(custody.map(|c| domain_info(version, c))),
-                    Err(why) => Err(distrusted(version, why)),
-                })
+                Ok(
+                    match domain::find_wrap_key(s, self.namespace, version, self.wrap_mechanism)? {
+                        Ok(custody) => Ok(custody.map(|c| domain_info(version, c))),
+                        Err(why) => Err(distrusted(version, why)),
+                    },
+                )
             })
         })?
     }
@@ -468,8 +476,9 @@ impl HsmKeyStore {
         })?
     }
 
-    /// [`KeyStore::check_wrapped`](kms_core::KeyStore::check_wrapped): the tag, checked in the
-    /// HSM, without unwrapping.
+    /// The tag of `key`'s wrapped material, checked in the HSM without unwrapping (for the
+    /// tests of the public key's binding).
+    #[cfg(test)]
     pub(crate) fn check_wrapped(
         &self,
         key: VersionObject<'_>,

@@ -125,6 +125,14 @@ impl AuditPublicKey {
                          was altered, or the log was signed with another key",
                     );
                 }
+                // One spelling per signature: rsa's PSS check takes s + n as s whenever it
+                // fits the modulus' length.
+                if rsa::BigUint::from_bytes_be(signature) >= *key.n() {
+                    return Err(
+                        "the checkpoint signature is not below the RSA modulus, as the writer \
+                         emits it: it was altered",
+                    );
+                }
                 key.verify(Pss::new::<Sha256>(), &Sha256::digest(message), signature)
                     .map_err(|_| INVALID)
             }

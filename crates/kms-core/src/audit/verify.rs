@@ -591,4 +591,32 @@ mod tests {
         let failure = verify(&ecdsa_log, &key).unwrap_err();
         assert!(failure.message.contains("as long as"), "{failure}");
     }
+
+    #[test]
+    fn an_rsa_pss_signature_has_one_spelling() {
+        use crate::audit::{AuditPublicKey, CheckpointSigner as _};
+        use rsa::traits::PublicKeyParts as _;
+        let signer = SoftCheckpointSigner::rsa_pss().unwrap();
+        let key = signer.public_key();
+        let AuditPublicKey::RsaPss(rsa_key) = &key else {
+            panic!("not an RSA key")
+        };
+        let size = rsa_key.size();
+        // A signature s with s + n still as long as the modulus (a third of them or so).
+        for i in 0u32..200 {
+            let message = i.to_be_bytes();
+            let signature = signer.sign(&message).unwrap();
+            assert_eq!(key.verify(&message, &signature), Ok(()));
+            let bigger = rsa::BigUint::from_bytes_be(&signature) + rsa_key.n();
+            let bytes = bigger.to_bytes_be();
+            if bytes.len() > size {
+                continue;
+            }
+            let mut respelled = vec![0; size - bytes.len()];
+            respelled.extend_from_slice(&bytes);
+            assert!(key.verify(&message, &respelled).is_err(), "s + n verified");
+            return;
+        }
+        panic!("no signature of 200 left room for s + n");
+    }
 }

@@ -5,13 +5,14 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::debug;
 
+use crate::asymmetric::{self, HashAlg, SigningAlgorithm};
 use crate::blob;
 use crate::caller::Caller;
 use crate::context::EncryptionContext;
 use crate::error::KmsError;
-use crate::hsm::{HsmError, KeyVersionRef, VersionObject};
+use crate::hsm::{HsmError, KeyVersionRef, SignMechanism, VersionObject};
 use crate::ids::KeyRef;
-use crate::key::{EncryptionAlgorithm, KeyRecord, KeyState};
+use crate::key::{EncryptionAlgorithm, KeyMaterial, KeyRecord, KeyState};
 use crate::policy::Action;
 use crate::secret::SecretBytes;
 use crate::symmetric;
@@ -317,58 +318,102 @@ pub(super) fn current_version(record: &KeyRecord) -> Result<VersionObject<'_>, K
         })
 }
 
-/// The public key of a key pair.
 impl Kms {
-    /// The public key of `record`'s current version, checked against its material: a key
-    /// pair's wrapped material binds the SHA-256 of its public key under the HSM's tag, so a
-    /// public key swapped into the record (to have Verify accept the swapper's signatures, or
-    /// Encrypt encrypt to them) is refused. The tag is checked in the HSM once per version in
-    /// this process. Key pairs made before the binding (and token objects) have nothing to
-    /// check against.
+    /// The public key of `record`'s current version, proven to be its private key's: once per
+    /// version in this process, the HSM signs a random digest with the private key (or, for a
+    /// decrypting RSA key, decrypts a random challenge encrypted to the public key), and the
+    /// record's public key must check it. So a public key swapped into the record by one who
+    /// writes the data dir (to have Verify accept their signatures, or Encrypt encrypt to
+    /// them) is refused, whatever the storage and whenever the key was made.
     pub(super) fn public_key_of<'r>(&self, record: &'r KeyRecord) -> Result<&'r [u8], KmsError> {
         let public_key = record.public_key().ok_or_else(|| {
             KmsError::Internal(format!("key {} has no public key on record", record.id).into())
         })?;
-        let Some(object) = record.version_object(record.current_version()) else {
+        let object = current_version(record)?;
+        let material = record.material();
+        let proven = (object.key, material, Sha256::digest(public_key).into());
+        if self.proven_public_keys().contains(&proven) {
             return Ok(public_key);
-        };
-        let Some(bound) = object.wrapped.and_then(|w| w.public_key_sha256) else {
-            return Ok(public_key);
-        };
-        let hash: [u8; 32] = Sha256::digest(public_key).into();
-        if !bool::from(hash.ct_eq(&bound)) {
+        }
+        if !self.proves(object, material, public_key)? {
             return Err(KmsError::Internal(
                 format!(
-                    "the public key on record for key {} is not the one its material binds",
+                    "the public key on record for key {} is not its private key's",
                     record.id
                 )
                 .into(),
             ));
         }
-        let checked = (object.key, bound);
-        if self.checked_public_keys().contains(&checked) {
-            return Ok(public_key);
-        }
-        self.hsm.check_wrapped(object, record.material())?;
-        let mut known = self.checked_public_keys();
-        if known.len() >= CHECKED_PUBLIC_KEYS {
+        let mut known = self.proven_public_keys();
+        if known.len() >= PROVEN_PUBLIC_KEYS {
             known.clear();
         }
-        known.insert(checked);
+        known.insert(proven);
         Ok(public_key)
     }
 
-    fn checked_public_keys(
+    /// Whether the private key of `object` (of `material`) answers a random challenge that
+    /// `public_key` checks.
+    fn proves(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<(KeyVersionRef, [u8; 32])>> {
-        self.checked_public_keys
+        object: VersionObject<'_>,
+        material: KeyMaterial,
+        public_key: &[u8],
+    ) -> Result<bool, KmsError> {
+        let challenge = self.hsm.random_bytes(32)?;
+        match material {
+            KeyMaterial::EcP256Sign => {
+                let raw = self
+                    .hsm
+                    .sign(object, material, SignMechanism::Ecdsa, &challenge)?;
+                let signature = asymmetric::ecdsa_raw_to_der(&raw)?;
+                asymmetric::verify(
+                    public_key,
+                    SigningAlgorithm::EcdsaSha256,
+                    &challenge,
+                    &signature,
+                )
+            }
+            KeyMaterial::RsaSign { .. } => {
+                let signature = self.hsm.sign(
+                    object,
+                    material,
+                    SignMechanism::RsaPss(HashAlg::Sha256),
+                    &challenge,
+                )?;
+                asymmetric::verify(
+                    public_key,
+                    SigningAlgorithm::RsassaPssSha256,
+                    &challenge,
+                    &signature,
+                )
+            }
+            KeyMaterial::RsaDecrypt { .. } => {
+                let sealed = asymmetric::oaep_encrypt(public_key, HashAlg::Sha256, &challenge)?;
+                match self.hsm.rsa_decrypt(object, HashAlg::Sha256, &sealed) {
+                    Ok(opened) => Ok(bool::from(opened.as_slice().ct_eq(challenge.as_slice()))),
+                    Err(HsmError::Rejected { .. }) => Ok(false),
+                    Err(error) => Err(error.into()),
+                }
+            }
+            KeyMaterial::MasterSecret | KeyMaterial::HmacSecret(_) => Ok(false),
+        }
+    }
+
+    fn proven_public_keys(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<ProvenPublicKey>> {
+        self.proven_public_keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// How many checked public keys are remembered (then forgotten all at once).
-const CHECKED_PUBLIC_KEYS: usize = 100_000;
+/// A version whose public key (by its SHA-256) was proven to be its private key's.
+pub(super) type ProvenPublicKey = (KeyVersionRef, KeyMaterial, [u8; 32]);
+
+/// How many proven public keys are remembered (then forgotten all at once).
+const PROVEN_PUBLIC_KEYS: usize = 100_000;
 
 /// Fails with InvalidKeyUsageException unless the key supports `algorithm`.
 pub(super) fn check_encryption_algorithm(

@@ -401,8 +401,8 @@ pub struct Kms {
     deletions: Mutex<HashSet<KeyId>>,
     /// The domain key new material is wrapped under (0 until `open_domain`: the first).
     current_domain: AtomicU32,
-    /// Key pair versions whose public key was checked against their material's tag.
-    checked_public_keys: Mutex<HashSet<(KeyVersionRef, [u8; 32])>>,
+    /// Key pair versions whose public key was proven to be their private key's.
+    proven_public_keys: Mutex<HashSet<crypto::ProvenPublicKey>>,
     /// Whether `key_count` and `alias_count` are known: false from
     /// [`Kms::begin_counting`] until [`Kms::reconcile`] has counted.
     counted: AtomicBool,
@@ -448,7 +448,7 @@ impl Kms {
             current_domain: AtomicU32::new(0),
             rewrappable: AtomicBool::new(false),
             counted: AtomicBool::new(true),
-            checked_public_keys: Mutex::new(HashSet::new()),
+            proven_public_keys: Mutex::new(HashSet::new()),
             domain_switch: RwLock::new(()),
             rewrap: Mutex::new(RewrapProgress::default()),
         }

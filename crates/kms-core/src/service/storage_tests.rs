@@ -149,46 +149,64 @@ fn a_record_stripped_of_its_wrapped_material_serves_nothing_and_loses_nothing() 
     assert_eq!(back.plaintext.expose_secret(), b"kept");
 }
 
+/// One who writes the data dir swaps a key pair's public key for their own (with or without
+/// the hash its wrapped material binds, or making the version look like a token object):
+/// Verify must not accept their signature, nor GetPublicKey hand out their key.
 #[test]
 fn a_public_key_swapped_in_the_record_is_refused() {
     use crate::asymmetric::{MessageType, SigningAlgorithm};
-    let (kms, store, _) = memory_kms();
-    let victim =
-        KeyRef::Id(ok(kms.create_key(&admin(), CreateKeyInput::new(KeySpec::EccNistP256))).id());
-    let attacker =
-        KeyRef::Id(ok(kms.create_key(&admin(), CreateKeyInput::new(KeySpec::EccNistP256))).id());
-    // The attacker's own signature (here: made by a key whose public key they hold).
-    let forged = ok(kms.sign(
-        &admin(),
-        &attacker,
-        b"pay mallory",
-        MessageType::Raw,
-        SigningAlgorithm::EcdsaSha256,
-    ))
-    .signature;
-    let KeyRef::Id(attacker_id) = attacker else {
-        unreachable!()
-    };
-    let theirs = ok(store.get_key(attacker_id).map_err(KmsError::from))
-        .and_then(|r| r.public_key().map(<[u8]>::to_vec))
-        .unwrap_or_else(|| panic!("no public key"));
-    edit_stored(&store, &victim, |json| {
-        json["versions"][0]["public_key"] = serde_json::json!(theirs);
-    });
-    let verified = kms.verify(
-        &admin(),
-        &crate::service::VerifyInput {
-            key: victim,
-            message: b"pay mallory".to_vec(),
-            message_type: MessageType::Raw,
-            signature: forged,
-            algorithm: SigningAlgorithm::EcdsaSha256,
+    let edits: [fn(&mut serde_json::Value); 3] = [
+        |_| {},
+        |json| {
+            if let Some(wrapped) = json["versions"][0]["wrapped"].as_object_mut() {
+                wrapped.remove("public_key_sha256");
+            }
         },
-    );
-    assert!(
-        verified.is_err(),
-        "the victim key verified the attacker's signature"
-    );
+        |json| json["versions"][0]["wrapped"] = serde_json::Value::Null,
+    ];
+    for edit in edits {
+        let (kms, store, _) = memory_kms();
+        let victim = KeyRef::Id(
+            ok(kms.create_key(&admin(), CreateKeyInput::new(KeySpec::EccNistP256))).id(),
+        );
+        let attacker = KeyRef::Id(
+            ok(kms.create_key(&admin(), CreateKeyInput::new(KeySpec::EccNistP256))).id(),
+        );
+        // The attacker's own signature (here: made by a key whose public key they hold).
+        let forged = ok(kms.sign(
+            &admin(),
+            &attacker,
+            b"pay mallory",
+            MessageType::Raw,
+            SigningAlgorithm::EcdsaSha256,
+        ))
+        .signature;
+        let KeyRef::Id(attacker_id) = attacker else {
+            unreachable!()
+        };
+        let theirs = ok(store.get_key(attacker_id).map_err(KmsError::from))
+            .and_then(|r| r.public_key().map(<[u8]>::to_vec))
+            .unwrap_or_else(|| panic!("no public key"));
+        edit_stored(&store, &victim, |json| {
+            json["versions"][0]["public_key"] = serde_json::json!(theirs);
+            edit(json);
+        });
+        let verified = kms.verify(
+            &admin(),
+            &crate::service::VerifyInput {
+                key: victim.clone(),
+                message: b"pay mallory".to_vec(),
+                message_type: MessageType::Raw,
+                signature: forged,
+                algorithm: SigningAlgorithm::EcdsaSha256,
+            },
+        );
+        assert!(
+            verified.is_err(),
+            "the victim key verified the attacker's signature"
+        );
+        assert!(kms.get_public_key(&admin(), &victim).is_err());
+    }
 }
 
 #[test]

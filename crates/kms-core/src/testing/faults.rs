@@ -189,10 +189,6 @@ impl KeyStore for FaultyKeyStore {
         })
     }
 
-    fn check_wrapped(&self, key: VersionObject<'_>, material: KeyMaterial) -> Result<(), HsmError> {
-        self.call("check_wrapped", |k| k.check_wrapped(key, material))
-    }
-
     fn use_domain(&self, version: u32) -> Result<crate::hsm::DomainKeyInfo, HsmError> {
         self.call("use_domain", |k| k.use_domain(version))
     }

@@ -254,3 +254,42 @@ fn a_planted_wrap_key_whose_template_pins_only_some_attributes_is_never_used() {
         "kmsd adopted the planted domain 2"
     );
 }
+
+/// A wrap key that may also decrypt (AES-ECB undoes key wrap a block at a time), derive, or
+/// use another mechanism: with the genuine key's custody and unwrap template otherwise.
+fn plant_with_more_uses(session: &Session, change: &[Attribute]) {
+    let unwrapped = unwrap_template(DomainCustody::Sealed);
+    let mut template = domain_key_template(
+        wrap_id(),
+        "kms/domain/1/wrap".into(),
+        &unwrapped,
+        None,
+        domain::DEFAULT_WRAP,
+    );
+    for attribute in change {
+        template.retain(|a| a.attribute_type() != attribute.attribute_type());
+        template.push(attribute.clone());
+    }
+    ok(session.generate_key(&Mechanism::AesKeyGen, &template));
+}
+
+#[test]
+fn a_planted_wrap_key_that_also_decrypts_derives_or_takes_other_mechanisms_is_never_used() {
+    let changes: [&[Attribute]; 3] = [
+        &[Attribute::Decrypt(true)],
+        &[Attribute::Derive(true)],
+        &[Attribute::AllowedMechanisms(vec![
+            MechanismType::AES_KEY_WRAP_PAD,
+            MechanismType::AES_ECB,
+        ])],
+    ];
+    for change in changes {
+        let (label, slot) = fresh_token();
+        let session = pin_holder(slot);
+        plant_with_more_uses(&session, change);
+        assert!(
+            make_version(&label).is_none(),
+            "kmsd wrapped under a domain key with {change:?}"
+        );
+    }
+}
