@@ -89,7 +89,7 @@ pub fn policy(data: &[u8]) {
 
 /// An audit log: verified against a fixed key, and its events read.
 pub fn audit_log(data: &[u8]) {
-    static KEY: OnceLock<p256::PublicKey> = OnceLock::new();
+    static KEY: OnceLock<audit::AuditPublicKey> = OnceLock::new();
     let key = KEY.get_or_init(|| SoftCheckpointSigner::new().public_key());
     let _ = audit::verify(data, key);
     audit::read_events(data).for_each(drop);

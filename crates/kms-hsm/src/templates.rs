@@ -145,37 +145,29 @@ pub(crate) fn private_template(
 
 /// The public half of an RSA pair, a session object.
 pub(crate) fn rsa_public_template(id: Vec<u8>, label: String, bits: u32) -> Vec<Attribute> {
-    vec![
-        Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::KeyType(KeyType::RSA),
-        Attribute::ModulusBits(u64::from(bits).into()),
-        Attribute::PublicExponent(RSA_EXPONENT.to_vec()),
-        Attribute::Token(false),
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::VerifyRecover(false),
-        Attribute::Encrypt(true),
-        Attribute::Wrap(true),
-        Attribute::Derive(false),
-        Attribute::Id(id),
-        Attribute::Label(label.into_bytes()),
-    ]
+    rsa_public(id, label, bits, false)
 }
 
 /// The public half of an RSA pair that only verifies, on the token: the audit key's, which
 /// verifiers read back.
 pub(crate) fn rsa_verify_public_template(id: Vec<u8>, label: String, bits: u32) -> Vec<Attribute> {
+    rsa_public(id, label, bits, true)
+}
+
+/// The public half of an RSA pair: on the token and only verifying for the audit key, a
+/// session object that also encrypts and wraps otherwise.
+fn rsa_public(id: Vec<u8>, label: String, bits: u32, audit: bool) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::KeyType(KeyType::RSA),
         Attribute::ModulusBits(u64::from(bits).into()),
         Attribute::PublicExponent(RSA_EXPONENT.to_vec()),
-        Attribute::Token(true),
+        Attribute::Token(audit),
         Attribute::Private(false),
         Attribute::Verify(true),
         Attribute::VerifyRecover(false),
-        Attribute::Encrypt(false),
-        Attribute::Wrap(false),
+        Attribute::Encrypt(!audit),
+        Attribute::Wrap(!audit),
         Attribute::Derive(false),
         Attribute::Id(id),
         Attribute::Label(label.into_bytes()),
