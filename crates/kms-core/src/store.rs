@@ -84,4 +84,11 @@ pub trait MetadataStore: Send + Sync {
 
     /// Records the current domain key version, durably.
     fn put_current_domain(&self, version: u32) -> Result<(), StoreError>;
+
+    /// The domain key version every key version was last found wrapped under (and the older
+    /// domain keys destroyed), if a rewrapping pass ever finished.
+    fn rewrapped_domain(&self) -> Result<Option<u32>, StoreError>;
+
+    /// Records that every key version is wrapped under domain key `version`.
+    fn put_rewrapped_domain(&self, version: u32) -> Result<(), StoreError>;
 }

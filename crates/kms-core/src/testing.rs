@@ -41,6 +41,7 @@ pub struct MemoryStore {
     fail_pins: AtomicBool,
     crl_numbers: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
     current_domain: Mutex<Option<u32>>,
+    rewrapped_domain: Mutex<Option<u32>>,
 }
 
 impl MemoryStore {
@@ -120,6 +121,13 @@ impl MetadataStore for MemoryStore {
     }
     fn put_current_domain(&self, version: u32) -> Result<(), StoreError> {
         *lock(&self.current_domain) = Some(version);
+        Ok(())
+    }
+    fn rewrapped_domain(&self) -> Result<Option<u32>, StoreError> {
+        Ok(*lock(&self.rewrapped_domain))
+    }
+    fn put_rewrapped_domain(&self, version: u32) -> Result<(), StoreError> {
+        *lock(&self.rewrapped_domain) = Some(version);
         Ok(())
     }
 }

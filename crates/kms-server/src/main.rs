@@ -547,30 +547,24 @@ fn run_due_work(kms: &Kms) -> anyhow::Result<()> {
             "reconciled the store with the HSM"
         );
     }
-    let deleted = kms
-        .run_due_deletions()
-        .context("running due key deletions")?;
-    if deleted > 0 {
+    let done = kms
+        .run_due_work()
+        .context("running due deletions, expiries and rotations")?;
+    if done.deleted > 0 {
         info!(
-            keys = deleted,
+            keys = done.deleted,
             "ran the key deletions that fell due while kmsd was down"
         );
     }
-    let expired = kms
-        .run_due_expirations()
-        .context("expiring imported key material")?;
-    if expired > 0 {
+    if done.expired > 0 {
         info!(
-            keys = expired,
+            keys = done.expired,
             "destroyed imported key material that expired while kmsd was down"
         );
     }
-    let due = kms
-        .run_due_rotations()
-        .context("running due key rotations")?;
-    if due > 0 {
+    if done.rotated > 0 {
         info!(
-            keys = due,
+            keys = done.rotated,
             "ran the key rotations that fell due while kmsd was down"
         );
     }
@@ -844,16 +838,17 @@ async fn scheduler(kms: Arc<Kms>, startup: Option<tokio::task::JoinHandle<anyhow
                 // The startup reconciliation failed: until it succeeds, no key is created.
                 kms.reconcile()?;
             }
-            Ok::<_, kms_core::KmsError>((
-                kms.run_due_deletions()?,
-                kms.run_due_expirations()?,
-                kms.run_due_rotations()?,
-            ))
+            kms.run_due_work()
         });
         match work.await {
-            Ok(Ok((0, 0, 0))) => {}
-            Ok(Ok((deleted, expired, rotated))) => {
-                info!(deleted, expired, rotated, "ran scheduled key work");
+            Ok(Ok(done)) if done == kms_core::service::DueWork::default() => {}
+            Ok(Ok(done)) => {
+                info!(
+                    deleted = done.deleted,
+                    expired = done.expired,
+                    rotated = done.rotated,
+                    "ran scheduled key work"
+                );
             }
             Ok(Err(e)) => warn!(error = %e, "scheduled key work failed; will retry"),
             Err(e) => warn!(error = %e, "scheduled key work panicked"),

@@ -4,7 +4,8 @@
 //! store is created; `key/<16-byte key id>` holds a key record as JSON; `als/<alias name>`
 //! holds an alias record as JSON; `meta/audit_pin/<log id>` pins the audit log's last sealed
 //! checkpoint; `meta/crl_number/<issuer>` the client CA's last CRL number;
-//! `meta/current_domain` the current domain key version (u32 big-endian). Every write but the
+//! `meta/current_domain` the current domain key version and `meta/rewrapped_domain` the one
+//! every key version was last found under (u32 big-endian each). Every write but the
 //! audit pin's goes through the WAL with `sync = true`, so an acknowledged change survives a
 //! crash or a power loss. The database's LOCK file keeps a second kmsd off the same data dir.
 //!
@@ -24,6 +25,7 @@ const HEALTH_MARK: &[u8] = b"meta/health";
 const AUDIT_PIN_PREFIX: &[u8] = b"meta/audit_pin/";
 const CRL_NUMBER_PREFIX: &[u8] = b"meta/crl_number/";
 const CURRENT_DOMAIN: &[u8] = b"meta/current_domain";
+const REWRAPPED_DOMAIN: &[u8] = b"meta/rewrapped_domain";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -261,26 +263,36 @@ impl MetadataStore for RocksStore {
     }
 
     fn current_domain(&self) -> Result<Option<u32>, StoreError> {
-        let Some(value) = self
-            .db
-            .get(CURRENT_DOMAIN)
-            .map_err(|e| StoreError::new("read the current domain key", e))?
-        else {
-            return Ok(None);
-        };
-        let bytes: [u8; 4] = value.as_slice().try_into().map_err(|_| {
-            StoreError::new(
-                "read the current domain key",
-                format!("{} bytes where 4 belong", value.len()),
-            )
-        })?;
-        Ok(Some(u32::from_be_bytes(bytes)))
+        self.read_u32(CURRENT_DOMAIN, "read the current domain key")
     }
 
     fn put_current_domain(&self, version: u32) -> Result<(), StoreError> {
         self.db
             .put_opt(CURRENT_DOMAIN, version.to_be_bytes(), &synced())
             .map_err(|e| StoreError::new("write the current domain key", e))
+    }
+
+    fn rewrapped_domain(&self) -> Result<Option<u32>, StoreError> {
+        self.read_u32(REWRAPPED_DOMAIN, "read the rewrapped domain key")
+    }
+
+    fn put_rewrapped_domain(&self, version: u32) -> Result<(), StoreError> {
+        self.db
+            .put_opt(REWRAPPED_DOMAIN, version.to_be_bytes(), &synced())
+            .map_err(|e| StoreError::new("write the rewrapped domain key", e))
+    }
+}
+
+impl RocksStore {
+    /// A u32 (big-endian) under `key`, if any.
+    fn read_u32(&self, key: &[u8], context: &'static str) -> Result<Option<u32>, StoreError> {
+        let Some(value) = self.db.get(key).map_err(|e| StoreError::new(context, e))? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 4] = value.as_slice().try_into().map_err(|_| {
+            StoreError::new(context, format!("{} bytes where 4 belong", value.len()))
+        })?;
+        Ok(Some(u32::from_be_bytes(bytes)))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::ids::{AliasName, KeyId, KeyRef};
 use crate::key::{KeyRecord, PendingDeletion};
 use crate::policy::Action;
 
-use super::Kms;
+use super::{DueWork, Kms};
 
 impl Kms {
     /// Schedules the key's deletion in `window_days` (7..=30, default 30). Until then every
@@ -71,6 +71,24 @@ impl Kms {
             Ok(())
         })?;
         Ok(deleted)
+    }
+
+    /// The due deletions, expiries and automatic rotations in one pass over the store (each
+    /// record read once): what the scheduler runs. Returns how many of each ran.
+    pub fn run_due_work(&self) -> Result<DueWork, KmsError> {
+        let now = self.clock.now_millis();
+        let mut done = DueWork::default();
+        self.for_each_key(|record| {
+            if record.deletion_due(now) {
+                done.deleted += usize::from(self.delete_now(record.id, now)?);
+            } else if self.expire_if_due(&record, now)? {
+                done.expired += 1;
+            } else {
+                done.rotated += usize::from(self.rotate_if_due(&record, now));
+            }
+            Ok(())
+        })?;
+        Ok(done)
     }
     /// Calls `f` with every key record in the store, in key id order, a page at a time.
     pub(super) fn for_each_key(
@@ -180,6 +198,28 @@ impl Kms {
 #[cfg(test)]
 mod tests {
     use crate::service::test_support::*;
+
+    #[test]
+    fn one_pass_runs_due_deletions_and_rotations() {
+        let store = Arc::new(crate::testing::MemoryStore::default());
+        let hsm = Arc::new(crate::testing::SoftKeyStore::default());
+        let clock = Arc::new(crate::testing::ManualClock::default());
+        let kms =
+            Kms::new(store, hsm, clock.clone()).with_authorization(crate::testing::authorization());
+        let day = 86_400_000;
+        let doomed = new_key(&kms);
+        let rotating = new_key(&kms);
+        ok(kms.enable_key_rotation(&admin(), &rotating, Some(90)));
+        ok(kms.schedule_key_deletion(&admin(), &doomed, Some(7)));
+        clock.set_millis(91 * day);
+        let done = ok(kms.run_due_work());
+        assert_eq!((done.deleted, done.expired, done.rotated), (1, 0, 1));
+        assert_eq!(
+            ok(kms.describe_key(&admin(), &rotating)).current_version(),
+            2
+        );
+        assert_eq!(ok(kms.run_due_work()), super::DueWork::default());
+    }
 
     #[test]
     fn scheduled_deletion_destroys_the_key_its_objects_and_aliases_when_due() {

@@ -86,7 +86,12 @@ impl Kms {
         let info = self.hsm.use_domain(version)?;
         self.current_domain.store(version, Ordering::SeqCst);
         self.rewrappable.store(info.rewrappable, Ordering::SeqCst);
-        self.rewrap_progress().running = true;
+        // A pass after each start, unless the last one found everything under this domain
+        // key (one at least, for a store made before the mark: it reads every record).
+        let finished = self.store.rewrapped_domain()? == Some(version);
+        let mut progress = self.rewrap_progress();
+        progress.running = !finished;
+        progress.finished = finished;
         Ok(Some(info))
     }
 
@@ -185,7 +190,11 @@ impl Kms {
         });
         let outcome = pass.and_then(|()| {
             if tally.failed == 0 && tally.sealed == 0 {
-                self.destroy_older_domains(current)
+                let destroyed = self.destroy_older_domains(current)?;
+                if self.current_domain() == current {
+                    self.store.put_rewrapped_domain(current)?;
+                }
+                Ok(destroyed)
             } else {
                 Ok(Vec::new())
             }
@@ -433,6 +442,12 @@ mod tests {
         assert_eq!(ok(kms.run_rewrap_pass()), 1);
         assert_eq!(domains_in(&store), [2]);
         ok(kms.decrypt(&admin(), &blob, &ctx(&[]), None));
+        drop(kms);
+
+        // The finished pass is recorded: the next start reads no record for it.
+        let kms = kms_on(&store, &hsm, &clock);
+        assert!(!kms.rewrap_wanted());
+        assert!(ok(kms.domain_status(&admin())).rewrap.finished);
     }
 
     #[test]

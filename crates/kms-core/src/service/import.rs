@@ -325,32 +325,39 @@ impl Kms {
         let now = self.clock.now_millis();
         let mut expired = 0;
         self.for_each_key(|record| {
-            let parameters_due = record
-                .import_parameters()
-                .is_some_and(|p| p.valid_to_ms <= now);
-            if !record.material_expired(now) && !parameters_due {
-                return Ok(());
-            }
-            let _guard = self.write_guard();
-            // Read again under the lock: a call may have changed the key since.
-            let Some(mut record) = self.store.get_key(record.id)? else {
-                return Ok(());
-            };
-            if let Some(parameters) = record.take_expired_import_parameters(now) {
-                self.store.put_key(&record)?;
-                self.hsm.destroy_wrapping_key(WrappingKeyRef {
-                    key_id: record.id,
-                    serial: parameters.serial,
-                })?;
-            }
-            if record.material_expired(now) {
-                self.forget_material(&mut record)?;
-                info!(key_id = %record.id, "imported key material expired and was destroyed");
-                expired += 1;
-            }
+            expired += usize::from(self.expire_if_due(&record, now)?);
             Ok(())
         })?;
         Ok(expired)
+    }
+
+    /// Expires `record`'s import parameters and material if they are due at `now`; returns
+    /// whether its material expired.
+    pub(super) fn expire_if_due(&self, record: &KeyRecord, now: i64) -> Result<bool, KmsError> {
+        let parameters_due = record
+            .import_parameters()
+            .is_some_and(|p| p.valid_to_ms <= now);
+        if !record.material_expired(now) && !parameters_due {
+            return Ok(false);
+        }
+        let _guard = self.write_guard();
+        // Read again under the lock: a call may have changed the key since.
+        let Some(mut record) = self.store.get_key(record.id)? else {
+            return Ok(false);
+        };
+        if let Some(parameters) = record.take_expired_import_parameters(now) {
+            self.store.put_key(&record)?;
+            self.hsm.destroy_wrapping_key(WrappingKeyRef {
+                key_id: record.id,
+                serial: parameters.serial,
+            })?;
+        }
+        if !record.material_expired(now) {
+            return Ok(false);
+        }
+        self.forget_material(&mut record)?;
+        info!(key_id = %record.id, "imported key material expired and was destroyed");
+        Ok(true)
     }
 
     fn destroy_wrapping_key_logged(&self, wrapping: WrappingKeyRef) {

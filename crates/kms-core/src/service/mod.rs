@@ -370,6 +370,17 @@ pub struct ReconcileReport {
     pub missing_objects: Vec<KeyVersionRef>,
 }
 
+/// What one pass of due work did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DueWork {
+    /// Keys whose deletion date had passed, deleted.
+    pub deleted: usize,
+    /// Keys whose imported material expired, now PendingImport.
+    pub expired: usize,
+    /// Keys whose automatic rotation was due, rotated.
+    pub rotated: usize,
+}
+
 /// The key management service.
 pub struct Kms {
     store: Arc<dyn MetadataStore>,

@@ -196,16 +196,26 @@ impl Kms {
         let now = self.clock.now_millis();
         let mut rotated = 0;
         self.for_each_key(|record| {
-            if record.rotation_due(now) {
-                match self.rotate_key(&KeyRef::Id(record.id), VersionSource::Automatic) {
-                    Ok(_) => rotated += 1,
-                    Err(error) => warn!(key_id = %record.id, error = %error,
-                        reason = error.reason(), "automatic rotation failed; will retry"),
-                }
-            }
+            rotated += usize::from(self.rotate_if_due(&record, now));
             Ok(())
         })?;
         Ok(rotated)
+    }
+
+    /// Rotates `record`'s key if its automatic rotation is due at `now`; returns whether it
+    /// did. A failure is logged and retried next time.
+    pub(super) fn rotate_if_due(&self, record: &KeyRecord, now: i64) -> bool {
+        if !record.rotation_due(now) {
+            return false;
+        }
+        match self.rotate_key(&KeyRef::Id(record.id), VersionSource::Automatic) {
+            Ok(_) => true,
+            Err(error) => {
+                warn!(key_id = %record.id, error = %error,
+                    reason = error.reason(), "automatic rotation failed; will retry");
+                false
+            }
+        }
     }
     /// The rotations of a key (every version after the first), oldest first.
     pub fn list_key_rotations(
