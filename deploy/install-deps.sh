@@ -12,6 +12,7 @@ set -euo pipefail
 min_rust=1.88
 packages=(softhsm2 opencryptoki opensc libfaketime openssl libclang-dev clang build-essential protobuf-compiler libprotobuf-dev
           pkg-config python3 python3-cryptography python3-grpcio python3-protobuf python3-venv curl
+          nghttp2-client
           ca-certificates systemd)
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

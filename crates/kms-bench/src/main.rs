@@ -105,6 +105,12 @@ struct Args {
     /// a key version first.
     #[arg(long)]
     spread: bool,
+    /// Write the request bodies of a neutral load generator (h2load) to this directory and
+    /// exit: `encrypt.grpc` (an Encrypt of 4 KiB under a new key, gRPC-framed; checked once
+    /// against kmsd), `health.grpc` (the empty RPC) and `openbao.json` (OpenBao transit's
+    /// encrypt of the same 4 KiB).
+    #[arg(long)]
+    h2load_bodies: Option<PathBuf>,
     /// Sample this process's resident memory (kmsd's pid) every second of every run, and
     /// print its first, highest and last value.
     #[arg(long)]
@@ -136,6 +142,10 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     }
     let rss = args.rss_pid.map(rss::Sampler::start);
     let fixture = Arc::new(fixture(&args).await?);
+    if let Some(dir) = &args.h2load_bodies {
+        write_h2load_bodies(dir, &fixture)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let hsm = match (&args.pkcs11_module, &args.token_label, &args.pin_file) {
         (Some(module), Some(label), Some(pin)) => Some(Arc::new(
             hsm::Limit::open(module, label, pin).context("opening the token for the HSM limit")?,
@@ -361,6 +371,46 @@ async fn one_call(
             .await
             .is_ok(),
     }
+}
+
+/// Writes the bodies h2load sends (see `--h2load-bodies`). The Encrypt one is the request
+/// the fixture already made successfully, so a body kmsd refuses is not measured unnoticed
+/// (h2load counts any HTTP 200 as a success, and gRPC reports errors in trailers).
+fn write_h2load_bodies(dir: &std::path::Path, f: &Fixture) -> anyhow::Result<()> {
+    use prost::Message as _;
+    /// A gRPC message frame: uncompressed, 4-byte big-endian length, the message.
+    fn frame(message: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+        framed.extend_from_slice(message);
+        Ok(framed)
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let encrypt = kms_client::v1::EncryptRequest {
+        key_id: f.key.clone(),
+        plaintext: f.plaintext.clone(),
+        encryption_context: f.context.clone().into_iter().collect(),
+        ..Default::default()
+    };
+    let bodies = [
+        ("encrypt.grpc", frame(&encrypt.encode_to_vec())?),
+        (
+            "health.grpc",
+            frame(&HealthCheckRequest::default().encode_to_vec())?,
+        ),
+        (
+            "openbao.json",
+            serde_json::to_vec(&serde_json::json!({
+                "plaintext": base64::engine::general_purpose::STANDARD.encode(&f.plaintext)
+            }))?,
+        ),
+    ];
+    for (name, body) in bodies {
+        let path = dir.join(name);
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("h2load bodies in {} (key {})", dir.display(), f.key);
+    Ok(())
 }
 
 /// A worker's draws of a key (xorshift64*: uniform enough for picking keys, and no call to
