@@ -153,3 +153,10 @@ pub(crate) fn is_unsupported_parameter(error: &CkError) -> bool {
         )
     )
 }
+
+/// The error of a call made while kmsd is not connected to the HSM.
+pub(crate) fn not_connected() -> HsmError {
+    HsmError::Unavailable(
+        "kmsd is not connected to the HSM; it reconnects when the HSM answers again".into(),
+    )
+}

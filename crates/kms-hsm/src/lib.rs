@@ -167,11 +167,15 @@ impl HsmKeyStore {
     /// one goes only once no call uses it).
     #[must_use]
     pub fn with_unwrapped_capacity(self, capacity: usize) -> Self {
-        *self
-            .unwrapped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Unwrapped::new(capacity);
+        *self.lock_unwrapped() = Unwrapped::new(capacity);
         self
+    }
+
+    /// The unwrapped versions, locked (a panic while they were held leaves them usable).
+    pub(crate) fn lock_unwrapped(&self) -> std::sync::MutexGuard<'_, Unwrapped> {
+        self.unwrapped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sets how new domain keys come (sealed, made by kmsd, by default): see [`domain`].
@@ -199,9 +203,7 @@ impl HsmKeyStore {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let Some(pool) = connection.as_ref() else {
-            return Err(HsmError::Unavailable(
-                "kmsd is not connected to the HSM".into(),
-            ));
+            return Err(error::not_connected());
         };
         let offered = pool
             .mechanisms()
@@ -231,11 +233,7 @@ impl HsmKeyStore {
 
     /// How many key versions are unwrapped now.
     pub fn unwrapped_versions(&self) -> usize {
-        self.unwrapped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .handles
-            .len()
+        self.lock_unwrapped().handles.len()
     }
 
     /// Tells `observer` of every HSM call from now on.
@@ -342,10 +340,7 @@ impl HsmKeyStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
-        self.unwrapped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reset();
+        self.lock_unwrapped().reset();
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -371,9 +366,7 @@ impl HsmKeyStore {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let Some(pool) = connection.as_ref() else {
-            return Err(HsmError::Unavailable(
-                "kmsd is not connected to the HSM; it reconnects when the HSM answers again".into(),
-            ));
+            return Err(error::not_connected());
         };
         let session = pool.get().map_err(error::from_get)?;
         match self.observed(operation, &session, &f) {
@@ -660,14 +653,7 @@ impl KeyStore for HsmKeyStore {
     }
 
     fn forget_unwrapped(&self, key: KeyId) {
-        let mut unwrapped = self
-            .unwrapped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Unwrapped {
-            holder, handles, ..
-        } = &mut *unwrapped;
-        handles.forget_key(holder.as_ref(), key);
+        self.lock_unwrapped().forget_key(key);
     }
 
     fn create_wrapped_version(
@@ -868,16 +854,7 @@ impl KeyStore for HsmKeyStore {
 
     fn destroy_key_version(&self, key: KeyVersionRef) -> Result<(), HsmError> {
         self.forget(key);
-        {
-            let mut unwrapped = self
-                .unwrapped
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let Unwrapped {
-                holder, handles, ..
-            } = &mut *unwrapped;
-            handles.forget(holder.as_ref(), key);
-        }
+        self.lock_unwrapped().forget(key);
         let ids: Vec<Vec<u8>> = ObjectKind::ALL
             .into_iter()
             .map(|kind| self.object_id(key, kind))

@@ -53,6 +53,16 @@ impl Unwrapped {
         }
     }
 
+    /// Forgets the unwrapped objects of `key` (see [`Handles::forget`]).
+    pub(crate) fn forget(&mut self, key: KeyVersionRef) {
+        self.handles.forget(self.holder.as_ref(), key);
+    }
+
+    /// Forgets the unwrapped objects of every version of `key_id`.
+    pub(crate) fn forget_key(&mut self, key_id: KeyId) {
+        self.handles.forget_key(self.holder.as_ref(), key_id);
+    }
+
     /// Closes the holding session (its objects go with it) and forgets everything.
     pub(crate) fn reset(&mut self) {
         if let Some(holder) = self.holder.take() {

@@ -35,14 +35,9 @@ impl HsmKeyStore {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let Some(pool) = connection.as_ref() else {
-            return Err(HsmError::Unavailable(
-                "kmsd is not connected to the HSM; it reconnects when the HSM answers again".into(),
-            ));
+            return Err(error::not_connected());
         };
-        let mut unwrapped = self
-            .unwrapped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut unwrapped = self.lock_unwrapped();
         let mut retried = false;
         loop {
             if unwrapped.generation != self.generation() {
@@ -324,10 +319,7 @@ impl HsmKeyStore {
         wrapped: &WrappedMaterial,
     ) -> Result<Arc<ObjectHandle>, HsmError> {
         {
-            let unwrapped = self
-                .unwrapped
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let unwrapped = self.lock_unwrapped();
             if unwrapped.generation == self.generation()
                 && let Some(handle) = unwrapped.handles.get(key, kind)
             {
@@ -367,18 +359,8 @@ impl HsmKeyStore {
         if let Some(handle) = unwrapped.handles.get(key, kind) {
             return Ok(Ok((handle, domain.custody)));
         }
-        let message = domain::tag_message(self.namespace, key, kind, wrapped.domain_key, wrapped);
-        match s.verify(
-            &Mechanism::Sha256Hmac,
-            domain.authenticate,
-            &message,
-            &wrapped.tag,
-        ) {
-            Ok(()) => {}
-            Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
-                return Ok(Err(refused("does not authenticate")));
-            }
-            Err(e) => return Err(e),
+        if !self.authenticates(s, domain, key, kind, wrapped)? {
+            return Ok(Err(refused("does not authenticate")));
         }
         let allowed = templates::allowed_mechanisms(kind, false);
         match domain::unwrap_version(s, domain, &wrapped.wrapped, kind, allowed) {
@@ -387,6 +369,31 @@ impl HsmKeyStore {
                 domain.custody,
             ))),
             Err(e) if error::is_bad_input(&e) => Ok(Err(refused("does not unwrap"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `wrapped`'s tag is the HSM's HMAC, under `domain`'s authenticator key, of what
+    /// it binds `key`'s material of `kind` to.
+    fn authenticates(
+        &self,
+        s: &Session,
+        domain: Domain,
+        key: KeyVersionRef,
+        kind: ObjectKind,
+        wrapped: &WrappedMaterial,
+    ) -> Result<bool, CkError> {
+        let message = domain::tag_message(self.namespace, key, kind, wrapped.domain_key, wrapped);
+        match s.verify(
+            &Mechanism::Sha256Hmac,
+            domain.authenticate,
+            &message,
+            &wrapped.tag,
+        ) {
+            Ok(()) => Ok(true),
+            Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -416,14 +423,7 @@ impl HsmKeyStore {
                 return Ok(value);
             }
             drop(handle);
-            let mut unwrapped = self
-                .unwrapped
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let Unwrapped {
-                holder, handles, ..
-            } = &mut *unwrapped;
-            handles.forget(holder.as_ref(), key.key);
+            self.lock_unwrapped().forget(key.key);
         }
         Err(HsmError::ObjectNotFound(key.key))
     }
@@ -501,21 +501,11 @@ impl HsmKeyStore {
                     }
                     Err(distrust) => return Ok(Err(distrust)),
                 };
-                let message =
-                    domain::tag_message(self.namespace, key.key, kind, wrapped.domain_key, wrapped);
-                match s.verify(
-                    &Mechanism::Sha256Hmac,
-                    domain.authenticate,
-                    &message,
-                    &wrapped.tag,
-                ) {
-                    Ok(()) => Ok(Ok(())),
-                    Err(CkError::Pkcs11(
-                        RvError::SignatureInvalid | RvError::SignatureLenRange,
-                        _,
-                    )) => Ok(Err(refused("does not authenticate"))),
-                    Err(e) => Err(e),
-                }
+                Ok(if self.authenticates(s, domain, key.key, kind, wrapped)? {
+                    Ok(())
+                } else {
+                    Err(refused("does not authenticate"))
+                })
             })
         })?
     }
